@@ -1,0 +1,1 @@
+//! Parser directives (being written).

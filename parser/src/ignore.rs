@@ -1,0 +1,1 @@
+//! `.dockerignore` patterns with the semantics of Go's `patternmatcher`.

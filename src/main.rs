@@ -1,0 +1,41 @@
+//! The `hoist` command line: argument parsing, wiring and error rendering only. Every piece of
+//! logic lives in a library crate; this binary calls it and renders its errors once, here.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Debug, Parser)]
+#[command(name = "hoist", version, about = "Build OCI images from Dockerfiles")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Parse a Dockerfile and print its syntax tree.
+    Parse(cmd::parse::ParseArgs),
+    /// Tools for looking inside hoist.
+    Debug {
+        #[command(subcommand)]
+        command: cmd::debug::DebugCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Parse(args) => cmd::parse::run(&args),
+        Command::Debug { command } => cmd::debug::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            cmd::report(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
