@@ -1,10 +1,110 @@
 //! The OCI distribution client.
 //!
-//! Data flow: a reference is normalized (`busybox` is `docker.io/library/busybox:latest`), then
-//! resolved to a manifest (OCI or Docker schema 2, through an index or manifest list for the
-//! wanted platform). Blobs stream from the registry into the content store, verified against their
-//! digests; pushes go the other way, skipping blobs that exist and mounting across repositories.
-//! Authentication comes from the docker config and bearer-token challenges.
+//! Data flow: a [`Reference`] is parsed and normalized as docker does (`busybox` is
+//! `docker.io/library/busybox:latest`, served by `registry-1.docker.io`). [`Client::resolve`]
+//! turns it into one platform's image manifest: OCI manifests and indexes and Docker schema 2
+//! manifests and manifest lists are understood, schema 1 is refused. [`Client::pull`] streams
+//! the config and layers into a [`BlobStore`], hashing every byte on the way and committing a
+//! blob only when it matches its digest. [`Client::push`] goes the other way: each blob is
+//! skipped when the registry has it (HEAD), mounted from another repository of the same
+//! registry when one is named, or uploaded from the store (one PUT, or PATCH chunks for large
+//! blobs), a bounded number at a time; then the manifest is put by tag or by digest.
 //!
-//! Nothing is implemented here yet; see issue "Image I/O".
+//! Principal types:
+//! - [`Reference`], [`Platform`]: what to fetch.
+//! - [`Client`] with [`ClientConfig`] and [`RetryPolicy`]: the HTTP layer. Plain HTTP for
+//!   localhost, 127.0.0.0/8 and `insecure_registries`, TLS (rustls) elsewhere. Every request is
+//!   authenticated on demand (anonymous, basic, or the bearer-token flow from
+//!   `WWW-Authenticate`) and retried with backoff on dropped connections, 5xx and 429.
+//! - [`DockerConfig`], [`Credential`]: credentials from `$DOCKER_CONFIG/config.json` or
+//!   `~/.docker/config.json` (`auths`, `credsStore`, `credHelpers`).
+//! - [`BlobStore`] (implemented by [`DirStore`] here and by the content store in `hoist-cache`):
+//!   where blobs come from and go to.
+//! - [`Event`]: progress and retries, reported to an [`Observer`]; the library never prints.
+//!
+//! Resumable pushes: with [`ClientConfig::resume_dir`] set, each upload session is journaled;
+//! a push that fails mid-blob and is run again asks the registry how much landed and sends only
+//! the rest. Blobs that completed are skipped by the HEAD check.
+//!
+//! Why not the `oci-client` crate: it covers pull, push, mounts and streamed uploads, but it has
+//! no retries, no docker config or credential helpers, and no way to resume an upload session,
+//! and its streamed upload cannot be retried because the stream is consumed. Those are the
+//! failure paths this crate is for, so the HTTP layer is our own, on reqwest.
 #![forbid(unsafe_code)]
+
+mod auth;
+mod client;
+mod manifest;
+mod platform;
+mod pull;
+mod push;
+mod reference;
+mod store;
+
+use std::sync::Arc;
+
+pub use oci_spec;
+use oci_spec::image::Digest;
+
+pub use auth::{
+    Challenge, Credential, CredentialError, DOCKER_HUB_AUTH_KEY, DockerConfig, parse_challenge,
+};
+pub use client::{Client, ClientConfig, RequestError, RetryPolicy};
+pub use manifest::{
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED, Manifest,
+    ManifestError, OCI_INDEX, OCI_MANIFEST, detect_media_type, is_image_manifest, is_index,
+    parse_manifest,
+};
+pub use platform::{ParsePlatformError, Platform};
+pub use pull::{BlobFetch, FetchedManifest, PullError, ResolvedImage};
+pub use push::{BlobPush, PushError, PushOptions, PushReport, is_manifest_media_type};
+pub use reference::{
+    DEFAULT_TAG, DOCKER_HUB, DOCKER_HUB_API_HOST, ParseReferenceError, Reference, is_loopback_host,
+};
+pub use store::{BlobReader, BlobStore, BlobWriter, DirStore, StoreError, sha256_digest};
+
+/// Progress of pulls and pushes, for a progress display. Emitted from the tasks doing the work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A reference resolved to a platform manifest.
+    Resolved { reference: String, manifest: Digest },
+    /// Pull: the store already had the blob.
+    BlobPresent { digest: Digest },
+    /// Pull: the blob was downloaded and verified.
+    BlobFetched { digest: Digest, size: u64 },
+    /// Push: the registry already had the blob.
+    BlobExists { digest: Digest },
+    /// Push: the blob was mounted from another repository.
+    BlobMounted { digest: Digest, from: String },
+    /// Push: an upload began, at `offset` when it resumes an earlier session.
+    UploadStarted {
+        digest: Digest,
+        size: u64,
+        offset: u64,
+    },
+    /// Push: the registry acknowledged a chunk; `offset` bytes have landed.
+    UploadProgress {
+        digest: Digest,
+        offset: u64,
+        size: u64,
+    },
+    /// Push: the blob is complete; `sent` bytes went out in this run.
+    BlobUploaded {
+        digest: Digest,
+        size: u64,
+        sent: u64,
+    },
+    /// Push: a manifest was stored under `reference` (a tag or a digest).
+    ManifestPushed { reference: String, digest: Digest },
+    /// A request failed and will be tried again.
+    Retrying {
+        method: String,
+        url: String,
+        attempt: u32,
+        reason: String,
+    },
+}
+
+/// Receives [`Event`]s. Called from worker tasks, so it must be quick and thread-safe.
+pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;

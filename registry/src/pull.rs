@@ -1,0 +1,570 @@
+//! Pull: resolve a reference to a manifest for one platform, then stream its blobs into a
+//! [`BlobStore`], each verified against its digest before the store commits it.
+
+use std::io::Write;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use oci_spec::image::{Descriptor, Digest, ImageManifest};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+
+use crate::client::{Client, RequestError, SharedStore, Target, error_chain, truncate};
+use crate::manifest::{
+    ACCEPT_MANIFESTS, MAX_MANIFEST_BYTES, Manifest, ManifestError, detect_media_type,
+    parse_manifest,
+};
+use crate::platform::Platform;
+use crate::reference::Reference;
+use crate::store::{BlobStore, Hasher, StoreError};
+use crate::{Event, manifest};
+
+/// A pull failure, naming the reference or blob it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("manifest {reference} not found")]
+    ManifestNotFound { reference: String },
+    #[error("fetch {what}: registry answered {status}: {body}")]
+    Status {
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("manifest {reference}")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("manifest {reference} is larger than {MAX_MANIFEST_BYTES} bytes")]
+    ManifestTooLarge { reference: String },
+    #[error("manifest {reference} has digest {actual}, expected {expected}")]
+    ManifestDigestMismatch {
+        reference: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{reference} has no manifest for platform {platform} (available: {available})")]
+    NoMatchingPlatform {
+        reference: String,
+        platform: String,
+        available: String,
+    },
+    #[error("{reference}: index {digest} points at another index")]
+    NestedIndex { reference: String, digest: Digest },
+    #[error("blob {digest} from {reference} has digest {actual}; nothing was stored")]
+    BlobDigestMismatch {
+        reference: String,
+        digest: Digest,
+        actual: String,
+    },
+    #[error(
+        "blob {digest} from {reference} is {actual} bytes, expected {expected}; nothing was stored"
+    )]
+    BlobSizeMismatch {
+        reference: String,
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("blob {digest} from {reference}: transfer failed after {attempts} attempts: {message}")]
+    BlobTransfer {
+        reference: String,
+        digest: Digest,
+        attempts: u32,
+        message: String,
+    },
+    #[error("store blob {digest}")]
+    Store {
+        digest: Digest,
+        #[source]
+        source: StoreError,
+    },
+    #[error("blob writer task for {digest} failed: {message}")]
+    Task { digest: Digest, message: String },
+}
+
+/// Manifest bytes as served, with their verified digest and media type.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+impl FetchedManifest {
+    /// A descriptor for these bytes.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            manifest::media_type(&self.media_type),
+            self.bytes.len() as u64,
+            self.digest.clone(),
+        )
+    }
+}
+
+/// A reference resolved to one platform's image manifest.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    /// The reference asked for, pinned to the digest of what it resolved to (the index when
+    /// there was one, as docker pins).
+    pub reference: Reference,
+    /// The index or manifest list the reference named, if it named one.
+    pub index: Option<FetchedManifest>,
+    /// The platform's image manifest.
+    pub manifest: FetchedManifest,
+    pub image: ImageManifest,
+}
+
+impl ResolvedImage {
+    /// The config and layer descriptors, config first.
+    pub fn blobs(&self) -> Vec<Descriptor> {
+        let mut v = vec![self.image.config().clone()];
+        v.extend(self.image.layers().iter().cloned());
+        v
+    }
+}
+
+/// What happened to one blob of a pull.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobFetch {
+    /// The store already had it.
+    Present,
+    /// It was downloaded, verified and stored.
+    Fetched,
+}
+
+enum Attempt {
+    Retry(String),
+    Fatal(PullError),
+}
+
+impl Client {
+    /// Fetches a manifest (or index) by the reference's digest or tag and verifies its digest.
+    pub async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, PullError> {
+        let url = self.url(
+            reference,
+            &format!("manifests/{}", reference.manifest_reference()),
+        );
+        let response = self
+            .send(&Target::pull(reference), true, |http| {
+                http.get(&url).header(ACCEPT, ACCEPT_MANIFESTS)
+            })
+            .await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(PullError::ManifestNotFound {
+                reference: reference.to_string(),
+            });
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(PullError::Status {
+                what: format!("manifest {reference}"),
+                status: status.as_u16(),
+                body: truncate(&body),
+            });
+        }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let served_digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
+        {
+            return Err(PullError::ManifestTooLarge {
+                reference: reference.to_string(),
+            });
+        }
+        let mut bytes = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| RequestError::Transport {
+                method: "GET".into(),
+                url: url.clone(),
+                source,
+            })?;
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > MAX_MANIFEST_BYTES {
+                return Err(PullError::ManifestTooLarge {
+                    reference: reference.to_string(),
+                });
+            }
+        }
+        let bytes = Bytes::from(bytes);
+        let manifest_err = |source| PullError::Manifest {
+            reference: reference.to_string(),
+            source,
+        };
+        let media_type =
+            detect_media_type(&bytes, content_type.as_deref()).map_err(manifest_err)?;
+        // The digest is always of the bytes as served; check it against what was asked for.
+        let expected = reference.digest().cloned().or_else(|| {
+            served_digest
+                .as_deref()
+                .and_then(|d| Digest::from_str(d).ok())
+        });
+        let digest = match &expected {
+            Some(expected) => {
+                let actual = hash_hex(expected, &bytes).map_err(|source| PullError::Store {
+                    digest: expected.clone(),
+                    source,
+                })?;
+                if actual != expected.digest() {
+                    return Err(PullError::ManifestDigestMismatch {
+                        reference: reference.to_string(),
+                        expected: expected.to_string(),
+                        actual: format!("{}:{actual}", expected.algorithm()),
+                    });
+                }
+                expected.clone()
+            }
+            None => crate::store::sha256_digest(&bytes),
+        };
+        Ok(FetchedManifest {
+            digest,
+            media_type,
+            bytes,
+        })
+    }
+
+    /// Resolves a reference to the image manifest for `platform`, going through an index or
+    /// manifest list when the reference names one.
+    pub async fn resolve(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, PullError> {
+        let top = self.fetch_manifest(reference).await?;
+        let manifest_err = |source| PullError::Manifest {
+            reference: reference.to_string(),
+            source,
+        };
+        let parsed = parse_manifest(&top.bytes, &top.media_type).map_err(manifest_err)?;
+        let pinned = reference.with_digest(top.digest.clone());
+        let resolved = match parsed {
+            Manifest::Image(image) => ResolvedImage {
+                reference: pinned,
+                index: None,
+                manifest: top,
+                image,
+            },
+            Manifest::Index(index) => {
+                let chosen = index
+                    .manifests()
+                    .iter()
+                    .find(|d| {
+                        d.platform().as_ref().is_some_and(|p| platform.matches(p))
+                            && manifest::is_image_manifest(d.media_type().as_ref())
+                    })
+                    .ok_or_else(|| PullError::NoMatchingPlatform {
+                        reference: reference.to_string(),
+                        platform: platform.to_string(),
+                        available: index
+                            .manifests()
+                            .iter()
+                            .filter_map(|d| d.platform().as_ref())
+                            .map(|p| {
+                                let mut s = format!("{}/{}", p.os(), p.architecture());
+                                if let Some(v) = p.variant() {
+                                    s.push('/');
+                                    s.push_str(v);
+                                }
+                                s
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?;
+                let child_ref = reference.with_digest(chosen.digest().clone());
+                let child = self.fetch_manifest(&child_ref).await?;
+                let image =
+                    match parse_manifest(&child.bytes, &child.media_type).map_err(manifest_err)? {
+                        Manifest::Image(image) => image,
+                        Manifest::Index(_) => {
+                            return Err(PullError::NestedIndex {
+                                reference: reference.to_string(),
+                                digest: child.digest,
+                            });
+                        }
+                    };
+                ResolvedImage {
+                    reference: pinned,
+                    index: Some(top),
+                    manifest: child,
+                    image,
+                }
+            }
+        };
+        self.emit(&Event::Resolved {
+            reference: resolved.reference.to_string(),
+            manifest: resolved.manifest.digest.clone(),
+        });
+        Ok(resolved)
+    }
+
+    /// Resolves and pulls an image: every blob, then the manifest (and the index, if any), into
+    /// the store. Blobs move concurrently, at most `max_concurrent_transfers` at a time.
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        store: Arc<dyn BlobStore>,
+    ) -> Result<ResolvedImage, PullError> {
+        let resolved = self.resolve(reference, platform).await?;
+        let repo = resolved.reference.clone();
+        let limit = self.config.max_concurrent_transfers.max(1);
+        let results: Vec<Result<BlobFetch, PullError>> =
+            futures_util::stream::iter(resolved.blobs())
+                .map(|desc| {
+                    let store = store.clone();
+                    let repo = repo.clone();
+                    async move { self.fetch_blob(&repo, &desc, store).await }
+                })
+                .buffer_unordered(limit)
+                .collect()
+                .await;
+        for r in results {
+            r?;
+        }
+        store_bytes(
+            &store,
+            &resolved.manifest.digest,
+            resolved.manifest.bytes.clone(),
+        )
+        .await?;
+        if let Some(index) = &resolved.index {
+            store_bytes(&store, &index.digest, index.bytes.clone()).await?;
+        }
+        Ok(resolved)
+    }
+
+    /// Downloads one blob into the store unless the store has it. The bytes are hashed as they
+    /// stream; a blob that does not match its digest or size is never committed.
+    pub async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        descriptor: &Descriptor,
+        store: SharedStore,
+    ) -> Result<BlobFetch, PullError> {
+        let digest = descriptor.digest().clone();
+        let size = descriptor.size();
+        let present = {
+            let store = store.clone();
+            let d = digest.clone();
+            tokio::task::spawn_blocking(move || store.size(&d))
+                .await
+                .map_err(|e| PullError::Task {
+                    digest: descriptor.digest().clone(),
+                    message: e.to_string(),
+                })?
+                .map_err(|source| PullError::Store {
+                    digest: digest.clone(),
+                    source,
+                })?
+        };
+        if present == Some(size) {
+            self.emit(&Event::BlobPresent { digest });
+            return Ok(BlobFetch::Present);
+        }
+        let attempts = self.config.retry.attempts.max(1);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            match self
+                .fetch_blob_once(reference, descriptor, store.clone())
+                .await
+            {
+                Ok(()) => {
+                    self.emit(&Event::BlobFetched { digest, size });
+                    return Ok(BlobFetch::Fetched);
+                }
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(message)) => {
+                    last = message;
+                    if attempt < attempts {
+                        self.emit(&Event::Retrying {
+                            method: "GET".into(),
+                            url: self.url(reference, &format!("blobs/{digest}")),
+                            attempt,
+                            reason: last.clone(),
+                        });
+                        tokio::time::sleep(self.config.retry.backoff(attempt)).await;
+                    }
+                }
+            }
+        }
+        Err(PullError::BlobTransfer {
+            reference: reference.to_string(),
+            digest,
+            attempts,
+            message: last,
+        })
+    }
+
+    async fn fetch_blob_once(
+        &self,
+        reference: &Reference,
+        descriptor: &Descriptor,
+        store: SharedStore,
+    ) -> Result<(), Attempt> {
+        let digest = descriptor.digest().clone();
+        let size = descriptor.size();
+        let url = self.url(reference, &format!("blobs/{digest}"));
+        let response = self
+            .send(&Target::pull(reference), true, |http| http.get(&url))
+            .await
+            .map_err(|e| Attempt::Fatal(e.into()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(Attempt::Fatal(PullError::Status {
+                what: format!("blob {digest} of {reference}"),
+                status: status.as_u16(),
+                body: truncate(&body),
+            }));
+        }
+        // A bounded channel hands the bytes to a blocking thread that hashes and writes them, so
+        // at most a few chunks of the blob are in memory at once.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(8);
+        let writer = {
+            let digest = digest.clone();
+            tokio::task::spawn_blocking(move || -> Result<Option<(String, u64)>, StoreError> {
+                let mut writer = store.writer(&digest, Some(size))?;
+                let mut hasher = Hasher::for_digest(&digest)?;
+                let mut written = 0u64;
+                while let Some(message) = rx.blocking_recv() {
+                    let Some(chunk) = message else {
+                        let actual = hasher.finish_hex();
+                        if actual == digest.digest() && written == size {
+                            writer.commit()?;
+                        }
+                        return Ok(Some((actual, written)));
+                    };
+                    hasher.update(&chunk);
+                    writer.write_all(&chunk).map_err(|source| StoreError::Io {
+                        op: "write blob",
+                        path: std::path::PathBuf::from(digest.to_string()),
+                        source,
+                    })?;
+                    written += chunk.len() as u64;
+                }
+                // The sender went away without the end marker: an aborted transfer.
+                Ok(None)
+            })
+        };
+        let mut received = 0u64;
+        let mut failure = None;
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    received += chunk.len() as u64;
+                    if received > size {
+                        failure = Some(Attempt::Fatal(PullError::BlobSizeMismatch {
+                            reference: reference.to_string(),
+                            digest: digest.clone(),
+                            expected: size,
+                            actual: received,
+                        }));
+                        break;
+                    }
+                    if tx.send(Some(chunk)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(Attempt::Retry(error_chain(&e)));
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            let _ = tx.send(None).await;
+        }
+        drop(tx);
+        let outcome = writer.await.map_err(|e| {
+            Attempt::Fatal(PullError::Task {
+                digest: digest.clone(),
+                message: e.to_string(),
+            })
+        })?;
+        let outcome = outcome.map_err(|source| {
+            Attempt::Fatal(PullError::Store {
+                digest: digest.clone(),
+                source,
+            })
+        })?;
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        match outcome {
+            None => Err(Attempt::Retry("transfer aborted".into())),
+            Some((_, written)) if written != size => {
+                Err(Attempt::Fatal(PullError::BlobSizeMismatch {
+                    reference: reference.to_string(),
+                    digest,
+                    expected: size,
+                    actual: written,
+                }))
+            }
+            Some((actual, _)) if actual != digest.digest() => {
+                Err(Attempt::Fatal(PullError::BlobDigestMismatch {
+                    reference: reference.to_string(),
+                    digest: digest.clone(),
+                    actual: format!("{}:{actual}", digest.algorithm()),
+                }))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+fn hash_hex(digest: &Digest, bytes: &[u8]) -> Result<String, StoreError> {
+    let mut h = Hasher::for_digest(digest)?;
+    h.update(bytes);
+    Ok(h.finish_hex())
+}
+
+/// Writes small in-memory bytes (a manifest) into the store under their digest.
+pub(crate) async fn store_bytes(
+    store: &SharedStore,
+    digest: &Digest,
+    bytes: Bytes,
+) -> Result<(), PullError> {
+    let store = store.clone();
+    let d = digest.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        if store.size(&d)? == Some(bytes.len() as u64) {
+            return Ok(());
+        }
+        let mut w = store.writer(&d, Some(bytes.len() as u64))?;
+        w.write_all(&bytes).map_err(|source| StoreError::Io {
+            op: "write blob",
+            path: std::path::PathBuf::from(d.to_string()),
+            source,
+        })?;
+        w.commit()
+    })
+    .await
+    .map_err(|e| PullError::Task {
+        digest: digest.clone(),
+        message: e.to_string(),
+    })?
+    .map_err(|source| PullError::Store {
+        digest: digest.clone(),
+        source,
+    })
+}
