@@ -21,6 +21,7 @@ pub mod directives;
 pub mod dump;
 pub mod error;
 mod grammar;
+mod json;
 pub mod heredoc;
 pub mod ignore;
 pub mod shell;
