@@ -1,0 +1,835 @@
+//! Layer apply: a layer blob (gzip, zstd or plain tar) extracted into a snapshot directory.
+//!
+//! Every entry is created relative to a directory descriptor of its parent, and that parent is
+//! resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` from the snapshot root. The
+//! kernel then refuses any resolution that would leave the root, including through symlinks the
+//! archive itself planted, so a hostile tar cannot write outside the snapshot. Names with `..`
+//! and absolute names are refused before that. The final component is never followed: files are
+//! created with `O_EXCL | O_NOFOLLOW` after whatever was there is removed.
+//!
+//! OCI whiteouts become the overlayfs form ([`WhiteoutMode::Overlay`]) so a snapshot stacks as a
+//! lowerdir, or are carried out by deletion ([`WhiteoutMode::Remove`]) when layers are
+//! flattened into one directory. See the OCI image spec, "Representing Changes"
+//! (layer.md#whiteouts) and the kernel's overlayfs documentation for the two forms.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::Digest;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::compress::{Compression, HashingReader, decompress};
+
+/// The xattr overlayfs reads to mark a directory opaque.
+pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The OCI whiteout prefix.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// The OCI opaque-directory marker.
+pub const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";
+
+/// What to do with whiteout entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhiteoutMode {
+    /// Write them in overlayfs form: a 0/0 character device for a deleted name and the
+    /// `trusted.overlay.opaque=y` xattr for an opaque directory. For snapshots that stack as
+    /// overlay lowerdirs.
+    #[default]
+    Overlay,
+    /// Delete what they name from the destination. For applying layers on top of each other
+    /// into one flattened directory.
+    Remove,
+}
+
+/// Options for [`apply_layer`].
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    /// How whiteouts are represented.
+    pub whiteouts: WhiteoutMode,
+    /// When set, the uncompressed tar must hash to this diffID.
+    pub expected_diff_id: Option<Digest>,
+}
+
+/// What [`apply_layer`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+    /// The compression detected from the blob's magic bytes.
+    pub compression: Compression,
+    /// Size of the uncompressed tar.
+    pub uncompressed_size: u64,
+    /// Number of tar entries applied (whiteouts included).
+    pub entries: u64,
+}
+
+/// Errors of applying a layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The snapshot directory could not be created or opened.
+    #[error("open snapshot root {path}")]
+    OpenRoot {
+        /// The snapshot directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The layer stream could not be decompressed or read as tar.
+    #[error("read layer archive")]
+    ReadArchive {
+        /// The cause.
+        source: io::Error,
+    },
+    /// An entry's name is not a safe relative path.
+    #[error("refusing tar entry {entry:?}: {reason}")]
+    UnsafePath {
+        /// The entry name as found in the archive.
+        entry: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// Resolving an entry's parent (or a hardlink's target) would leave the snapshot.
+    #[error("refusing tar entry {entry:?}: {path:?} resolves outside the snapshot")]
+    Escapes {
+        /// The entry name.
+        entry: String,
+        /// The path whose resolution escaped.
+        path: String,
+    },
+    /// A filesystem operation for an entry failed.
+    #[error("{op} for tar entry {entry:?}")]
+    Entry {
+        /// The entry name.
+        entry: String,
+        /// The operation, such as "create file" or "set xattr security.capability".
+        op: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The entry type is not one a layer may carry.
+    #[error("unsupported tar entry type {typeflag:?} for {entry:?}")]
+    UnsupportedType {
+        /// The entry name.
+        entry: String,
+        /// The raw type flag.
+        typeflag: char,
+    },
+    /// The uncompressed layer did not hash to the expected diffID.
+    #[error("layer diffID mismatch: expected {expected}, got {actual}")]
+    DiffIdMismatch {
+        /// The diffID asked for.
+        expected: Digest,
+        /// The diffID of the bytes read.
+        actual: Digest,
+    },
+}
+
+/// Extracts the layer in `reader` (compression detected by magic bytes) into `dest`, creating
+/// `dest` if needed.
+///
+/// # Errors
+/// See [`ApplyError`]. On error `dest` holds a partial tree; callers extract into a temp dir
+/// and rename (as [`crate::SnapshotStore`] does).
+pub fn apply_layer(
+    reader: impl Read,
+    dest: &Path,
+    options: &ApplyOptions,
+) -> Result<ApplyReport, ApplyError> {
+    fs_err::create_dir_all(dest).map_err(|source| ApplyError::OpenRoot {
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    let root = rustix::fs::open(
+        dest,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ApplyError::OpenRoot {
+        path: dest.to_path_buf(),
+        source: e.into(),
+    })?;
+
+    let (compression, stream) =
+        decompress(reader).map_err(|source| ApplyError::ReadArchive { source })?;
+    let mut archive = tar::Archive::new(HashingReader::new(stream));
+    let mut applier = Applier {
+        root: root.as_fd(),
+        mode: options.whiteouts,
+        parent_cache: None,
+        dir_times: Vec::new(),
+        created: HashSet::new(),
+        buf: vec![0; 256 * 1024],
+    };
+    let mut count = 0u64;
+    {
+        let entries = archive
+            .entries()
+            .map_err(|source| ApplyError::ReadArchive { source })?;
+        for entry in entries {
+            let mut entry = entry.map_err(|source| ApplyError::ReadArchive { source })?;
+            applier.apply_entry(&mut entry)?;
+            count += 1;
+        }
+    }
+    applier.finish_dir_times()?;
+
+    // The tar reader stops at the end-of-archive blocks; read the rest so the diffID covers the
+    // whole stream and the decompressor checks its trailer.
+    let mut hashing = archive.into_inner();
+    io::copy(&mut hashing, &mut io::sink()).map_err(|source| ApplyError::ReadArchive { source })?;
+    let (diff_id, uncompressed_size) = hashing.finish();
+    if let Some(expected) = &options.expected_diff_id
+        && *expected != diff_id
+    {
+        return Err(ApplyError::DiffIdMismatch {
+            expected: expected.clone(),
+            actual: diff_id,
+        });
+    }
+    Ok(ApplyReport {
+        diff_id,
+        compression,
+        uncompressed_size,
+        entries: count,
+    })
+}
+
+/// Splits an archive name into safe components: `.` and empty parts dropped, `..` and absolute
+/// names refused.
+fn safe_components<'a>(raw: &'a [u8], entry: &str) -> Result<Vec<&'a [u8]>, ApplyError> {
+    if raw.first() == Some(&b'/') {
+        return Err(ApplyError::UnsafePath {
+            entry: entry.to_string(),
+            reason: "absolute path",
+        });
+    }
+    let mut out = Vec::new();
+    for part in raw.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                return Err(ApplyError::UnsafePath {
+                    entry: entry.to_string(),
+                    reason: "path contains '..'",
+                });
+            }
+            p if p.contains(&0) => {
+                return Err(ApplyError::UnsafePath {
+                    entry: entry.to_string(),
+                    reason: "path contains a NUL byte",
+                });
+            }
+            p => out.push(p),
+        }
+    }
+    Ok(out)
+}
+
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    parts.join(&b'/')
+}
+
+fn os(bytes: &[u8]) -> &std::ffi::OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(bytes)
+}
+
+/// Metadata of one entry beyond what the ustar header holds, gathered from PAX records.
+#[derive(Default)]
+struct Extended {
+    uid: Option<u64>,
+    gid: Option<u64>,
+    mtime: Option<(i64, u32)>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let mut nanos = 0u32;
+    for (i, c) in frac.chars().take(9).enumerate() {
+        let d = c.to_digit(10)?;
+        nanos += d * 10u32.pow(8 - u32::try_from(i).ok()?);
+    }
+    Some((secs, nanos))
+}
+
+struct Applier<'fd> {
+    root: BorrowedFd<'fd>,
+    mode: WhiteoutMode,
+    /// The last parent directory resolved, reused while entries share it (archives are
+    /// usually sorted, so they do).
+    parent_cache: Option<(Vec<u8>, OwnedFd)>,
+    /// Directory mtimes, set last: creating children would otherwise bump them.
+    dir_times: Vec<(Vec<u8>, Timespec)>,
+    /// Paths this layer created, so an opaque marker in remove mode spares them.
+    created: HashSet<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Applier<'_> {
+    fn err(entry: &str, op: impl Into<String>) -> impl FnOnce(Errno) -> ApplyError + '_ {
+        let op = op.into();
+        move |e| ApplyError::Entry {
+            entry: entry.to_string(),
+            op,
+            source: e.into(),
+        }
+    }
+
+    /// Opens `rel` (a directory path below the root) without ever leaving the root. With
+    /// `create`, missing directories are made (0755, like `mkdir -p`) one component at a time.
+    fn open_dir(
+        &self,
+        rel: &[&[u8]],
+        entry: &str,
+        create: bool,
+        flags: OFlags,
+    ) -> Result<OwnedFd, ApplyError> {
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        let path = join(rel);
+        let target: &[u8] = if path.is_empty() { b"." } else { &path };
+        let open = |p: &[u8]| {
+            rustix::fs::openat2(
+                self.root,
+                os(p),
+                flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve,
+            )
+        };
+        let escape = |p: &[u8]| ApplyError::Escapes {
+            entry: entry.to_string(),
+            path: String::from_utf8_lossy(p).into_owned(),
+        };
+        match open(target) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::XDEV | Errno::LOOP) => return Err(escape(target)),
+            Err(Errno::NOENT) if create => {}
+            Err(e) => return Err(Self::err(entry, "open parent directory")(e)),
+        }
+        let mut parent = open(b".").map_err(Self::err(entry, "open snapshot root"))?;
+        for i in 1..=rel.len() {
+            let prefix = join(&rel[..i]);
+            let fd = match open(&prefix) {
+                Ok(fd) => fd,
+                Err(Errno::XDEV | Errno::LOOP) => return Err(escape(&prefix)),
+                Err(Errno::NOENT) => {
+                    match rustix::fs::mkdirat(&parent, os(rel[i - 1]), Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(Self::err(entry, "create parent directory")(e)),
+                    }
+                    open(&prefix).map_err(|e| match e {
+                        Errno::XDEV | Errno::LOOP => escape(&prefix),
+                        e => Self::err(entry, "open parent directory")(e),
+                    })?
+                }
+                Err(e) => return Err(Self::err(entry, "open parent directory")(e)),
+            };
+            parent = fd;
+        }
+        Ok(parent)
+    }
+
+    fn parent(&mut self, rel: &[&[u8]], entry: &str) -> Result<BorrowedFd<'_>, ApplyError> {
+        let key = join(rel);
+        let hit = self.parent_cache.as_ref().is_some_and(|(k, _)| *k == key);
+        if !hit {
+            let fd = self.open_dir(rel, entry, true, OFlags::PATH)?;
+            self.parent_cache = Some((key, fd));
+        }
+        match &self.parent_cache {
+            Some((_, fd)) => Ok(fd.as_fd()),
+            None => Err(ApplyError::Entry {
+                entry: entry.to_string(),
+                op: "open parent directory".into(),
+                source: io::Error::other("parent cache empty"),
+            }),
+        }
+    }
+
+    fn apply_entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<(), ApplyError> {
+        let raw = e.path_bytes().into_owned();
+        let entry = String::from_utf8_lossy(&raw).into_owned();
+        let parts = safe_components(&raw, &entry)?;
+        let header = e.header();
+        let kind = header.entry_type();
+        let map_read = |source: io::Error| ApplyError::ReadArchive { source };
+        let mut ext = Extended::default();
+        if let Some(pax) = e.pax_extensions().map_err(map_read)? {
+            for rec in pax {
+                let rec = rec.map_err(map_read)?;
+                let key = rec.key_bytes();
+                let value = rec.value_bytes();
+                let num = || {
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                };
+                match key {
+                    b"uid" => ext.uid = num(),
+                    b"gid" => ext.gid = num(),
+                    b"mtime" => ext.mtime = parse_pax_time(value),
+                    k if k.starts_with(b"SCHILY.xattr.") => {
+                        ext.xattrs.push((k[13..].to_vec(), value.to_vec()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let header = e.header();
+        let uid = ext.uid.or_else(|| header.uid().ok()).unwrap_or(0);
+        let gid = ext.gid.or_else(|| header.gid().ok()).unwrap_or(0);
+        let perm = header.mode().unwrap_or(0o644) & 0o7777;
+        let mtime = ext.mtime.unwrap_or_else(|| {
+            (
+                header
+                    .mtime()
+                    .ok()
+                    .and_then(|m| i64::try_from(m).ok())
+                    .unwrap_or(0),
+                0,
+            )
+        });
+        let mtime = Timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1.into(),
+        };
+        let meta = Meta {
+            uid,
+            gid,
+            perm,
+            mtime,
+            xattrs: ext.xattrs,
+        };
+
+        let Some((name, dir_parts)) = parts.split_last() else {
+            // The root itself ("./"): only a directory entry may name it.
+            if kind.is_dir() {
+                let fd = self.open_dir(&[], &entry, false, OFlags::RDONLY)?;
+                set_fd_meta(&fd, &meta, &entry)?;
+                self.dir_times.push((Vec::new(), meta.mtime));
+                return Ok(());
+            }
+            return Err(ApplyError::UnsafePath {
+                entry,
+                reason: "a non-directory entry names the root",
+            });
+        };
+        let name = *name;
+
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            return self.whiteout(dir_parts, target, &entry);
+        }
+
+        let rel = join(&parts);
+        self.created.insert(rel.clone());
+        let link = e.link_name_bytes().map(std::borrow::Cow::into_owned);
+        match kind {
+            tar::EntryType::Directory => {
+                let parent = self
+                    .parent(dir_parts, &entry)?
+                    .try_clone_to_owned()
+                    .map_err(|err| ApplyError::Entry {
+                        entry: entry.clone(),
+                        op: "dup parent fd".into(),
+                        source: err,
+                    })?;
+                let existing = stat_nofollow(&parent, name);
+                if existing.is_some_and(|t| t != FileType::Directory) {
+                    self.remove_existing(&parent, name, &entry)?;
+                }
+                match rustix::fs::mkdirat(&parent, os(name), Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(err) => return Err(Self::err(&entry, "create directory")(err)),
+                }
+                let fd = rustix::fs::openat2(
+                    &parent,
+                    os(name),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+                )
+                .map_err(Self::err(&entry, "open directory"))?;
+                set_fd_meta(&fd, &meta, &entry)?;
+                self.dir_times.push((rel, meta.mtime));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let parent = self.owned_parent(dir_parts, &entry)?;
+                self.remove_existing(&parent, name, &entry)?;
+                let fd = rustix::fs::openat(
+                    &parent,
+                    os(name),
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(Self::err(&entry, "create file"))?;
+                let mut file = std::fs::File::from(fd);
+                loop {
+                    let n = e.read(&mut self.buf).map_err(map_read)?;
+                    if n == 0 {
+                        break;
+                    }
+                    file.write_all(&self.buf[..n])
+                        .map_err(|source| ApplyError::Entry {
+                            entry: entry.clone(),
+                            op: "write file".into(),
+                            source,
+                        })?;
+                }
+                set_fd_meta(&file, &meta, &entry)?;
+                rustix::fs::futimens(
+                    &file,
+                    &Timestamps {
+                        last_access: meta.mtime,
+                        last_modification: meta.mtime,
+                    },
+                )
+                .map_err(Self::err(&entry, "set mtime"))?;
+            }
+            tar::EntryType::Symlink => {
+                let Some(target) = link else {
+                    return Err(ApplyError::UnsafePath {
+                        entry,
+                        reason: "symlink without a target",
+                    });
+                };
+                let parent = self.owned_parent(dir_parts, &entry)?;
+                self.remove_existing(&parent, name, &entry)?;
+                // The target is stored as text and never followed here, so it may point
+                // anywhere; what it points at is resolved inside the container, not on the host.
+                rustix::fs::symlinkat(os(&target), &parent, os(name))
+                    .map_err(Self::err(&entry, "create symlink"))?;
+                set_node_meta(&parent, name, &meta, &entry, true)?;
+            }
+            tar::EntryType::Link => {
+                let Some(target) = link else {
+                    return Err(ApplyError::UnsafePath {
+                        entry,
+                        reason: "hardlink without a target",
+                    });
+                };
+                let target_entry = String::from_utf8_lossy(&target).into_owned();
+                let tparts =
+                    safe_components(&target, &entry).map_err(|_| ApplyError::UnsafePath {
+                        entry: entry.clone(),
+                        reason: "hardlink target is absolute or contains '..'",
+                    })?;
+                let Some((tname, tdir)) = tparts.split_last() else {
+                    return Err(ApplyError::UnsafePath {
+                        entry,
+                        reason: "hardlink to the root",
+                    });
+                };
+                let tparent = self
+                    .open_dir(tdir, &entry, false, OFlags::PATH)
+                    .map_err(|err| match err {
+                        ApplyError::Escapes { entry, .. } => ApplyError::Escapes {
+                            entry,
+                            path: target_entry.clone(),
+                        },
+                        other => other,
+                    })?;
+                let parent = self.owned_parent(dir_parts, &entry)?;
+                self.remove_existing(&parent, name, &entry)?;
+                // Flags 0: link the target itself, never what it might point to.
+                rustix::fs::linkat(&tparent, os(tname), &parent, os(name), AtFlags::empty())
+                    .map_err(Self::err(&entry, format!("hardlink to {target_entry:?}")))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let ft = match kind {
+                    tar::EntryType::Char => FileType::CharacterDevice,
+                    tar::EntryType::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let parent = self.owned_parent(dir_parts, &entry)?;
+                self.remove_existing(&parent, name, &entry)?;
+                rustix::fs::mknodat(
+                    &parent,
+                    os(name),
+                    ft,
+                    Mode::from_raw_mode(0o600),
+                    rustix::fs::makedev(major, minor),
+                )
+                .map_err(Self::err(&entry, "create device node"))?;
+                set_node_meta(&parent, name, &meta, &entry, false)?;
+            }
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+            other => {
+                return Err(ApplyError::UnsupportedType {
+                    entry,
+                    typeflag: char::from(other.as_byte()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn owned_parent(&mut self, dir_parts: &[&[u8]], entry: &str) -> Result<OwnedFd, ApplyError> {
+        self.parent(dir_parts, entry)?
+            .try_clone_to_owned()
+            .map_err(|source| ApplyError::Entry {
+                entry: entry.to_string(),
+                op: "dup parent fd".into(),
+                source,
+            })
+    }
+
+    /// Removes whatever is at `parent/name` (a whole tree for a directory); absent is fine.
+    fn remove_existing(
+        &mut self,
+        parent: &OwnedFd,
+        name: &[u8],
+        entry: &str,
+    ) -> Result<(), ApplyError> {
+        match stat_nofollow(parent, name) {
+            None => Ok(()),
+            Some(FileType::Directory) => {
+                // Cached parents below this directory would point into the removed tree.
+                self.parent_cache = None;
+                let path = proc_path(parent, name);
+                fs_err::remove_dir_all(&path).map_err(|source| ApplyError::Entry {
+                    entry: entry.to_string(),
+                    op: "remove existing directory".into(),
+                    source,
+                })
+            }
+            Some(_) => rustix::fs::unlinkat(parent, os(name), AtFlags::empty())
+                .map_err(Self::err(entry, "remove existing file")),
+        }
+    }
+
+    fn whiteout(
+        &mut self,
+        dir_parts: &[&[u8]],
+        target: &[u8],
+        entry: &str,
+    ) -> Result<(), ApplyError> {
+        let parent = self.owned_parent(dir_parts, entry)?;
+        if target == &WHITEOUT_OPAQUE.as_bytes()[WHITEOUT_PREFIX.len()..] {
+            match self.mode {
+                WhiteoutMode::Overlay => {
+                    let dir = rustix::fs::openat(
+                        &parent,
+                        ".",
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(Self::err(entry, "open opaque directory"))?;
+                    rustix::fs::fsetxattr(
+                        &dir,
+                        OVERLAY_OPAQUE_XATTR,
+                        b"y",
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                    .map_err(Self::err(
+                        entry,
+                        format!("set xattr {OVERLAY_OPAQUE_XATTR}"),
+                    ))?;
+                }
+                WhiteoutMode::Remove => {
+                    let dir_rel = join(dir_parts);
+                    let dir_path = proc_path(&parent, b".");
+                    let children =
+                        fs_err::read_dir(&dir_path).map_err(|source| ApplyError::Entry {
+                            entry: entry.to_string(),
+                            op: "list opaque directory".into(),
+                            source,
+                        })?;
+                    for child in children {
+                        let child = child.map_err(|source| ApplyError::Entry {
+                            entry: entry.to_string(),
+                            op: "list opaque directory".into(),
+                            source,
+                        })?;
+                        use std::os::unix::ffi::OsStrExt;
+                        let cname = child.file_name().as_bytes().to_vec();
+                        let mut crel = dir_rel.clone();
+                        if !crel.is_empty() {
+                            crel.push(b'/');
+                        }
+                        crel.extend_from_slice(&cname);
+                        if !self.created.contains(&crel) {
+                            self.remove_existing(&parent, &cname, entry)?;
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            // Other `.wh..wh.` names are aufs metadata (hardlink dirs); they carry no change.
+            return Ok(());
+        }
+        if target.is_empty() {
+            return Err(ApplyError::UnsafePath {
+                entry: entry.to_string(),
+                reason: "whiteout without a name",
+            });
+        }
+        self.remove_existing(&parent, target, entry)?;
+        if self.mode == WhiteoutMode::Overlay {
+            rustix::fs::mknodat(
+                &parent,
+                os(target),
+                FileType::CharacterDevice,
+                Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )
+            .map_err(Self::err(entry, "create whiteout device"))?;
+            rustix::fs::chownat(
+                &parent,
+                os(target),
+                Some(rustix::fs::Uid::ROOT),
+                Some(rustix::fs::Gid::ROOT),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(Self::err(entry, "chown whiteout device"))?;
+        }
+        Ok(())
+    }
+
+    fn finish_dir_times(&mut self) -> Result<(), ApplyError> {
+        self.parent_cache = None;
+        let times = std::mem::take(&mut self.dir_times);
+        for (rel, mtime) in times.iter().rev() {
+            let parts: Vec<&[u8]> = rel
+                .split(|b| *b == b'/')
+                .filter(|p| !p.is_empty())
+                .collect();
+            let entry = String::from_utf8_lossy(rel).into_owned();
+            // A later entry may have replaced or whited out the directory; then its time is moot.
+            let Ok(fd) = self.open_dir(&parts, &entry, false, OFlags::RDONLY) else {
+                continue;
+            };
+            rustix::fs::futimens(
+                &fd,
+                &Timestamps {
+                    last_access: *mtime,
+                    last_modification: *mtime,
+                },
+            )
+            .map_err(Self::err(&entry, "set directory mtime"))?;
+        }
+        Ok(())
+    }
+}
+
+struct Meta {
+    uid: u64,
+    gid: u64,
+    perm: u32,
+    mtime: Timespec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn ids(meta: &Meta, entry: &str) -> Result<(rustix::fs::Uid, rustix::fs::Gid), ApplyError> {
+    let bad = || ApplyError::UnsafePath {
+        entry: entry.to_string(),
+        reason: "uid or gid out of range",
+    };
+    let uid = u32::try_from(meta.uid).map_err(|_| bad())?;
+    let gid = u32::try_from(meta.gid).map_err(|_| bad())?;
+    Ok((
+        rustix::fs::Uid::from_raw(uid),
+        rustix::fs::Gid::from_raw(gid),
+    ))
+}
+
+/// Owner, then mode (chown clears setuid/setgid), then xattrs (chown also drops
+/// security.capability), on an open file or directory.
+fn set_fd_meta(fd: impl AsFd, meta: &Meta, entry: &str) -> Result<(), ApplyError> {
+    let (uid, gid) = ids(meta, entry)?;
+    rustix::fs::fchown(&fd, Some(uid), Some(gid)).map_err(Applier::err(entry, "chown"))?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.perm))
+        .map_err(Applier::err(entry, "chmod"))?;
+    for (name, value) in &meta.xattrs {
+        rustix::fs::fsetxattr(&fd, os(name), value, rustix::fs::XattrFlags::empty()).map_err(
+            Applier::err(
+                entry,
+                format!("set xattr {}", String::from_utf8_lossy(name)),
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// The same for a node that must not be opened (symlink, device, fifo), by name in `parent`.
+fn set_node_meta(
+    parent: &OwnedFd,
+    name: &[u8],
+    meta: &Meta,
+    entry: &str,
+    symlink: bool,
+) -> Result<(), ApplyError> {
+    let (uid, gid) = ids(meta, entry)?;
+    rustix::fs::chownat(
+        parent,
+        os(name),
+        Some(uid),
+        Some(gid),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(Applier::err(entry, "chown"))?;
+    if !symlink {
+        // The node was just created by mknodat and is not a symlink, so this cannot follow one.
+        rustix::fs::chmodat(
+            parent,
+            os(name),
+            Mode::from_raw_mode(meta.perm),
+            AtFlags::empty(),
+        )
+        .map_err(Applier::err(entry, "chmod"))?;
+    }
+    if !meta.xattrs.is_empty() {
+        // l*xattr on the /proc/self/fd path of the parent: the parent is pinned by its fd and
+        // the final component is not followed.
+        let path = proc_path(parent, name);
+        for (xname, value) in &meta.xattrs {
+            match rustix::fs::lsetxattr(&path, os(xname), value, rustix::fs::XattrFlags::empty()) {
+                // The kernel allows user.* xattrs only on files and directories.
+                Err(Errno::PERM) if xname.starts_with(b"user.") => {}
+                Err(e) => {
+                    return Err(Applier::err(
+                        entry,
+                        format!("set xattr {}", String::from_utf8_lossy(xname)),
+                    )(e));
+                }
+                Ok(()) => {}
+            }
+        }
+    }
+    rustix::fs::utimensat(
+        parent,
+        os(name),
+        &Timestamps {
+            last_access: meta.mtime,
+            last_modification: meta.mtime,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(Applier::err(entry, "set mtime"))
+}
+
+fn stat_nofollow(parent: &OwnedFd, name: &[u8]) -> Option<FileType> {
+    rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|st| FileType::from_raw_mode(st.st_mode))
+}
+
+fn proc_path(parent: &OwnedFd, name: &[u8]) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd()));
+    if name != b"." {
+        p.push(os(name));
+    }
+    p
+}

@@ -1,0 +1,601 @@
+//! Compression: detection by magic bytes, decompressing readers, and the streaming layer writer
+//! that compresses (gzip in parallel pigz-style, or multithreaded zstd) while it hashes.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+
+use oci_spec::image::Digest;
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::sha256_digest;
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip (RFC 1952), the default for layers.
+    #[default]
+    Gzip,
+    /// zstd (RFC 8878).
+    Zstd,
+}
+
+impl Compression {
+    /// Detects the compression of a blob from its first bytes; anything that is neither gzip
+    /// nor zstd is taken as a plain tar (the tar reader then judges it).
+    #[must_use]
+    pub fn detect(magic: &[u8]) -> Self {
+        if magic.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Self::Zstd
+        } else {
+            Self::None
+        }
+    }
+
+    /// The default level for this compression (gzip 6 as `gzip` and Go use, zstd 3).
+    #[must_use]
+    pub fn default_level(self) -> i32 {
+        match self {
+            Self::None => 0,
+            Self::Gzip => 6,
+            Self::Zstd => 3,
+        }
+    }
+}
+
+/// Compression choice, level and worker threads for writing a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressionOptions {
+    /// The codec.
+    pub compression: Compression,
+    /// The level; `None` means the codec's default. gzip takes 0..=9, zstd 1..=22.
+    pub level: Option<i32>,
+    /// Worker threads; 0 means one per available core.
+    pub threads: usize,
+}
+
+impl Default for CompressionOptions {
+    fn default() -> Self {
+        Self {
+            compression: Compression::Gzip,
+            level: None,
+            threads: 0,
+        }
+    }
+}
+
+impl CompressionOptions {
+    /// Options for `compression` at its default level on every core.
+    #[must_use]
+    pub fn new(compression: Compression) -> Self {
+        Self {
+            compression,
+            ..Self::default()
+        }
+    }
+
+    fn thread_count(&self) -> usize {
+        if self.threads == 0 {
+            thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        } else {
+            self.threads
+        }
+    }
+}
+
+/// Wraps `reader` in the decompressor its magic bytes call for (gzip, zstd or none).
+///
+/// gzip streams with several members (as pigz and this crate's writer may produce) are read
+/// whole.
+///
+/// # Errors
+/// Reading the magic bytes or setting up the zstd decoder fails.
+pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
+    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    let magic = buffered.fill_buf()?;
+    let compression = Compression::detect(magic);
+    let out: Box<dyn Read + 'a> = match compression {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        Compression::None => Box::new(buffered),
+    };
+    Ok((compression, out))
+}
+
+/// A `Write` sink that counts and hashes what passes through it.
+#[derive(Debug)]
+pub(crate) struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    pub(crate) fn finish(self) -> (W, Digest, u64) {
+        (
+            self.inner,
+            sha256_digest(&self.hasher.finalize().into()),
+            self.size,
+        )
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A `Read` wrapper that hashes and counts what is read through it.
+#[derive(Debug)]
+pub(crate) struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    pub(crate) fn finish(self) -> (Digest, u64) {
+        (sha256_digest(&self.hasher.finalize().into()), self.size)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// The identities of a layer written in one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerDigests {
+    /// sha256 of the uncompressed tar: the config's `rootfs.diff_ids` entry.
+    pub diff_id: Digest,
+    /// sha256 of the compressed blob: the manifest's layer digest.
+    pub digest: Digest,
+    /// Size of the compressed blob in bytes.
+    pub size: u64,
+    /// Size of the uncompressed tar in bytes.
+    pub uncompressed_size: u64,
+    /// The codec the blob was written with.
+    pub compression: Compression,
+}
+
+enum Encoder<W: Write> {
+    Plain(HashingWriter<W>),
+    Gzip(ParallelGzip<HashingWriter<W>>),
+    Zstd(zstd::stream::write::Encoder<'static, HashingWriter<W>>),
+}
+
+/// Compresses a tar stream into `W` while computing the diffID (uncompressed sha256), the
+/// compressed digest and size, all in one pass with bounded memory.
+pub struct LayerWriter<W: Write> {
+    diff_hasher: Sha256,
+    uncompressed: u64,
+    encoder: Encoder<W>,
+    compression: Compression,
+}
+
+impl<W: Write> std::fmt::Debug for LayerWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerWriter")
+            .field("compression", &self.compression)
+            .field("uncompressed", &self.uncompressed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write + Send + 'static> LayerWriter<W> {
+    /// Starts a layer writer into `out`.
+    ///
+    /// # Errors
+    /// The zstd encoder rejects the level or thread count.
+    pub fn new(out: W, options: &CompressionOptions) -> io::Result<Self> {
+        let sink = HashingWriter::new(out);
+        let level = options.level.unwrap_or(options.compression.default_level());
+        let threads = options.thread_count();
+        let encoder = match options.compression {
+            Compression::None => Encoder::Plain(sink),
+            Compression::Gzip => {
+                let level = u32::try_from(level.clamp(0, 9)).unwrap_or(6);
+                Encoder::Gzip(ParallelGzip::new(sink, level, threads))
+            }
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
+                if threads > 1 {
+                    enc.multithread(u32::try_from(threads).unwrap_or(1))?;
+                }
+                Encoder::Zstd(enc)
+            }
+        };
+        Ok(Self {
+            diff_hasher: Sha256::new(),
+            uncompressed: 0,
+            encoder,
+            compression: options.compression,
+        })
+    }
+}
+
+impl<W: Write> LayerWriter<W> {
+    /// Flushes the compressor and returns the sink with the layer's digests.
+    ///
+    /// # Errors
+    /// Writing the last compressed bytes fails.
+    pub fn finish(self) -> io::Result<(W, LayerDigests)> {
+        let sink = match self.encoder {
+            Encoder::Plain(s) => s,
+            Encoder::Gzip(g) => g.finish()?,
+            Encoder::Zstd(z) => z.finish()?,
+        };
+        let (out, digest, size) = sink.finish();
+        let digests = LayerDigests {
+            diff_id: sha256_digest(&self.diff_hasher.finalize().into()),
+            digest,
+            size,
+            uncompressed_size: self.uncompressed,
+            compression: self.compression,
+        };
+        Ok((out, digests))
+    }
+}
+
+impl<W: Write> Write for LayerWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.encoder {
+            Encoder::Plain(s) => s.write(buf)?,
+            Encoder::Gzip(g) => g.write(buf)?,
+            Encoder::Zstd(z) => z.write(buf)?,
+        };
+        self.diff_hasher.update(&buf[..n]);
+        self.uncompressed += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.encoder {
+            Encoder::Plain(s) => s.flush(),
+            // Flushing mid-stream would cut a deflate block early and change the output; the
+            // layer is flushed as a whole by `finish`.
+            Encoder::Gzip(_) => Ok(()),
+            Encoder::Zstd(z) => z.flush(),
+        }
+    }
+}
+
+/// Uncompressed bytes per gzip block handed to one worker.
+const GZIP_BLOCK: usize = 1024 * 1024;
+/// Deflate's window: each block is primed with this much of the previous one, as pigz does,
+/// so splitting costs almost no ratio.
+const DICT: usize = 32 * 1024;
+
+struct GzJob {
+    data: Vec<u8>,
+    dict: Vec<u8>,
+    last: bool,
+    reply: mpsc::SyncSender<io::Result<GzBlock>>,
+}
+
+struct GzBlock {
+    deflated: Vec<u8>,
+    crc: crc32fast::Hasher,
+}
+
+/// The worker threads of a `ParallelGzip`; dropping the pool closes the job queue and joins
+/// the workers, on success and on error alike.
+struct GzPool {
+    jobs: Option<mpsc::Sender<GzJob>>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+impl GzPool {
+    fn new(threads: usize, level: u32) -> Self {
+        let (tx, rx) = mpsc::channel::<GzJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..threads)
+            .map(|_| {
+                let rx = Arc::clone(&rx);
+                thread::spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let result = deflate_block(&job.data, &job.dict, job.last, level);
+                        // The writer may have given up after an error elsewhere; then nobody
+                        // waits for this block.
+                        let _ = job.reply.send(result);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            jobs: Some(tx),
+            workers,
+        }
+    }
+}
+
+impl Drop for GzPool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// gzip compressed in parallel: the input is cut into blocks, each deflated by a worker with
+/// the previous block's last 32 KiB as its dictionary and ended with a sync flush, so the
+/// concatenated blocks form one ordinary deflate stream in a single gzip member (the layout
+/// pigz uses). CRCs are combined in order. At most `2 × threads` blocks are in flight, so
+/// memory stays bounded whatever the layer size.
+struct ParallelGzip<W: Write> {
+    out: W,
+    level: u32,
+    buf: Vec<u8>,
+    dict: Vec<u8>,
+    crc: crc32fast::Hasher,
+    isize: u64,
+    header_written: bool,
+    pending: VecDeque<mpsc::Receiver<io::Result<GzBlock>>>,
+    pool: Option<GzPool>,
+    max_pending: usize,
+}
+
+impl<W: Write> ParallelGzip<W> {
+    fn new(out: W, level: u32, threads: usize) -> Self {
+        let threads = threads.max(1);
+        Self {
+            out,
+            level,
+            buf: Vec::with_capacity(GZIP_BLOCK),
+            dict: Vec::new(),
+            crc: crc32fast::Hasher::new(),
+            isize: 0,
+            header_written: false,
+            pending: VecDeque::new(),
+            // One core: compress inline, no thread hand-off.
+            pool: (threads > 1).then(|| GzPool::new(threads, level)),
+            max_pending: 2 * threads,
+        }
+    }
+
+    fn write_header(&mut self) -> io::Result<()> {
+        if !self.header_written {
+            // A fixed header: no name, no mtime, OS "unknown", so bytes depend on content only.
+            self.out
+                .write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])?;
+            self.header_written = true;
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, last: bool) -> io::Result<()> {
+        self.write_header()?;
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(GZIP_BLOCK));
+        let next_dict = data[data.len().saturating_sub(DICT)..].to_vec();
+        let dict = std::mem::replace(&mut self.dict, next_dict);
+        let (reply, rx) = mpsc::sync_channel(1);
+        match self.pool.as_ref().and_then(|p| p.jobs.as_ref()) {
+            Some(jobs) => jobs
+                .send(GzJob {
+                    data,
+                    dict,
+                    last,
+                    reply,
+                })
+                .map_err(|_| io::Error::other("gzip workers stopped"))?,
+            None => reply
+                .send(deflate_block(&data, &dict, last, self.level))
+                .map_err(|_| io::Error::other("gzip block lost"))?,
+        }
+        self.pending.push_back(rx);
+        while self.pending.len() >= self.max_pending {
+            self.drain_one()?;
+        }
+        Ok(())
+    }
+
+    fn drain_one(&mut self) -> io::Result<()> {
+        let Some(rx) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let block = rx
+            .recv()
+            .map_err(|_| io::Error::other("gzip worker died"))??;
+        self.out.write_all(&block.deflated)?;
+        self.crc.combine(&block.crc);
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        self.submit(true)?;
+        while !self.pending.is_empty() {
+            self.drain_one()?;
+        }
+        let crc = self.crc.clone().finalize();
+        let mut trailer = [0u8; 8];
+        trailer[..4].copy_from_slice(&crc.to_le_bytes());
+        // ISIZE is the input size modulo 2^32 (RFC 1952 section 2.3.1).
+        trailer[4..].copy_from_slice(&((self.isize & 0xffff_ffff) as u32).to_le_bytes());
+        self.out.write_all(&trailer)?;
+        drop(self.pool.take());
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for ParallelGzip<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = GZIP_BLOCK - self.buf.len();
+        let n = buf.len().min(room);
+        self.buf.extend_from_slice(&buf[..n]);
+        self.isize += n as u64;
+        if self.buf.len() == GZIP_BLOCK {
+            self.submit(false)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Deflates one block as raw deflate, primed with `dict`; a non-final block ends with a sync
+/// flush (byte-aligned, not final) so the next block's output can follow it directly.
+fn deflate_block(data: &[u8], dict: &[u8], last: bool, level: u32) -> io::Result<GzBlock> {
+    use flate2::{Compress, FlushCompress, Status};
+    let mut c = Compress::new(flate2::Compression::new(level), false);
+    if !dict.is_empty() {
+        c.set_dictionary(dict).map_err(io::Error::other)?;
+    }
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8 + 1024);
+    loop {
+        let consumed = usize::try_from(c.total_in())
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let status = c
+            .compress_vec(&data[consumed..], &mut out, flush)
+            .map_err(io::Error::other)?;
+        let consumed = usize::try_from(c.total_in()).unwrap_or(usize::MAX);
+        let done = match status {
+            Status::StreamEnd => true,
+            // A sync flush is complete once all input is taken and output space is left over.
+            Status::Ok | Status::BufError => {
+                !last && consumed >= data.len() && out.len() < out.capacity()
+            }
+        };
+        if done {
+            break;
+        }
+        out.reserve(64 * 1024);
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(data);
+    Ok(GzBlock { deflated: out, crc })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> Vec<u8> {
+        let mut x: u32 = 12345;
+        (0..len)
+            .map(|i| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                if i % 3 == 0 {
+                    (x >> 24) as u8
+                } else {
+                    b"layer"[i % 5]
+                }
+            })
+            .collect()
+    }
+
+    fn roundtrip(opts: CompressionOptions, input: &[u8]) -> (LayerDigests, Vec<u8>) {
+        let mut w = LayerWriter::new(Vec::new(), &opts).unwrap();
+        for chunk in input.chunks(70_001) {
+            w.write_all(chunk).unwrap();
+        }
+        let (blob, d) = w.finish().unwrap();
+        let mut back = Vec::new();
+        {
+            let (c, mut r) = decompress(&blob[..]).unwrap();
+            assert_eq!(c, opts.compression);
+            r.read_to_end(&mut back).unwrap();
+        }
+        assert_eq!(back, input);
+        (d, blob)
+    }
+
+    #[test]
+    fn parallel_gzip_is_one_valid_member_and_digests_match() {
+        for threads in [1, 2, 3] {
+            for len in [0, 1, GZIP_BLOCK, 3 * GZIP_BLOCK + 17] {
+                let input = sample(len);
+                let (d, blob) = roundtrip(
+                    CompressionOptions {
+                        compression: Compression::Gzip,
+                        level: None,
+                        threads,
+                    },
+                    &input,
+                );
+                // A plain single-member decoder must read all of it, as Go's would.
+                let mut single = Vec::new();
+                flate2::read::GzDecoder::new(&blob[..])
+                    .read_to_end(&mut single)
+                    .unwrap();
+                assert_eq!(single, input);
+                assert_eq!(d.diff_id, sha256_digest(&Sha256::digest(&input).into()));
+                assert_eq!(d.digest, sha256_digest(&Sha256::digest(&blob).into()));
+                assert_eq!(d.size, blob.len() as u64);
+                assert_eq!(d.uncompressed_size, len as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn gzip_output_does_not_depend_on_thread_count() {
+        let input = sample(5 * GZIP_BLOCK / 2);
+        let opts = |threads| CompressionOptions {
+            compression: Compression::Gzip,
+            level: None,
+            threads,
+        };
+        let (a, _) = roundtrip(opts(1), &input);
+        let (b, _) = roundtrip(opts(2), &input);
+        assert_eq!(a.digest, b.digest);
+    }
+
+    #[test]
+    fn zstd_and_plain_roundtrip() {
+        let input = sample(2 * GZIP_BLOCK + 5);
+        for compression in [Compression::Zstd, Compression::None] {
+            let (d, blob) = roundtrip(CompressionOptions::new(compression), &input);
+            assert_eq!(d.diff_id, sha256_digest(&Sha256::digest(&input).into()));
+            if compression == Compression::None {
+                assert_eq!(blob, input);
+            }
+        }
+    }
+}
