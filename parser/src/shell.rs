@@ -1,1 +1,0 @@
-//! Word expansion with the semantics of BuildKit's shell lexer.
