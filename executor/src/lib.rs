@@ -1,10 +1,53 @@
-//! The RUN sandbox.
+//! The RUN sandbox: runs one Dockerfile RUN step in its own namespaces and cgroup, on an overlay
+//! rootfs, and reports what happened.
 //!
-//! Data flow: the solver hands over an OCI runtime `Spec` (process, env, cwd, user, mounts,
-//! namespaces, cgroup resources, capabilities, seccomp, rlimits), a rootfs made of a snapshot
-//! chain (overlay lowerdirs) plus a fresh upperdir, extra mounts and stdio sinks. The executor
-//! runs the process in new namespaces under its own cgroup, either through the built-in runtime
-//! or an external OCI runtime (runc) fed the same `Spec`, and returns the exit status, streamed
-//! output, resource usage and the upperdir holding exactly the changes.
+//! # Data flow
 //!
-//! Nothing is implemented here yet; see issue "RUN sandbox".
+//! ```text
+//! SpecOptions ──spec::build_spec──► oci_spec Spec ─┐   (user::resolve_user turns USER into uid/gid)
+//! Rootfs { lowerdirs, upperdir, workdir } ─────────┼─► RunRequest ──Executor::run──► RunOutcome
+//! stdout/stderr sinks (AsyncWrite) ◄── streamed ───┘        │                      status, OOM,
+//!                                                           │                      peak memory,
+//!                                                           │                      CPU, upperdir
+//!                      ┌────────────────────────────────────┴──────────────────┐
+//!                      │ Backend::Builtin: spawn init program (init::run_if_init)│
+//!                      │ Backend::External: bundle + `runc run` (runc)           │
+//!                      └───────────────────────────────────────────────────────┘
+//! ```
+//!
+//! # Principal types
+//!
+//! - [`Executor`] (with [`ExecutorConfig`] and [`Backend`]): one per process. On creation it picks
+//!   the cgroup hierarchy ([`cgroup::CgroupRoot`]) and removes state left by dead hoist processes.
+//!   [`Executor::run`] makes the RUN's [`cgroup::Cgroup`] and state dir, runs the spec, streams
+//!   output, and on every outcome (including a dropped, that is cancelled, future) kills the
+//!   cgroup and removes what it made.
+//! - [`RunRequest`]: the [`oci_spec::runtime::Spec`], the [`Rootfs`] and a timeout. The spec is
+//!   the single description of the sandbox for both backends.
+//! - [`RunOutcome`]: [`ExitStatus`], OOM kill with its limit, timeout, peak memory, CPU time and
+//!   the upperdir. The upperdir holds exactly the RUN's changes: mount points that setup had to
+//!   create are removed again ([`upper`]).
+//! - [`init`]: the container init of the built-in runtime, a re-executed binary as in
+//!   `runc init`, so the caller never runs code between `fork` and `exec` itself.
+//! - [`spec`]: Docker's defaults (capabilities, masked and read-only paths, mounts, rlimits).
+//!
+//! `unsafe` lives in the private `sys` module only.
+
+pub use oci_spec;
+
+pub mod cgroup;
+pub mod init;
+mod mounts;
+mod runc;
+mod runtime;
+pub mod seccomp;
+pub mod spec;
+mod sys;
+mod upper;
+pub mod user;
+
+pub use mounts::{OverlayOptionsError, SecureJoinError};
+pub use runtime::{
+    Backend, Executor, ExecutorConfig, ExitStatus, NewExecutorError, Rootfs, RunError, RunOutcome,
+    RunRequest,
+};

@@ -1,0 +1,693 @@
+//! The container init: the program the built-in runtime executes to set up the sandbox, as
+//! `runc init` is for runc.
+//!
+//! The caller runs on a multithreaded tokio runtime, where only async-signal-safe code may run
+//! between `fork` and `exec`. So the runtime does not fork itself: it spawns the init program
+//! (by default `/proc/self/exe`, that is the hoist binary) with a marker in its environment and
+//! the [`InitConfig`] on stdin. The binary calls [`run_if_init`] first thing in `main`; in the
+//! init it never returns to normal start-up. There, freshly executed and single-threaded, it may
+//! fork and run ordinary code:
+//!
+//! ```text
+//! hoist (tokio) ──spawn──► init: join cgroup, unshare pid/ipc/uts/cgroup[/net], hostname, lo up
+//!                            │ fork
+//!                            ├─► (stays outside) waits for pid 1, writes InitReport to status fd
+//!                            └─► pid 1: unshare mount, overlay, mounts, /dev, pivot_root,
+//!                                       masked/readonly paths, rlimits, user, caps,
+//!                                       no_new_privs, seccomp, execve(process.args)
+//! ```
+//!
+//! Setup errors of pid 1 travel back over a close-on-exec pipe: EOF without a message means
+//! `execve` succeeded.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::CloneFlags;
+use nix::sys::stat::{Mode, SFlag};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{Gid, Uid};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, PosixRlimitType, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::mounts::{overlay_options, parse_mount_options, secure_join};
+use crate::spec::capability_mask;
+use crate::sys;
+
+/// Environment variable that marks a process as the executor's init.
+pub(crate) const INIT_ENV: &str = "_HOIST_EXECUTOR_INIT";
+
+/// What the runtime hands the init program on its stdin.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InitConfig {
+    pub(crate) spec: Spec,
+    /// Host path of the directory the rootfs is assembled on.
+    pub(crate) root: PathBuf,
+    /// The overlay for `root`; `None` means `root` already is the rootfs.
+    pub(crate) overlay: Option<crate::Rootfs>,
+    /// `cgroup.procs` files to join before anything else.
+    pub(crate) cgroup_procs: Vec<PathBuf>,
+    /// Where the init writes its [`InitReport`].
+    pub(crate) status_path: PathBuf,
+    /// A compiled seccomp filter to install last.
+    pub(crate) seccomp: Option<Vec<crate::seccomp::Instruction>>,
+}
+
+/// How pid 1 ended, written by the init for the runtime.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum InitOutcome {
+    Exited(i32),
+    Signaled(i32),
+    SetupFailed(String),
+}
+
+/// What the init reports once pid 1 has ended.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InitReport {
+    pub(crate) outcome: InitOutcome,
+    /// Mount points that setup had to create in the rootfs (relative to it), for the runtime to
+    /// remove from the upperdir so they do not show up as changes.
+    pub(crate) created: Vec<PathBuf>,
+}
+
+/// A message from pid 1 to the init over the setup pipe.
+#[derive(Debug, Serialize, Deserialize)]
+enum SetupMessage {
+    Created(Vec<PathBuf>),
+    Error(String),
+}
+
+/// Runs the container init when this process was started as one, and returns its exit code;
+/// returns `None` in any other process. Call it first thing in `main`, before any thread starts,
+/// and return the code from `main` at once:
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     if let Some(code) = hoist_executor::init::run_if_init() {
+///         return code;
+///     }
+///     // … normal start-up
+///     std::process::ExitCode::SUCCESS
+/// }
+/// ```
+#[must_use]
+pub fn run_if_init() -> Option<ExitCode> {
+    std::env::var_os(INIT_ENV)?;
+    let mut status = None;
+    Some(match init_main(&mut status) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The runtime reads failures from the status file; stderr belongs to the sandbox.
+            if let Some(file) = status.as_mut() {
+                let report = InitReport {
+                    outcome: InitOutcome::SetupFailed(error_chain(&error)),
+                    created: Vec::new(),
+                };
+                if let Ok(bytes) = serde_json::to_vec(&report) {
+                    let _ = file.write_all(&bytes);
+                }
+            }
+            ExitCode::from(125)
+        }
+    })
+}
+
+/// Error of the init before pid 1 exists; the runtime sees it as a missing report.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InitError {
+    #[error("read init config from stdin")]
+    ReadConfig(#[source] std::io::Error),
+    #[error("parse init config")]
+    ParseConfig(#[source] serde_json::Error),
+    #[error("{what}")]
+    Sys {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn sys_err<E: Into<std::io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> InitError {
+    let what = what.into();
+    move |e| InitError::Sys {
+        what,
+        source: e.into(),
+    }
+}
+
+fn namespace_flags(spec: &Spec) -> CloneFlags {
+    let mut flags = CloneFlags::empty();
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .cloned()
+        .unwrap_or_default();
+    for ns in namespaces {
+        flags |= match ns.typ() {
+            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+            LinuxNamespaceType::User | LinuxNamespaceType::Time => CloneFlags::empty(),
+        };
+    }
+    flags
+}
+
+fn init_main(status: &mut Option<fs_err::File>) -> Result<(), InitError> {
+    let mut text = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut text)
+        .map_err(InitError::ReadConfig)?;
+    let config: InitConfig = serde_json::from_slice(&text).map_err(InitError::ParseConfig)?;
+    let devnull = fs_err::File::open("/dev/null").map_err(sys_err("open /dev/null"))?;
+    nix::unistd::dup2_stdin(devnull.file()).map_err(sys_err("dup2 /dev/null to stdin"))?;
+    drop(devnull);
+
+    let status = status.insert(
+        fs_err::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&config.status_path)
+            .map_err(sys_err("open status file"))?,
+    );
+
+    let pid = std::process::id().to_string();
+    for procs in &config.cgroup_procs {
+        fs_err::write(procs, &pid).map_err(sys_err(format!("join cgroup {}", procs.display())))?;
+    }
+
+    let flags = namespace_flags(&config.spec);
+    // The mount namespace is made by pid 1 alone, so that this process keeps the host's view
+    // (pivot_root moves the root of every process in the namespace).
+    nix::sched::unshare(flags - CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare"))?;
+    if flags.contains(CloneFlags::CLONE_NEWUTS)
+        && let Some(hostname) = config.spec.hostname()
+    {
+        nix::unistd::sethostname(hostname).map_err(sys_err("sethostname"))?;
+    }
+    if flags.contains(CloneFlags::CLONE_NEWNET) {
+        sys::interface_up("lo").map_err(sys_err("bring up lo"))?;
+    }
+
+    let (reader, writer) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create setup pipe"))?;
+    match sys::fork_single_threaded().map_err(sys_err("fork pid 1"))? {
+        sys::Forked::Child => {
+            drop(reader);
+            let error = match setup_and_exec(&config, &writer) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let message =
+                serde_json::to_vec(&SetupMessage::Error(error_chain(&error))).unwrap_or_default();
+            let mut pipe = std::fs::File::from(writer);
+            let _ = pipe.write_all(&message);
+            let _ = pipe.write_all(b"\n");
+            sys::exit_immediately(127);
+        }
+        sys::Forked::Parent(child) => {
+            drop(writer);
+            let mut messages = String::new();
+            let _ = std::fs::File::from(reader).read_to_string(&mut messages);
+            let mut created = Vec::new();
+            let mut setup_error = None;
+            for line in messages.lines() {
+                match serde_json::from_str(line) {
+                    Ok(SetupMessage::Created(paths)) => created = paths,
+                    Ok(SetupMessage::Error(e)) => setup_error = Some(e),
+                    Err(_) => setup_error = Some(format!("garbled setup message {line:?}")),
+                }
+            }
+            let outcome = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break InitOutcome::Exited(code),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => {
+                        break InitOutcome::Signaled(signal as i32);
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => break InitOutcome::SetupFailed(format!("wait for pid 1: {e}")),
+                }
+            };
+            let outcome = match setup_error {
+                Some(e) => InitOutcome::SetupFailed(e),
+                None => outcome,
+            };
+            let report = serde_json::to_vec(&InitReport { outcome, created }).map_err(|e| {
+                InitError::Sys {
+                    what: "encode report".into(),
+                    source: e.into(),
+                }
+            })?;
+            status
+                .write_all(&report)
+                .map_err(sys_err("write status file"))?;
+            Ok(())
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+enum Never {}
+
+fn dest_in(root: &Path, destination: &Path) -> Result<PathBuf, InitError> {
+    secure_join(root, destination).map_err(|e| InitError::Sys {
+        what: format!("resolve {} in rootfs", destination.display()),
+        source: std::io::Error::other(error_chain(&e)),
+    })
+}
+
+/// Creates `path` (a directory, or an empty file when `file`) and any missing parents, and
+/// records each thing created relative to `root`.
+fn create_mount_point(
+    root: &Path,
+    path: &Path,
+    file: bool,
+    created: &mut Vec<PathBuf>,
+) -> Result<(), InitError> {
+    if path.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cursor = path.parent();
+    while let Some(dir) = cursor {
+        if dir.symlink_metadata().is_ok() || dir == root {
+            break;
+        }
+        missing.push(dir.to_path_buf());
+        cursor = dir.parent();
+    }
+    for dir in missing.iter().rev() {
+        fs_err::create_dir(dir).map_err(sys_err("create mount point parent"))?;
+        created.push(dir.strip_prefix(root).unwrap_or(dir).to_path_buf());
+    }
+    if file {
+        fs_err::File::create(path).map_err(sys_err("create mount point file"))?;
+    } else {
+        fs_err::create_dir(path).map_err(sys_err("create mount point dir"))?;
+    }
+    created.push(path.strip_prefix(root).unwrap_or(path).to_path_buf());
+    Ok(())
+}
+
+fn mount_one(root: &Path, m: &Mount, created: &mut Vec<PathBuf>) -> Result<(), InitError> {
+    let options = parse_mount_options(m.options().as_deref().unwrap_or_default());
+    let typ = m.typ().as_deref().unwrap_or("bind");
+    let dest = dest_in(root, m.destination())?;
+    let what = || format!("mount {} on {}", typ, m.destination().display());
+    let data = (!options.data.is_empty()).then_some(options.data.as_str());
+    if options.is_bind() || typ == "bind" {
+        let source = m.source().as_deref().unwrap_or(Path::new(""));
+        let is_file = !fs_err::metadata(source).map_err(sys_err(what()))?.is_dir();
+        create_mount_point(root, &dest, is_file, created)?;
+        let bind = MsFlags::MS_BIND | (options.flags & MsFlags::MS_REC);
+        mount(Some(source), &dest, None::<&str>, bind, None::<&str>).map_err(sys_err(what()))?;
+        let rest = options.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
+        if !rest.is_empty() {
+            mount(
+                None::<&str>,
+                &dest,
+                None::<&str>,
+                rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+                None::<&str>,
+            )
+            .map_err(sys_err(format!("remount {}", m.destination().display())))?;
+        }
+    } else {
+        create_mount_point(root, &dest, false, created)?;
+        let source = m.source().as_deref().unwrap_or(Path::new(typ));
+        mount(Some(source), &dest, Some(typ), options.flags, data).map_err(sys_err(what()))?;
+    }
+    if !options.propagation.is_empty() {
+        mount(
+            None::<&str>,
+            &dest,
+            None::<&str>,
+            options.propagation,
+            None::<&str>,
+        )
+        .map_err(sys_err(format!(
+            "set propagation of {}",
+            m.destination().display()
+        )))?;
+    }
+    Ok(())
+}
+
+/// The device nodes of a minimal `/dev`, as runc creates them on a tmpfs `/dev`.
+const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+fn populate_dev(dev: &Path) -> Result<(), InitError> {
+    let old = nix::sys::stat::umask(Mode::empty());
+    for (name, major, minor) in DEVICES {
+        let path = dev.join(name);
+        nix::sys::stat::mknod(
+            &path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .map_err(sys_err(format!("mknod {}", path.display())))?;
+    }
+    nix::sys::stat::umask(old);
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(sys_err(format!("symlink /dev/{link}")))?;
+    }
+    Ok(())
+}
+
+fn pivot(root: &Path) -> Result<(), InitError> {
+    nix::unistd::chdir(root).map_err(sys_err("chdir to rootfs"))?;
+    // pivot_root(".", ".") stacks the old root on top of the new one at "/", where unmounting it
+    // needs no directory inside the image (runc's approach).
+    nix::unistd::pivot_root(".", ".").map_err(sys_err("pivot_root"))?;
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys_err("make old root a slave"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(sys_err("detach old root"))?;
+    nix::unistd::chdir("/").map_err(sys_err("chdir to /"))?;
+    Ok(())
+}
+
+fn mask_path(path: &str) -> Result<(), InitError> {
+    let target = Path::new(path);
+    let Ok(meta) = target.symlink_metadata() else {
+        return Ok(());
+    };
+    let result = if meta.is_dir() {
+        mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    } else {
+        mount(
+            Some("/dev/null"),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    };
+    result.map_err(sys_err(format!("mask {path}")))
+}
+
+fn readonly_path(path: &str) -> Result<(), InitError> {
+    let target = Path::new(path);
+    if target.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    mount(
+        Some(target),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys_err(format!("bind {path}")))?;
+    let current = nix::sys::statvfs::statvfs(target).map_err(sys_err(format!("statvfs {path}")))?;
+    let keep = [
+        (nix::sys::statvfs::FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (nix::sys::statvfs::FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (nix::sys::statvfs::FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ]
+    .into_iter()
+    .filter(|(f, _)| current.flags().contains(*f))
+    .fold(MsFlags::empty(), |acc, (_, m)| acc | m);
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        keep | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys_err(format!("remount {path} read-only")))
+}
+
+fn rlimit_resource(typ: PosixRlimitType) -> nix::sys::resource::Resource {
+    use nix::sys::resource::Resource;
+    match typ {
+        PosixRlimitType::RlimitCpu => Resource::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => Resource::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => Resource::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => Resource::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => Resource::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => Resource::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => Resource::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => Resource::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => Resource::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => Resource::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => Resource::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => Resource::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => Resource::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => Resource::RLIMIT_RTTIME,
+    }
+}
+
+/// Finds `program` the way `execvp` would, but in the sandbox's `PATH`.
+fn lookup(program: &str, env: &[String]) -> PathBuf {
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| {
+            nix::unistd::access(candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+                && candidate.is_file()
+        })
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
+fn cstring(s: &str) -> Result<CString, InitError> {
+    CString::new(s).map_err(|e| InitError::Sys {
+        what: format!("argument {s:?} contains a NUL byte"),
+        source: std::io::Error::other(e),
+    })
+}
+
+#[allow(clippy::too_many_lines)] // one linear recipe reads better than scattered helpers
+fn setup_and_exec(config: &InitConfig, pipe: &OwnedFd) -> Result<Never, InitError> {
+    let spec = &config.spec;
+    let root = config.root.as_path();
+    let linux = spec.linux().clone().unwrap_or_default();
+    let process = spec.process().clone().unwrap_or_default();
+
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mount namespace"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys_err("make / a slave"))?;
+    match &config.overlay {
+        Some(rootfs) => {
+            let data = overlay_options(&rootfs.lowerdirs, &rootfs.upperdir, &rootfs.workdir)
+                .map_err(|e| InitError::Sys {
+                    what: "overlay options".into(),
+                    source: std::io::Error::other(error_chain(&e)),
+                })?;
+            mount(
+                Some("overlay"),
+                root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(data.as_str()),
+            )
+            .map_err(sys_err(format!("mount overlay rootfs: {data}")))?;
+        }
+        None => {
+            mount(
+                Some(root),
+                root,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(sys_err("bind rootfs"))?;
+        }
+    }
+
+    let mut created = Vec::new();
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        mount_one(root, m, &mut created)?;
+        let is_dev_tmpfs =
+            m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs");
+        if is_dev_tmpfs {
+            populate_dev(&dest_in(root, Path::new("/dev"))?)?;
+        }
+    }
+    let message = serde_json::to_vec(&SetupMessage::Created(created)).unwrap_or_default();
+    let mut writer = std::fs::File::from(
+        pipe.as_fd()
+            .try_clone_to_owned()
+            .map_err(sys_err("dup pipe"))?,
+    );
+    writer
+        .write_all(&message)
+        .and_then(|()| writer.write_all(b"\n"))
+        .map_err(sys_err("report mount points"))?;
+    drop(writer);
+
+    pivot(root)?;
+    for path in linux.masked_paths().as_deref().unwrap_or_default() {
+        mask_path(path)?;
+    }
+    for path in linux.readonly_paths().as_deref().unwrap_or_default() {
+        readonly_path(path)?;
+    }
+    if let Some(sysctl) = linux.sysctl() {
+        for (key, value) in sysctl {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            fs_err::write(&path, value).map_err(sys_err(format!("sysctl {key}")))?;
+        }
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(sys_err("remount rootfs read-only"))?;
+    }
+
+    for rlimit in process.rlimits().as_deref().unwrap_or_default() {
+        nix::sys::resource::setrlimit(rlimit_resource(rlimit.typ()), rlimit.soft(), rlimit.hard())
+            .map_err(sys_err(format!("setrlimit {:?}", rlimit.typ())))?;
+    }
+
+    let cwd = process.cwd();
+    fs_err::create_dir_all(cwd).map_err(sys_err(format!("create cwd {}", cwd.display())))?;
+    nix::unistd::chdir(cwd).map_err(sys_err(format!("chdir {}", cwd.display())))?;
+    let user = process.user();
+    nix::sys::stat::umask(Mode::from_bits_truncate(user.umask().unwrap_or(0o022)));
+
+    let caps = process.capabilities().clone().unwrap_or_default();
+    let mask =
+        |set: &Option<oci_spec::runtime::Capabilities>| set.as_ref().map_or(0, capability_mask);
+    let bounding = mask(caps.bounding());
+    for cap in 0..64u32 {
+        if bounding & (1 << cap) == 0 {
+            match sys::drop_bounding_cap(cap) {
+                // Past the kernel's last capability.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                other => other.map_err(sys_err(format!("drop capability {cap}")))?,
+            }
+        }
+    }
+    let no_new_privs = process.no_new_privileges() == Some(true);
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN, which the process is about to
+    // lose; so then the filter goes in before the identity change (runc orders it the same way).
+    if !no_new_privs {
+        install_seccomp(config)?;
+    }
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(sys_err("setgroups"))?;
+    let gid = Gid::from_raw(user.gid());
+    nix::unistd::setresgid(gid, gid, gid).map_err(sys_err("setresgid"))?;
+    nix::sys::prctl::set_keepcaps(true).map_err(sys_err("set keepcaps"))?;
+    let uid = Uid::from_raw(user.uid());
+    nix::unistd::setresuid(uid, uid, uid).map_err(sys_err("setresuid"))?;
+    sys::capset(sys::CapSets {
+        effective: mask(caps.effective()),
+        permitted: mask(caps.permitted()),
+        inheritable: mask(caps.inheritable()),
+    })
+    .map_err(sys_err("capset"))?;
+    sys::clear_ambient_caps().map_err(sys_err("clear ambient capabilities"))?;
+    for cap in 0..64u32 {
+        if mask(caps.ambient()) & (1 << cap) != 0 {
+            sys::raise_ambient_cap(cap).map_err(sys_err(format!("raise ambient {cap}")))?;
+        }
+    }
+    if no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(sys_err("set no_new_privs"))?;
+        install_seccomp(config)?;
+    }
+
+    let env = process.env().clone().unwrap_or_default();
+    let args = process.args().clone().unwrap_or_default();
+    let Some(program) = args.first() else {
+        return Err(InitError::Sys {
+            what: "process.args is empty".into(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        });
+    };
+    let path = lookup(program, &env);
+    let c_path = cstring(&path.to_string_lossy())?;
+    let c_args = args
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let c_env = env
+        .iter()
+        .map(|e| cstring(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let errno = nix::unistd::execve(&c_path, &c_args, &c_env).map_or_else(|e| e, |n| match n {});
+    Err(InitError::Sys {
+        what: format!("exec {}", path.display()),
+        source: errno.into(),
+    })
+}
+
+fn install_seccomp(config: &InitConfig) -> Result<(), InitError> {
+    if let Some(program) = &config.seccomp {
+        let filter: Vec<libc::sock_filter> = program.iter().map(|i| i.to_sock_filter()).collect();
+        sys::install_seccomp_filter(&filter).map_err(sys_err("install seccomp filter"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,634 @@
+//! The [`Executor`]: prepares a RUN's state and cgroup, runs its spec under a backend, streams
+//! its output and cleans up whatever the outcome.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use oci_spec::runtime::Spec;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::cgroup::{Cgroup, CgroupError, CgroupRoot};
+use crate::init::{INIT_ENV, InitConfig, InitOutcome, InitReport};
+use crate::spec::EtcFiles;
+use crate::upper::remove_mount_stubs;
+
+/// The rootfs of a RUN: an overlay of read-only snapshots with a fresh, empty upperdir that
+/// collects the changes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Rootfs {
+    /// Snapshot directories, topmost first (overlayfs `lowerdir` order).
+    pub lowerdirs: Vec<PathBuf>,
+    /// Receives the changes: new and modified files, whiteouts, opaque directories.
+    pub upperdir: PathBuf,
+    /// overlayfs scratch space on the same filesystem as `upperdir`.
+    pub workdir: PathBuf,
+}
+
+/// Which OCI runtime runs the spec.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The built-in runtime: `init_program` is a binary that calls
+    /// [`crate::init::run_if_init`] first thing (normally the hoist binary itself).
+    Builtin { init_program: PathBuf },
+    /// An external OCI runtime such as runc, given a bundle.
+    External { program: PathBuf },
+}
+
+/// Settings of an [`Executor`].
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Per-RUN state (mount points, status files, bundles) lives under `<state_dir>/runs`.
+    pub state_dir: PathBuf,
+    pub backend: Backend,
+    /// Where cgroup hierarchies are mounted, normally `/sys/fs/cgroup`.
+    pub cgroup_mount_root: PathBuf,
+    /// Name of the cgroup (under the caller's own) that holds one child per RUN.
+    pub cgroup_parent: String,
+}
+
+impl ExecutorConfig {
+    /// The defaults: the built-in runtime re-executing `/proc/self/exe`, cgroups under
+    /// `/sys/fs/cgroup`, in a `hoist` parent.
+    #[must_use]
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            backend: Backend::Builtin {
+                init_program: PathBuf::from("/proc/self/exe"),
+            },
+            cgroup_mount_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_parent: "hoist".to_owned(),
+        }
+    }
+}
+
+/// One RUN to execute.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The single description of the sandbox; its `root.path` is replaced by the executor's
+    /// mount point.
+    pub spec: Spec,
+    pub rootfs: Rootfs,
+    /// Kill everything and report [`RunOutcome::timed_out`] after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// How the sandbox's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    /// Killed by this signal number.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    #[must_use]
+    pub fn success(self) -> bool {
+        self == Self::Exited(0)
+    }
+}
+
+/// What a RUN produced besides its streamed output.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub status: ExitStatus,
+    /// `Some(limit)` when the kernel's OOM killer killed a process of the RUN; `limit` is the
+    /// memory limit in bytes when one was set.
+    pub oom_killed: Option<Option<u64>>,
+    /// The RUN hit [`RunRequest::timeout`] and was killed.
+    pub timed_out: bool,
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_time: Option<Duration>,
+    /// The upperdir, holding exactly the RUN's changes.
+    pub upperdir: PathBuf,
+}
+
+/// Error from [`Executor::new`].
+#[derive(Debug, thiserror::Error)]
+pub enum NewExecutorError {
+    #[error("create state dir {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("read /proc/self/cgroup")]
+    SelfCgroup(#[source] std::io::Error),
+    #[error("set up cgroups")]
+    Cgroup(#[from] CgroupError),
+    #[error("clean stale run state {path}")]
+    Stale {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Error from [`Executor::run`].
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("prepare run state {path}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("run cgroup")]
+    Cgroup(#[from] CgroupError),
+    #[error("encode spec for {path}")]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("start {program}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stream {stream} of the sandbox")]
+    Stream {
+        stream: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("wait for {program}")]
+    Wait {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sandbox could not be set up; the message comes from the init.
+    #[error("sandbox setup failed: {message}")]
+    Setup { message: String },
+    /// The init ended without saying how pid 1 ended.
+    #[error("sandbox init {program} exited with {status} and no report in {path}")]
+    NoReport {
+        program: PathBuf,
+        status: std::process::ExitStatus,
+        path: PathBuf,
+    },
+    #[error("external runtime {program} failed: {message}")]
+    External { program: PathBuf, message: String },
+    #[error("clean up upperdir {path}")]
+    Upper {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid seccomp profile")]
+    Seccomp(#[from] crate::seccomp::CompileError),
+}
+
+fn prepare_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Prepare {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Runs RUN steps. One per process is enough; it is `Sync` and runs steps concurrently.
+#[derive(Debug)]
+pub struct Executor {
+    config: ExecutorConfig,
+    cgroups: CgroupRoot,
+    /// `<pid>-<start time>` of this process: names of its runs start with it, so a later
+    /// process can tell state left by a dead one.
+    owner: String,
+    counter: AtomicU64,
+}
+
+/// The start time of `pid` (field 22 of `/proc/<pid>/stat`), which with the pid identifies a
+/// process across pid reuse.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19).map(str::to_owned)
+}
+
+/// Whether a run named `<pid>-<start>-<n>` belongs to a process that is gone.
+fn is_stale(name: &str) -> bool {
+    let mut parts = name.splitn(3, '-');
+    let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    match pid.parse::<u32>() {
+        Ok(pid) => start_time(pid).as_deref() != Some(start),
+        Err(_) => false,
+    }
+}
+
+impl Executor {
+    /// Detects the cgroup hierarchy and removes what runs of dead hoist processes left behind:
+    /// their processes, cgroups, mounts and state.
+    ///
+    /// # Errors
+    /// When the state dir cannot be created, no cgroup hierarchy is usable, or stale state
+    /// cannot be removed.
+    pub fn new(config: ExecutorConfig) -> Result<Self, NewExecutorError> {
+        let runs = config.state_dir.join("runs");
+        fs_err::create_dir_all(&runs).map_err(|source| NewExecutorError::StateDir {
+            path: runs.clone(),
+            source,
+        })?;
+        let self_cgroup =
+            fs_err::read_to_string("/proc/self/cgroup").map_err(NewExecutorError::SelfCgroup)?;
+        let cgroups = CgroupRoot::detect(
+            &config.cgroup_mount_root,
+            &self_cgroup,
+            &config.cgroup_parent,
+        )?;
+        let pid = std::process::id();
+        let owner = format!("{pid}-{}", start_time(pid).unwrap_or_default());
+        let executor = Self {
+            config,
+            cgroups,
+            owner,
+            counter: AtomicU64::new(0),
+        };
+        executor.clean_stale()?;
+        Ok(executor)
+    }
+
+    /// Removes state of runs whose owning process is gone.
+    fn clean_stale(&self) -> Result<(), NewExecutorError> {
+        // Processes first: killing them tears down the built-in runtime's mount namespaces.
+        self.cgroups.clean_stale(is_stale)?;
+        let runs = self.config.state_dir.join("runs");
+        let entries = fs_err::read_dir(&runs).map_err(|source| NewExecutorError::Stale {
+            path: runs.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_stale(&name) {
+                continue;
+            }
+            let dir = entry.path();
+            if let Backend::External { program } = &self.config.backend {
+                crate::runc::force_delete(program, &self.config.state_dir, &name);
+            }
+            let rootfs = dir.join("rootfs");
+            // The external backend mounts the rootfs in the host namespace.
+            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            if crate::upper::is_mount_point(&rootfs) {
+                return Err(NewExecutorError::Stale {
+                    path: rootfs,
+                    source: std::io::Error::from_raw_os_error(libc::EBUSY),
+                });
+            }
+            fs_err::remove_dir_all(&dir)
+                .map_err(|source| NewExecutorError::Stale { path: dir, source })?;
+        }
+        Ok(())
+    }
+
+    /// The cgroup layout in use.
+    #[must_use]
+    pub fn cgroups(&self) -> &CgroupRoot {
+        &self.cgroups
+    }
+
+    /// Writes (once) and returns the files mounted over `/etc/hosts`, `/etc/resolv.conf` and
+    /// `/etc/hostname` for sandboxes named `hostname`.
+    ///
+    /// # Errors
+    /// When the files cannot be written.
+    pub fn etc_files(&self, hostname: &str) -> Result<EtcFiles, RunError> {
+        let dir = self.config.state_dir.join("etc").join(hostname);
+        let files = EtcFiles {
+            hosts: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+            hostname: dir.join("hostname"),
+        };
+        if files.hostname.exists() {
+            return Ok(files);
+        }
+        fs_err::create_dir_all(&dir).map_err(prepare_err(&dir))?;
+        let hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        );
+        // Loopback resolvers of the host are unreachable from a sandbox's own network.
+        let resolv: String = fs_err::read_to_string("/etc/resolv.conf")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                let mut words = l.split_whitespace();
+                !(words.next() == Some("nameserver")
+                    && words
+                        .next()
+                        .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for (path, text) in [
+            (&files.hosts, hosts),
+            (&files.resolv_conf, resolv),
+            (&files.hostname, format!("{hostname}\n")),
+        ] {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            fs_err::write(&tmp, text).map_err(prepare_err(&tmp))?;
+            fs_err::rename(&tmp, path).map_err(prepare_err(path))?;
+        }
+        Ok(files)
+    }
+
+    /// Runs one RUN step, streaming its stdout and stderr into the sinks as it produces them.
+    /// Dropping the returned future (cancelling it) kills every process of the RUN and removes
+    /// its cgroup and state.
+    ///
+    /// # Errors
+    /// When the sandbox cannot be set up, a sink fails, or cleanup fails. A non-zero exit, a
+    /// signal, an OOM kill or a timeout is an [`RunOutcome`], not an error.
+    pub async fn run<O, E>(
+        &self,
+        request: RunRequest,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<RunOutcome, RunError>
+    where
+        O: AsyncWrite + Unpin + Send + ?Sized,
+        E: AsyncWrite + Unpin + Send + ?Sized,
+    {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}-{n}", self.owner);
+        let dir = self.config.state_dir.join("runs").join(&name);
+        let root = dir.join("rootfs");
+        fs_err::create_dir_all(&root).map_err(prepare_err(&root))?;
+        let mut guard = RunGuard {
+            dir: dir.clone(),
+            cgroup: None,
+            external: None,
+        };
+        let resources = request
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref());
+        guard.cgroup = Some(self.cgroups.create(&name, resources)?);
+        let outcome = match &self.config.backend {
+            Backend::Builtin { init_program } => {
+                self.run_builtin(init_program, &request, &root, &mut guard, stdout, stderr)
+                    .await?
+            }
+            Backend::External { program } => {
+                guard.external =
+                    Some((program.clone(), self.config.state_dir.clone(), name.clone()));
+                crate::runc::run(
+                    program,
+                    &self.config.state_dir,
+                    &name,
+                    &request,
+                    &dir,
+                    &mut guard,
+                    stdout,
+                    stderr,
+                )
+                .await?
+            }
+        };
+        guard.finish()?;
+        Ok(outcome)
+    }
+
+    async fn run_builtin<O, E>(
+        &self,
+        init_program: &Path,
+        request: &RunRequest,
+        root: &Path,
+        guard: &mut RunGuard,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<RunOutcome, RunError>
+    where
+        O: AsyncWrite + Unpin + Send + ?Sized,
+        E: AsyncWrite + Unpin + Send + ?Sized,
+    {
+        let status_path = guard.dir.join("status");
+        let seccomp = match request
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+        {
+            Some(profile) => Some(crate::seccomp::compile(profile)?),
+            None => None,
+        };
+        let config = InitConfig {
+            spec: request.spec.clone(),
+            root: root.to_path_buf(),
+            overlay: Some(request.rootfs.clone()),
+            cgroup_procs: guard
+                .cgroup
+                .as_ref()
+                .map(Cgroup::procs_files)
+                .unwrap_or_default(),
+            status_path: status_path.clone(),
+            seccomp,
+        };
+        let bytes = serde_json::to_vec(&config).map_err(|source| RunError::Encode {
+            path: status_path.clone(),
+            source,
+        })?;
+        let mut child = tokio::process::Command::new(init_program)
+            .env_clear()
+            .env(INIT_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| RunError::Spawn {
+                program: init_program.to_path_buf(),
+                source,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(&bytes)
+                .await
+                .map_err(|source| RunError::Spawn {
+                    program: init_program.to_path_buf(),
+                    source,
+                })?;
+        }
+        let child_out = child.stdout.take();
+        let child_err = child.stderr.take();
+        let (status, timed_out) = stream_and_wait(
+            &mut child,
+            child_out,
+            child_err,
+            stdout,
+            stderr,
+            request.timeout,
+            guard,
+        )
+        .await
+        .map_err(|e| e.with_program(init_program))?;
+        let report: Option<InitReport> = fs_err::read(&status_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let stats = guard.cgroup.as_ref().map(Cgroup::stats).unwrap_or_default();
+        let report = match report {
+            Some(report) => report,
+            None if timed_out => InitReport {
+                outcome: InitOutcome::Signaled(libc::SIGKILL),
+                created: Vec::new(),
+            },
+            None => {
+                return Err(RunError::NoReport {
+                    program: init_program.to_path_buf(),
+                    status,
+                    path: status_path,
+                });
+            }
+        };
+        let status = match report.outcome {
+            InitOutcome::Exited(code) => ExitStatus::Exited(code),
+            InitOutcome::Signaled(signal) => ExitStatus::Signaled(signal),
+            InitOutcome::SetupFailed(message) => return Err(RunError::Setup { message }),
+        };
+        remove_mount_stubs(&request.rootfs, &report.created)
+            .map_err(|(path, source)| RunError::Upper { path, source })?;
+        Ok(outcome_from(status, timed_out, stats, &request.rootfs))
+    }
+}
+
+pub(crate) fn outcome_from(
+    status: ExitStatus,
+    timed_out: bool,
+    stats: crate::cgroup::CgroupStats,
+    rootfs: &Rootfs,
+) -> RunOutcome {
+    RunOutcome {
+        status,
+        oom_killed: (stats.oom_kills > 0).then_some(stats.memory_limit_bytes),
+        timed_out,
+        peak_memory_bytes: stats.peak_memory_bytes,
+        cpu_time: stats.cpu_time,
+        upperdir: rootfs.upperdir.clone(),
+    }
+}
+
+/// Error of [`stream_and_wait`], before the program is known.
+pub(crate) enum StreamError {
+    Stream(&'static str, std::io::Error),
+    Wait(std::io::Error),
+    Cgroup(CgroupError),
+}
+
+impl StreamError {
+    pub(crate) fn with_program(self, program: &Path) -> RunError {
+        match self {
+            Self::Stream(stream, source) => RunError::Stream { stream, source },
+            Self::Wait(source) => RunError::Wait {
+                program: program.to_path_buf(),
+                source,
+            },
+            Self::Cgroup(e) => RunError::Cgroup(e),
+        }
+    }
+}
+
+async fn pump<R, W>(reader: Option<R>, sink: &mut W) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    if let Some(reader) = reader {
+        let mut reader = BufReader::with_capacity(64 * 1024, reader);
+        tokio::io::copy_buf(&mut reader, sink).await?;
+        sink.flush().await?;
+    }
+    Ok(())
+}
+
+/// Streams both outputs into the sinks while waiting for `child`; on timeout kills the RUN's
+/// cgroup. Returns the child's status and whether it timed out.
+pub(crate) async fn stream_and_wait<R1, R2, O, E>(
+    child: &mut tokio::process::Child,
+    child_out: Option<R1>,
+    child_err: Option<R2>,
+    stdout: &mut O,
+    stderr: &mut E,
+    timeout: Option<Duration>,
+    guard: &RunGuard,
+) -> Result<(std::process::ExitStatus, bool), StreamError>
+where
+    R1: AsyncRead + Unpin,
+    R2: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin + Send + ?Sized,
+    E: AsyncWrite + Unpin + Send + ?Sized,
+{
+    let work = async {
+        let (out, err) = tokio::join!(pump(child_out, stdout), pump(child_err, stderr));
+        out.map_err(|e| StreamError::Stream("stdout", e))?;
+        err.map_err(|e| StreamError::Stream("stderr", e))?;
+        Ok::<(), StreamError>(())
+    };
+    let timed_out = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, work).await {
+            Ok(result) => {
+                result?;
+                false
+            }
+            Err(_) => true,
+        },
+        None => {
+            work.await?;
+            false
+        }
+    };
+    if timed_out && let Some(cgroup) = &guard.cgroup {
+        cgroup.kill_all().map_err(StreamError::Cgroup)?;
+    }
+    let status = child.wait().await.map_err(StreamError::Wait)?;
+    Ok((status, timed_out))
+}
+
+/// Owns a RUN's cgroup and state dir: dropping it (a cancelled run) kills and removes them.
+#[derive(Debug)]
+pub(crate) struct RunGuard {
+    pub(crate) dir: PathBuf,
+    pub(crate) cgroup: Option<Cgroup>,
+    /// `(program, state dir, name)` of a container the external runtime may still know.
+    pub(crate) external: Option<(PathBuf, PathBuf, String)>,
+}
+
+impl RunGuard {
+    fn cleanup(&mut self) -> Result<(), RunError> {
+        if let Some((program, state, name)) = self.external.take() {
+            crate::runc::force_delete(&program, &state, &name);
+            let rootfs = self.dir.join("rootfs");
+            if crate::upper::is_mount_point(&rootfs) {
+                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.kill_all()?;
+            cgroup.remove()?;
+        }
+        match fs_err::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RunError::Prepare {
+                path: self.dir.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn finish(mut self) -> Result<(), RunError> {
+        self.cleanup()
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        // Cancellation path: errors have nowhere to go, and the next start's stale cleanup
+        // retries whatever is left.
+        let _ = self.cleanup();
+    }
+}
