@@ -332,10 +332,13 @@ impl Client {
                     });
                     return Ok(BlobPush::Mounted { from: from.clone() });
                 }
-                // The registry could not mount and opened an ordinary upload instead.
+                // The registry could not mount and opened an ordinary upload instead: keep the
+                // last such session for the upload and cancel the ones it replaces.
                 StatusCode::ACCEPTED => {
-                    session = Some(self.location(&response, "POST mount", &url)?);
-                    break;
+                    let location = self.location(&response, "POST mount", &url)?;
+                    if let Some(abandoned) = session.replace(location) {
+                        self.cancel_upload(target, &abandoned).await;
+                    }
                 }
                 // Anything else (say, no pull access to the source): try the next source.
                 _ => {}
@@ -446,6 +449,13 @@ impl Client {
             attempts,
             message: last_error,
         })
+    }
+
+    /// Cancels an upload session; a failure only leaves it for the registry to expire.
+    async fn cancel_upload(&self, target: &Reference, location: &str) {
+        let _ = self
+            .send(&Target::push(target), false, |http| http.delete(location))
+            .await;
     }
 
     async fn start_upload(&self, target: &Reference) -> Result<String, PushError> {

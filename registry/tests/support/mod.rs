@@ -1,0 +1,598 @@
+//! Test support: a real CNCF distribution registry on a loopback port, a small token issuer for
+//! the registry's token auth, a fault-injecting TCP proxy, and images built in a `DirStore`.
+// Test support, not library code: a panic here is a test failure, and the one eprintln says
+// why a test skipped outside CI. Not every test binary uses every helper.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr
+)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hoist_registry::oci_spec::image::{
+    Descriptor, DescriptorBuilder, Digest, ImageConfigurationBuilder, ImageManifestBuilder,
+    MediaType, RootFsBuilder,
+};
+use hoist_registry::{BlobStore, BlobWriter, DirStore, sha256_digest};
+
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// Finds a tool, or says why not. Under `CI=true` a missing tool fails the test; elsewhere the
+/// test reports that it skipped and returns early.
+pub fn require_tool(path: &str, package: &str) -> bool {
+    if Path::new(path).exists() || which(path) {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{path} is missing: apt-get install {package}");
+    }
+    eprintln!("SKIPPED: {path} is missing (apt-get install {package})");
+    false
+}
+
+fn which(name: &str) -> bool {
+    !name.contains('/')
+        && std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Extra registry configuration.
+#[derive(Clone, Debug, Default)]
+pub enum RegistryAuth {
+    #[default]
+    None,
+    Htpasswd(PathBuf),
+    Token {
+        realm: String,
+        cert: PathBuf,
+    },
+}
+
+/// A running `docker-registry serve` on 127.0.0.1, killed (by PID) when dropped.
+pub struct Registry {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    auth: RegistryAuth,
+    name: String,
+}
+
+impl Registry {
+    pub fn start() -> Option<Self> {
+        Self::start_with(RegistryAuth::None)
+    }
+
+    pub fn start_with(auth: RegistryAuth) -> Option<Self> {
+        if !require_tool(REGISTRY_BIN, "docker-registry") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut r = Self {
+            port,
+            dir,
+            child: None,
+            auth,
+            name: format!("127.0.0.1:{port}"),
+        };
+        r.spawn();
+        Some(r)
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    fn spawn(&mut self) {
+        let auth = match &self.auth {
+            RegistryAuth::None => String::new(),
+            RegistryAuth::Htpasswd(path) => format!(
+                "auth:\n  htpasswd:\n    realm: hoist-test\n    path: {}\n",
+                path.display()
+            ),
+            RegistryAuth::Token { realm, cert } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                cert.display()
+            ),
+        };
+        // A fixed http.secret keeps upload-session URLs valid across a restart.
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n  secret: hoist-test-secret\n{auth}",
+            self.storage().display(),
+            self.port
+        );
+        let config_path = self.dir.path().join("config.yml");
+        fs_err::write(&config_path, config).unwrap();
+        let log = fs_err::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap().into_file())
+            .stderr(log.into_file())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let log = self.log_path();
+        wait_for_port(self.port, self.child.as_mut().unwrap(), &log);
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// Kills the registry abruptly, as a crash or a pulled plug would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The registry as named in references.
+    pub fn registry_name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "registry exited with {status}: {}",
+                fs_err::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("registry did not listen on port {port} within 20s");
+}
+
+/// Deterministic incompressible bytes (xorshift), so tests need no RNG crate.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes bytes into a store and returns their descriptor.
+pub fn put_blob(store: &DirStore, media_type: MediaType, bytes: &[u8]) -> Descriptor {
+    let digest = sha256_digest(bytes);
+    let mut w: Box<dyn BlobWriter> = store.writer(&digest, Some(bytes.len() as u64)).unwrap();
+    w.write_all(bytes).unwrap();
+    w.commit().unwrap();
+    DescriptorBuilder::default()
+        .media_type(media_type)
+        .digest(digest)
+        .size(bytes.len() as u64)
+        .build()
+        .unwrap()
+}
+
+/// An image in a store: its manifest descriptor and its blobs (config first).
+pub struct TestImage {
+    pub manifest: Descriptor,
+    pub blobs: Vec<Descriptor>,
+}
+
+/// Builds an OCI image (or a Docker schema 2 one) with layers of the given sizes. Layer bytes
+/// are random, which the registry does not mind; the config names matching diff IDs.
+pub fn make_image(
+    store: &DirStore,
+    seed: u64,
+    layer_sizes: &[usize],
+    arch: &str,
+    docker: bool,
+) -> TestImage {
+    let (layer_type, config_type, manifest_type) = if docker {
+        (
+            MediaType::Other("application/vnd.docker.image.rootfs.diff.tar.gzip".into()),
+            MediaType::Other("application/vnd.docker.container.image.v1+json".into()),
+            MediaType::Other(hoist_registry::DOCKER_MANIFEST.into()),
+        )
+    } else {
+        (
+            MediaType::ImageLayerGzip,
+            MediaType::ImageConfig,
+            MediaType::ImageManifest,
+        )
+    };
+    let layers: Vec<Descriptor> = layer_sizes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            put_blob(
+                store,
+                layer_type.clone(),
+                &pseudo_random(seed * 1000 + i as u64, *n),
+            )
+        })
+        .collect();
+    let config = ImageConfigurationBuilder::default()
+        .architecture(arch)
+        .os("linux")
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(
+                    layers
+                        .iter()
+                        .map(|l| l.digest().to_string())
+                        .collect::<Vec<_>>(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let config = put_blob(
+        store,
+        config_type,
+        serde_json::to_string(&config).unwrap().as_bytes(),
+    );
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(manifest_type.clone())
+        .config(config.clone())
+        .layers(layers.clone())
+        .build()
+        .unwrap();
+    let manifest = put_blob(
+        store,
+        manifest_type,
+        serde_json::to_string(&manifest).unwrap().as_bytes(),
+    );
+    let mut blobs = vec![config];
+    blobs.extend(layers);
+    TestImage { manifest, blobs }
+}
+
+pub fn read_blob(store: &DirStore, digest: &Digest) -> Vec<u8> {
+    fs_err::read(store.blob_path(digest)).unwrap()
+}
+
+/// Collects the events a client reports.
+#[derive(Clone, Default)]
+pub struct Events(pub Arc<std::sync::Mutex<Vec<hoist_registry::Event>>>);
+
+impl Events {
+    pub fn observer(&self) -> hoist_registry::Observer {
+        let inner = self.0.clone();
+        Arc::new(move |e| inner.lock().unwrap().push(e.clone()))
+    }
+
+    pub fn take(&self) -> Vec<hoist_registry::Event> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+pub const SERVICE: &str = "hoist-test-registry";
+pub const ISSUER: &str = "hoist-test-issuer";
+
+/// A token issuer for the registry's token auth: checks basic credentials, then signs an RS256
+/// JWT with `openssl` for whatever scopes were asked. The registry trusts its certificate.
+pub struct TokenServer {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub issued: Arc<AtomicUsize>,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TokenServer {
+    pub async fn start(user: &'static str, password: &'static str) -> Option<Self> {
+        if !require_tool("/usr/bin/openssl", "openssl") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=hoist-test-token"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl req failed");
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(der.status.success());
+        let x5c = base64::engine::general_purpose::STANDARD.encode(&der.stdout);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let counter = issued.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let key = key.clone();
+                let x5c = x5c.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let _ = serve_token(sock, &key, &x5c, user, password, &counter).await;
+                });
+            }
+        });
+        Some(Self {
+            port,
+            cert,
+            issued,
+            _dir: dir,
+            task,
+        })
+    }
+
+    pub fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_token(
+    sock: tokio::net::TcpStream,
+    key: &Path,
+    x5c: &str,
+    user: &str,
+    password: &str,
+    counter: &AtomicUsize,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut reader = BufReader::new(sock);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).await? == 0 {
+            return Ok(());
+        }
+        let mut authorization = None;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("authorization")
+            {
+                authorization = Some(v.trim().to_owned());
+            }
+        }
+        let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let mut scopes = Vec::new();
+        let mut service = String::new();
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            match k {
+                "scope" => scopes.push(v),
+                "service" => service = v,
+                _ => {}
+            }
+        }
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let (status, body) = if authorization.as_deref() == Some(expected.as_str()) {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let jwt = sign_jwt(key, x5c, user, &service, &scopes);
+            ("200 OK", format!(r#"{{"token":"{jwt}","expires_in":300}}"#))
+        } else {
+            (
+                "401 Unauthorized",
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#.to_owned(),
+            )
+        };
+        let reply = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        reader.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let h = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(h, 16).unwrap());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn sign_jwt(key: &Path, x5c: &str, user: &str, service: &str, scopes: &[String]) -> String {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|s| {
+            let mut parts = s.splitn(3, ':');
+            let typ = parts.next()?;
+            let name = parts.next()?;
+            let actions: Vec<&str> = parts.next()?.split(',').collect();
+            Some(serde_json::json!({"type": typ, "name": name, "actions": actions}))
+        })
+        .collect();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": ISSUER, "sub": user, "aud": service,
+        "exp": now + 300, "nbf": now - 10, "iat": now,
+        "jti": format!("{now}-{}", scopes.len()), "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(signing_input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl dgst -sign failed");
+    format!("{signing_input}.{}", b64(&out.stdout))
+}
+
+/// A TCP proxy in front of a registry that misbehaves for the first `faults` connections:
+/// it either drops them at once or answers 503, then forwards faithfully.
+pub struct FaultyProxy {
+    pub port: u16,
+    pub faulted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    Drop,
+    Unavailable,
+}
+
+impl FaultyProxy {
+    pub async fn start(upstream: u16, fault: Fault, faults: usize) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let faulted = Arc::new(AtomicUsize::new(0));
+        let counter = faulted.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                if counter.load(Ordering::SeqCst) < faults {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    match fault {
+                        Fault::Drop => drop(sock),
+                        Fault::Unavailable => {
+                            tokio::spawn(async move {
+                                let mut buf = [0u8; 4096];
+                                let _ = sock.read(&mut buf).await;
+                                let _ = sock
+                                    .write_all(
+                                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                                    )
+                                    .await;
+                            });
+                        }
+                    }
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut up) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut sock, &mut up).await;
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            faulted,
+            task,
+        }
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
