@@ -454,6 +454,11 @@ impl Applier<'_> {
                     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
                 )
                 .map_err(Self::err(&entry, "open directory"))?;
+                if existing.is_some() {
+                    // The entry describes the directory's whole metadata: xattrs of an earlier
+                    // layer's version of it go, except overlay markers this layer set.
+                    drop_stale_xattrs(&fd, &meta, &entry)?;
+                }
                 set_fd_meta(&fd, &meta, &entry)?;
                 self.dir_times.push((rel, meta.mtime));
             }
@@ -759,6 +764,25 @@ fn set_fd_meta(fd: impl AsFd, meta: &Meta, entry: &str) -> Result<(), ApplyError
                 format!("set xattr {}", String::from_utf8_lossy(name)),
             ),
         )?;
+    }
+    Ok(())
+}
+
+fn drop_stale_xattrs(fd: &OwnedFd, meta: &Meta, entry: &str) -> Result<(), ApplyError> {
+    let mut list = vec![0u8; 64 * 1024];
+    let n = match rustix::fs::flistxattr(fd, &mut list[..]) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(Applier::err(entry, "list xattrs")(e)),
+    };
+    for name in list[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let wanted = meta.xattrs.iter().any(|(k, _)| k.as_slice() == name);
+        if !wanted && !name.starts_with(b"trusted.overlay.") {
+            rustix::fs::fremovexattr(fd, os(name)).map_err(Applier::err(
+                entry,
+                format!("remove xattr {}", String::from_utf8_lossy(name)),
+            ))?;
+        }
     }
     Ok(())
 }

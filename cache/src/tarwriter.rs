@@ -309,7 +309,11 @@ mod tests {
         let mut e = entries.next().unwrap().unwrap();
         assert_eq!(e.path().unwrap().to_str().unwrap(), long_path);
         assert_eq!(e.header().mode().unwrap(), 0o4755);
-        assert_eq!(e.header().uid().unwrap(), 5_000_000, "the reader takes the id from PAX");
+        assert_eq!(
+            e.header().uid().unwrap(),
+            5_000_000,
+            "the reader takes the id from PAX"
+        );
         let pax: Vec<(String, Vec<u8>)> = e
             .pax_extensions()
             .unwrap()
