@@ -121,9 +121,12 @@ impl Pattern {
                     let mut best = None;
                     for j in (0..=n).rev() {
                         let at_boundary = j == n || text[j] == '\n';
-                        if at_boundary || (self.greedy && best.is_none()) {
-                            best = next[j];
-                        } else if !self.greedy && next[j].is_some() {
+                        let take = if self.greedy {
+                            best.is_none()
+                        } else {
+                            next[j].is_some()
+                        };
+                        if at_boundary || take {
                             best = next[j];
                         }
                         row[j] = best;
@@ -361,7 +364,9 @@ mod tests {
     #[test]
     fn replace_all_follows_go_for_empty_matches() {
         assert_eq!(replace("", "ab", "-", true).unwrap(), "-a-b-");
-        assert_eq!(replace("x*", "abxxc", "-", true).unwrap(), "-a-b-c-");
+        assert_eq!(replace("*", "ab", "-", true).unwrap(), "-");
+        assert_eq!(replace("*", "a\nb", "-", true).unwrap(), "-\n-");
+        assert_eq!(replace("x*", "abxxc", "-", true).unwrap(), "ab-");
         assert_eq!(replace("", "", "-", true).unwrap(), "-");
         assert_eq!(replace("", "ab", "-", false).unwrap(), "-ab");
     }
