@@ -268,11 +268,13 @@ pub fn build_spec(opts: &SpecOptions) -> Result<Spec, BuildSpecError> {
         .ambient(Capabilities::new())
         .build()
         .map_err(invalid("process.capabilities"))?;
+    // runc's default: lowering needs no privilege, while raising the hard limit past the
+    // caller's needs CAP_SYS_RESOURCE, which the caller may not hold.
     let rlimits = vec![
         PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
-            .hard(1_048_576u64)
-            .soft(1_048_576u64)
+            .hard(1024u64)
+            .soft(1024u64)
             .build()
             .map_err(invalid("process.rlimits"))?,
     ];
