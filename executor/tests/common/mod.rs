@@ -213,23 +213,27 @@ impl Rig {
         self.run_spec(self.sh(script)).await
     }
 
-    /// Directories that hold this rig's per-run cgroups.
+    /// Directories that hold this rig's per-run cgroups, in every hierarchy (runc joins them
+    /// all), both under this process's own cgroup and at the top.
     pub fn cgroup_parents(&self) -> Vec<PathBuf> {
+        let self_cgroup = fs_err::read_to_string("/proc/self/cgroup").unwrap();
         let mut out = Vec::new();
-        for controller in ["memory", "pids", "cpuacct", "cpu", "cpuset", "unified"] {
-            let mount = Path::new("/sys/fs/cgroup").join(controller);
-            let own = fs_err::read_to_string("/proc/self/cgroup")
-                .unwrap()
+        for entry in fs_err::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let mount = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let own = self_cgroup
                 .lines()
                 .find_map(|l| {
                     let mut parts = l.splitn(3, ':');
                     let _ = parts.next();
                     let names = parts.next()?;
                     let path = parts.next()?;
-                    let hit = if controller == "unified" {
+                    let hit = if name == "unified" {
                         names.is_empty()
                     } else {
-                        names.split(',').any(|n| n == controller)
+                        names
+                            .split(',')
+                            .any(|n| n == name || n == format!("name={name}"))
                     };
                     hit.then(|| path.trim_start_matches('/').to_owned())
                 })
@@ -238,7 +242,7 @@ impl Rig {
                 mount.join(&own).join(&self.config.cgroup_parent),
                 mount.join(&self.config.cgroup_parent),
             ] {
-                if candidate.exists() && !out.contains(&candidate) {
+                if candidate.is_dir() && !out.contains(&candidate) {
                     out.push(candidate);
                 }
             }
@@ -250,6 +254,10 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // Still tidy up what can be, without piling a second panic on the first.
+            for parent in self.cgroup_parents() {
+                let _ = fs_err::remove_dir(parent);
+            }
             return;
         }
         // Nothing may be left: no per-run cgroup, no run state, no mount under the rig.
