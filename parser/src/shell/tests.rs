@@ -458,6 +458,18 @@ fn nesting_is_limited_not_a_stack_overflow() {
         })
     ));
     assert!(lexer.process_word(&nested(100_000), &EmptyEnv).is_err());
+    let quoted_nested = |depth: usize| "\"${a:-".repeat(depth) + "x" + &"}\"".repeat(depth);
+    assert_eq!(
+        lexer
+            .process_word(&quoted_nested(MAX_NESTING), &EmptyEnv)
+            .unwrap(),
+        "x"
+    );
+    assert!(
+        lexer
+            .process_word(&quoted_nested(MAX_NESTING + 1), &EmptyEnv)
+            .is_err()
+    );
     let quoted = "\"${a:-".repeat(100_000);
     assert!(lexer.process_word(&quoted, &EmptyEnv).is_err());
 }
