@@ -11,8 +11,8 @@
 //!   those were set ([`Expansion::matched`], [`Expansion::unmatched`]), for unused-`ARG` checks.
 //!
 //! The rules are BuildKit's (`frontend/dockerfile/shell/lex.go`), not a POSIX shell's: no
-//! command substitution, no field splitting of `$@`, `${a:=w}` is an error, and special
-//! parameters (`$1`, `$@`, `$?`) are plain unset names. BuildKit's quirks are kept on purpose,
+//! command substitution, no arithmetic, `${a:=w}` is an error, and special parameters (`$1`,
+//! `$@`, `$?`) are ordinary names that no Dockerfile sets. BuildKit's quirks are kept on purpose,
 //! because a Dockerfile must mean the same under hoist as under `docker build`; each one is
 //! marked where it is implemented. The options [`Lexer::raw_quotes`],
 //! [`Lexer::raw_escapes`] and [`Lexer::skip_unset_env`] are the ones BuildKit's parser uses to
