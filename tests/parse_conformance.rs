@@ -4,6 +4,8 @@
 //! checkout (or the folder named by `HOIST_CONFORMANCE_DIR`). They are never copied in. A missing
 //! folder is a failure, not a skip: a suite that ran nothing must not pass.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns may unwrap
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

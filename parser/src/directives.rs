@@ -110,7 +110,9 @@ fn split_directive(text: &str) -> Option<(&str, &str)> {
     if after.is_empty() {
         return None;
     }
-    let value = after.trim_start_matches(is_re_space).trim_end_matches(is_re_space);
+    let value = after
+        .trim_start_matches(is_re_space)
+        .trim_end_matches(is_re_space);
     if !value.is_empty() {
         return Some((name, value));
     }
@@ -134,8 +136,14 @@ mod tests {
     #[test]
     fn splits_name_and_value() {
         assert_eq!(split_directive("# escape=`"), Some(("escape", "`")));
-        assert_eq!(split_directive("#syntax = a/b:1  "), Some(("syntax", "a/b:1")));
-        assert_eq!(split_directive("#  check = skip=all;error=true"), Some(("check", "skip=all;error=true")));
+        assert_eq!(
+            split_directive("#syntax = a/b:1  "),
+            Some(("syntax", "a/b:1"))
+        );
+        assert_eq!(
+            split_directive("#  check = skip=all;error=true"),
+            Some(("check", "skip=all;error=true"))
+        );
         assert_eq!(split_directive("# escape = \t"), Some(("escape", "\t")));
         assert_eq!(split_directive("# escape ="), None);
         assert_eq!(split_directive("# 1escape=x"), None);
@@ -154,15 +162,24 @@ mod tests {
     #[test]
     fn each_directive_at_most_once() {
         let err = parser_after(&["# syntax=a", "# syntax=b"]).unwrap_err();
-        assert_eq!(err.kind, ParseErrorKind::DuplicateDirective { name: "syntax" });
+        assert_eq!(
+            err.kind,
+            ParseErrorKind::DuplicateDirective { name: "syntax" }
+        );
         let err = parser_after(&["# check=skip=all", "# CHECK=error=true"]).unwrap_err();
-        assert_eq!(err.kind, ParseErrorKind::DuplicateDirective { name: "check" });
+        assert_eq!(
+            err.kind,
+            ParseErrorKind::DuplicateDirective { name: "check" }
+        );
     }
 
     #[test]
     fn invalid_escape_is_an_error() {
         let err = parser_after(&["# escape=x"]).unwrap_err();
-        assert_eq!(err.kind, ParseErrorKind::InvalidEscape { found: "x".into() });
+        assert_eq!(
+            err.kind,
+            ParseErrorKind::InvalidEscape { found: "x".into() }
+        );
     }
 
     #[test]

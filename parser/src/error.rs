@@ -29,7 +29,9 @@ pub enum ParseErrorKind {
     DuplicateDirective { name: &'static str },
     #[error("invalid escape token {found:?}: expected ` or \\")]
     InvalidEscape { found: String },
-    #[error("{instruction} must have two arguments: expected a name and a value, found only {found:?}")]
+    #[error(
+        "{instruction} must have two arguments: expected a name and a value, found only {found:?}"
+    )]
     MissingValue {
         instruction: &'static str,
         found: String,

@@ -15,8 +15,8 @@
 use std::ops::Range;
 
 use crate::ast::{
-    AddInstruction, ArgDecl, ArgInstruction, CmdInstruction, Command, CopyInstruction,
-    Dockerfile, EntrypointInstruction, EnvInstruction, ExposeInstruction, Flag, FromInstruction,
+    AddInstruction, ArgDecl, ArgInstruction, CmdInstruction, Command, CopyInstruction, Dockerfile,
+    EntrypointInstruction, EnvInstruction, ExposeInstruction, Flag, FromInstruction,
     HealthcheckInstruction, Heredoc, Instruction, KEYWORDS, KeyValue, LabelInstruction,
     MaintainerInstruction, OnbuildInstruction, RunInstruction, ShellInstruction, Span, Spanned,
     StopsignalInstruction, UserInstruction, VolumeInstruction, Warning, WordList,
@@ -210,7 +210,11 @@ struct Lines<'a> {
 
 impl<'a> Lines<'a> {
     fn new(source: &'a str) -> Self {
-        let pos = if source.starts_with(BOM) { BOM.len() } else { 0 };
+        let pos = if source.starts_with(BOM) {
+            BOM.len()
+        } else {
+            0
+        };
         Self { source, pos }
     }
 
@@ -334,13 +338,18 @@ impl Reader<'_> {
 
     /// Parses one instruction from `range` of the logical line. `in_onbuild` is set for the
     /// trigger of an ONBUILD.
-    fn instruction(&self, range: Range<usize>, in_onbuild: bool) -> Result<Instruction, ParseError> {
+    fn instruction(
+        &self,
+        range: Range<usize>,
+        in_onbuild: bool,
+    ) -> Result<Instruction, ParseError> {
         let range = self.trim(range);
         let text = self.text(range.clone());
         let kw_len = text.find(is_split_space).unwrap_or(text.len());
         let keyword = range.start..range.start + kw_len;
         let after = self.text(keyword.end..range.end);
-        let args_start = keyword.end + (after.len() - after.trim_start_matches(is_split_space).len());
+        let args_start =
+            keyword.end + (after.len() - after.trim_start_matches(is_split_space).len());
         let (flags, rest_start) = self.flags(args_start..range.end);
         let args = self.trim(rest_start..range.end);
         let keyword_text = self.text(keyword.clone());
@@ -364,22 +373,105 @@ impl Reader<'_> {
         }
 
         Ok(match name.as_str() {
-            "add" => make!(Add, AddInstruction { paths: self.word_list(args)?, heredocs: Vec::new() }),
-            "copy" => make!(Copy, CopyInstruction { paths: self.word_list(args)?, heredocs: Vec::new() }),
-            "volume" => make!(Volume, VolumeInstruction { paths: self.word_list(args)? }),
-            "arg" => make!(Arg, ArgInstruction { args: self.arg_decls(args) }),
-            "cmd" => make!(Cmd, CmdInstruction { command: self.command(args)? }),
-            "entrypoint" => make!(Entrypoint, EntrypointInstruction { command: self.command(args)? }),
-            "run" => make!(Run, RunInstruction { command: self.command(args)?, heredocs: Vec::new() }),
-            "shell" => make!(Shell, ShellInstruction { command: self.command(args)? }),
-            "env" => make!(Env, EnvInstruction { pairs: self.name_values(args, "ENV")? }),
-            "label" => make!(Label, LabelInstruction { pairs: self.name_values(args, "LABEL")? }),
-            "expose" => make!(Expose, ExposeInstruction { ports: self.split_words(args) }),
-            "from" => make!(From, FromInstruction { args: self.split_words(args) }),
-            "maintainer" => make!(Maintainer, MaintainerInstruction { name: self.string(args) }),
-            "stopsignal" => make!(Stopsignal, StopsignalInstruction { signal: self.string(args) }),
-            "user" => make!(User, UserInstruction { user: self.string(args) }),
-            "workdir" => make!(Workdir, WorkdirInstruction { path: self.string(args) }),
+            "add" => make!(
+                Add,
+                AddInstruction {
+                    paths: self.word_list(args)?,
+                    heredocs: Vec::new()
+                }
+            ),
+            "copy" => make!(
+                Copy,
+                CopyInstruction {
+                    paths: self.word_list(args)?,
+                    heredocs: Vec::new()
+                }
+            ),
+            "volume" => make!(
+                Volume,
+                VolumeInstruction {
+                    paths: self.word_list(args)?
+                }
+            ),
+            "arg" => make!(
+                Arg,
+                ArgInstruction {
+                    args: self.arg_decls(args)
+                }
+            ),
+            "cmd" => make!(
+                Cmd,
+                CmdInstruction {
+                    command: self.command(args)?
+                }
+            ),
+            "entrypoint" => make!(
+                Entrypoint,
+                EntrypointInstruction {
+                    command: self.command(args)?
+                }
+            ),
+            "run" => make!(
+                Run,
+                RunInstruction {
+                    command: self.command(args)?,
+                    heredocs: Vec::new()
+                }
+            ),
+            "shell" => make!(
+                Shell,
+                ShellInstruction {
+                    command: self.command(args)?
+                }
+            ),
+            "env" => make!(
+                Env,
+                EnvInstruction {
+                    pairs: self.name_values(args, "ENV")?
+                }
+            ),
+            "label" => make!(
+                Label,
+                LabelInstruction {
+                    pairs: self.name_values(args, "LABEL")?
+                }
+            ),
+            "expose" => make!(
+                Expose,
+                ExposeInstruction {
+                    ports: self.split_words(args)
+                }
+            ),
+            "from" => make!(
+                From,
+                FromInstruction {
+                    args: self.split_words(args)
+                }
+            ),
+            "maintainer" => make!(
+                Maintainer,
+                MaintainerInstruction {
+                    name: self.string(args)
+                }
+            ),
+            "stopsignal" => make!(
+                Stopsignal,
+                StopsignalInstruction {
+                    signal: self.string(args)
+                }
+            ),
+            "user" => make!(
+                User,
+                UserInstruction {
+                    user: self.string(args)
+                }
+            ),
+            "workdir" => make!(
+                Workdir,
+                WorkdirInstruction {
+                    path: self.string(args)
+                }
+            ),
             "healthcheck" => {
                 let (kind, command) = self.health(args)?;
                 make!(Healthcheck, HealthcheckInstruction { kind, command })
@@ -463,7 +555,9 @@ impl Reader<'_> {
             flags.push(Flag {
                 name,
                 value,
-                span: self.line.span(range.start + word_start..range.start + word_end),
+                span: self
+                    .line
+                    .span(range.start + word_start..range.start + word_end),
             });
         }
     }
@@ -511,11 +605,16 @@ impl Reader<'_> {
         let text = self.text(range.clone());
         let mut words = Vec::new();
         let mut start = None;
-        for (i, c) in text.char_indices().chain(std::iter::once((text.len(), ' '))) {
+        for (i, c) in text
+            .char_indices()
+            .chain(std::iter::once((text.len(), ' ')))
+        {
             match (start, is_split_space(c)) {
                 (None, false) => start = Some(i),
                 (Some(s), true) => {
-                    words.push(self.spanned(text[s..i].to_owned(), range.start + s..range.start + i));
+                    words.push(
+                        self.spanned(text[s..i].to_owned(), range.start + s..range.start + i),
+                    );
                     start = None;
                 }
                 _ => {}
@@ -544,7 +643,10 @@ impl Reader<'_> {
             match quote {
                 None if c.is_whitespace() => {
                     if blank_ok || !word.is_empty() {
-                        words.push((std::mem::take(&mut word), range.start + start..range.start + i));
+                        words.push((
+                            std::mem::take(&mut word),
+                            range.start + start..range.start + i,
+                        ));
                     }
                     word_start = None;
                     blank_ok = false;
@@ -557,7 +659,9 @@ impl Reader<'_> {
                         blank_ok = true;
                     }
                     if c == self.escape {
-                        let Some((_, next)) = chars.next() else { continue };
+                        let Some((_, next)) = chars.next() else {
+                            continue;
+                        };
                         word.push(c);
                         word.push(next);
                     } else {
@@ -581,10 +685,10 @@ impl Reader<'_> {
                 }
             }
         }
-        if let Some(start) = word_start {
-            if blank_ok || !word.is_empty() {
-                words.push((word, range.start + start..range.end));
-            }
+        if let Some(start) = word_start
+            && (blank_ok || !word.is_empty())
+        {
+            words.push((word, range.start + start..range.end));
         }
         words
     }

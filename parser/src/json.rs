@@ -140,7 +140,11 @@ impl Cursor<'_> {
             return self.string().map(|_| ());
         }
         let rest = self.rest();
-        let literal = alt((tag::<_, _, nom::error::Error<&str>>("true"), tag("false"), tag("null")));
+        let literal = alt((
+            tag::<_, _, nom::error::Error<&str>>("true"),
+            tag("false"),
+            tag("null"),
+        ));
         let number = recognize((
             opt(chr('-')),
             alt((tag("0"), recognize(pair(one_of("123456789"), digits0)))),
@@ -257,16 +261,14 @@ impl Cursor<'_> {
                             i += 4;
                             if (0xD800..0xDC00).contains(&hi)
                                 && self.text.get(i..i + 2) == Some("\\u")
+                                && let Some(lo) = self.text.get(i + 2..i + 6).and_then(hex4)
+                                && (0xDC00..0xE000).contains(&lo)
                             {
-                                if let Some(lo) = self.text.get(i + 2..i + 6).and_then(hex4) {
-                                    if (0xDC00..0xE000).contains(&lo) {
-                                        let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-                                        out.push(char::from_u32(c).unwrap_or('\u{FFFD}'));
-                                        i += 6;
-                                        run_start = i;
-                                        continue;
-                                    }
-                                }
+                                let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                                out.push(char::from_u32(c).unwrap_or('\u{FFFD}'));
+                                i += 6;
+                                run_start = i;
+                                continue;
                             }
                             out.push(char::from_u32(hi).unwrap_or('\u{FFFD}'));
                         }
@@ -318,9 +320,15 @@ mod tests {
 
     #[test]
     fn other_values_are_errors() {
-        assert_eq!(classify(r#"["a", ["b"]]"#), JsonForm::NotStrings("an array"));
+        assert_eq!(
+            classify(r#"["a", ["b"]]"#),
+            JsonForm::NotStrings("an array")
+        );
         assert_eq!(classify(r#"[1.5e3]"#), JsonForm::NotStrings("a number"));
-        assert_eq!(classify(r#"["a", {"k": [null, true]}]"#), JsonForm::NotStrings("an object"));
+        assert_eq!(
+            classify(r#"["a", {"k": [null, true]}]"#),
+            JsonForm::NotStrings("an object")
+        );
     }
 
     #[test]

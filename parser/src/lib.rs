@@ -21,9 +21,9 @@ pub mod directives;
 pub mod dump;
 pub mod error;
 mod grammar;
-mod json;
 pub mod heredoc;
 pub mod ignore;
+mod json;
 pub mod shell;
 
 pub use ast::*;
