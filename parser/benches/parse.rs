@@ -37,8 +37,14 @@ fn instruction_count(text: &str) -> Option<usize> {
     hoist_parser::parse(text).ok().map(|f| f.instructions.len())
 }
 
-/// The conformance Dockerfiles that can be repeated, as (name, text, instruction count).
-fn repeatable_files() -> Result<(Vec<(String, String, usize)>, Vec<String>), Box<dyn Error>> {
+/// A conformance Dockerfile that can be repeated: its text and instruction count.
+struct Repeatable {
+    text: String,
+    instructions: usize,
+}
+
+/// The repeatable conformance Dockerfiles, and the names of the cases left out.
+fn repeatable_files() -> Result<(Vec<Repeatable>, Vec<String>), Box<dyn Error>> {
     let dir = conformance_dir().join("testfiles");
     let mut cases: Vec<PathBuf> = fs_err::read_dir(&dir)?
         .map(|e| e.map(|e| e.path()))
@@ -60,7 +66,7 @@ fn repeatable_files() -> Result<(Vec<(String, String, usize)>, Vec<String>), Box
             (file.escape == '\\' && n > 0 && two == 2 * n).then_some(n)
         });
         match repeatable {
-            Some(n) => kept.push((name, text, n)),
+            Some(instructions) => kept.push(Repeatable { text, instructions }),
             None => skipped.push(name),
         }
     }
@@ -75,8 +81,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     // of the input is enough to show that the benchmark still works.
     let quick = !std::env::args().any(|a| a == "--bench");
     let (files, skipped) = repeatable_files()?;
-    let unit: String = files.iter().map(|(_, text, _)| text.as_str()).collect();
-    let unit_instructions: usize = files.iter().map(|(_, _, n)| n).sum();
+    let unit: String = files.iter().map(|f| f.text.as_str()).collect();
+    let unit_instructions: usize = files.iter().map(|f| f.instructions).sum();
     let copies = MIN_BYTES.div_ceil(unit.len());
     let input = unit.repeat(copies);
     let expected = unit_instructions * copies;
