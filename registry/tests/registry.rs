@@ -492,12 +492,66 @@ async fn token_auth_trades_credentials_for_scoped_bearer_tokens() {
     let pulled = c.pull(&app, &Platform::host(), dst.clone()).await.unwrap();
     assert_eq!(&pulled.manifest.digest, image.manifest.digest());
 
+    // An identity token (docker's `identitytoken`) is traded by the OAuth2 refresh-token grant.
+    let issued = tokens.issued.load(Ordering::SeqCst);
+    let oauth = client(&events, |_| {});
+    oauth.set_credential(
+        &registry.host(),
+        Credential::IdentityToken("refresh-builder".into()),
+    );
+    let m = oauth.fetch_manifest(&app).await.unwrap();
+    assert_eq!(&m.digest, image.manifest.digest());
+    assert!(tokens.issued.load(Ordering::SeqCst) > issued);
+
     let anonymous = client(&events, |_| {});
     let err = anonymous.fetch_manifest(&app).await.unwrap_err();
     assert!(
         matches!(err, PullError::Request(RequestError::Token { .. })),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_move_concurrently_but_never_beyond_the_bound() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let (_d, src) = store();
+    let image = make_image(&src, 13, &[1 << 20; 6], "amd64", false);
+    let events = Events::default();
+    let c = client(&events, |cfg| cfg.max_concurrent_transfers = 2);
+    let target = Reference::parse(&format!("{}/hoist/parallel:v1", registry.host())).unwrap();
+    c.push(
+        &target,
+        &image.manifest,
+        src.clone(),
+        &PushOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut in_flight = 0i32;
+    let mut peak = 0;
+    for e in events.take() {
+        match e {
+            Event::UploadStarted { .. } => in_flight += 1,
+            Event::BlobUploaded { .. } => in_flight -= 1,
+            _ => {}
+        }
+        peak = peak.max(in_flight);
+    }
+    assert_eq!(peak, 2, "two uploads overlap, never three");
+
+    let c = client(&events, |cfg| cfg.max_concurrent_transfers = 3);
+    let (_d2, dst) = store();
+    c.pull(&target, &Platform::host(), dst.clone())
+        .await
+        .unwrap();
+    for blob in &image.blobs {
+        assert_eq!(
+            read_blob(&dst, blob.digest()),
+            read_blob(&src, blob.digest())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -413,6 +413,7 @@ async fn serve_token(
             return Ok(());
         }
         let mut authorization = None;
+        let mut content_length = 0usize;
         loop {
             let mut line = String::new();
             reader.read_line(&mut line).await?;
@@ -420,22 +421,36 @@ async fn serve_token(
             if line.is_empty() {
                 break;
             }
-            if let Some((k, v)) = line.split_once(':')
-                && k.eq_ignore_ascii_case("authorization")
-            {
-                authorization = Some(v.trim().to_owned());
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("authorization") {
+                    authorization = Some(v.trim().to_owned());
+                } else if k.eq_ignore_ascii_case("content-length") {
+                    content_length = v.trim().parse().unwrap_or(0);
+                }
             }
         }
+        let mut body = vec![0u8; content_length];
+        tokio::io::AsyncReadExt::read_exact(&mut reader, &mut body).await?;
+        let body = String::from_utf8_lossy(&body).into_owned();
         let target = request_line.split_whitespace().nth(1).unwrap_or("/");
-        let query = target.split_once('?').map_or("", |(_, q)| q);
+        // GET carries the request in the query with basic credentials; the OAuth2 refresh-token
+        // grant POSTs it as a form.
+        let is_post = request_line.starts_with("POST");
+        let query = if is_post {
+            body.as_str()
+        } else {
+            target.split_once('?').map_or("", |(_, q)| q)
+        };
         let mut scopes = Vec::new();
         let mut service = String::new();
+        let mut refresh_token = String::new();
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v);
             match k {
-                "scope" => scopes.push(v),
+                "scope" => scopes.extend(v.split(' ').map(str::to_owned)),
                 "service" => service = v,
+                "refresh_token" => refresh_token = v,
                 _ => {}
             }
         }
@@ -443,7 +458,12 @@ async fn serve_token(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
         );
-        let (status, body) = if authorization.as_deref() == Some(expected.as_str()) {
+        let granted = if is_post {
+            refresh_token == format!("refresh-{password}")
+        } else {
+            authorization.as_deref() == Some(expected.as_str())
+        };
+        let (status, body) = if granted {
             counter.fetch_add(1, Ordering::SeqCst);
             let jwt = sign_jwt(key, x5c, user, &service, &scopes);
             ("200 OK", format!(r#"{{"token":"{jwt}","expires_in":300}}"#))
