@@ -202,6 +202,12 @@ impl Client {
         })
     }
 
+    /// A client that reads credentials from `$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json`, as the docker CLI does.
+    pub fn with_default_credentials(config: ClientConfig) -> Result<Self, RequestError> {
+        Self::new(config, DockerConfig::load_default()?)
+    }
+
     /// Reports progress and retries to `observer`.
     #[must_use]
     pub fn with_observer(mut self, observer: Observer) -> Self {

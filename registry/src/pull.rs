@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use oci_spec::image::{Descriptor, Digest, ImageManifest};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 
 use crate::client::{Client, RequestError, SharedStore, Target, error_chain, truncate};
 use crate::manifest::{
@@ -136,11 +136,6 @@ pub enum BlobFetch {
     Present,
     /// It was downloaded, verified and stored.
     Fetched,
-}
-
-enum Attempt {
-    Retry(String),
-    Fatal(PullError),
 }
 
 impl Client {
@@ -353,7 +348,8 @@ impl Client {
     }
 
     /// Downloads one blob into the store unless the store has it. The bytes are hashed as they
-    /// stream; a blob that does not match its digest or size is never committed.
+    /// stream; a blob that does not match its digest or size is never committed. A connection
+    /// that drops mid-blob is resumed with a `Range` request from the last byte received.
     pub async fn fetch_blob(
         &self,
         reference: &Reference,
@@ -362,174 +358,210 @@ impl Client {
     ) -> Result<BlobFetch, PullError> {
         let digest = descriptor.digest().clone();
         let size = descriptor.size();
+        let task_err = |e: tokio::task::JoinError| PullError::Task {
+            digest: descriptor.digest().clone(),
+            message: e.to_string(),
+        };
+        let store_err = |source| PullError::Store {
+            digest: descriptor.digest().clone(),
+            source,
+        };
         let present = {
             let store = store.clone();
             let d = digest.clone();
             tokio::task::spawn_blocking(move || store.size(&d))
                 .await
-                .map_err(|e| PullError::Task {
-                    digest: descriptor.digest().clone(),
-                    message: e.to_string(),
-                })?
-                .map_err(|source| PullError::Store {
-                    digest: digest.clone(),
-                    source,
-                })?
+                .map_err(task_err)?
+                .map_err(store_err)?
         };
         if present == Some(size) {
             self.emit(&Event::BlobPresent { digest });
             return Ok(BlobFetch::Present);
         }
+        // A bounded channel hands the bytes to a blocking thread that hashes and writes them, so
+        // at most a few chunks of the blob are in memory at once.
+        let (tx, rx) = tokio::sync::mpsc::channel::<ToWriter>(8);
+        let writer = tokio::task::spawn_blocking({
+            let digest = digest.clone();
+            move || write_blob(store.as_ref(), &digest, size, rx)
+        });
+        let transfer = self.stream_blob(reference, descriptor, &tx).await;
+        if transfer.is_ok() {
+            let _ = tx.send(ToWriter::Finish).await;
+        }
+        drop(tx);
+        let outcome = writer.await.map_err(task_err)?.map_err(store_err)?;
+        transfer?;
+        match outcome {
+            None => Err(PullError::Task {
+                digest,
+                message: "blob writer stopped early".into(),
+            }),
+            Some((_, written)) if written != size => Err(PullError::BlobSizeMismatch {
+                reference: reference.to_string(),
+                digest,
+                expected: size,
+                actual: written,
+            }),
+            Some((actual, _)) if actual != digest.digest() => Err(PullError::BlobDigestMismatch {
+                reference: reference.to_string(),
+                actual: format!("{}:{actual}", digest.algorithm()),
+                digest,
+            }),
+            Some(_) => {
+                self.emit(&Event::BlobFetched { digest, size });
+                Ok(BlobFetch::Fetched)
+            }
+        }
+    }
+
+    /// Sends the blob's bytes to the writer, resuming after dropped connections.
+    async fn stream_blob(
+        &self,
+        reference: &Reference,
+        descriptor: &Descriptor,
+        tx: &tokio::sync::mpsc::Sender<ToWriter>,
+    ) -> Result<(), PullError> {
+        let digest = descriptor.digest();
+        let size = descriptor.size();
+        let url = self.url(reference, &format!("blobs/{digest}"));
         let attempts = self.config.retry.attempts.max(1);
+        let writer_gone = || PullError::Task {
+            digest: digest.clone(),
+            message: "blob writer failed".into(),
+        };
+        let mut received = 0u64;
         let mut last = String::new();
         for attempt in 1..=attempts {
-            match self
-                .fetch_blob_once(reference, descriptor, store.clone())
-                .await
+            if attempt > 1 {
+                self.emit(&Event::Retrying {
+                    method: "GET".into(),
+                    url: url.clone(),
+                    attempt: attempt - 1,
+                    reason: format!("{last}; resuming at byte {received}"),
+                });
+                tokio::time::sleep(self.config.retry.backoff(attempt - 1)).await;
+            }
+            let from = received;
+            let response = self
+                .send(&Target::pull(reference), true, |http| {
+                    let request = http.get(&url);
+                    if from > 0 {
+                        request.header(RANGE, format!("bytes={from}-"))
+                    } else {
+                        request
+                    }
+                })
+                .await?;
+            let status = response.status();
+            if status == StatusCode::OK && received > 0 {
+                // The server ignored the range: start the blob over.
+                tx.send(ToWriter::Restart)
+                    .await
+                    .map_err(|_| writer_gone())?;
+                received = 0;
+            } else if !(status.is_success()
+                && (status == StatusCode::OK || content_range_start(&response) == Some(received)))
             {
-                Ok(()) => {
-                    self.emit(&Event::BlobFetched { digest, size });
-                    return Ok(BlobFetch::Fetched);
-                }
-                Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(message)) => {
-                    last = message;
-                    if attempt < attempts {
-                        self.emit(&Event::Retrying {
-                            method: "GET".into(),
-                            url: self.url(reference, &format!("blobs/{digest}")),
-                            attempt,
-                            reason: last.clone(),
-                        });
-                        tokio::time::sleep(self.config.retry.backoff(attempt)).await;
+                let body = response.text().await.unwrap_or_default();
+                return Err(PullError::Status {
+                    what: format!("blob {digest} of {reference}"),
+                    status: status.as_u16(),
+                    body: truncate(&body),
+                });
+            }
+            let mut stream = response.bytes_stream();
+            let mut dropped = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(chunk) => {
+                        received += chunk.len() as u64;
+                        if received > size {
+                            return Err(PullError::BlobSizeMismatch {
+                                reference: reference.to_string(),
+                                digest: digest.clone(),
+                                expected: size,
+                                actual: received,
+                            });
+                        }
+                        tx.send(ToWriter::Data(chunk))
+                            .await
+                            .map_err(|_| writer_gone())?;
+                    }
+                    Err(e) => {
+                        dropped = Some(error_chain(&e));
+                        break;
                     }
                 }
+            }
+            match dropped {
+                None if received == size => return Ok(()),
+                None => last = format!("connection closed after {received} of {size} bytes"),
+                Some(message) => last = message,
             }
         }
         Err(PullError::BlobTransfer {
             reference: reference.to_string(),
-            digest,
+            digest: digest.clone(),
             attempts,
             message: last,
         })
     }
+}
 
-    async fn fetch_blob_once(
-        &self,
-        reference: &Reference,
-        descriptor: &Descriptor,
-        store: SharedStore,
-    ) -> Result<(), Attempt> {
-        let digest = descriptor.digest().clone();
-        let size = descriptor.size();
-        let url = self.url(reference, &format!("blobs/{digest}"));
-        let response = self
-            .send(&Target::pull(reference), true, |http| http.get(&url))
-            .await
-            .map_err(|e| Attempt::Fatal(e.into()))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(Attempt::Fatal(PullError::Status {
-                what: format!("blob {digest} of {reference}"),
-                status: status.as_u16(),
-                body: truncate(&body),
-            }));
-        }
-        // A bounded channel hands the bytes to a blocking thread that hashes and writes them, so
-        // at most a few chunks of the blob are in memory at once.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(8);
-        let writer = {
-            let digest = digest.clone();
-            tokio::task::spawn_blocking(move || -> Result<Option<(String, u64)>, StoreError> {
-                let mut writer = store.writer(&digest, Some(size))?;
-                let mut hasher = Hasher::for_digest(&digest)?;
-                let mut written = 0u64;
-                while let Some(message) = rx.blocking_recv() {
-                    let Some(chunk) = message else {
-                        let actual = hasher.finish_hex();
-                        if actual == digest.digest() && written == size {
-                            writer.commit()?;
-                        }
-                        return Ok(Some((actual, written)));
-                    };
-                    hasher.update(&chunk);
-                    writer.write_all(&chunk).map_err(|source| StoreError::Io {
-                        op: "write blob",
-                        path: std::path::PathBuf::from(digest.to_string()),
-                        source,
-                    })?;
-                    written += chunk.len() as u64;
-                }
-                // The sender went away without the end marker: an aborted transfer.
-                Ok(None)
-            })
-        };
-        let mut received = 0u64;
-        let mut failure = None;
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    received += chunk.len() as u64;
-                    if received > size {
-                        failure = Some(Attempt::Fatal(PullError::BlobSizeMismatch {
-                            reference: reference.to_string(),
-                            digest: digest.clone(),
-                            expected: size,
-                            actual: received,
-                        }));
-                        break;
-                    }
-                    if tx.send(Some(chunk)).await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    failure = Some(Attempt::Retry(error_chain(&e)));
-                    break;
-                }
+/// What the pull side tells the blocking blob writer.
+enum ToWriter {
+    Data(Bytes),
+    /// Discard what was written and start again (a server that ignored `Range`).
+    Restart,
+    /// All bytes are in: verify, and commit when they match.
+    Finish,
+}
+
+/// Runs on a blocking thread: writes and hashes the blob, commits it only when it matches.
+/// Returns the hex hash and length written, or `None` when the transfer was abandoned.
+fn write_blob(
+    store: &dyn BlobStore,
+    digest: &Digest,
+    size: u64,
+    mut rx: tokio::sync::mpsc::Receiver<ToWriter>,
+) -> Result<Option<(String, u64)>, StoreError> {
+    let mut writer = store.writer(digest, Some(size))?;
+    let mut hasher = Hasher::for_digest(digest)?;
+    let mut written = 0u64;
+    while let Some(message) = rx.blocking_recv() {
+        match message {
+            ToWriter::Data(chunk) => {
+                hasher.update(&chunk);
+                writer.write_all(&chunk).map_err(|source| StoreError::Io {
+                    op: "write blob",
+                    path: std::path::PathBuf::from(digest.to_string()),
+                    source,
+                })?;
+                written += chunk.len() as u64;
             }
-        }
-        if failure.is_none() {
-            let _ = tx.send(None).await;
-        }
-        drop(tx);
-        let outcome = writer.await.map_err(|e| {
-            Attempt::Fatal(PullError::Task {
-                digest: digest.clone(),
-                message: e.to_string(),
-            })
-        })?;
-        let outcome = outcome.map_err(|source| {
-            Attempt::Fatal(PullError::Store {
-                digest: digest.clone(),
-                source,
-            })
-        })?;
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        match outcome {
-            None => Err(Attempt::Retry("transfer aborted".into())),
-            Some((_, written)) if written != size => {
-                Err(Attempt::Fatal(PullError::BlobSizeMismatch {
-                    reference: reference.to_string(),
-                    digest,
-                    expected: size,
-                    actual: written,
-                }))
+            ToWriter::Restart => {
+                writer = store.writer(digest, Some(size))?;
+                hasher = Hasher::for_digest(digest)?;
+                written = 0;
             }
-            Some((actual, _)) if actual != digest.digest() => {
-                Err(Attempt::Fatal(PullError::BlobDigestMismatch {
-                    reference: reference.to_string(),
-                    digest: digest.clone(),
-                    actual: format!("{}:{actual}", digest.algorithm()),
-                }))
+            ToWriter::Finish => {
+                let actual = hasher.finish_hex();
+                if actual == digest.digest() && written == size {
+                    writer.commit()?;
+                }
+                return Ok(Some((actual, written)));
             }
-            Some(_) => Ok(()),
         }
     }
+    Ok(None)
+}
+
+/// The first byte of a 206 reply's `Content-Range: bytes START-END/SIZE`.
+fn content_range_start(response: &reqwest::Response) -> Option<u64> {
+    let value = response.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+    let range = value.trim().strip_prefix("bytes")?.trim();
+    range.split('-').next()?.trim().parse().ok()
 }
 
 fn hash_hex(digest: &Digest, bytes: &[u8]) -> Result<String, StoreError> {

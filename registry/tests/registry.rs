@@ -771,6 +771,52 @@ async fn dropped_connections_and_503_are_retried() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_resumes_a_blob_whose_connection_was_cut_midway() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let (_d, src) = store();
+    let size = 3 << 20;
+    let image = make_image(&src, 14, &[size], "amd64", false);
+    let events = Events::default();
+    let direct = Reference::parse(&format!("{}/hoist/cut:v1", registry.host())).unwrap();
+    client(&events, |_| {})
+        .push(
+            &direct,
+            &image.manifest,
+            src.clone(),
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap();
+    events.take();
+
+    let proxy = FaultyProxy::start(registry.port, Fault::CutAfter(1 << 20), 1).await;
+    let c = client(&events, |cfg| cfg.max_concurrent_transfers = 1);
+    let target = Reference::parse(&format!("127.0.0.1:{}/hoist/cut:v1", proxy.port)).unwrap();
+    let (_d2, dst) = store();
+    c.pull(&target, &Platform::host(), dst.clone())
+        .await
+        .unwrap();
+    let layer = image.blobs[1].digest();
+    assert_eq!(read_blob(&dst, layer), read_blob(&src, layer));
+    assert_eq!(proxy.faulted.load(Ordering::SeqCst), 1);
+    let resumed = events.take().into_iter().any(|e| {
+        matches!(e, Event::Retrying { reason, .. }
+            if reason.contains("resuming at byte") && !reason.ends_with("at byte 0"))
+    });
+    assert!(
+        resumed,
+        "the cut transfer was retried with a range, mid-blob"
+    );
+    let down = proxy.downstream.load(Ordering::SeqCst);
+    assert!(
+        down < size + (256 << 10),
+        "{down} bytes came down for a {size}-byte layer: the blob was fetched twice"
+    );
+}
+
 #[test]
 fn docker_hub_references_resolve_to_the_hub_api_host() {
     let r = Reference::parse("busybox").unwrap();

@@ -551,10 +551,12 @@ fn sign_jwt(key: &Path, x5c: &str, user: &str, service: &str, scopes: &[String])
 }
 
 /// A TCP proxy in front of a registry that misbehaves for the first `faults` connections:
-/// it either drops them at once or answers 503, then forwards faithfully.
+/// it drops them at once, answers 503, or cuts them after some bytes of replies; then it
+/// forwards faithfully. It counts the reply bytes it forwards.
 pub struct FaultyProxy {
     pub port: u16,
     pub faulted: Arc<AtomicUsize>,
+    pub downstream: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -562,6 +564,7 @@ pub struct FaultyProxy {
 pub enum Fault {
     Drop,
     Unavailable,
+    CutAfter(usize),
 }
 
 impl FaultyProxy {
@@ -570,16 +573,22 @@ impl FaultyProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let faulted = Arc::new(AtomicUsize::new(0));
+        let downstream = Arc::new(AtomicUsize::new(0));
         let counter = faulted.clone();
+        let down = downstream.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
                     return;
                 };
+                let mut limit = None;
                 if counter.load(Ordering::SeqCst) < faults {
                     counter.fetch_add(1, Ordering::SeqCst);
                     match fault {
-                        Fault::Drop => drop(sock),
+                        Fault::Drop => {
+                            drop(sock);
+                            continue;
+                        }
                         Fault::Unavailable => {
                             tokio::spawn(async move {
                                 let mut buf = [0u8; 4096];
@@ -590,25 +599,56 @@ impl FaultyProxy {
                                     )
                                     .await;
                             });
+                            continue;
                         }
+                        Fault::CutAfter(n) => limit = Some(n),
                     }
-                    continue;
                 }
-                tokio::spawn(async move {
-                    if let Ok(mut up) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut sock, &mut up).await;
-                    }
-                });
+                tokio::spawn(forward(sock, upstream, limit, down.clone()));
             }
         });
         Self {
             port,
             faulted,
+            downstream,
             task,
         }
     }
+}
+
+async fn forward(
+    client: tokio::net::TcpStream,
+    upstream: u16,
+    limit: Option<usize>,
+    down: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut up_read, mut up_write) = up.into_split();
+    let requests = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut up_write).await;
+        let _ = up_write.shutdown().await;
+    });
+    let mut buf = vec![0u8; 16 << 10];
+    let mut sent = 0usize;
+    loop {
+        let n = match up_read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => limit.map_or(n, |l| n.min(l - sent)),
+        };
+        if client_write.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        sent += n;
+        down.fetch_add(n, Ordering::SeqCst);
+        if limit.is_some_and(|l| sent >= l) {
+            break;
+        }
+    }
+    requests.abort();
 }
 
 impl Drop for FaultyProxy {
