@@ -53,8 +53,8 @@ pub(crate) struct InitConfig {
     pub(crate) cgroup_procs: Vec<PathBuf>,
     /// Where the init writes its [`InitReport`].
     pub(crate) status_path: PathBuf,
-    /// A compiled seccomp filter to install last.
-    pub(crate) seccomp: Option<Vec<crate::seccomp::Instruction>>,
+    /// Compiled seccomp filters, installed in order, last thing before `execve`.
+    pub(crate) seccomp: Vec<Vec<crate::seccomp::Instruction>>,
 }
 
 /// How pid 1 ended, written by the init for the runtime.
@@ -685,7 +685,7 @@ fn setup_and_exec(config: &InitConfig, pipe: &OwnedFd) -> Result<Never, InitErro
 }
 
 fn install_seccomp(config: &InitConfig) -> Result<(), InitError> {
-    if let Some(program) = &config.seccomp {
+    for program in &config.seccomp {
         let filter: Vec<libc::sock_filter> = program.iter().map(|i| i.to_sock_filter()).collect();
         sys::install_seccomp_filter(&filter).map_err(sys_err("install seccomp filter"))?;
     }

@@ -415,8 +415,8 @@ impl Executor {
             .as_ref()
             .and_then(|l| l.seccomp().as_ref())
         {
-            Some(profile) => Some(crate::seccomp::compile(profile)?),
-            None => None,
+            Some(profile) => crate::seccomp::compile(profile)?,
+            None => Vec::new(),
         };
         let config = InitConfig {
             spec: request.spec.clone(),

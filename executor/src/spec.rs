@@ -346,6 +346,7 @@ pub fn build_spec(opts: &SpecOptions) -> Result<Spec, BuildSpecError> {
         .resources(resources.build().map_err(invalid("linux.resources"))?)
         .masked_paths(DEFAULT_MASKED_PATHS.map(str::to_owned).to_vec())
         .readonly_paths(DEFAULT_READONLY_PATHS.map(str::to_owned).to_vec())
+        .seccomp(crate::seccomp::default_profile().map_err(invalid("linux.seccomp"))?)
         .build()
         .map_err(invalid("linux"))?;
 

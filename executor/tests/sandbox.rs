@@ -46,6 +46,7 @@ both_backends!(
     mount_umount_module_loading_and_proc_sys_writes_fail,
     proc_kcore_is_masked,
     cap_eff_is_dockers_default_set,
+    seccomp_filters_like_dockers_default,
     network_none_shows_only_lo,
     memory_hog_is_oom_killed_and_reported,
     fork_bomb_is_contained_by_the_pids_limit,
@@ -111,6 +112,19 @@ async fn cap_eff_is_dockers_default_set(rig: Rig) {
                     CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n\
                     CapAmb:\t0000000000000000\nNoNewPrivs:\t1\n";
     assert_eq!(out.stdout, expected, "{}", out.stderr);
+}
+
+async fn seccomp_filters_like_dockers_default(rig: Rig) {
+    // A user namespace needs no capability, so only the seccomp profile stops `unshare -U`;
+    // ordinary work goes on under the filter.
+    let out = rig
+        .sh_out(
+            "grep '^Seccomp:' /proc/self/status; \
+             unshare -U true 2>/dev/null && echo userns-ok || echo userns-denied; \
+             echo data | sha256sum | cut -c1-8",
+        )
+        .await;
+    assert_eq!(out.stdout, "Seccomp:\t2\nuserns-denied\n6667b2d1\n", "{}", out.stderr);
 }
 
 async fn network_none_shows_only_lo(rig: Rig) {
