@@ -292,7 +292,12 @@ instructions! {
     /// `MAINTAINER name`.
     Maintainer(MaintainerInstruction) = "maintainer" { name: Option<Spanned<String>> }
     /// `ONBUILD instruction`.
-    Onbuild(OnbuildInstruction) = "onbuild" { trigger: Box<Instruction> }
+    Onbuild(OnbuildInstruction) = "onbuild" {
+        trigger: Box<Instruction>,
+        /// The trigger as one line of text (continuations joined), which is what an image
+        /// config's `OnBuild` records and a child build parses again.
+        expression: String
+    }
     /// `RUN [flags] command`.
     Run(RunInstruction) = "run" {
         /// `None` for a bare `RUN`.

@@ -61,29 +61,43 @@ impl ParseError {
     /// span underlined.
     #[must_use]
     pub fn render(&self, name: &str, source: &str, index: &LineIndex) -> String {
-        let (line, col) = index.line_col(source, self.span.start);
-        let mut out = format!("{name}:{line}:{col}: {}", self.kind);
-        if let Some(text) = index.line_text(source, line) {
-            let text = text.trim_end_matches(['\r', '\n']);
-            let width = if self.span.end > self.span.start {
-                let end_in_line = self.span.end.min(index.line_start(line) + text.len());
-                source
-                    .get(self.span.start..end_in_line)
-                    .map_or(1, |s| s.chars().count().max(1))
-            } else {
-                1
-            };
-            let gutter = line.to_string();
-            let _ = write!(
-                out,
-                "\n {gutter} | {text}\n {blank} | {pad}{carets}",
-                blank = " ".repeat(gutter.len()),
-                pad = " ".repeat(col.saturating_sub(1)),
-                carets = "^".repeat(width),
-            );
-        }
-        out
+        render_at(name, source, index, self.span, &self.kind)
     }
+}
+
+/// Renders a message about a span of a Dockerfile for people: `NAME:LINE:COL: message`, then
+/// the source line with the span underlined. Later stages (the solver, a failed RUN) use this to
+/// point at the instruction an error comes from.
+#[must_use]
+pub fn render_at(
+    name: &str,
+    source: &str,
+    index: &LineIndex,
+    span: Span,
+    message: &dyn std::fmt::Display,
+) -> String {
+    let (line, col) = index.line_col(source, span.start);
+    let mut out = format!("{name}:{line}:{col}: {message}");
+    if let Some(text) = index.line_text(source, line) {
+        let text = text.trim_end_matches(['\r', '\n']);
+        let width = if span.end > span.start {
+            let end_in_line = span.end.min(index.line_start(line) + text.len());
+            source
+                .get(span.start..end_in_line)
+                .map_or(1, |s| s.chars().count().max(1))
+        } else {
+            1
+        };
+        let gutter = line.to_string();
+        let _ = write!(
+            out,
+            "\n {gutter} | {text}\n {blank} | {pad}{carets}",
+            blank = " ".repeat(gutter.len()),
+            pad = " ".repeat(col.saturating_sub(1)),
+            carets = "^".repeat(width),
+        );
+    }
+    out
 }
 
 /// Maps byte offsets to 1-based lines and columns (columns count characters).

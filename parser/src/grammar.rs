@@ -494,8 +494,15 @@ impl Reader<'_> {
                 if args.is_empty() {
                     return Err(ParseError::new(ParseErrorKind::OnbuildEmpty, kw_span));
                 }
+                let expression = self.text(args.clone()).to_owned();
                 let trigger = Box::new(self.instruction(args, true)?);
-                make!(Onbuild, OnbuildInstruction { trigger })
+                make!(
+                    Onbuild,
+                    OnbuildInstruction {
+                        trigger,
+                        expression
+                    }
+                )
             }
             _ => {
                 return Err(ParseError::new(

@@ -1,12 +1,20 @@
 //! The Dockerfile frontend, the build graph and the scheduler.
 //!
-//! Data flow: a parsed Dockerfile (from `hoist-parser`) is lowered, stage by stage, into `Op`s
-//! (`Source`, `Exec`, `File`, `Merge`). Each `Op` with its inputs is a `Vertex` of a `Graph`
-//! (a petgraph DAG). A vertex's digest is sha256 over the canonical encoding of its `Op` and its
-//! inputs' digests, so identical work merges; its `CacheKey` makes content concrete. The scheduler
-//! walks the graph on tokio, asks the cache for each key, and runs misses through the executor
-//! (RUN), the cache's file ops (COPY/ADD) or the registry (FROM). Image assembly turns the final
-//! `Result` into a config and manifest for the outputs.
-//!
-//! Nothing is implemented here yet; see issue "hoist build".
+//! Data flow: a parsed [`hoist_parser::Dockerfile`] is lowered by the [`frontend`], stage by
+//! stage, into [`op::Op`]s (`Source`, `Exec`, `File`, `Merge`). Each op with its inputs is a
+//! [`graph::Vertex`] of a [`graph::Graph`] (a petgraph DAG). A vertex's digest is sha256 over the
+//! canonical encoding of its op and its inputs' digests, so identical work merges; its cache key
+//! later makes content concrete (a context source by the hash of the files it selects, an image
+//! by its manifest digest). The frontend also builds the target stage's image config and
+//! history ([`frontend::ImageConfig`]). The scheduler (to come) walks the graph on tokio, asks the
+//! cache for each key, and runs misses through the executor (RUN), the cache's file ops
+//! (COPY/ADD) or the registry (FROM).
 #![forbid(unsafe_code)]
+
+pub mod frontend;
+pub mod graph;
+pub mod op;
+
+pub use frontend::{BuildOptions, BuildPlan, FrontendError, ImageResolver, lower};
+pub use graph::{Graph, Vertex, VertexDigest, VertexId};
+pub use op::Op;

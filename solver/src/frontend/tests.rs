@@ -1,0 +1,503 @@
+//! The frontend without containers: Dockerfiles in, graphs and configs out, against a resolver
+//! that serves made-up images.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::op::{ExecOp, FileAction};
+
+/// Serves any image with a fixed config, recording what was asked.
+#[derive(Default)]
+struct FakeResolver {
+    configs: BTreeMap<String, ImageConfig>,
+    asked: RefCell<Vec<String>>,
+}
+
+impl ImageResolver for FakeResolver {
+    fn resolve(&self, reference: &str, _platform: &Platform) -> Result<ResolvedImage, String> {
+        self.asked.borrow_mut().push(reference.to_owned());
+        if reference.contains("missing") {
+            return Err("manifest unknown".into());
+        }
+        Ok(ResolvedImage {
+            pinned: format!("docker.io/library/{reference}@sha256:{}", "ab".repeat(32)),
+            config: self
+                .configs
+                .get(reference)
+                .cloned()
+                .unwrap_or_else(|| ImageConfig {
+                    env: vec!["PATH=/usr/bin:/bin".into()],
+                    cmd: Some(vec!["sh".into()]),
+                    ..ImageConfig::default()
+                }),
+        })
+    }
+}
+
+fn plan_with(src: &str, opts: &BuildOptions, resolver: &FakeResolver) -> Result<BuildPlan, String> {
+    let file = hoist_parser::parse(src).map_err(|e| e.to_string())?;
+    lower(&file, src, opts, resolver).map_err(|e| e.render("Dockerfile", src))
+}
+
+fn plan(src: &str) -> BuildPlan {
+    plan_with(src, &BuildOptions::default(), &FakeResolver::default()).unwrap()
+}
+
+fn plan_err(src: &str) -> String {
+    plan_with(src, &BuildOptions::default(), &FakeResolver::default()).unwrap_err()
+}
+
+fn args(pairs: &[(&str, &str)]) -> BuildOptions {
+    BuildOptions {
+        build_args: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..BuildOptions::default()
+    }
+}
+
+/// The exec ops of a plan, inputs first.
+fn execs(plan: &BuildPlan) -> Vec<ExecOp> {
+    plan.graph
+        .reachable(&[plan.root])
+        .into_iter()
+        .filter_map(|id| match &plan.graph.vertex(id).op {
+            Op::Exec(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn digests(plan: &BuildPlan) -> Vec<VertexDigestOf> {
+    plan.graph
+        .reachable(&[plan.root])
+        .into_iter()
+        .map(|id| {
+            let v = plan.graph.vertex(id);
+            (v.name.clone(), v.digest)
+        })
+        .collect()
+}
+
+type VertexDigestOf = (String, crate::graph::VertexDigest);
+
+mod stages {
+    use super::*;
+
+    const MULTI: &str = "FROM alpine AS base\nRUN echo base\n\
+                         FROM unused-image AS unused\nRUN echo never\n\
+                         FROM base AS app\nRUN echo app\n\
+                         FROM scratch\nCOPY --from=app /x /x\n";
+
+    #[test]
+    fn the_last_stage_is_the_default_target_and_unreached_stages_are_never_resolved() {
+        let resolver = FakeResolver::default();
+        let plan = plan_with(MULTI, &BuildOptions::default(), &resolver).unwrap();
+        assert_eq!(plan.stages, ["base", "app", "stage-3"]);
+        assert_eq!(
+            *resolver.asked.borrow(),
+            ["alpine"],
+            "unused-image must not be resolved"
+        );
+        let cmds: Vec<String> = execs(&plan).iter().map(|e| e.args[2].clone()).collect();
+        assert_eq!(cmds, ["echo base", "echo app"]);
+    }
+
+    #[test]
+    fn target_selects_a_stage() {
+        let opts = BuildOptions {
+            target: Some("BASE".into()),
+            ..BuildOptions::default()
+        };
+        let plan = plan_with(MULTI, &opts, &FakeResolver::default()).unwrap();
+        assert_eq!(plan.stages, ["base"]);
+        let opts = BuildOptions {
+            target: Some("nope".into()),
+            ..BuildOptions::default()
+        };
+        let err = plan_with(MULTI, &opts, &FakeResolver::default()).unwrap_err();
+        assert!(
+            err.contains(
+                "target stage \"nope\" could not be found: the stages are base, unused, app"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stage_index_in_copy_from() {
+        let plan = plan("FROM alpine\nRUN echo zero\nFROM scratch\nCOPY --from=0 /a /a\n");
+        assert_eq!(execs(&plan).len(), 1);
+    }
+
+    #[test]
+    fn identical_stages_are_one_vertex() {
+        let plan = plan(
+            "FROM alpine AS a\nRUN make\nFROM alpine AS b\nRUN make\nFROM scratch\n\
+                         COPY --from=a /o /a\nCOPY --from=b /o /b\n",
+        );
+        assert_eq!(
+            execs(&plan).len(),
+            1,
+            "RUN make in a and b is the same work"
+        );
+    }
+
+    #[test]
+    fn base_image_errors_point_at_the_image() {
+        let err = plan_err("FROM alpine\nFROM missing:1\n");
+        assert!(
+            err.starts_with(
+                "Dockerfile:2:6: cannot resolve base image \"missing:1\": manifest unknown"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn from_arity_and_names() {
+        assert!(plan_err("FROM a b\n").contains("FROM requires either one or three arguments"));
+        assert!(plan_err("FROM a AS 1x\n").contains("invalid stage name"));
+        assert!(plan_err("FROM a AS x\nFROM b AS X\n").contains("duplicate stage name"));
+        assert!(plan_err("RUN x\nFROM a\n").contains("RUN before the first FROM"));
+    }
+}
+
+mod args_and_env {
+    use super::*;
+
+    #[test]
+    fn global_args_reach_from_and_a_bare_arg_imports_them() {
+        let src = "ARG TAG=3.19\nFROM alpine:${TAG}\nARG TAG\nRUN echo $TAG\n";
+        let resolver = FakeResolver::default();
+        let plan = plan_with(src, &BuildOptions::default(), &resolver).unwrap();
+        assert_eq!(*resolver.asked.borrow(), ["alpine:3.19"]);
+        let run = &execs(&plan)[0];
+        assert!(
+            run.env.contains(&("TAG".into(), "3.19".into())),
+            "{:?}",
+            run.env
+        );
+        // The RUN body itself is never expanded by hoist: the shell does that.
+        assert_eq!(run.args, ["/bin/sh", "-c", "echo $TAG"]);
+    }
+
+    #[test]
+    fn global_args_are_not_in_a_stage_without_arg() {
+        let plan = plan("ARG V=1\nFROM alpine\nRUN echo\nENV X=${V:-unset}\n");
+        assert_eq!(plan.config.env_get("X"), Some("unset"));
+        assert!(!execs(&plan)[0].env.iter().any(|(k, _)| k == "V"));
+    }
+
+    #[test]
+    fn build_arg_overrides_a_default_and_env_beats_arg() {
+        let src = "FROM alpine\nARG A=default\nARG B=b\nENV B=from-env\nENV OUT=$A-$B\n";
+        let plan = plan_with(src, &args(&[("A", "given")]), &FakeResolver::default()).unwrap();
+        assert_eq!(plan.config.env_get("OUT"), Some("given-from-env"));
+    }
+
+    #[test]
+    fn env_words_expand_against_the_env_before_the_instruction() {
+        let plan = plan("FROM alpine\nENV abc=hello\nENV abc=bye def=$abc\n");
+        assert_eq!(plan.config.env_get("def"), Some("hello"));
+        assert_eq!(plan.config.env_get("abc"), Some("bye"));
+    }
+
+    #[test]
+    fn a_changed_build_arg_invalidates_only_from_its_first_use() {
+        let src = "FROM alpine\nRUN echo one\nARG V\nRUN echo two\nRUN echo three\n";
+        let a = plan_with(src, &args(&[("V", "1")]), &FakeResolver::default()).unwrap();
+        let b = plan_with(src, &args(&[("V", "2")]), &FakeResolver::default()).unwrap();
+        let (da, db) = (digests(&a), digests(&b));
+        assert_eq!(da.len(), db.len());
+        let first_diff = da.iter().zip(&db).position(|(x, y)| x.1 != y.1).unwrap();
+        assert!(
+            da[first_diff].0.contains("RUN echo two"),
+            "{:?}",
+            da[first_diff]
+        );
+        assert_eq!(da[..first_diff], db[..first_diff]);
+    }
+
+    #[test]
+    fn proxy_args_reach_run_without_entering_its_digest() {
+        let src = "FROM alpine\nRUN wget x\n";
+        let a = plan_with(
+            src,
+            &args(&[("HTTP_PROXY", "http://a")]),
+            &FakeResolver::default(),
+        )
+        .unwrap();
+        let b = plan_with(
+            src,
+            &args(&[("HTTP_PROXY", "http://b")]),
+            &FakeResolver::default(),
+        )
+        .unwrap();
+        assert_eq!(digests(&a), digests(&b));
+        assert_eq!(
+            a.proxy_env,
+            [("HTTP_PROXY".to_owned(), "http://a".to_owned())]
+        );
+        assert!(a.unused_build_args.is_empty());
+        assert!(
+            !a.history
+                .iter()
+                .any(|h| h.created_by.contains("HTTP_PROXY"))
+        );
+    }
+
+    #[test]
+    fn platform_args_are_predefined() {
+        let src = "FROM --platform=$BUILDPLATFORM alpine\nARG TARGETARCH\nENV A=$TARGETARCH\n";
+        let plan = plan(src);
+        assert_eq!(
+            plan.config.env_get("A"),
+            Some(Platform::host().architecture.as_str())
+        );
+    }
+
+    #[test]
+    fn unused_build_args_are_reported() {
+        let plan = plan_with(
+            "FROM alpine\nARG USED\n",
+            &args(&[("USED", "1"), ("NOPE", "2")]),
+            &FakeResolver::default(),
+        )
+        .unwrap();
+        assert_eq!(plan.unused_build_args, ["NOPE"]);
+    }
+}
+
+mod config {
+    use super::*;
+
+    #[test]
+    fn cmd_entrypoint_and_shell() {
+        let plan = plan("FROM alpine\nENTRYPOINT [\"/app\"]\n");
+        assert_eq!(
+            plan.config.cmd, None,
+            "a new ENTRYPOINT resets the inherited CMD"
+        );
+        let plan = plan_with(
+            "FROM alpine\nCMD [\"x\"]\nENTRYPOINT [\"/app\"]\n",
+            &BuildOptions::default(),
+            &FakeResolver::default(),
+        )
+        .unwrap();
+        assert_eq!(plan.config.cmd, Some(vec!["x".to_owned()]));
+        let plan = plan_with(
+            "FROM alpine\nSHELL [\"/bin/bash\", \"-eu\", \"-c\"]\nRUN echo hi\nCMD echo $HOME\n",
+            &BuildOptions::default(),
+            &FakeResolver::default(),
+        )
+        .unwrap();
+        assert_eq!(execs(&plan)[0].args, ["/bin/bash", "-eu", "-c", "echo hi"]);
+        assert_eq!(
+            plan.config.cmd,
+            Some(vec![
+                "/bin/bash".into(),
+                "-eu".into(),
+                "-c".into(),
+                "echo $HOME".into()
+            ])
+        );
+    }
+
+    #[test]
+    fn workdir_user_labels_ports_volumes_stopsignal() {
+        let src = "FROM alpine\nARG P=8080\nWORKDIR /app\nWORKDIR src\nUSER 1000:1000\nLABEL a=1 \"b c\"=\"d e\"\n\
+                   EXPOSE $P 53/udp 7000-7001\nVOLUME /data [\"/x\"]\nSTOPSIGNAL SIGTERM\nMAINTAINER me\n";
+        let plan = plan(src);
+        let c = &plan.config;
+        assert_eq!(c.working_dir, "/app/src");
+        assert_eq!(c.user, "1000:1000");
+        assert_eq!(c.labels.get("b c").map(String::as_str), Some("d e"));
+        let ports: Vec<&str> = c.exposed_ports.iter().map(String::as_str).collect();
+        assert_eq!(ports, ["53/udp", "7000/tcp", "7001/tcp", "8080/tcp"]);
+        assert!(c.volumes.contains("/data"));
+        assert_eq!(c.stop_signal, "SIGTERM");
+        assert_eq!(plan.author.as_deref(), Some("me"));
+        assert!(
+            plan.history
+                .iter()
+                .any(|h| h.created_by == "WORKDIR src" && h.empty_layer)
+        );
+    }
+
+    #[test]
+    fn healthcheck_options_and_none() {
+        let plan = plan(
+            "FROM alpine\nHEALTHCHECK --interval=1m30s --retries=3 CMD curl -f http://localhost/\n",
+        );
+        let h = plan.config.healthcheck.unwrap();
+        assert_eq!(h.test, ["CMD-SHELL", "curl -f http://localhost/"]);
+        assert_eq!(h.interval, 90_000_000_000);
+        assert_eq!(h.retries, 3);
+        let plan = plan_with(
+            "FROM alpine\nHEALTHCHECK NONE\n",
+            &BuildOptions::default(),
+            &FakeResolver::default(),
+        )
+        .unwrap();
+        assert_eq!(plan.config.healthcheck.unwrap().test, ["NONE"]);
+        assert!(
+            plan_err("FROM a\nHEALTHCHECK --interval=soon CMD x\n").contains("expected a duration")
+        );
+        assert!(plan_err("FROM a\nHEALTHCHECK CONNECT x\n").contains("NONE or CMD"));
+    }
+
+    #[test]
+    fn onbuild_is_recorded_and_fired_in_a_child() {
+        let parent = plan("FROM alpine\nONBUILD RUN echo triggered\n");
+        assert_eq!(parent.config.on_build, ["RUN echo triggered"]);
+        let mut resolver = FakeResolver::default();
+        resolver
+            .configs
+            .insert("parent".into(), parent.config.clone());
+        let child = plan_with(
+            "FROM parent\nRUN echo child\n",
+            &BuildOptions::default(),
+            &resolver,
+        )
+        .unwrap();
+        let cmds: Vec<String> = execs(&child).iter().map(|e| e.args[2].clone()).collect();
+        assert_eq!(cmds, ["echo triggered", "echo child"]);
+        assert!(
+            child.config.on_build.is_empty(),
+            "triggers do not pass to grandchildren"
+        );
+    }
+
+    #[test]
+    fn build_labels_apply_to_the_final_image() {
+        let opts = BuildOptions {
+            labels: [("org.example".to_owned(), "x".to_owned())].into(),
+            ..BuildOptions::default()
+        };
+        let plan = plan_with("FROM alpine\n", &opts, &FakeResolver::default()).unwrap();
+        assert_eq!(
+            plan.config.labels.get("org.example").map(String::as_str),
+            Some("x")
+        );
+    }
+}
+
+mod copy {
+    use super::*;
+
+    fn file_actions(plan: &BuildPlan) -> Vec<FileAction> {
+        plan.graph
+            .reachable(&[plan.root])
+            .into_iter()
+            .filter_map(|id| match &plan.graph.vertex(id).op {
+                Op::File(f) => Some(f.actions.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn context_includes(plan: &BuildPlan) -> Vec<Vec<String>> {
+        plan.graph
+            .reachable(&[plan.root])
+            .into_iter()
+            .filter_map(|id| match &plan.graph.vertex(id).op {
+                Op::Source(SourceOp::Local { include, .. }) => Some(include.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn copy_selects_only_the_named_context_files() {
+        let plan = plan("FROM alpine\nCOPY go.mod go.sum ./\nRUN go mod download\nCOPY . .\n");
+        assert_eq!(
+            context_includes(&plan),
+            [vec!["go.mod".to_owned(), "go.sum".to_owned()], vec![]]
+        );
+    }
+
+    #[test]
+    fn relative_destinations_join_workdir_and_flags_apply() {
+        let src = "FROM alpine\nWORKDIR /app\nARG OWNER=app\nCOPY --chown=$OWNER:app --chmod=640 a.txt conf/\n";
+        let actions = file_actions(&plan(src));
+        let copy = actions.iter().find_map(|a| match a {
+            FileAction::Copy {
+                dest, chown, chmod, ..
+            } => Some((dest.clone(), chown.clone(), *chmod)),
+            _ => None,
+        });
+        assert_eq!(
+            copy,
+            Some(("/app/conf/".into(), Some("app:app".into()), Some(0o640)))
+        );
+    }
+
+    #[test]
+    fn several_sources_copy_into_a_directory() {
+        let actions = file_actions(&plan("FROM alpine\nCOPY a b /dst\n"));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, FileAction::Copy { dest, .. } if dest == "/dst/"))
+        );
+    }
+
+    #[test]
+    fn heredoc_copy_writes_files_and_expands_unless_quoted() {
+        let src = "FROM alpine\nARG NAME=world\nCOPY <<EOF <<'RAW' /etc/\nhello $NAME\nEOF\nraw $NAME\nRAW\n";
+        let actions = file_actions(&plan(src));
+        let files: Vec<(String, String)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                FileAction::Mkfile { path, data, .. } => Some((path.clone(), data.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("/etc/EOF".into(), "hello world\n".into()),
+                ("/etc/RAW".into(), "raw $NAME\n".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn run_heredoc_runs_its_body() {
+        let plan =
+            plan("FROM alpine\nRUN <<EOF\necho a\necho b\nEOF\nRUN python3 <<PY\nprint(1)\nPY\n");
+        let runs = execs(&plan);
+        assert_eq!(runs[0].args[2], "echo a\necho b\n");
+        assert_eq!(runs[1].args[2], "python3 <<PY\nprint(1)\nPY");
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag_and_line() {
+        let err = plan_err("FROM alpine\nCOPY --form=x a b\n");
+        assert!(
+            err.starts_with("Dockerfile:2:6: unknown flag --form for COPY"),
+            "{err}"
+        );
+        let err = plan_err("FROM alpine\nCOPY --from=a --from=b x y\n");
+        assert!(err.contains("flag --from given twice for COPY"), "{err}");
+        let err = plan_err("FROM alpine\nCOPY --chmod=999 a b\n");
+        assert!(err.contains("expected an octal mode"), "{err}");
+        let err = plan_err("FROM alpine\nRUN --security=insecure x\n");
+        assert!(err.contains("entitlement"), "{err}");
+        let err = plan_err("FROM alpine\nCOPY onlyone\n");
+        assert!(err.contains("at least two arguments"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_sources_are_clear_errors() {
+        let err = plan_err("FROM alpine\nADD https://example.invalid/x /x\n");
+        assert!(
+            err.contains("ADD with a URL source is not supported yet"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! Ops: the units of build work. A [`Vertex`](crate::graph::Vertex) is an `Op` plus its inputs.
+//!
+//! Everything in an `Op` is part of its digest, so it holds exactly what decides the result:
+//! no timestamps, no session ids, no host paths. Maps are `BTreeMap`s so that the canonical
+//! encoding (serde JSON of these types) is deterministic.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// One unit of build work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Source(SourceOp),
+    Exec(ExecOp),
+    File(FileOp),
+    Merge(MergeOp),
+}
+
+/// Where a filesystem comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceOp {
+    /// The empty filesystem of `FROM scratch`.
+    Scratch,
+    /// A registry image. Its cache key becomes concrete through the manifest digest it
+    /// resolves to; the tag alone never decides a cache hit.
+    Image {
+        /// The normalized reference, e.g. `docker.io/library/busybox:latest`.
+        reference: String,
+        /// `os/arch[/variant]`.
+        platform: String,
+    },
+    /// Files of a build context. Only the selected files count in the cache key, by content.
+    Local {
+        /// `context`, or the name of a named context.
+        name: String,
+        /// Patterns of the files a step uses (empty: all).
+        include: Vec<String>,
+        /// `.dockerignore` patterns.
+        exclude: Vec<String>,
+    },
+}
+
+/// How a RUN reaches the network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// The build's default (a sandboxed network namespace with the host's uplink).
+    #[default]
+    Default,
+    /// A network namespace with only loopback.
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// A RUN: a process in the sandbox over its input 0 as the root filesystem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExecOp {
+    pub args: Vec<String>,
+    /// The environment, in order (image ENV first, then build ARGs that are in scope).
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    /// As written in USER (name or uid, optionally `:group`); empty for root.
+    pub user: String,
+    pub network: NetworkMode,
+    /// `--security=insecure`: only with the build's entitlement.
+    pub privileged: bool,
+    /// Extra mounts from `RUN --mount`, by target path.
+    pub mounts: Vec<Mount>,
+}
+
+/// A `RUN --mount`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mount {
+    /// A read-only bind of input `input` (a stage or the context) at `target`.
+    Bind {
+        input: usize,
+        source: String,
+        target: String,
+        read_write: bool,
+    },
+    /// A persistent cache directory, shared by `id` across builds; its content is not part of
+    /// any cache key.
+    Cache {
+        id: String,
+        target: String,
+        sharing: String,
+    },
+    Tmpfs {
+        target: String,
+    },
+    /// A secret file; only its id is part of the key, never its content.
+    Secret {
+        id: String,
+        target: String,
+        required: bool,
+    },
+    Ssh {
+        id: String,
+        target: String,
+        required: bool,
+    },
+}
+
+/// File work that needs no container: COPY, ADD, WORKDIR's directory, heredoc files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileOp {
+    pub actions: Vec<FileAction>,
+}
+
+/// Owner of created files, as written (`name`, `uid`, `name:group`, `uid:gid`), resolved in the
+/// destination's `/etc/passwd` and `/etc/group` when the op runs.
+pub type Chown = Option<String>;
+
+/// One file action. Input 0 of the vertex is the destination filesystem; `Copy` reads from the
+/// input at `src_input`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileAction {
+    Copy {
+        src_input: usize,
+        /// Source paths relative to the source root; may hold wildcards.
+        src: Vec<String>,
+        /// Absolute destination; a trailing `/` means a directory.
+        dest: String,
+        chown: Chown,
+        chmod: Option<u32>,
+        /// ADD of a local archive: extract it instead of copying it.
+        unpack_archives: bool,
+        /// `--exclude` patterns.
+        exclude: Vec<String>,
+        /// `--link`: the copied layer does not depend on the destination's content.
+        link: bool,
+        /// `--parents`: keep the source's parent directories.
+        parents: bool,
+    },
+    Mkdir {
+        path: String,
+        mode: u32,
+        make_parents: bool,
+        chown: Chown,
+    },
+    Mkfile {
+        path: String,
+        mode: u32,
+        data: String,
+        chown: Chown,
+    },
+}
+
+/// Layers stacked without a container: each input applied on the one before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MergeOp {
+    /// Kept for room in the encoding; merges have no parameters yet.
+    pub labels: BTreeMap<String, String>,
+}
