@@ -5,6 +5,9 @@
 //! directory only when every path inside it is excluded, and the decision agrees with
 //! [`Matcher::matches`] on the directory itself.
 #![no_main]
+// `fuzz_target!` expands to a `std::fs::File::create` (libfuzzer-sys writes its debug output
+// with it), which the workspace clippy.toml bans for project code.
+#![allow(clippy::disallowed_methods)]
 
 use hoist_parser::ignore::{DirDecision, Matcher, parse_ignore_file};
 use libfuzzer_sys::fuzz_target;
@@ -34,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         for path in &paths {
-            if path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/')) {
+            if path
+                .strip_prefix(dir)
+                .is_some_and(|rest| rest.starts_with('/'))
+            {
                 assert!(
                     matcher.matches(path),
                     "{dir:?} was pruned but {path:?} inside it is not excluded"

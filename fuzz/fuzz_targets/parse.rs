@@ -5,6 +5,9 @@
 //! `line:column`, and the solver slices the source with them), and every word the parser hands
 //! on survives BuildKit's word expansion without a panic, with both escape characters.
 #![no_main]
+// `fuzz_target!` expands to a `std::fs::File::create` (libfuzzer-sys writes its debug output
+// with it), which the workspace clippy.toml bans for project code.
+#![allow(clippy::disallowed_methods)]
 
 use hoist_parser::shell::Lexer;
 use hoist_parser::{Command, Dockerfile, Instruction, LineIndex, Span};
@@ -28,10 +31,15 @@ fuzz_target!(|data: &[u8]| {
 
 /// A small environment: a value with spaces splits in word mode, an empty one and a glob.
 fn env() -> Vec<(String, String)> {
-    [("a", "x y"), ("HOME", "/root"), ("empty", ""), ("glob", "*.c?")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    [
+        ("a", "x y"),
+        ("HOME", "/root"),
+        ("empty", ""),
+        ("glob", "*.c?"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }
 
 fn check_span(span: Span, source: &str, what: &str) {
