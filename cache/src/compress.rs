@@ -193,26 +193,92 @@ pub struct LayerDigests {
 }
 
 enum Encoder<W: Write> {
-    Plain(HashingWriter<W>),
-    Gzip(ParallelGzip<HashingWriter<W>>),
-    Zstd(zstd::stream::write::Encoder<'static, HashingWriter<W>>),
+    Plain(W),
+    Gzip(ParallelGzip<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
 }
+
+impl<W: Write> Encoder<W> {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Plain(w) => w.write_all(buf),
+            Self::Gzip(g) => g.write_all(buf),
+            Self::Zstd(z) => z.write_all(buf),
+        }
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Self::Plain(w) => Ok(w),
+            Self::Gzip(g) => g.finish(),
+            Self::Zstd(z) => z.finish(),
+        }
+    }
+}
+
+/// Bytes per zstd worker job.
+const ZSTD_JOB: u32 = 2 * 1024 * 1024;
+
+/// Bytes per hand-off between the pipeline's threads.
+const CHUNK: usize = 1024 * 1024;
+/// Chunks queued between two stages; with `CHUNK` this bounds memory per stage.
+const QUEUE: usize = 4;
+
+type StageResult<W> = io::Result<(W, Digest, u64, Digest, u64)>;
 
 /// Compresses a tar stream into `W` while computing the diffID (uncompressed sha256), the
 /// compressed digest and size, all in one pass with bounded memory.
-pub struct LayerWriter<W: Write> {
-    diff_hasher: Sha256,
-    uncompressed: u64,
-    encoder: Encoder<W>,
+///
+/// The work runs as a pipeline so the cores overlap: the caller's thread produces the tar;
+/// a stage thread hashes the uncompressed bytes and feeds the compressor (whose own workers
+/// compress in parallel); an output thread hashes the compressed bytes and writes them to `W`.
+/// Chunks of 1 MiB move through bounded queues, so memory does not grow with the layer.
+pub struct LayerWriter<W: Write + Send + 'static> {
+    buf: Vec<u8>,
+    to_stage: Option<mpsc::SyncSender<Vec<u8>>>,
+    recycled: mpsc::Receiver<Vec<u8>>,
+    stage: Option<thread::JoinHandle<StageResult<W>>>,
     compression: Compression,
 }
 
-impl<W: Write> std::fmt::Debug for LayerWriter<W> {
+impl<W: Write + Send + 'static> std::fmt::Debug for LayerWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LayerWriter")
             .field("compression", &self.compression)
-            .field("uncompressed", &self.uncompressed)
             .finish_non_exhaustive()
+    }
+}
+
+/// Collects compressed output into chunks for the output thread.
+struct ChunkSender {
+    buf: Vec<u8>,
+    tx: mpsc::SyncSender<Vec<u8>>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            self.tx
+                .send(chunk)
+                .map_err(|_| io::Error::other("layer output thread stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -220,77 +286,166 @@ impl<W: Write + Send + 'static> LayerWriter<W> {
     /// Starts a layer writer into `out`.
     ///
     /// # Errors
-    /// The zstd encoder rejects the level or thread count.
+    /// The zstd encoder rejects the level or thread count, or a thread cannot be spawned.
     pub fn new(out: W, options: &CompressionOptions) -> io::Result<Self> {
-        let sink = HashingWriter::new(out);
         let level = options.level.unwrap_or(options.compression.default_level());
         let threads = options.thread_count();
-        let encoder = match options.compression {
-            Compression::None => Encoder::Plain(sink),
+        let compression = options.compression;
+
+        let (out_tx, out_rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
+        let output = thread::Builder::new()
+            .name("layer-output".into())
+            .spawn(move || {
+                let mut sink = HashingWriter::new(out);
+                for chunk in out_rx {
+                    sink.write_all(&chunk)?;
+                }
+                sink.flush()?;
+                Ok::<_, io::Error>(sink.finish())
+            })?;
+
+        let sender = ChunkSender {
+            buf: Vec::with_capacity(CHUNK),
+            tx: out_tx,
+        };
+        let mut encoder = match compression {
+            Compression::None => Encoder::Plain(sender),
             Compression::Gzip => {
                 let level = u32::try_from(level.clamp(0, 9)).unwrap_or(6);
-                Encoder::Gzip(ParallelGzip::new(sink, level, threads))
+                Encoder::Gzip(ParallelGzip::new(sender, level, threads))
             }
             Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
+                let mut enc = zstd::stream::write::Encoder::new(sender, level)?;
                 if threads > 1 {
                     enc.multithread(u32::try_from(threads).unwrap_or(1))?;
+                    // Jobs default to several windows each (8+ MiB at level 3); 2 MiB jobs keep
+                    // both workers busy on smaller layers and cut peak memory, at a ratio cost
+                    // well under 1%.
+                    enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
                 }
                 Encoder::Zstd(enc)
             }
         };
+
+        let (to_stage, stage_rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
+        let (recycle_tx, recycled) = mpsc::sync_channel::<Vec<u8>>(QUEUE + 2);
+        let stage = thread::Builder::new()
+            .name("layer-compress".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                let mut size = 0u64;
+                let run = (|| {
+                    for chunk in stage_rx {
+                        hasher.update(&chunk);
+                        size += chunk.len() as u64;
+                        encoder.write_all(&chunk)?;
+                        // The writer may be gone or its pool full; then the buffer is just freed.
+                        let _ = recycle_tx.try_send(chunk);
+                    }
+                    let mut sender = encoder.finish()?;
+                    sender.send()?;
+                    Ok::<_, io::Error>(())
+                })();
+                // `encoder` (and with it the output queue) is dropped by now on both paths, so the
+                // output thread sees the end of its input and finishes.
+                let joined = output
+                    .join()
+                    .map_err(|_| io::Error::other("layer output thread panicked"))?;
+                run?;
+                let (w, digest, blob_size) = joined?;
+                Ok((
+                    w,
+                    sha256_digest(&hasher.finalize().into()),
+                    size,
+                    digest,
+                    blob_size,
+                ))
+            })?;
+
         Ok(Self {
-            diff_hasher: Sha256::new(),
-            uncompressed: 0,
-            encoder,
-            compression: options.compression,
+            buf: Vec::with_capacity(CHUNK),
+            to_stage: Some(to_stage),
+            recycled,
+            stage: Some(stage),
+            compression,
         })
     }
-}
 
-impl<W: Write> LayerWriter<W> {
-    /// Flushes the compressor and returns the sink with the layer's digests.
+    fn send_chunk(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let fresh = self.recycled.try_recv().map_or_else(
+            |_| Vec::with_capacity(CHUNK),
+            |mut v| {
+                v.clear();
+                v
+            },
+        );
+        let chunk = std::mem::replace(&mut self.buf, fresh);
+        let sent = self.to_stage.as_ref().map(|tx| tx.send(chunk));
+        if matches!(sent, Some(Ok(()))) {
+            return Ok(());
+        }
+        // The stage stopped early: its result holds the real error.
+        Err(self
+            .join_stage()
+            .err()
+            .unwrap_or_else(|| io::Error::other("layer pipeline stopped")))
+    }
+
+    fn join_stage(&mut self) -> StageResult<W> {
+        self.to_stage = None;
+        let handle = self
+            .stage
+            .take()
+            .ok_or_else(|| io::Error::other("layer writer finished"))?;
+        handle
+            .join()
+            .map_err(|_| io::Error::other("layer compress thread panicked"))?
+    }
+
+    /// Flushes the pipeline and returns the sink with the layer's digests.
     ///
     /// # Errors
-    /// Writing the last compressed bytes fails.
-    pub fn finish(self) -> io::Result<(W, LayerDigests)> {
-        let sink = match self.encoder {
-            Encoder::Plain(s) => s,
-            Encoder::Gzip(g) => g.finish()?,
-            Encoder::Zstd(z) => z.finish()?,
-        };
-        let (out, digest, size) = sink.finish();
+    /// Compressing or writing failed anywhere in the pipeline.
+    pub fn finish(mut self) -> io::Result<(W, LayerDigests)> {
+        self.send_chunk()?;
+        let (out, diff_id, uncompressed_size, digest, size) = self.join_stage()?;
         let digests = LayerDigests {
-            diff_id: sha256_digest(&self.diff_hasher.finalize().into()),
+            diff_id,
             digest,
             size,
-            uncompressed_size: self.uncompressed,
+            uncompressed_size,
             compression: self.compression,
         };
         Ok((out, digests))
     }
 }
 
-impl<W: Write> Write for LayerWriter<W> {
+impl<W: Write + Send + 'static> Drop for LayerWriter<W> {
+    fn drop(&mut self) {
+        if self.stage.is_some() {
+            // Abandoned without `finish`: let the threads drain and stop.
+            let _ = self.join_stage();
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Write for LayerWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = match &mut self.encoder {
-            Encoder::Plain(s) => s.write(buf)?,
-            Encoder::Gzip(g) => g.write(buf)?,
-            Encoder::Zstd(z) => z.write(buf)?,
-        };
-        self.diff_hasher.update(&buf[..n]);
-        self.uncompressed += n as u64;
+        let n = buf.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == CHUNK {
+            self.send_chunk()?;
+        }
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match &mut self.encoder {
-            Encoder::Plain(s) => s.flush(),
-            // Flushing mid-stream would cut a deflate block early and change the output; the
-            // layer is flushed as a whole by `finish`.
-            Encoder::Gzip(_) => Ok(()),
-            Encoder::Zstd(z) => z.flush(),
-        }
+        // Chunk boundaries never change the output, but flushing mid-layer gains nothing; the
+        // pipeline is flushed as a whole by `finish`.
+        Ok(())
     }
 }
 
@@ -474,9 +629,99 @@ impl<W: Write> Write for ParallelGzip<W> {
     }
 }
 
-/// Deflates one block as raw deflate, primed with `dict`; a non-final block ends with a sync
-/// flush (byte-aligned, not final) so the next block's output can follow it directly.
+/// Bytes per classification unit inside a gzip block.
+const SEGMENT: usize = 64 * 1024;
+/// Byte entropy (bits per byte) above which a segment is stored rather than deflated.
+/// Random or already-compressed data sits at 7.99+; Huffman coding cannot gain 0.3% there and
+/// LZ matches in such data are rare, while deflate's match search on it is at its slowest.
+/// zstd and Go's klauspost deflate skip incompressible input the same way.
+const STORE_ENTROPY: f64 = 7.975;
+
+fn incompressible(segment: &[u8]) -> bool {
+    if segment.len() < 4096 {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for b in segment {
+        counts[usize::from(*b)] += 1;
+    }
+    let n = segment.len() as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = f64::from(*c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    entropy > STORE_ENTROPY
+}
+
+/// Appends `data` as raw deflate stored blocks (RFC 1951 section 3.2.4); the stream must be
+/// byte-aligned, which a sync flush guarantees. `final_block` sets BFINAL on the last one.
+fn stored_blocks(out: &mut Vec<u8>, data: &[u8], final_block: bool) {
+    let mut pieces = data.chunks(65_535).peekable();
+    if data.is_empty() {
+        out.extend_from_slice(&[u8::from(final_block), 0, 0, 0xff, 0xff]);
+        return;
+    }
+    while let Some(piece) = pieces.next() {
+        let last = final_block && pieces.peek().is_none();
+        let len = u16::try_from(piece.len()).unwrap_or(u16::MAX);
+        out.push(u8::from(last));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(piece);
+    }
+}
+
+/// Deflates one block as raw deflate, primed with `dict`; a non-final block ends byte-aligned
+/// and not final (a sync flush) so the next block's output can follow it directly. Runs of
+/// incompressible segments are written as stored blocks instead of being searched for matches.
 fn deflate_block(data: &[u8], dict: &[u8], last: bool, level: u32) -> io::Result<GzBlock> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8 + 1024);
+    // Consecutive segments of the same class form one run.
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, seg) in data.chunks(SEGMENT).enumerate() {
+        let start = i * SEGMENT;
+        let store = level > 0 && incompressible(seg);
+        match runs.last_mut() {
+            Some((_, end, s)) if *s == store => *end = start + seg.len(),
+            _ => runs.push((start, start + seg.len(), store)),
+        }
+    }
+    if runs.is_empty() {
+        runs.push((0, 0, false));
+    }
+    let count = runs.len();
+    for (i, (start, end, store)) in runs.into_iter().enumerate() {
+        let final_run = last && i + 1 == count;
+        if store {
+            stored_blocks(&mut out, &data[start..end], final_run);
+        } else {
+            // The window before this run: the previous block's tail, then this block's bytes.
+            let mut window = Vec::with_capacity(DICT);
+            let from_data = &data[start.saturating_sub(DICT)..start];
+            if from_data.len() < DICT {
+                window
+                    .extend_from_slice(&dict[dict.len().saturating_sub(DICT - from_data.len())..]);
+            }
+            window.extend_from_slice(from_data);
+            deflate_run(&mut out, &data[start..end], &window, final_run, level)?;
+        }
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(data);
+    Ok(GzBlock { deflated: out, crc })
+}
+
+fn deflate_run(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    dict: &[u8],
+    last: bool,
+    level: u32,
+) -> io::Result<()> {
     use flate2::{Compress, FlushCompress, Status};
     let mut c = Compress::new(flate2::Compression::new(level), false);
     if !dict.is_empty() {
@@ -487,13 +732,13 @@ fn deflate_block(data: &[u8], dict: &[u8], last: bool, level: u32) -> io::Result
     } else {
         FlushCompress::Sync
     };
-    let mut out = Vec::with_capacity(data.len() + data.len() / 8 + 1024);
+    out.reserve(data.len() + data.len() / 8 + 1024);
     loop {
         let consumed = usize::try_from(c.total_in())
             .unwrap_or(usize::MAX)
             .min(data.len());
         let status = c
-            .compress_vec(&data[consumed..], &mut out, flush)
+            .compress_vec(&data[consumed..], out, flush)
             .map_err(io::Error::other)?;
         let consumed = usize::try_from(c.total_in()).unwrap_or(usize::MAX);
         let done = match status {
@@ -504,13 +749,10 @@ fn deflate_block(data: &[u8], dict: &[u8], last: bool, level: u32) -> io::Result
             }
         };
         if done {
-            break;
+            return Ok(());
         }
         out.reserve(64 * 1024);
     }
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(data);
-    Ok(GzBlock { deflated: out, crc })
 }
 
 #[cfg(test)]
@@ -572,6 +814,48 @@ mod tests {
                 assert_eq!(d.uncompressed_size, len as u64);
             }
         }
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn incompressible_runs_are_stored_and_mixed_input_still_roundtrips() {
+        let mut input = random(GZIP_BLOCK + GZIP_BLOCK / 2, 7);
+        input.extend(sample(GZIP_BLOCK));
+        input.extend(random(100_000, 9));
+        input.extend(sample(SEGMENT + 1));
+        for threads in [1, 2] {
+            let opts = CompressionOptions {
+                compression: Compression::Gzip,
+                level: None,
+                threads,
+            };
+            let (d, blob) = roundtrip(opts, &input);
+            let mut single = Vec::new();
+            flate2::read::GzDecoder::new(&blob[..])
+                .read_to_end(&mut single)
+                .unwrap();
+            assert_eq!(single, input);
+            assert_eq!(d.diff_id, sha256_digest(&Sha256::digest(&input).into()));
+        }
+        let noise = random(3 * GZIP_BLOCK, 3);
+        let (d, _) = roundtrip(CompressionOptions::new(Compression::Gzip), &noise);
+        assert!(
+            d.size < noise.len() as u64 + 1024,
+            "stored blocks cost 5 bytes per 64 KiB"
+        );
+        assert!(incompressible(&noise[..SEGMENT]));
+        assert!(!incompressible(&sample(SEGMENT)));
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub fn store_changes_layer(
     Ok(digests)
 }
 
-struct Differ<W: Write> {
+struct Differ<W: Write + Send + 'static> {
     tar: TarWriter<LayerWriter<W>>,
     epoch: Option<i64>,
     /// First tar name seen for each (device, inode) with more than one link.
@@ -197,7 +197,7 @@ impl<W: Write + Send + 'static> Differ<W> {
     }
 }
 
-impl<W: Write> Differ<W> {
+impl<W: Write + Send + 'static> Differ<W> {
     fn finish(self) -> Result<(W, LayerDigests), DiffError> {
         let lw = self
             .tar
