@@ -15,30 +15,21 @@ use std::time::{Duration, Instant};
 use common::{Rig, Which};
 use hoist_executor::RunRequest;
 
-async fn measure(rig: &Rig, runs: usize) -> Vec<Duration> {
-    let spec = hoist_executor::spec::build_spec(&rig.options(&["true"])).unwrap();
-    let mut times = Vec::with_capacity(runs);
-    for i in 0..runs + 5 {
-        let request = RunRequest {
-            spec: spec.clone(),
-            rootfs: rig.rootfs(),
-            timeout: None,
-        };
-        let started = Instant::now();
-        let outcome = rig
-            .executor
-            .run(request, &mut tokio::io::sink(), &mut tokio::io::sink())
-            .await
-            .unwrap();
-        let elapsed = started.elapsed();
-        assert!(outcome.status.success());
-        // The first few warm caches.
-        if i >= 5 {
-            times.push(elapsed);
-        }
-    }
-    times.sort();
-    times
+async fn run_once(rig: &Rig, spec: &hoist_executor::oci_spec::runtime::Spec) -> Duration {
+    let request = RunRequest {
+        spec: spec.clone(),
+        rootfs: rig.rootfs(),
+        timeout: None,
+    };
+    let started = Instant::now();
+    let outcome = rig
+        .executor
+        .run(request, &mut tokio::io::sink(), &mut tokio::io::sink())
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(outcome.status.success());
+    elapsed
 }
 
 fn median(times: &[Duration]) -> Duration {
@@ -60,8 +51,21 @@ fn main() {
     rt.block_on(async {
         let builtin = Rig::new(Which::Builtin);
         let runc = Rig::new(Which::Runc);
-        let b = measure(&builtin, runs).await;
-        let r = measure(&runc, runs).await;
+        // One spec for both, built by the same options.
+        let spec = hoist_executor::spec::build_spec(&builtin.options(&["true"])).unwrap();
+        let (mut b, mut r) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+        // Alternating, so that load from anything else on the machine hits both alike; the
+        // first rounds warm caches and are not counted.
+        for round in 0..runs + 3 {
+            let tb = run_once(&builtin, &spec).await;
+            let tr = run_once(&runc, &spec).await;
+            if round >= 3 {
+                b.push(tb);
+                r.push(tr);
+            }
+        }
+        b.sort();
+        r.sort();
         let (mb, mr) = (median(&b), median(&r));
         println!(
             "start-to-exit of `true`, median of {runs} runs: built-in {:.2} ms (p10 {:.2}, p90 {:.2}), runc {:.2} ms (p10 {:.2}, p90 {:.2}), ratio {:.3}",

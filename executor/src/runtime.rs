@@ -6,11 +6,12 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupRoot};
 use crate::init::{INIT_ENV, InitConfig, InitOutcome, InitReport};
+use crate::seccomp::Instruction;
 use crate::spec::EtcFiles;
 use crate::upper::remove_mount_stubs;
 
@@ -199,6 +200,8 @@ pub struct Executor {
     /// process can tell state left by a dead one.
     owner: String,
     counter: AtomicU64,
+    /// The last seccomp profile compiled and its filters: builds use one profile over and over.
+    seccomp_cache: std::sync::Mutex<Option<(LinuxSeccomp, Vec<Vec<Instruction>>)>>,
 }
 
 /// The start time of `pid` (field 22 of `/proc/<pid>/stat`), which with the pid identifies a
@@ -249,6 +252,7 @@ impl Executor {
             cgroups,
             owner,
             counter: AtomicU64::new(0),
+            seccomp_cache: std::sync::Mutex::new(None),
         };
         executor.clean_stale()?;
         Ok(executor)
@@ -285,6 +289,21 @@ impl Executor {
                 .map_err(|source| NewExecutorError::Stale { path: dir, source })?;
         }
         Ok(())
+    }
+
+    fn compiled_seccomp(&self, profile: &LinuxSeccomp) -> Result<Vec<Vec<Instruction>>, RunError> {
+        let mut cache = self
+            .seccomp_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((cached, programs)) = cache.as_ref()
+            && cached == profile
+        {
+            return Ok(programs.clone());
+        }
+        let programs = crate::seccomp::compile(profile)?;
+        *cache = Some((profile.clone(), programs.clone()));
+        Ok(programs)
     }
 
     /// The cgroup layout in use.
@@ -409,17 +428,18 @@ impl Executor {
         E: AsyncWrite + Unpin + Send + ?Sized,
     {
         let status_path = guard.dir.join("status");
-        let seccomp = match request
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().as_ref())
-        {
-            Some(profile) => crate::seccomp::compile(profile)?,
+        let mut spec = request.spec.clone();
+        // The init gets the compiled filters instead of the profile, so it neither parses nor
+        // compiles it: both are start-up time.
+        let seccomp = match spec.linux_mut().as_mut().and_then(|l| l.seccomp().clone()) {
+            Some(profile) => self.compiled_seccomp(&profile)?,
             None => Vec::new(),
         };
+        if let Some(linux) = spec.linux_mut() {
+            linux.set_seccomp(None);
+        }
         let config = InitConfig {
-            spec: request.spec.clone(),
+            spec,
             root: root.to_path_buf(),
             overlay: Some(request.rootfs.clone()),
             cgroup_procs: guard

@@ -17,13 +17,27 @@ use oci_spec::runtime::{
 };
 use serde::{Deserialize, Serialize};
 
-/// One classic BPF instruction, as `struct sock_filter` lays it out.
+/// One classic BPF instruction, as `struct sock_filter` lays it out. Serialised as a tuple,
+/// since a filter has about a thousand of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(u16, u8, u8, u32)", into = "(u16, u8, u8, u32)")]
 pub struct Instruction {
     pub code: u16,
     pub jt: u8,
     pub jf: u8,
     pub k: u32,
+}
+
+impl From<(u16, u8, u8, u32)> for Instruction {
+    fn from((code, jt, jf, k): (u16, u8, u8, u32)) -> Self {
+        Self { code, jt, jf, k }
+    }
+}
+
+impl From<Instruction> for (u16, u8, u8, u32) {
+    fn from(i: Instruction) -> Self {
+        (i.code, i.jt, i.jf, i.k)
+    }
 }
 
 impl Instruction {

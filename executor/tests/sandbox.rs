@@ -124,7 +124,11 @@ async fn seccomp_filters_like_dockers_default(rig: Rig) {
              echo data | sha256sum | cut -c1-8",
         )
         .await;
-    assert_eq!(out.stdout, "Seccomp:\t2\nuserns-denied\n6667b2d1\n", "{}", out.stderr);
+    assert_eq!(
+        out.stdout, "Seccomp:\t2\nuserns-denied\n6667b2d1\n",
+        "{}",
+        out.stderr
+    );
 }
 
 async fn network_none_shows_only_lo(rig: Rig) {
