@@ -6,7 +6,7 @@
 //! canonical encoding of its op and its inputs' digests, so identical work merges; its cache key
 //! later makes content concrete (a context source by the hash of the files it selects, an image
 //! by its manifest digest). The frontend also builds the target stage's image config and
-//! history ([`frontend::ImageConfig`]). The scheduler (to come) walks the graph on tokio, asks the
+//! history ([`frontend::ImageConfig`]). The [`scheduler`] walks the graph on tokio, asks the
 //! cache for each key, and runs misses through the executor (RUN), the cache's file ops
 //! (COPY/ADD) or the registry (FROM).
 #![forbid(unsafe_code)]
@@ -14,7 +14,11 @@
 pub mod frontend;
 pub mod graph;
 pub mod op;
+pub mod progress;
+pub mod scheduler;
 
 pub use frontend::{BuildOptions, BuildPlan, FrontendError, ImageResolver, lower};
 pub use graph::{Graph, Vertex, VertexDigest, VertexId};
 pub use op::Op;
+pub use progress::{Event, ProgressSink};
+pub use scheduler::{Cache, CacheKey, Job, SolveError, Solver, Worker};
