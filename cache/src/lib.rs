@@ -1,10 +1,48 @@
 //! Content and cache: blobs by digest, snapshots, layers, and image layouts.
+//!
+//! # Data flow
+//!
+//! ```text
+//!  registry pull ──► BlobStore::writer(expected) ──► blobs/sha256/<hex>   (verified, atomic)
+//!                                                       │
+//!                       SnapshotStore::unpack ◄─────────┘  apply_layer, overlay whiteouts
+//!                                │
+//!                                ▼
+//!              snapshots/sha256/<diffID>  ── overlay lowerdirs for RUN ──► upperdir
+//!                                                                           │
+//!   diff_upperdir / diff_changes ◄──────────────────────────────────────────┘
+//!        │  deterministic tar ─► LayerWriter (diffID, gzip∥ or zstd-mt, digest, size)
+//!        ▼
+//!   BlobStore ──► write_image (config + manifest) ──► ImageStore::tag (index.json)
+//!                                                        │
+//!        exporters: OCI dir / OCI tar / docker tar / rootfs ◄┘   registry push reads blobs
+//! ```
+//!
+//! # Principal types
+//!
+//! - [`BlobStore`]: content-addressed blobs under `<root>/blobs/sha256/<hex>`. Writers hash while
+//!   streaming and rename into place only when the digest matches ([`BlobWriter`]).
+//! - [`apply_layer`]: a layer blob (gzip, zstd or plain, detected by magic bytes) extracted into
+//!   a directory; hostile names are refused (see [`ApplyError`]). [`WhiteoutMode`] picks overlay
+//!   form (snapshots) or deletion (flattening).
+//! - [`SnapshotStore`]: each layer unpacked once, keyed by diffID.
+//! - [`diff_upperdir`] / [`diff_changes`]: a new layer from an overlay upperdir or a change list,
+//!   as a deterministic tar, through [`LayerWriter`] which yields [`LayerDigests`] in one pass.
+//! - [`write_image`] / [`Image`]: config (with `rootfs.diff_ids`, history, Docker's
+//!   Healthcheck/OnBuild/Shell) and manifest, OCI or Docker schema 2 ([`MediaTypes`]).
+//! - [`ImageStore`]: the local store, an OCI image layout at the state root with names in
+//!   `index.json`, and the exporters.
+//!
+//! Everything takes its root as a parameter; nothing here prints or exits.
 #![forbid(unsafe_code)]
 
 mod apply;
 mod compress;
 mod diff;
 mod digest;
+mod image;
+mod layout;
+mod snapshot;
 mod store;
 mod tarwriter;
 
@@ -20,4 +58,12 @@ pub use diff::{
     store_upperdir_layer,
 };
 pub use digest::sha256_of;
+pub use image::{
+    DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
+    DockerConfigExtras, Healthcheck, Image, ImageError, MediaTypes, append_empty_layer_history,
+    append_layer, canonical_json, is_index, is_manifest, layer_compression, layer_descriptor,
+    write_image,
+};
+pub use layout::{ImageStore, LayoutError};
+pub use snapshot::{SnapshotError, SnapshotStore};
 pub use store::{BlobStore, BlobWriter, StoreError};

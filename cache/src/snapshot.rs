@@ -1,0 +1,178 @@
+//! Snapshots: each layer extracted once, in overlay form, into `snapshots/sha256/<diffID>`.
+//!
+//! A snapshot holds one layer's changes only (whiteouts as 0/0 character devices, opaque
+//! directories by xattr), so an image's snapshots stack directly as overlay lowerdirs. Keying
+//! by diffID means a layer shared by several images, or pulled with another compression, is
+//! extracted once. Extraction goes to a temp directory that is renamed into place only after
+//! the diffID checked out, so a crash never leaves a half snapshot under a real name.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, Digest, DigestAlgorithm};
+
+use crate::apply::{ApplyError, ApplyOptions, WhiteoutMode, apply_layer};
+use crate::image::Image;
+use crate::store::{BlobStore, StoreError};
+
+/// Errors of the snapshot store.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The layer blob is not available.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Extracting the layer failed; the temp directory was removed.
+    #[error("unpack layer {layer} into snapshot {diff_id}")]
+    Unpack {
+        /// The layer blob.
+        layer: Digest,
+        /// The diffID it should have.
+        diff_id: Digest,
+        /// The cause.
+        source: Box<ApplyError>,
+    },
+    /// A snapshot directory operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Only sha256 diffIDs name snapshots.
+    #[error("unsupported diffID {diff_id}")]
+    UnsupportedDiffId {
+        /// The diffID.
+        diff_id: String,
+    },
+    /// An image's config lists fewer diffIDs than its manifest has layers.
+    #[error("image {manifest} has {layers} layers but {diff_ids} diffIDs")]
+    LayerCountMismatch {
+        /// The manifest digest.
+        manifest: Digest,
+        /// Number of layers.
+        layers: usize,
+        /// Number of diffIDs.
+        diff_ids: usize,
+    },
+}
+
+/// Unpacked layers under `<state root>/snapshots`.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    root: PathBuf,
+}
+
+impl SnapshotStore {
+    /// The snapshot store under the state root `state_root`.
+    #[must_use]
+    pub fn new(state_root: &Path) -> Self {
+        Self {
+            root: state_root.join("snapshots"),
+        }
+    }
+
+    /// Where the snapshot of `diff_id` lives (whether or not it exists).
+    ///
+    /// # Errors
+    /// The diffID is not sha256.
+    pub fn path(&self, diff_id: &Digest) -> Result<PathBuf, SnapshotError> {
+        if *diff_id.algorithm() != DigestAlgorithm::Sha256 {
+            return Err(SnapshotError::UnsupportedDiffId {
+                diff_id: diff_id.to_string(),
+            });
+        }
+        Ok(self.root.join("sha256").join(diff_id.digest()))
+    }
+
+    /// The snapshot of `diff_id`, if it has been unpacked.
+    #[must_use]
+    pub fn get(&self, diff_id: &Digest) -> Option<PathBuf> {
+        self.path(diff_id).ok().filter(|p| p.is_dir())
+    }
+
+    /// Unpacks `layer` (a blob in `blobs`) unless a snapshot of `diff_id` exists; returns the
+    /// snapshot directory. The uncompressed stream must hash to `diff_id`.
+    ///
+    /// # Errors
+    /// The blob is missing, extraction fails, or the diffID differs.
+    pub fn unpack(
+        &self,
+        blobs: &BlobStore,
+        layer: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<PathBuf, SnapshotError> {
+        let dest = self.path(diff_id)?;
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let parent = self.root.join("sha256");
+        fs_err::create_dir_all(&parent).map_err(|source| SnapshotError::Io {
+            op: "create",
+            path: parent.clone(),
+            source,
+        })?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".unpack-")
+            .tempdir_in(&parent)
+            .map_err(|source| SnapshotError::Io {
+                op: "create temp dir in",
+                path: parent.clone(),
+                source,
+            })?;
+        let blob = blobs.open(layer.digest())?;
+        let options = ApplyOptions {
+            whiteouts: WhiteoutMode::Overlay,
+            expected_diff_id: Some(diff_id.clone()),
+        };
+        let fs_root = tmp.path().join("fs");
+        apply_layer(blob, &fs_root, &options).map_err(|source| SnapshotError::Unpack {
+            layer: layer.digest().clone(),
+            diff_id: diff_id.clone(),
+            source: Box::new(source),
+        })?;
+        match fs_err::rename(&fs_root, &dest) {
+            Ok(()) => Ok(dest),
+            // Another unpacker of the same layer won the race; its snapshot is as good.
+            Err(_) if dest.is_dir() => Ok(dest),
+            Err(source) => Err(SnapshotError::Io {
+                op: "rename snapshot to",
+                path: dest,
+                source,
+            }),
+        }
+    }
+
+    /// Unpacks every layer of `image`; returns the snapshot directories bottom layer first.
+    /// For an overlay mount, pass them to `lowerdir` in reverse (top first).
+    ///
+    /// # Errors
+    /// As [`SnapshotStore::unpack`], or the config and manifest disagree on the layer count.
+    pub fn unpack_image(
+        &self,
+        blobs: &BlobStore,
+        image: &Image,
+    ) -> Result<Vec<PathBuf>, SnapshotError> {
+        let layers = image.manifest.layers();
+        let diff_ids = image.diff_ids();
+        if layers.len() != diff_ids.len() {
+            return Err(SnapshotError::LayerCountMismatch {
+                manifest: image.descriptor.digest().clone(),
+                layers: layers.len(),
+                diff_ids: diff_ids.len(),
+            });
+        }
+        layers
+            .iter()
+            .zip(diff_ids)
+            .map(|(layer, id)| {
+                let diff_id: Digest = id.parse().map_err(|_| SnapshotError::UnsupportedDiffId {
+                    diff_id: id.clone(),
+                })?;
+                self.unpack(blobs, layer, &diff_id)
+            })
+            .collect()
+    }
+}
