@@ -1,13 +1,12 @@
 //! Test support: a real CNCF distribution registry on a loopback port, a small token issuer for
 //! the registry's token auth, a fault-injecting TCP proxy, and images built in a `DirStore`.
-// Test support, not library code: a panic here is a test failure, and the one eprintln says
-// why a test skipped outside CI. Not every test binary uses every helper.
+// Test support, not library code: a panic here is a test failure. Not every test binary uses
+// every helper.
 #![allow(
     dead_code,
     unreachable_pub,
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stderr
+    clippy::expect_used
 )]
 
 use std::io::Write;
@@ -27,17 +26,14 @@ use hoist_registry::{BlobStore, BlobWriter, DirStore, sha256_digest};
 
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
-/// Finds a tool, or says why not. Under `CI=true` a missing tool fails the test; elsewhere the
-/// test reports that it skipped and returns early.
+/// Finds a tool; a missing one fails the test (a skipped test must never count as passed).
+/// `scripts/test.sh` installs them all.
 pub fn require_tool(path: &str, package: &str) -> bool {
-    if Path::new(path).exists() || which(path) {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{path} is missing: apt-get install {package}");
-    }
-    eprintln!("SKIPPED: {path} is missing (apt-get install {package})");
-    false
+    assert!(
+        Path::new(path).exists() || which(path),
+        "{path} is missing: apt-get install {package} (scripts/test.sh installs it)"
+    );
+    true
 }
 
 fn which(name: &str) -> bool {
