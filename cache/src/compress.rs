@@ -296,12 +296,26 @@ impl<W: Write + Send + 'static> LayerWriter<W> {
         let output = thread::Builder::new()
             .name("layer-output".into())
             .spawn(move || {
+                // An uncompressed blob is the tar itself: its digest is the diffID, which the
+                // stage thread computes, so it is not hashed twice.
+                let hash = compression != Compression::None;
                 let mut sink = HashingWriter::new(out);
+                let mut size = 0u64;
                 for chunk in out_rx {
-                    sink.write_all(&chunk)?;
+                    if hash {
+                        sink.write_all(&chunk)?;
+                    } else {
+                        sink.inner.write_all(&chunk)?;
+                        size += chunk.len() as u64;
+                    }
                 }
                 sink.flush()?;
-                Ok::<_, io::Error>(sink.finish())
+                let (w, digest, hashed_size) = sink.finish();
+                Ok::<_, io::Error>((
+                    w,
+                    hash.then_some(digest),
+                    if hash { hashed_size } else { size },
+                ))
             })?;
 
         let sender = ChunkSender {
@@ -353,13 +367,9 @@ impl<W: Write + Send + 'static> LayerWriter<W> {
                     .map_err(|_| io::Error::other("layer output thread panicked"))?;
                 run?;
                 let (w, digest, blob_size) = joined?;
-                Ok((
-                    w,
-                    sha256_digest(&hasher.finalize().into()),
-                    size,
-                    digest,
-                    blob_size,
-                ))
+                let diff_id = sha256_digest(&hasher.finalize().into());
+                let digest = digest.unwrap_or_else(|| diff_id.clone());
+                Ok((w, diff_id, size, digest, blob_size))
             })?;
 
         Ok(Self {

@@ -38,9 +38,12 @@
 
 mod apply;
 mod compress;
+pub mod context;
+pub mod copy;
 mod diff;
 mod digest;
 mod image;
+pub mod index;
 mod layout;
 mod snapshot;
 mod store;

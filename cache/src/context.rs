@@ -1,0 +1,642 @@
+//! Build contexts: which files a COPY or ADD selects, and the content hash that is their cache
+//! key.
+//!
+//! A step's key depends on exactly the files it selects: their relative paths, types, permission
+//! bits, and bytes (or link targets). Never on mtimes, inode numbers or the session. Hashing
+//! skips files whose stat is unchanged since the last build, with git's rule for "racy" entries:
+//! a file whose mtime or ctime is not safely older than the moment its digest was recorded is
+//! hashed again, because it may have changed within the same timestamp tick.
+//!
+//! Source paths resolve inside the context root only: `..` is cleaned away at the root, and a
+//! symlink on the way is followed only while it stays inside the root.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use hoist_parser::ignore::{DirDecision, Matcher};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// How deep symlinks may chain while a source path resolves.
+const MAX_LINKS: usize = 40;
+
+/// Reading a context, or hashing it, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("{path:?} not found in build context {}: it does not exist, or .dockerignore excludes it", root.display())]
+    NotFound { root: PathBuf, path: String },
+    #[error("no source files were specified: {pattern:?} matches nothing in build context {}", root.display())]
+    NoMatch { root: PathBuf, pattern: String },
+    #[error("invalid source pattern {pattern:?}: {reason}")]
+    Pattern {
+        pattern: String,
+        reason: &'static str,
+    },
+    #[error("symlink {path:?} in build context {} leads in a loop or too deep", root.display())]
+    LinkLoop { root: PathBuf, path: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// What kind of entry a context path is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink { target: String },
+}
+
+/// One selected entry of the context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The path relative to the context root, `/`-separated, without a leading `/`, as named.
+    pub path: String,
+    /// Where the bytes are: `path` with any symlink on the way resolved inside the root.
+    pub source: String,
+    /// Where the entry lands relative to the copy's destination (see [`Selection`]).
+    pub dest: String,
+    pub kind: EntryKind,
+    /// Permission bits with setuid, setgid and sticky (`0o7777`).
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: i64,
+}
+
+/// The entries that a list of sources selects, in path order, with each source's role.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub entries: Vec<Entry>,
+}
+
+/// Selects the entries that `sources` name under `root`, as COPY does.
+///
+/// - A source without wildcards names one path; a directory brings its contents (not itself),
+///   so its entries land relative to the destination.
+/// - A source with wildcards (`*`, `?`, `[…]`, per path component, as Go's `filepath.Match`)
+///   names every match; a matched file lands under its own name, a matched directory brings
+///   its contents.
+/// - `.dockerignore` (`ignore`) and `--exclude` patterns remove entries; a source that is
+///   excluded counts as missing.
+///
+/// # Errors
+/// [`ContextError::NotFound`] for a missing plain source, [`ContextError::NoMatch`] when no
+/// source matches anything, and I/O errors with their paths.
+pub fn select(root: &Path, sources: &[String], ignore: &Matcher) -> Result<Selection, ContextError> {
+    let mut entries: BTreeMap<(String, String), Entry> = BTreeMap::new();
+    let mut any = false;
+    for source in sources {
+        let clean = clean_relative(source);
+        let matches = if has_wildcard(&clean) {
+            glob_paths(root, &clean)?
+        } else {
+            vec![clean.clone()]
+        };
+        let mut found = false;
+        for rel in matches {
+            if !rel.is_empty() && ignore.matches(&rel) {
+                continue;
+            }
+            let Some(resolved) = resolve_in_root(root, &rel)? else {
+                continue;
+            };
+            let meta = fs_err::metadata(&resolved)?;
+            found = true;
+            let source = resolved
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if meta.is_dir() {
+                walk_dir(&resolved, &source, "", ignore, &mut entries)?;
+            } else {
+                let name = rel.rsplit('/').next().unwrap_or(&rel).to_owned();
+                let mut entry = entry_for(&resolved, &rel, &name, &meta)?;
+                entry.source = source;
+                entries.insert((entry.dest.clone(), entry.path.clone()), entry);
+            }
+        }
+        if !found && !has_wildcard(&clean) {
+            return Err(ContextError::NotFound {
+                root: root.to_path_buf(),
+                path: source.clone(),
+            });
+        }
+        any |= found;
+    }
+    if !any {
+        return Err(ContextError::NoMatch {
+            root: root.to_path_buf(),
+            pattern: sources.join(" "),
+        });
+    }
+    Ok(Selection {
+        entries: entries.into_values().collect(),
+    })
+}
+
+fn entry_for(
+    abs: &Path,
+    rel: &str,
+    dest: &str,
+    meta: &std::fs::Metadata,
+) -> Result<Entry, ContextError> {
+    let file_type = fs_err::symlink_metadata(abs)?.file_type();
+    let kind = if file_type.is_symlink() && !meta.is_file() && !meta.is_dir() {
+        EntryKind::Symlink {
+            target: fs_err::read_link(abs)?.to_string_lossy().into_owned(),
+        }
+    } else if meta.is_dir() {
+        EntryKind::Dir
+    } else {
+        EntryKind::File
+    };
+    Ok(Entry {
+        path: rel.to_owned(),
+        source: rel.to_owned(),
+        dest: dest.to_owned(),
+        kind,
+        mode: meta.mode() & 0o7777,
+        size: if meta.is_file() { meta.len() } else { 0 },
+        mtime: meta.mtime(),
+    })
+}
+
+/// Walks a directory's contents (symlinks inside are kept as symlinks).
+fn walk_dir(
+    abs: &Path,
+    rel: &str,
+    dest: &str,
+    ignore: &Matcher,
+    out: &mut BTreeMap<(String, String), Entry>,
+) -> Result<(), ContextError> {
+    let mut children: Vec<_> = fs_err::read_dir(abs)?.collect::<Result<_, _>>()?;
+    children.sort_by_key(fs_err::DirEntry::file_name);
+    for child in children {
+        let name = child.file_name().to_string_lossy().into_owned();
+        let child_rel = join_rel(rel, &name);
+        let child_dest = join_rel(dest, &name);
+        let meta = fs_err::symlink_metadata(child.path())?;
+        if meta.is_dir() {
+            match ignore.dir_decision(&child_rel) {
+                DirDecision::Excluded => continue,
+                DirDecision::Included => {
+                    let entry = entry_for(&child.path(), &child_rel, &child_dest, &meta)?;
+                    out.insert((entry.dest.clone(), entry.path.clone()), entry);
+                    walk_dir(&child.path(), &child_rel, &child_dest, ignore, out)?;
+                }
+                DirDecision::MustDescend => {
+                    let before = out.len();
+                    walk_dir(&child.path(), &child_rel, &child_dest, ignore, out)?;
+                    if out.len() > before {
+                        let entry = entry_for(&child.path(), &child_rel, &child_dest, &meta)?;
+                        out.insert((entry.dest.clone(), entry.path.clone()), entry);
+                    }
+                }
+            }
+        } else if !ignore.matches(&child_rel) {
+            let entry = if meta.file_type().is_symlink() {
+                Entry {
+                    path: child_rel.clone(),
+                    source: child_rel.clone(),
+                    dest: child_dest.clone(),
+                    kind: EntryKind::Symlink {
+                        target: fs_err::read_link(child.path())?.to_string_lossy().into_owned(),
+                    },
+                    mode: meta.mode() & 0o7777,
+                    size: 0,
+                    mtime: meta.mtime(),
+                }
+            } else {
+                entry_for(&child.path(), &child_rel, &child_dest, &meta)?
+            };
+            out.insert((entry.dest.clone(), entry.path.clone()), entry);
+        }
+    }
+    Ok(())
+}
+
+fn join_rel(base: &str, name: &str) -> String {
+    if base.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{base}/{name}")
+    }
+}
+
+/// Cleans a source path to a relative one: `/`, `.` and `..` never leave the root.
+#[must_use]
+pub fn clean_relative(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+fn has_wildcard(path: &str) -> bool {
+    path.contains(['*', '?', '['])
+}
+
+/// Resolves a relative path inside `root`, following symlinks only while they stay inside.
+/// `None` when a component does not exist.
+fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, ContextError> {
+    let mut pending: Vec<String> = rel.split('/').filter(|p| !p.is_empty()).rev().map(str::to_owned).collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = root.join(resolved.join("/")).join(&part);
+        let meta = match std::fs::symlink_metadata(&candidate) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(fs_err_io(e, &candidate)),
+        };
+        if meta.file_type().is_symlink() {
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(ContextError::LinkLoop {
+                    root: root.to_path_buf(),
+                    path: rel.to_owned(),
+                });
+            }
+            let target = fs_err::read_link(&candidate)?;
+            let target = target.to_string_lossy();
+            if target.starts_with('/') {
+                // An absolute link is read as relative to the context root: it cannot leave it.
+                resolved.clear();
+            }
+            for t in target.split('/').filter(|p| !p.is_empty()).rev() {
+                pending.push(t.to_owned());
+            }
+        } else {
+            resolved.push(part);
+        }
+    }
+    Ok(Some(root.join(resolved.join("/"))))
+}
+
+fn fs_err_io(e: std::io::Error, path: &Path) -> ContextError {
+    ContextError::Io(std::io::Error::new(
+        e.kind(),
+        format!("{e} at {}", path.display()),
+    ))
+}
+
+/// Expands a wildcard source into the relative paths it matches, component by component.
+fn glob_paths(root: &Path, pattern: &str) -> Result<Vec<String>, ContextError> {
+    let mut current = vec![String::new()];
+    for component in pattern.split('/') {
+        let mut next = Vec::new();
+        for base in &current {
+            if !has_wildcard(component) {
+                let candidate = join_rel(base, &unescape(component));
+                if std::fs::symlink_metadata(root.join(&candidate)).is_ok() {
+                    next.push(candidate);
+                }
+                continue;
+            }
+            let dir = root.join(base);
+            let Ok(read) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut names: Vec<String> = read
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for name in names {
+                if component_matches(component, &name).map_err(|reason| ContextError::Pattern {
+                    pattern: pattern.to_owned(),
+                    reason,
+                })? {
+                    next.push(join_rel(base, &name));
+                }
+            }
+        }
+        current = next;
+    }
+    Ok(current)
+}
+
+fn unescape(component: &str) -> String {
+    let mut out = String::new();
+    let mut chars = component.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Go's `filepath.Match` for one path component: `*`, `?`, `[…]` with ranges and `^`
+/// negation, and `\` escapes.
+///
+/// # Errors
+/// A reason when the pattern is malformed.
+pub fn component_matches(pattern: &str, name: &str) -> Result<bool, &'static str> {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    // Iterative matching with one backtrack point for the last `*`, as filepath.Match does.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    loop {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star = Some((pi, ni));
+                    pi += 1;
+                    continue;
+                }
+                '?' if ni < n.len() => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                '[' if ni < n.len() => {
+                    let (matched, len) = class_matches(&p[pi..], n[ni])?;
+                    if matched {
+                        pi += len;
+                        ni += 1;
+                        continue;
+                    }
+                }
+                '\\' => {
+                    let Some(&c) = p.get(pi + 1) else {
+                        return Err("pattern ends with an escape character");
+                    };
+                    if ni < n.len() && n[ni] == c {
+                        pi += 2;
+                        ni += 1;
+                        continue;
+                    }
+                }
+                c if ni < n.len() && c == n[ni] && c != '?' && c != '[' => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        } else if ni == n.len() {
+            return Ok(true);
+        }
+        match star {
+            Some((sp, sn)) if sn < n.len() => {
+                star = Some((sp, sn + 1));
+                pi = sp + 1;
+                ni = sn + 1;
+            }
+            _ => {
+                // Validate the rest of the pattern so malformed classes are errors, as in Go.
+                validate(&p[pi.min(p.len())..])?;
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Matches a `[…]` class at the start of `p` against `c`; returns the class's length.
+fn class_matches(p: &[char], c: char) -> Result<(bool, usize), &'static str> {
+    let mut i = 1;
+    let negated = p.get(i) == Some(&'^');
+    if negated {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let Some(&ch) = p.get(i) else {
+            return Err("character class opened with [ is never closed with ]");
+        };
+        if ch == ']' && !first {
+            i += 1;
+            break;
+        }
+        first = false;
+        let (lo, used) = class_char(&p[i..])?;
+        i += used;
+        let hi = if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|&x| x != ']') {
+            let (hi, used) = class_char(&p[i + 1..])?;
+            i += 1 + used;
+            hi
+        } else {
+            lo
+        };
+        if hi < lo {
+            return Err("character class range runs backwards");
+        }
+        if (lo..=hi).contains(&c) {
+            matched = true;
+        }
+    }
+    Ok((matched != negated, i))
+}
+
+/// One character of a class, as Go's `getEsc`: an unescaped `-` or `]` here is malformed.
+fn class_char(p: &[char]) -> Result<(char, usize), &'static str> {
+    match p.first() {
+        Some('\\') => p
+            .get(1)
+            .map(|&c| (c, 2))
+            .ok_or("pattern ends with an escape character"),
+        Some('-' | ']') | None => Err("character class is malformed"),
+        Some(&c) => Ok((c, 1)),
+    }
+}
+
+fn validate(p: &[char]) -> Result<(), &'static str> {
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '\\' => {
+                if i + 1 >= p.len() {
+                    return Err("pattern ends with an escape character");
+                }
+                i += 2;
+            }
+            '[' => {
+                let (_, len) = class_matches(&p[i..], '\0')?;
+                i += len;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// A file's identity as the stat cache compares it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StatKey {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    dev: u64,
+}
+
+impl StatKey {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StatEntry {
+    stat: StatKey,
+    digest: String,
+    /// When the digest was taken (ns since the epoch).
+    recorded_ns: i128,
+}
+
+/// Remembers file digests by stat, so that an unchanged context is not read again.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StatCache {
+    entries: HashMap<String, StatEntry>,
+    #[serde(skip)]
+    dirty: bool,
+}
+
+/// Files whose timestamps are this close to the moment their digest was taken are hashed
+/// again: filesystems with coarse timestamps (ext4 keeps ns, others 1 s or 2 s) could hide a
+/// change made in the same tick. Two seconds covers FAT's 2 s tick.
+const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
+impl StatCache {
+    /// Loads a cache file; a missing or unreadable one is an empty cache (it is only a cache).
+    #[must_use]
+    pub fn load(path: &Path) -> Self {
+        fs_err::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes the cache atomically, if anything changed.
+    ///
+    /// # Errors
+    /// I/O errors naming the path.
+    pub fn save(&self, path: &Path) -> Result<(), ContextError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            fs_err::create_dir_all(dir)?;
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        fs_err::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        fs_err::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// The sha256 (hex) of a file's content, from the cache when its stat proves it unchanged.
+    ///
+    /// # Errors
+    /// I/O errors naming the path.
+    pub fn file_digest(&mut self, abs: &Path, key: &str) -> Result<String, ContextError> {
+        let meta = fs_err::metadata(abs)?;
+        let stat = StatKey::of(&meta);
+        if let Some(hit) = self.entries.get(key)
+            && hit.stat == stat
+            && hit.recorded_ns - stat.mtime_ns.max(stat.ctime_ns) > RACY_WINDOW_NS
+        {
+            return Ok(hit.digest.clone());
+        }
+        let digest = hash_file(abs)?;
+        let recorded_ns = now_ns();
+        self.entries.insert(
+            key.to_owned(),
+            StatEntry {
+                stat,
+                digest: digest.clone(),
+                recorded_ns,
+            },
+        );
+        self.dirty = true;
+        Ok(digest)
+    }
+}
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+}
+
+fn hash_file(path: &Path) -> Result<String, ContextError> {
+    let mut file = fs_err::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The content key of a selection: sha256 over every entry's destination path, source path,
+/// kind, permission bits, and content digest or link target. Sizes are implied by content;
+/// mtimes, owners, inodes and the root's own path are left out on purpose.
+///
+/// # Errors
+/// I/O errors naming the path.
+pub fn content_key(
+    root: &Path,
+    selection: &Selection,
+    cache: &mut StatCache,
+) -> Result<String, ContextError> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"hoist.context.v1\0");
+    for entry in &selection.entries {
+        hasher.update(entry.dest.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(entry.path.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(format!("{:o}\0", entry.mode).as_bytes());
+        match &entry.kind {
+            EntryKind::Dir => hasher.update(b"dir\0"),
+            EntryKind::Symlink { target } => {
+                hasher.update(b"link\0");
+                hasher.update(target.as_bytes());
+                hasher.update(b"\0");
+            }
+            EntryKind::File => {
+                let digest = cache.file_digest(&root.join(&entry.source), &entry.source)?;
+                hasher.update(b"file\0");
+                hasher.update(digest.as_bytes());
+                hasher.update(b"\0");
+            }
+        }
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}

@@ -1,0 +1,166 @@
+//! The cache index: an embedded transactional store (redb) that maps a step's cache key to the
+//! result it produced.
+//!
+//! A record is written only after everything it names is complete on disk (snapshots renamed
+//! into place, blobs committed), and redb commits atomically, so a build killed at any moment
+//! leaves either the old record or the new one, never half of one. A record whose snapshots
+//! have since gone away is a miss, not an error: the caller rebuilds, or re-applies the layer
+//! from its blob.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// cache key (`sha256:…`) → JSON of a [`CacheRecord`].
+const RESULTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("results.v1");
+
+/// One layer of a result's chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// sha256 of the uncompressed layer tar (`sha256:…`); also names its snapshot directory.
+    pub diff_id: String,
+    /// The compressed blob, once one has been made: digest, size and media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<BlobRecord>,
+}
+
+/// A compressed layer blob in the content store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// What a step produced: the layer chain that rebuilds its filesystem, bottom first, plus
+/// what it took, for the progress report of a later cache hit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    pub layers: Vec<LayerRecord>,
+    /// Wall time of the run that produced it, in milliseconds.
+    #[serde(default)]
+    pub took_ms: u64,
+}
+
+/// The index could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot open the cache index {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::DatabaseError>,
+    },
+    #[error("cache index {} failed", path.display())]
+    Access {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The cache index of one state root.
+#[derive(Debug)]
+pub struct CacheIndex {
+    db: Database,
+    path: PathBuf,
+}
+
+impl CacheIndex {
+    /// Opens (or creates) the index at `path`.
+    ///
+    /// # Errors
+    /// [`IndexError::Open`] naming the path.
+    pub fn open(path: &Path) -> Result<Self, IndexError> {
+        if let Some(dir) = path.parent() {
+            fs_err::create_dir_all(dir).map_err(|e| IndexError::Access {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            })?;
+        }
+        let db = Database::create(path).map_err(|source| IndexError::Open {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn access<E: std::error::Error + Send + Sync + 'static>(&self) -> impl FnOnce(E) -> IndexError + '_ {
+        move |source| IndexError::Access {
+            path: self.path.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// The record for a key, if any.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store fails; a record that does not decode (from another
+    /// version) reads as a miss.
+    pub fn get(&self, key: &str) -> Result<Option<CacheRecord>, IndexError> {
+        let txn = self.db.begin_read().map_err(self.access())?;
+        let table = match txn.open_table(RESULTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.access()(e)),
+        };
+        let Some(value) = table.get(key).map_err(self.access())? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(value.value()).ok())
+    }
+
+    /// Records a result under a key, atomically.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store fails.
+    pub fn put(&self, key: &str, record: &CacheRecord) -> Result<(), IndexError> {
+        let bytes = serde_json::to_vec(record).map_err(self.access())?;
+        let txn = self.db.begin_write().map_err(self.access())?;
+        {
+            let mut table = txn.open_table(RESULTS).map_err(self.access())?;
+            table.insert(key, bytes.as_slice()).map_err(self.access())?;
+        }
+        txn.commit().map_err(self.access())?;
+        Ok(())
+    }
+
+    /// Forgets a key.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store fails.
+    pub fn remove(&self, key: &str) -> Result<(), IndexError> {
+        let txn = self.db.begin_write().map_err(self.access())?;
+        {
+            let mut table = txn.open_table(RESULTS).map_err(self.access())?;
+            table.remove(key).map_err(self.access())?;
+        }
+        txn.commit().map_err(self.access())?;
+        Ok(())
+    }
+
+    /// Every key with its record, for `hoist du` and garbage collection.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store fails.
+    pub fn entries(&self) -> Result<Vec<(String, CacheRecord)>, IndexError> {
+        let txn = self.db.begin_read().map_err(self.access())?;
+        let table = match txn.open_table(RESULTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.access()(e)),
+        };
+        let mut out = Vec::new();
+        for item in table.iter().map_err(self.access())? {
+            let (k, v) = item.map_err(self.access())?;
+            if let Ok(record) = serde_json::from_slice(v.value()) {
+                out.push((k.value().to_owned(), record));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,274 @@
+//! Build contexts (selection, content keys, the stat cache), COPY into layer directories, and
+//! the cache index, against real files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns may unwrap
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use hoist_parser::ignore::Matcher;
+use hoist_cache::context::*;
+
+fn ctx() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    fs_err::create_dir_all(r.join("src/sub")).unwrap();
+    fs_err::write(r.join("go.mod"), "module x\n").unwrap();
+    fs_err::write(r.join("go.sum"), "sum\n").unwrap();
+    fs_err::write(r.join("src/a.go"), "package a\n").unwrap();
+    fs_err::write(r.join("src/sub/b.go"), "package b\n").unwrap();
+    fs_err::write(r.join("README.md"), "readme\n").unwrap();
+    symlink("a.go", r.join("src/link.go")).unwrap();
+    d
+}
+
+fn none() -> Matcher { Matcher::default() }
+
+fn dests(s: &Selection) -> Vec<String> { s.entries.iter().map(|e| e.dest.clone()).collect() }
+
+#[test]
+fn a_file_lands_under_its_name_and_a_dir_brings_its_contents() {
+    let d = ctx();
+    let s = select(d.path(), &["go.mod".into()], &none()).unwrap();
+    assert_eq!(dests(&s), ["go.mod"]);
+    let s = select(d.path(), &["src".into()], &none()).unwrap();
+    assert_eq!(dests(&s), ["a.go", "link.go", "sub", "sub/b.go"]);
+    assert!(matches!(&s.entries[1].kind, EntryKind::Symlink { target } if target == "a.go"));
+}
+
+#[test]
+fn wildcards_match_per_component() {
+    let d = ctx();
+    let s = select(d.path(), &["go.*".into()], &none()).unwrap();
+    assert_eq!(dests(&s), ["go.mod", "go.sum"]);
+    let s = select(d.path(), &["src/*.go".into()], &none()).unwrap();
+    assert_eq!(dests(&s), ["a.go", "link.go"]);
+    assert!(matches!(select(d.path(), &["*.rs".into()], &none()), Err(ContextError::NoMatch { .. })));
+}
+
+#[test]
+fn dockerignore_excludes_and_missing_sources_are_errors() {
+    let d = ctx();
+    let m = Matcher::new(["src/sub", "README.md"]).unwrap();
+    let s = select(d.path(), &[".".into()], &m).unwrap();
+    assert_eq!(dests(&s), ["go.mod", "go.sum", "src", "src/a.go", "src/link.go"]);
+    let e = select(d.path(), &["README.md".into()], &m).unwrap_err();
+    assert!(e.to_string().contains("\"README.md\" not found in build context"), "{e}");
+    let e = select(d.path(), &["nope".into()], &none()).unwrap_err();
+    assert!(matches!(e, ContextError::NotFound { .. }));
+}
+
+#[test]
+fn paths_cannot_leave_the_context() {
+    let d = ctx();
+    let outside = tempfile::tempdir().unwrap();
+    fs_err::write(outside.path().join("secret"), "s").unwrap();
+    symlink(outside.path(), d.path().join("escape")).unwrap();
+    symlink("/etc", d.path().join("abs")).unwrap();
+    let s = select(d.path(), &["../../go.mod".into()], &none()).unwrap();
+    assert_eq!(s.entries[0].path, "go.mod");
+    assert!(select(d.path(), &["escape/secret".into()], &none()).is_err());
+    // An absolute link is read inside the root: /etc here is <context>/etc, which does not exist.
+    assert!(select(d.path(), &["abs/passwd".into()], &none()).is_err());
+}
+
+#[test]
+fn content_key_depends_on_content_and_mode_not_mtime() {
+    let d = ctx();
+    let cache_path = d.path().join("stat-cache.json");
+    let key = |cache: &mut StatCache| {
+        let s = select(d.path(), &["src".into()], &none()).unwrap();
+        content_key(d.path(), &s, cache).unwrap()
+    };
+    let mut cache = StatCache::default();
+    let k1 = key(&mut cache);
+    // touch: same content, new mtime
+    let f = d.path().join("src/a.go");
+    let t = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    fs_err::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
+    assert_eq!(key(&mut cache), k1, "a touch keeps the key");
+    // same size edit with the old mtime put back: still detected (ctime and content)
+    let old = fs_err::metadata(&f).unwrap().modified().unwrap();
+    fs_err::write(&f, "package A\n").unwrap();
+    fs_err::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+    let k2 = key(&mut cache);
+    assert_ne!(k2, k1, "an edit with the mtime put back changes the key");
+    fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_ne!(key(&mut cache), k2, "a mode change changes the key");
+    cache.save(&cache_path).unwrap();
+    let mut loaded = StatCache::load(&cache_path);
+    assert_eq!(key(&mut loaded), key(&mut cache));
+}
+
+#[test]
+fn filepath_match_semantics() {
+    assert!(component_matches("*.go", "a.go").unwrap());
+    assert!(!component_matches("*.go", "a.rs").unwrap());
+    assert!(component_matches("[a-c]?", "b1").unwrap());
+    assert!(component_matches("[^a-c]x", "dx").unwrap());
+    assert!(component_matches("\\*", "*").unwrap());
+    assert!(component_matches("[]", "x").is_err());
+    assert!(component_matches("a[", "b").is_err());
+}
+
+mod copying {
+    use super::*;
+    use hoist_cache::copy::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn run(src: &std::path::Path, sources: &[&str], dest: &str, view: &std::path::Path, opts: CopyOptions) -> tempfile::TempDir {
+        let out = tempfile::tempdir().unwrap();
+        let sel = select(src, &sources.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &Matcher::default()).unwrap();
+        copy_selection(src, &sel, dest, view, out.path(), opts).unwrap();
+        out
+    }
+
+    fn tree(root: &std::path::Path) -> Vec<String> {
+        let mut v = Vec::new();
+        fn walk(base: &std::path::Path, rel: &str, v: &mut Vec<String>) {
+            let mut es: Vec<_> = std::fs::read_dir(base.join(rel)).unwrap().map(|e| e.unwrap()).collect();
+            es.sort_by_key(|e| e.file_name());
+            for e in es {
+                let r = if rel.is_empty() { e.file_name().to_string_lossy().into_owned() } else { format!("{rel}/{}", e.file_name().to_string_lossy()) };
+                let m = std::fs::symlink_metadata(base.join(&r)).unwrap();
+                v.push(format!("{r} {:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid()));
+                if m.is_dir() { walk(base, &r, v); }
+            }
+        }
+        walk(root, "", &mut v);
+        v
+    }
+
+    #[test]
+    fn file_to_a_path_and_into_a_directory() {
+        let d = ctx();
+        let view = tempfile::tempdir().unwrap();
+        let out = run(d.path(), &["go.mod"], "/etc/app.mod", view.path(), CopyOptions::default());
+        assert_eq!(fs_err::read_to_string(out.path().join("etc/app.mod")).unwrap(), "module x\n");
+        let out = run(d.path(), &["go.mod"], "/etc/", view.path(), CopyOptions::default());
+        assert!(out.path().join("etc/go.mod").is_file());
+        // An existing directory in the image takes the file inside it.
+        fs_err::create_dir_all(view.path().join("opt/app")).unwrap();
+        let out = run(d.path(), &["go.mod"], "/opt/app", view.path(), CopyOptions::default());
+        assert!(out.path().join("opt/app/go.mod").is_file());
+    }
+
+    #[test]
+    fn directory_contents_chown_chmod_and_parent_attributes() {
+        let d = ctx();
+        let view = tempfile::tempdir().unwrap();
+        fs_err::create_dir_all(view.path().join("usr")).unwrap();
+        fs_err::set_permissions(view.path().join("usr"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::os::unix::fs::chown(view.path().join("usr"), Some(7), Some(8)).unwrap();
+        let out = run(d.path(), &["src"], "/usr/src/app/", view.path(), CopyOptions { chown: Some((1000, 1000)), chmod: Some(0o640) });
+        assert_eq!(tree(out.path()), [
+            "usr 750 7:8",
+            "usr/src 755 0:0",
+            "usr/src/app 755 0:0",
+            "usr/src/app/a.go 640 1000:1000",
+            "usr/src/app/link.go 777 1000:1000",
+            "usr/src/app/sub 640 1000:1000",
+            "usr/src/app/sub/b.go 640 1000:1000",
+        ]);
+        assert_eq!(fs_err::read_link(out.path().join("usr/src/app/link.go")).unwrap().to_str(), Some("a.go"));
+    }
+
+    #[test]
+    fn a_symlinked_source_copies_its_target_but_never_outside() {
+        let d = ctx();
+        let view = tempfile::tempdir().unwrap();
+        let out = run(d.path(), &["src/link.go"], "/x", view.path(), CopyOptions::default());
+        assert_eq!(fs_err::read_to_string(out.path().join("x")).unwrap(), "package a\n");
+        symlink("/etc/passwd", d.path().join("pw")).unwrap();
+        let sel = select(d.path(), &["pw".into()], &Matcher::default());
+        assert!(sel.is_err(), "an absolute link resolves inside the context, where there is no etc/passwd");
+    }
+
+    #[test]
+    fn a_symlink_in_the_image_is_not_followed() {
+        let d = ctx();
+        let view = tempfile::tempdir().unwrap();
+        symlink("/tmp", view.path().join("escape")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let sel = select(d.path(), &["go.mod".into()], &Matcher::default()).unwrap();
+        let err = copy_selection(d.path(), &sel, "/escape/x", view.path(), out.path(), CopyOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn mkdir_and_mkfile() {
+        let view = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        mkdir(view.path(), out.path(), "/app/data", 0o755, Some((5, 5))).unwrap();
+        mkfile(view.path(), out.path(), "/app/hello.txt", b"hi\n", 0o644, None).unwrap();
+        assert_eq!(tree(out.path()), ["app 755 0:0", "app/data 755 5:5", "app/hello.txt 644 0:0"]);
+    }
+}
+
+mod index {
+    use hoist_cache::index::*;
+
+    fn rec(n: u64) -> CacheRecord {
+        CacheRecord {
+            layers: vec![LayerRecord { diff_id: format!("sha256:{n:064x}"), blob: None }],
+            took_ms: n,
+        }
+    }
+
+    #[test]
+    fn put_get_remove_and_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state/cache.redb");
+        {
+            let idx = CacheIndex::open(&path).unwrap();
+            assert_eq!(idx.get("k").unwrap(), None, "an empty index is a miss, not an error");
+            idx.put("k", &rec(1)).unwrap();
+            idx.put("j", &rec(2)).unwrap();
+            assert_eq!(idx.get("k").unwrap(), Some(rec(1)));
+            idx.remove("j").unwrap();
+        }
+        let idx = CacheIndex::open(&path).unwrap();
+        assert_eq!(idx.entries().unwrap(), vec![("k".to_owned(), rec(1))]);
+    }
+
+    #[test]
+    fn a_writer_killed_mid_write_leaves_a_consistent_index() {
+        // A child process commits records k0, k1, … as fast as it can and is killed with
+        // SIGKILL mid-stream; the index still opens and holds a gap-free prefix of them.
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("cache.redb");
+        let idx = CacheIndex::open(&path).unwrap();
+        idx.put("committed", &rec(1)).unwrap();
+        drop(idx);
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &child_test_name(), "--include-ignored", "--quiet"])
+            .env("HOIST_INDEX_CHILD_PATH", &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let idx = CacheIndex::open(&path).unwrap();
+        assert_eq!(idx.get("committed").unwrap(), Some(rec(1)));
+        let n = idx.entries().unwrap().len() - 1;
+        assert!(n > 0, "the child wrote nothing before it was killed");
+        for i in 0..n as u64 {
+            assert_eq!(idx.get(&format!("k{i}")).unwrap(), Some(rec(i)), "k{i} of {n}");
+        }
+    }
+
+    /// The libtest name of `child_writer`: this module's path without the crate name.
+    fn child_test_name() -> String {
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        format!("{module}::child_writer")
+    }
+
+    #[test]
+    #[ignore = "run only as the child of a_writer_killed_mid_write_leaves_a_consistent_index"]
+    fn child_writer() {
+        let path = std::env::var_os("HOIST_INDEX_CHILD_PATH").expect("run by the parent test");
+        let idx = CacheIndex::open(std::path::Path::new(&path)).unwrap();
+        for i in 0.. {
+            idx.put(&format!("k{i}"), &rec(i)).unwrap();
+        }
+    }
+}
