@@ -619,7 +619,21 @@ impl Applier<'_> {
         target: &[u8],
         entry: &str,
     ) -> Result<(), ApplyError> {
-        let parent = self.owned_parent(dir_parts, entry)?;
+        let parent = if self.mode == WhiteoutMode::Remove {
+            // Deleting from a directory that does not exist deletes nothing; creating it here
+            // would add an empty directory the image never had.
+            match self.open_dir(dir_parts, entry, false, OFlags::PATH) {
+                Ok(fd) => fd,
+                Err(ApplyError::Entry { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.owned_parent(dir_parts, entry)?
+        };
         if target == &WHITEOUT_OPAQUE.as_bytes()[WHITEOUT_PREFIX.len()..] {
             match self.mode {
                 WhiteoutMode::Overlay => {

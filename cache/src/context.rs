@@ -84,7 +84,11 @@ pub struct Selection {
 /// # Errors
 /// [`ContextError::NotFound`] for a missing plain source, [`ContextError::NoMatch`] when no
 /// source matches anything, and I/O errors with their paths.
-pub fn select(root: &Path, sources: &[String], ignore: &Matcher) -> Result<Selection, ContextError> {
+pub fn select(
+    root: &Path,
+    sources: &[String],
+    ignore: &Matcher,
+) -> Result<Selection, ContextError> {
     let mut entries: BTreeMap<(String, String), Entry> = BTreeMap::new();
     let mut any = false;
     for source in sources {
@@ -202,7 +206,9 @@ fn walk_dir(
                     source: child_rel.clone(),
                     dest: child_dest.clone(),
                     kind: EntryKind::Symlink {
-                        target: fs_err::read_link(child.path())?.to_string_lossy().into_owned(),
+                        target: fs_err::read_link(child.path())?
+                            .to_string_lossy()
+                            .into_owned(),
                     },
                     mode: meta.mode() & 0o7777,
                     size: 0,
@@ -248,7 +254,12 @@ fn has_wildcard(path: &str) -> bool {
 /// Resolves a relative path inside `root`, following symlinks only while they stay inside.
 /// `None` when a component does not exist.
 fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, ContextError> {
-    let mut pending: Vec<String> = rel.split('/').filter(|p| !p.is_empty()).rev().map(str::to_owned).collect();
+    let mut pending: Vec<String> = rel
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .rev()
+        .map(str::to_owned)
+        .collect();
     let mut resolved: Vec<String> = Vec::new();
     let mut links = 0;
     while let Some(part) = pending.pop() {
@@ -261,10 +272,10 @@ fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, ContextErr
             _ => {}
         }
         let candidate = root.join(resolved.join("/")).join(&part);
-        let meta = match std::fs::symlink_metadata(&candidate) {
+        let meta = match fs_err::symlink_metadata(&candidate) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(fs_err_io(e, &candidate)),
+            Err(e) => return Err(ContextError::Io(e)),
         };
         if meta.file_type().is_symlink() {
             links += 1;
@@ -290,13 +301,6 @@ fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, ContextErr
     Ok(Some(root.join(resolved.join("/"))))
 }
 
-fn fs_err_io(e: std::io::Error, path: &Path) -> ContextError {
-    ContextError::Io(std::io::Error::new(
-        e.kind(),
-        format!("{e} at {}", path.display()),
-    ))
-}
-
 /// Expands a wildcard source into the relative paths it matches, component by component.
 fn glob_paths(root: &Path, pattern: &str) -> Result<Vec<String>, ContextError> {
     let mut current = vec![String::new()];
@@ -305,13 +309,13 @@ fn glob_paths(root: &Path, pattern: &str) -> Result<Vec<String>, ContextError> {
         for base in &current {
             if !has_wildcard(component) {
                 let candidate = join_rel(base, &unescape(component));
-                if std::fs::symlink_metadata(root.join(&candidate)).is_ok() {
+                if fs_err::symlink_metadata(root.join(&candidate)).is_ok() {
                     next.push(candidate);
                 }
                 continue;
             }
             let dir = root.join(base);
-            let Ok(read) = std::fs::read_dir(&dir) else {
+            let Ok(read) = fs_err::read_dir(&dir) else {
                 continue;
             };
             let mut names: Vec<String> = read
@@ -551,7 +555,10 @@ impl StatCache {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        fs_err::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        fs_err::write(
+            &tmp,
+            serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )?;
         fs_err::rename(&tmp, path)?;
         Ok(())
     }

@@ -64,9 +64,8 @@ pub fn copy_selection(
         [e] if e.kind != EntryKind::Dir && e.dest == last_component(&e.path) => Some(e),
         _ => None,
     };
-    let dest_is_dir = dest.ends_with('/')
-        || single_file.is_none()
-        || view_is_dir(dest_view, &dest_rel);
+    let dest_is_dir =
+        dest.ends_with('/') || single_file.is_none() || view_is_dir(dest_view, &dest_rel);
     for entry in &selection.entries {
         let target = if dest_is_dir {
             join(&dest_rel, &entry.dest)
@@ -162,8 +161,7 @@ fn join(base: &str, rel: &str) -> String {
 /// Whether the image has a directory at `rel`, resolving no symlink: a link at a destination is
 /// never followed out of the root.
 fn view_is_dir(view: &Path, rel: &str) -> bool {
-    rel.is_empty()
-        || std::fs::symlink_metadata(view.join(rel)).is_ok_and(|m| m.file_type().is_dir())
+    rel.is_empty() || fs_err::symlink_metadata(view.join(rel)).is_ok_and(|m| m.file_type().is_dir())
 }
 
 /// Creates the parents of `target` in `out`, copying owner and mode from the image where a
@@ -174,7 +172,7 @@ fn ensure_parents(view: &Path, out: &Path, target: &str) -> Result<(), CopyError
     for part in &parts[..parts.len().saturating_sub(1)] {
         rel = join(&rel, part);
         let here = out.join(&rel);
-        match std::fs::symlink_metadata(&here) {
+        match fs_err::symlink_metadata(&here) {
             Ok(m) if m.is_dir() => continue,
             Ok(_) => {
                 return Err(CopyError::Destination {
@@ -184,7 +182,7 @@ fn ensure_parents(view: &Path, out: &Path, target: &str) -> Result<(), CopyError
             }
             Err(_) => {}
         }
-        let existing = std::fs::symlink_metadata(view.join(&rel)).ok();
+        let existing = fs_err::symlink_metadata(view.join(&rel)).ok();
         if existing.as_ref().is_some_and(|m| !m.is_dir()) {
             return Err(CopyError::Destination {
                 dest: format!("/{target}"),
@@ -192,14 +190,20 @@ fn ensure_parents(view: &Path, out: &Path, target: &str) -> Result<(), CopyError
             });
         }
         fs_err::create_dir(&here).map_err(io_at(&here))?;
-        let (uid, gid, mode) = existing.map_or((0, 0, 0o755), |m| (m.uid(), m.gid(), m.mode() & 0o7777));
+        let (uid, gid, mode) =
+            existing.map_or((0, 0, 0o755), |m| (m.uid(), m.gid(), m.mode() & 0o7777));
         std::os::unix::fs::lchown(&here, Some(uid), Some(gid)).map_err(io_at(&here))?;
         fs_err::set_permissions(&here, Permissions::from_mode(mode)).map_err(io_at(&here))?;
     }
     Ok(())
 }
 
-fn write_entry(src: &Path, entry: &Entry, out_path: &Path, opts: CopyOptions) -> Result<(), CopyError> {
+fn write_entry(
+    src: &Path,
+    entry: &Entry,
+    out_path: &Path,
+    opts: CopyOptions,
+) -> Result<(), CopyError> {
     let (uid, gid) = opts.chown.unwrap_or((0, 0));
     match &entry.kind {
         EntryKind::Dir => {
@@ -210,7 +214,8 @@ fn write_entry(src: &Path, entry: &Entry, out_path: &Path, opts: CopyOptions) ->
             }
             std::os::unix::fs::lchown(out_path, Some(uid), Some(gid)).map_err(io_at(out_path))?;
             let mode = opts.chmod.unwrap_or(entry.mode);
-            fs_err::set_permissions(out_path, Permissions::from_mode(mode)).map_err(io_at(out_path))?;
+            fs_err::set_permissions(out_path, Permissions::from_mode(mode))
+                .map_err(io_at(out_path))?;
         }
         EntryKind::Symlink { target } => {
             remove_existing(out_path)?;
@@ -224,7 +229,8 @@ fn write_entry(src: &Path, entry: &Entry, out_path: &Path, opts: CopyOptions) ->
             fs_err::copy(src, out_path).map_err(io_at(out_path))?;
             std::os::unix::fs::lchown(out_path, Some(uid), Some(gid)).map_err(io_at(out_path))?;
             let mode = opts.chmod.unwrap_or(entry.mode);
-            fs_err::set_permissions(out_path, Permissions::from_mode(mode)).map_err(io_at(out_path))?;
+            fs_err::set_permissions(out_path, Permissions::from_mode(mode))
+                .map_err(io_at(out_path))?;
             let mtime = std::time::UNIX_EPOCH
                 + std::time::Duration::from_secs(u64::try_from(entry.mtime).unwrap_or(0));
             fs_err::File::options()
@@ -238,7 +244,7 @@ fn write_entry(src: &Path, entry: &Entry, out_path: &Path, opts: CopyOptions) ->
 }
 
 fn remove_existing(path: &Path) -> Result<(), CopyError> {
-    match std::fs::symlink_metadata(path) {
+    match fs_err::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Err(CopyError::Destination {
             dest: path.display().to_string(),
             reason: "a directory is in the way of a file",

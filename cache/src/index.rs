@@ -89,7 +89,9 @@ impl CacheIndex {
         })
     }
 
-    fn access<E: std::error::Error + Send + Sync + 'static>(&self) -> impl FnOnce(E) -> IndexError + '_ {
+    fn access<E: std::error::Error + Send + Sync + 'static>(
+        &self,
+    ) -> impl FnOnce(E) -> IndexError + '_ {
         move |source| IndexError::Access {
             path: self.path.clone(),
             source: Box::new(source),

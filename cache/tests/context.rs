@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns may unwrap
 
-use std::os::unix::fs::{symlink, PermissionsExt};
-use hoist_parser::ignore::Matcher;
 use hoist_cache::context::*;
+use hoist_parser::ignore::Matcher;
+use std::os::unix::fs::{PermissionsExt, symlink};
 
 fn ctx() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
@@ -20,9 +20,13 @@ fn ctx() -> tempfile::TempDir {
     d
 }
 
-fn none() -> Matcher { Matcher::default() }
+fn none() -> Matcher {
+    Matcher::default()
+}
 
-fn dests(s: &Selection) -> Vec<String> { s.entries.iter().map(|e| e.dest.clone()).collect() }
+fn dests(s: &Selection) -> Vec<String> {
+    s.entries.iter().map(|e| e.dest.clone()).collect()
+}
 
 #[test]
 fn a_file_lands_under_its_name_and_a_dir_brings_its_contents() {
@@ -41,7 +45,10 @@ fn wildcards_match_per_component() {
     assert_eq!(dests(&s), ["go.mod", "go.sum"]);
     let s = select(d.path(), &["src/*.go".into()], &none()).unwrap();
     assert_eq!(dests(&s), ["a.go", "link.go"]);
-    assert!(matches!(select(d.path(), &["*.rs".into()], &none()), Err(ContextError::NoMatch { .. })));
+    assert!(matches!(
+        select(d.path(), &["*.rs".into()], &none()),
+        Err(ContextError::NoMatch { .. })
+    ));
 }
 
 #[test]
@@ -49,9 +56,16 @@ fn dockerignore_excludes_and_missing_sources_are_errors() {
     let d = ctx();
     let m = Matcher::new(["src/sub", "README.md"]).unwrap();
     let s = select(d.path(), &[".".into()], &m).unwrap();
-    assert_eq!(dests(&s), ["go.mod", "go.sum", "src", "src/a.go", "src/link.go"]);
+    assert_eq!(
+        dests(&s),
+        ["go.mod", "go.sum", "src", "src/a.go", "src/link.go"]
+    );
     let e = select(d.path(), &["README.md".into()], &m).unwrap_err();
-    assert!(e.to_string().contains("\"README.md\" not found in build context"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("\"README.md\" not found in build context"),
+        "{e}"
+    );
     let e = select(d.path(), &["nope".into()], &none()).unwrap_err();
     assert!(matches!(e, ContextError::NotFound { .. }));
 }
@@ -83,12 +97,22 @@ fn content_key_depends_on_content_and_mode_not_mtime() {
     // touch: same content, new mtime
     let f = d.path().join("src/a.go");
     let t = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
-    fs_err::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
+    fs_err::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
     assert_eq!(key(&mut cache), k1, "a touch keeps the key");
     // same size edit with the old mtime put back: still detected (ctime and content)
     let old = fs_err::metadata(&f).unwrap().modified().unwrap();
     fs_err::write(&f, "package A\n").unwrap();
-    fs_err::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+    fs_err::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let k2 = key(&mut cache);
     assert_ne!(k2, k1, "an edit with the mtime put back changes the key");
     fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -114,9 +138,20 @@ mod copying {
     use hoist_cache::copy::*;
     use std::os::unix::fs::MetadataExt;
 
-    fn run(src: &std::path::Path, sources: &[&str], dest: &str, view: &std::path::Path, opts: CopyOptions) -> tempfile::TempDir {
+    fn run(
+        src: &std::path::Path,
+        sources: &[&str],
+        dest: &str,
+        view: &std::path::Path,
+        opts: CopyOptions,
+    ) -> tempfile::TempDir {
         let out = tempfile::tempdir().unwrap();
-        let sel = select(src, &sources.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &Matcher::default()).unwrap();
+        let sel = select(
+            src,
+            &sources.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &Matcher::default(),
+        )
+        .unwrap();
         copy_selection(src, &sel, dest, view, out.path(), opts).unwrap();
         out
     }
@@ -124,13 +159,27 @@ mod copying {
     fn tree(root: &std::path::Path) -> Vec<String> {
         let mut v = Vec::new();
         fn walk(base: &std::path::Path, rel: &str, v: &mut Vec<String>) {
-            let mut es: Vec<_> = std::fs::read_dir(base.join(rel)).unwrap().map(|e| e.unwrap()).collect();
+            let mut es: Vec<_> = fs_err::read_dir(base.join(rel))
+                .unwrap()
+                .map(|e| e.unwrap())
+                .collect();
             es.sort_by_key(|e| e.file_name());
             for e in es {
-                let r = if rel.is_empty() { e.file_name().to_string_lossy().into_owned() } else { format!("{rel}/{}", e.file_name().to_string_lossy()) };
-                let m = std::fs::symlink_metadata(base.join(&r)).unwrap();
-                v.push(format!("{r} {:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid()));
-                if m.is_dir() { walk(base, &r, v); }
+                let r = if rel.is_empty() {
+                    e.file_name().to_string_lossy().into_owned()
+                } else {
+                    format!("{rel}/{}", e.file_name().to_string_lossy())
+                };
+                let m = fs_err::symlink_metadata(base.join(&r)).unwrap();
+                v.push(format!(
+                    "{r} {:o} {}:{}",
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid()
+                ));
+                if m.is_dir() {
+                    walk(base, &r, v);
+                }
             }
         }
         walk(root, "", &mut v);
@@ -141,13 +190,34 @@ mod copying {
     fn file_to_a_path_and_into_a_directory() {
         let d = ctx();
         let view = tempfile::tempdir().unwrap();
-        let out = run(d.path(), &["go.mod"], "/etc/app.mod", view.path(), CopyOptions::default());
-        assert_eq!(fs_err::read_to_string(out.path().join("etc/app.mod")).unwrap(), "module x\n");
-        let out = run(d.path(), &["go.mod"], "/etc/", view.path(), CopyOptions::default());
+        let out = run(
+            d.path(),
+            &["go.mod"],
+            "/etc/app.mod",
+            view.path(),
+            CopyOptions::default(),
+        );
+        assert_eq!(
+            fs_err::read_to_string(out.path().join("etc/app.mod")).unwrap(),
+            "module x\n"
+        );
+        let out = run(
+            d.path(),
+            &["go.mod"],
+            "/etc/",
+            view.path(),
+            CopyOptions::default(),
+        );
         assert!(out.path().join("etc/go.mod").is_file());
         // An existing directory in the image takes the file inside it.
         fs_err::create_dir_all(view.path().join("opt/app")).unwrap();
-        let out = run(d.path(), &["go.mod"], "/opt/app", view.path(), CopyOptions::default());
+        let out = run(
+            d.path(),
+            &["go.mod"],
+            "/opt/app",
+            view.path(),
+            CopyOptions::default(),
+        );
         assert!(out.path().join("opt/app/go.mod").is_file());
     }
 
@@ -156,30 +226,63 @@ mod copying {
         let d = ctx();
         let view = tempfile::tempdir().unwrap();
         fs_err::create_dir_all(view.path().join("usr")).unwrap();
-        fs_err::set_permissions(view.path().join("usr"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        fs_err::set_permissions(
+            view.path().join("usr"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
         std::os::unix::fs::chown(view.path().join("usr"), Some(7), Some(8)).unwrap();
-        let out = run(d.path(), &["src"], "/usr/src/app/", view.path(), CopyOptions { chown: Some((1000, 1000)), chmod: Some(0o640) });
-        assert_eq!(tree(out.path()), [
-            "usr 750 7:8",
-            "usr/src 755 0:0",
-            "usr/src/app 755 0:0",
-            "usr/src/app/a.go 640 1000:1000",
-            "usr/src/app/link.go 777 1000:1000",
-            "usr/src/app/sub 640 1000:1000",
-            "usr/src/app/sub/b.go 640 1000:1000",
-        ]);
-        assert_eq!(fs_err::read_link(out.path().join("usr/src/app/link.go")).unwrap().to_str(), Some("a.go"));
+        let out = run(
+            d.path(),
+            &["src"],
+            "/usr/src/app/",
+            view.path(),
+            CopyOptions {
+                chown: Some((1000, 1000)),
+                chmod: Some(0o640),
+            },
+        );
+        assert_eq!(
+            tree(out.path()),
+            [
+                "usr 750 7:8",
+                "usr/src 755 0:0",
+                "usr/src/app 755 0:0",
+                "usr/src/app/a.go 640 1000:1000",
+                "usr/src/app/link.go 777 1000:1000",
+                "usr/src/app/sub 640 1000:1000",
+                "usr/src/app/sub/b.go 640 1000:1000",
+            ]
+        );
+        assert_eq!(
+            fs_err::read_link(out.path().join("usr/src/app/link.go"))
+                .unwrap()
+                .to_str(),
+            Some("a.go")
+        );
     }
 
     #[test]
     fn a_symlinked_source_copies_its_target_but_never_outside() {
         let d = ctx();
         let view = tempfile::tempdir().unwrap();
-        let out = run(d.path(), &["src/link.go"], "/x", view.path(), CopyOptions::default());
-        assert_eq!(fs_err::read_to_string(out.path().join("x")).unwrap(), "package a\n");
+        let out = run(
+            d.path(),
+            &["src/link.go"],
+            "/x",
+            view.path(),
+            CopyOptions::default(),
+        );
+        assert_eq!(
+            fs_err::read_to_string(out.path().join("x")).unwrap(),
+            "package a\n"
+        );
         symlink("/etc/passwd", d.path().join("pw")).unwrap();
         let sel = select(d.path(), &["pw".into()], &Matcher::default());
-        assert!(sel.is_err(), "an absolute link resolves inside the context, where there is no etc/passwd");
+        assert!(
+            sel.is_err(),
+            "an absolute link resolves inside the context, where there is no etc/passwd"
+        );
     }
 
     #[test]
@@ -189,7 +292,15 @@ mod copying {
         symlink("/tmp", view.path().join("escape")).unwrap();
         let out = tempfile::tempdir().unwrap();
         let sel = select(d.path(), &["go.mod".into()], &Matcher::default()).unwrap();
-        let err = copy_selection(d.path(), &sel, "/escape/x", view.path(), out.path(), CopyOptions::default()).unwrap_err();
+        let err = copy_selection(
+            d.path(),
+            &sel,
+            "/escape/x",
+            view.path(),
+            out.path(),
+            CopyOptions::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
     }
 
@@ -198,8 +309,19 @@ mod copying {
         let view = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         mkdir(view.path(), out.path(), "/app/data", 0o755, Some((5, 5))).unwrap();
-        mkfile(view.path(), out.path(), "/app/hello.txt", b"hi\n", 0o644, None).unwrap();
-        assert_eq!(tree(out.path()), ["app 755 0:0", "app/data 755 5:5", "app/hello.txt 644 0:0"]);
+        mkfile(
+            view.path(),
+            out.path(),
+            "/app/hello.txt",
+            b"hi\n",
+            0o644,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            tree(out.path()),
+            ["app 755 0:0", "app/data 755 5:5", "app/hello.txt 644 0:0"]
+        );
     }
 }
 
@@ -208,7 +330,10 @@ mod index {
 
     fn rec(n: u64) -> CacheRecord {
         CacheRecord {
-            layers: vec![LayerRecord { diff_id: format!("sha256:{n:064x}"), blob: None }],
+            layers: vec![LayerRecord {
+                diff_id: format!("sha256:{n:064x}"),
+                blob: None,
+            }],
             took_ms: n,
         }
     }
@@ -219,7 +344,11 @@ mod index {
         let path = d.path().join("state/cache.redb");
         {
             let idx = CacheIndex::open(&path).unwrap();
-            assert_eq!(idx.get("k").unwrap(), None, "an empty index is a miss, not an error");
+            assert_eq!(
+                idx.get("k").unwrap(),
+                None,
+                "an empty index is a miss, not an error"
+            );
             idx.put("k", &rec(1)).unwrap();
             idx.put("j", &rec(2)).unwrap();
             assert_eq!(idx.get("k").unwrap(), Some(rec(1)));
@@ -239,7 +368,12 @@ mod index {
         idx.put("committed", &rec(1)).unwrap();
         drop(idx);
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", &child_test_name(), "--include-ignored", "--quiet"])
+            .args([
+                "--exact",
+                &child_test_name(),
+                "--include-ignored",
+                "--quiet",
+            ])
             .env("HOIST_INDEX_CHILD_PATH", &path)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -252,7 +386,11 @@ mod index {
         let n = idx.entries().unwrap().len() - 1;
         assert!(n > 0, "the child wrote nothing before it was killed");
         for i in 0..n as u64 {
-            assert_eq!(idx.get(&format!("k{i}")).unwrap(), Some(rec(i)), "k{i} of {n}");
+            assert_eq!(
+                idx.get(&format!("k{i}")).unwrap(),
+                Some(rec(i)),
+                "k{i} of {n}"
+            );
         }
     }
 

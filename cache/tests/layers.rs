@@ -445,6 +445,21 @@ fn expected_diff_id_is_checked() {
     );
 }
 
+#[test]
+fn flattening_a_whiteout_in_a_missing_directory_creates_nothing() {
+    let tar = RawTar::default()
+        .file("gone/.wh.x", b"")
+        .file("gone2/.wh..wh..opq", b"")
+        .finish();
+    let dst = tempfile::tempdir().unwrap();
+    let remove = ApplyOptions {
+        whiteouts: WhiteoutMode::Remove,
+        expected_diff_id: None,
+    };
+    apply_layer(&tar[..], dst.path(), &remove).unwrap();
+    assert_eq!(fs_err::read_dir(dst.path()).unwrap().count(), 0);
+}
+
 mod hostile {
     use super::*;
 
