@@ -13,7 +13,13 @@
 //! class). This module follows `filepath.Match` for classes and escapes, which is what the
 //! Docker documentation promises, and keeps the one regexp quirk that users can hit by accident
 //! without writing a class: an unescaped `^` in a wildcard pattern is an anchor that only
-//! matches at the start of the path (so `*^x` matches `x` but not `a^x`).
+//! matches at the start of the path (so `*^x` matches `x` but not `a^x`). The regexp's `.`
+//! does not match a newline either, so neither does the `**` that becomes `.*`.
+//!
+//! A backwards range such as `[z-a]` is an error here when the pattern is compiled. Go's
+//! `filepath.Match` accepts it, so `patternmatcher.New` does too, but its regexp then fails
+//! on every match (moby/patternmatcher's regression test for moby/moby#52203): either way the
+//! build cannot use the file.
 
 use std::ops::RangeInclusive;
 
