@@ -18,11 +18,14 @@ use hoist_cache::{
     BlobStore, Compression, CompressionOptions, DiffOptions, diff_upperdir, store_upperdir_layer,
 };
 
+/// Letters weighted roughly like English text, digits and newlines.
+const ALPHABET: &[u8] = b"etaoinshrdlucmfwypvbgkqjxz  \n0123456789";
+
 fn fill(path: &Path, len: usize, seed: u64, text: bool) {
     let mut x = seed | 1;
     let mut data = Vec::with_capacity(len);
     while data.len() < len {
-        // xorshift64*: fast and incompressible; `--text` maps it onto a 40-symbol alphabet of
+        // xorshift64*: fast and incompressible; `--text` maps it onto a 39-symbol alphabet of
         // word-like runs, which deflate compresses to roughly half.
         x ^= x >> 12;
         x ^= x << 25;
@@ -30,7 +33,7 @@ fn fill(path: &Path, len: usize, seed: u64, text: bool) {
         let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
         if text {
             for b in v.to_le_bytes() {
-                data.push(b"etaoinshrdlucmfwypvbgkqjxz  \n0123456789"[usize::from(b % 40)]);
+                data.push(ALPHABET[usize::from(b) % ALPHABET.len()]);
             }
         } else {
             data.extend_from_slice(&v.to_le_bytes());

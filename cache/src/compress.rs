@@ -330,8 +330,11 @@ impl<W: Write + Send + 'static> LayerWriter<W> {
             }
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(sender, level)?;
-                if threads > 1 {
-                    enc.multithread(u32::try_from(threads).unwrap_or(1))?;
+                // Always the multithreaded engine, even with one worker: zstd's output is the
+                // same for every worker count >= 1 but differs from single-threaded mode, and a
+                // layer digest must not depend on the machine's core count.
+                {
+                    enc.multithread(u32::try_from(threads.max(1)).unwrap_or(1))?;
                     // Jobs default to several windows each (8+ MiB at level 3); 2 MiB jobs keep
                     // both workers busy on smaller layers and cut peak memory, at a ratio cost
                     // well under 1%.

@@ -134,6 +134,20 @@ fn the_same_tree_twice_gives_the_same_digests() {
     let (_, d1) = diff_upperdir(a.path(), Vec::new(), &one).unwrap();
     let (_, d4) = diff_upperdir(a.path(), Vec::new(), &four).unwrap();
     assert_eq!(d1.digest, d4.digest);
+    let zstd = |threads| DiffOptions {
+        compression: CompressionOptions {
+            compression: Compression::Zstd,
+            level: None,
+            threads,
+        },
+        source_date_epoch: None,
+    };
+    let (_, z1) = diff_upperdir(a.path(), Vec::new(), &zstd(1)).unwrap();
+    let (_, z3) = diff_upperdir(a.path(), Vec::new(), &zstd(3)).unwrap();
+    assert_eq!(
+        z1.digest, z3.digest,
+        "zstd blob independent of worker count"
+    );
 }
 
 #[test]
