@@ -3,19 +3,26 @@
 //!
 //! The caller runs on a multithreaded tokio runtime, where only async-signal-safe code may run
 //! between `fork` and `exec`. So the runtime does not fork itself: it spawns the init program
-//! (by default `/proc/self/exe`, that is the hoist binary) with a marker in its environment and
-//! the [`InitConfig`] on stdin. The binary calls [`run_if_init`] first thing in `main`; in the
-//! init it never returns to normal start-up. There, freshly executed and single-threaded, it may
-//! fork and run ordinary code:
+//! (by default `/proc/self/exe`, that is the hoist binary) once, as a *zygote*, with a marker in
+//! its environment and a unix socket as stdin. The binary calls [`run_if_init`] first thing in
+//! `main`; in the zygote it never returns to normal start-up. The zygote stays single-threaded,
+//! so it may fork and run ordinary code. Per RUN the runtime sends it an [`InitConfig`] with
+//! the sandbox's stdout and stderr and a "done" pipe attached:
 //!
 //! ```text
-//! hoist (tokio) ──spawn──► init: join cgroup, unshare pid/ipc/uts/cgroup[/net], hostname, lo up
-//!                            │ fork
-//!                            ├─► (stays outside) waits for pid 1, writes InitReport to status fd
-//!                            └─► pid 1: unshare mount, overlay, mounts, /dev, pivot_root,
-//!                                       masked/readonly paths, rlimits, user, caps,
-//!                                       no_new_privs, seccomp, execve(process.args)
+//! hoist (tokio) ──request──► zygote ──fork──► init: join cgroup, unshare pid/ipc/uts/cgroup[/net],
+//!                                               │    hostname, lo up
+//!                                               │ fork
+//!                                               ├─► (stays outside) waits for pid 1, writes the
+//!                                               │   InitReport to the status file, exits (done)
+//!                                               └─► pid 1: unshare mount, overlay, mounts, /dev,
+//!                                                   pivot_root, masked/readonly paths, rlimits,
+//!                                                   user, caps, no_new_privs, seccomp, execve
 //! ```
+//!
+//! Re-executing once and forking per RUN keeps the cost of loading a large binary (relocations,
+//! page faults, libc start-up: about a millisecond and a half of CPU here) off every RUN. The
+//! zygote exits when the runtime closes the socket, including when hoist dies.
 //!
 //! Setup errors of pid 1 travel back over a close-on-exec pipe: EOF without a message means
 //! `execve` succeeded.
@@ -97,9 +104,81 @@ enum SetupMessage {
 #[must_use]
 pub fn run_if_init() -> Option<ExitCode> {
     std::env::var_os(INIT_ENV)?;
-    let mut status = None;
-    Some(match init_main(&mut status) {
+    Some(match zygote_main() {
         Ok(()) => ExitCode::SUCCESS,
+        // Nobody to tell: the runtime notices the closed socket and starts another zygote.
+        Err(_) => ExitCode::from(125),
+    })
+}
+
+/// Most file descriptors a request carries: stdout, stderr and the done pipe.
+const REQUEST_FDS: usize = 3;
+
+/// The zygote: serves one request per RUN on the socket it got as stdin, until the runtime
+/// closes it. Per request it forks an init process that sets up that RUN, so the cost of
+/// executing and loading the (large) hoist binary is paid once per executor, not per RUN.
+fn zygote_main() -> Result<(), InitError> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let socket = nix::unistd::dup(std::io::stdin()).map_err(sys_err("dup zygote socket"))?;
+    let devnull = fs_err::File::open("/dev/null").map_err(sys_err("open /dev/null"))?;
+    nix::unistd::dup2_stdin(devnull.file()).map_err(sys_err("dup2 /dev/null to stdin"))?;
+    // Init processes report through their status file and done pipe; the kernel reaps them.
+    sys::ignore_sigchld().map_err(sys_err("ignore SIGCHLD"))?;
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; REQUEST_FDS]);
+        let (len, fds) = {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = match recvmsg::<()>(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => other.map_err(sys_err("receive request"))?,
+            };
+            let mut fds = Vec::new();
+            for c in msg.cmsgs().map_err(sys_err("read request fds"))? {
+                if let ControlMessageOwned::ScmRights(received) = c {
+                    fds.extend(received.into_iter().map(sys::owned_fd));
+                }
+            }
+            (msg.bytes, fds)
+        };
+        if len == 0 {
+            // The runtime closed its end: hoist is done, or gone.
+            return Ok(());
+        }
+        let Ok(config) = serde_json::from_slice::<InitConfig>(&buf[..len]) else {
+            // The runtime sees the done pipe close without a report.
+            continue;
+        };
+        let [stdout, stderr, done]: [OwnedFd; REQUEST_FDS] = match fds.try_into() {
+            Ok(fds) => fds,
+            Err(_) => continue,
+        };
+        if let sys::Forked::Child = sys::fork_single_threaded().map_err(sys_err("fork init"))? {
+            drop(socket);
+            let code = serve(&config, &stdout, &stderr);
+            // `done` closes with this process: the runtime's signal that the report is written.
+            drop(done);
+            sys::exit_immediately(code);
+        }
+        drop((stdout, stderr, done));
+    }
+}
+
+/// The init for one RUN, in a fresh child of the zygote.
+fn serve(config: &InitConfig, stdout: &OwnedFd, stderr: &OwnedFd) -> i32 {
+    let mut status = None;
+    let result = sys::default_sigchld()
+        .map_err(sys_err("restore SIGCHLD"))
+        .and_then(|()| nix::unistd::dup2_stdout(stdout).map_err(sys_err("dup2 stdout")))
+        .and_then(|()| nix::unistd::dup2_stderr(stderr).map_err(sys_err("dup2 stderr")))
+        .and_then(|()| init_main(config, &mut status));
+    match result {
+        Ok(()) => 0,
         Err(error) => {
             // The runtime reads failures from the status file; stderr belongs to the sandbox.
             if let Some(file) = status.as_mut() {
@@ -111,18 +190,14 @@ pub fn run_if_init() -> Option<ExitCode> {
                     let _ = file.write_all(&bytes);
                 }
             }
-            ExitCode::from(125)
+            125
         }
-    })
+    }
 }
 
 /// Error of the init before pid 1 exists; the runtime sees it as a missing report.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum InitError {
-    #[error("read init config from stdin")]
-    ReadConfig(#[source] std::io::Error),
-    #[error("parse init config")]
-    ParseConfig(#[source] serde_json::Error),
     #[error("{what}")]
     Sys {
         what: String,
@@ -161,16 +236,7 @@ fn namespace_flags(spec: &Spec) -> CloneFlags {
     flags
 }
 
-fn init_main(status: &mut Option<fs_err::File>) -> Result<(), InitError> {
-    let mut text = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut text)
-        .map_err(InitError::ReadConfig)?;
-    let config: InitConfig = serde_json::from_slice(&text).map_err(InitError::ParseConfig)?;
-    let devnull = fs_err::File::open("/dev/null").map_err(sys_err("open /dev/null"))?;
-    nix::unistd::dup2_stdin(devnull.file()).map_err(sys_err("dup2 /dev/null to stdin"))?;
-    drop(devnull);
-
+fn init_main(config: &InitConfig, status: &mut Option<fs_err::File>) -> Result<(), InitError> {
     let status = status.insert(
         fs_err::OpenOptions::new()
             .write(true)
@@ -203,7 +269,7 @@ fn init_main(status: &mut Option<fs_err::File>) -> Result<(), InitError> {
     match sys::fork_single_threaded().map_err(sys_err("fork pid 1"))? {
         sys::Forked::Child => {
             drop(reader);
-            let error = match setup_and_exec(&config, &writer) {
+            let error = match setup_and_exec(config, &writer) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };

@@ -9,10 +9,11 @@
 //! stdout/stderr sinks (AsyncWrite) ◄── streamed ───┘        │                      status, OOM,
 //!                                                           │                      peak memory,
 //!                                                           │                      CPU, upperdir
-//!                      ┌────────────────────────────────────┴──────────────────┐
-//!                      │ Backend::Builtin: spawn init program (init::run_if_init)│
-//!                      │ Backend::External: bundle + `runc run` (runc)           │
-//!                      └───────────────────────────────────────────────────────┘
+//!                      ┌────────────────────────────────────┴────────────────────┐
+//!                      │ Backend::Builtin: request to the zygote (init) over a     │
+//!                      │   unix socket; it forks an init per RUN                   │
+//!                      │ Backend::External: bundle + `runc run` (runc)             │
+//!                      └─────────────────────────────────────────────────────────┘
 //! ```
 //!
 //! # Principal types
@@ -27,8 +28,13 @@
 //! - [`RunOutcome`]: [`ExitStatus`], OOM kill with its limit, timeout, peak memory, CPU time and
 //!   the upperdir. The upperdir holds exactly the RUN's changes: mount points that setup had to
 //!   create are removed again ([`upper`]).
-//! - [`init`]: the container init of the built-in runtime, a re-executed binary as in
-//!   `runc init`, so the caller never runs code between `fork` and `exec` itself.
+//! - [`init`]: the container init of the built-in runtime. The hoist binary is re-executed once
+//!   per [`Executor`] as a single-threaded *zygote* (as `runc init` re-executes runc), which
+//!   forks one init per RUN; so the multithreaded caller never runs code between `fork` and
+//!   `exec` itself, and the cost of loading the binary is not paid per RUN.
+//! - [`seccomp`]: Docker's default profile and its compilation to BPF (with `seccompiler`).
+//! - [`cgroup`] and [`user`]: the per-RUN cgroup (v2, or v1 on hybrid hosts) and `USER`
+//!   resolution against the image's passwd and group files.
 //! - [`spec`]: Docker's defaults (capabilities, masked and read-only paths, mounts, rlimits).
 //!
 //! `unsafe` lives in the private `sys` module only.

@@ -135,8 +135,7 @@ where
         })?;
     let child_out = child.stdout.take();
     let child_err = child.stderr.take();
-    let (status, timed_out) = crate::runtime::stream_and_wait(
-        &mut child,
+    let timed_out = crate::runtime::stream_with_timeout(
         child_out,
         child_err,
         stdout,
@@ -146,6 +145,10 @@ where
     )
     .await
     .map_err(|e| e.with_program(program))?;
+    let status = child.wait().await.map_err(|source| RunError::Wait {
+        program: program.to_path_buf(),
+        source,
+    })?;
     let stats = guard.cgroup.as_ref().map(Cgroup::stats).unwrap_or_default();
     force_delete(program, state_dir, name);
     let _ = nix::mount::umount2(&root, MntFlags::MNT_DETACH);

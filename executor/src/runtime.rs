@@ -1,6 +1,7 @@
 //! The [`Executor`]: prepares a RUN's state and cgroup, runs its spec under a backend, streams
 //! its output and cleans up whatever the outcome.
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,11 +167,14 @@ pub enum RunError {
     #[error("sandbox setup failed: {message}")]
     Setup { message: String },
     /// The init ended without saying how pid 1 ended.
-    #[error("sandbox init {program} exited with {status} and no report in {path}")]
-    NoReport {
+    #[error("sandbox init {program} ended without a report in {path}")]
+    NoReport { program: PathBuf, path: PathBuf },
+    /// The zygote (see [`crate::init`]) could not be started or reached.
+    #[error("sandbox zygote {program}")]
+    Zygote {
         program: PathBuf,
-        status: std::process::ExitStatus,
-        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("external runtime {program} failed: {message}")]
     External { program: PathBuf, message: String },
@@ -200,6 +204,8 @@ pub struct Executor {
     /// process can tell state left by a dead one.
     owner: String,
     counter: AtomicU64,
+    /// The built-in runtime's zygote, started on first use.
+    zygote: std::sync::Mutex<Option<Zygote>>,
     /// The last seccomp profile compiled and its filters: builds use one profile over and over.
     seccomp_cache: std::sync::Mutex<Option<(LinuxSeccomp, Vec<Vec<Instruction>>)>>,
 }
@@ -253,6 +259,7 @@ impl Executor {
             owner,
             counter: AtomicU64::new(0),
             seccomp_cache: std::sync::Mutex::new(None),
+            zygote: std::sync::Mutex::new(None),
         };
         executor.clean_stale()?;
         Ok(executor)
@@ -289,6 +296,46 @@ impl Executor {
                 .map_err(|source| NewExecutorError::Stale { path: dir, source })?;
         }
         Ok(())
+    }
+
+    /// Sends one request to the zygote, starting it (again) when there is none or it is gone.
+    fn send_to_zygote(
+        &self,
+        program: &Path,
+        bytes: &[u8],
+        fds: [&OwnedFd; 3],
+    ) -> Result<(), RunError> {
+        let mut slot = self
+            .zygote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let raw = fds.map(AsRawFd::as_raw_fd);
+        let zygote_err = |source: std::io::Error| RunError::Zygote {
+            program: program.to_path_buf(),
+            source,
+        };
+        for attempt in 0..2 {
+            if slot.is_none() {
+                *slot = Some(Zygote::start(program).map_err(zygote_err)?);
+            }
+            let Some(zygote) = slot.as_ref() else {
+                continue;
+            };
+            match zygote.send(bytes, &raw) {
+                Ok(()) => return Ok(()),
+                // It died (killed, or its program was replaced); start another once.
+                Err(e) if attempt == 0 => {
+                    drop(e);
+                    if let Some(old) = slot.take() {
+                        old.stop();
+                    }
+                }
+                Err(e) => return Err(zygote_err(e)),
+            }
+        }
+        Err(zygote_err(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        )))
     }
 
     fn compiled_seccomp(&self, profile: &LinuxSeccomp) -> Result<Vec<Vec<Instruction>>, RunError> {
@@ -454,33 +501,29 @@ impl Executor {
             path: status_path.clone(),
             source,
         })?;
-        let mut child = tokio::process::Command::new(init_program)
-            .env_clear()
-            .env(INIT_ENV, "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| RunError::Spawn {
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RunError::Spawn {
+                program: init_program.to_path_buf(),
+                source: e.into(),
+            })
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (done_r, done_w) = pipe()?;
+        self.send_to_zygote(init_program, &bytes, [&out_w, &err_w, &done_w])?;
+        // Only the init may hold the write ends now, so EOF means it and its sandbox are gone.
+        drop((out_w, err_w, done_w));
+        let receiver = |fd| {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|source| RunError::Spawn {
                 program: init_program.to_path_buf(),
                 source,
-            })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(&bytes)
-                .await
-                .map_err(|source| RunError::Spawn {
-                    program: init_program.to_path_buf(),
-                    source,
-                })?;
-        }
-        let child_out = child.stdout.take();
-        let child_err = child.stderr.take();
-        let (status, timed_out) = stream_and_wait(
-            &mut child,
-            child_out,
-            child_err,
+            })
+        };
+        let (child_out, child_err) = (receiver(out_r)?, receiver(err_r)?);
+        let mut done = receiver(done_r)?;
+        let timed_out = stream_with_timeout(
+            Some(child_out),
+            Some(child_err),
             stdout,
             stderr,
             request.timeout,
@@ -488,6 +531,13 @@ impl Executor {
         )
         .await
         .map_err(|e| e.with_program(init_program))?;
+        let mut sink = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut done, &mut sink)
+            .await
+            .map_err(|source| RunError::Wait {
+                program: init_program.to_path_buf(),
+                source,
+            })?;
         let report: Option<InitReport> = fs_err::read(&status_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
@@ -501,7 +551,6 @@ impl Executor {
             None => {
                 return Err(RunError::NoReport {
                     program: init_program.to_path_buf(),
-                    status,
                     path: status_path,
                 });
             }
@@ -536,18 +585,13 @@ pub(crate) fn outcome_from(
 /// Error of [`stream_and_wait`], before the program is known.
 pub(crate) enum StreamError {
     Stream(&'static str, std::io::Error),
-    Wait(std::io::Error),
     Cgroup(CgroupError),
 }
 
 impl StreamError {
-    pub(crate) fn with_program(self, program: &Path) -> RunError {
+    pub(crate) fn with_program(self, _program: &Path) -> RunError {
         match self {
             Self::Stream(stream, source) => RunError::Stream { stream, source },
-            Self::Wait(source) => RunError::Wait {
-                program: program.to_path_buf(),
-                source,
-            },
             Self::Cgroup(e) => RunError::Cgroup(e),
         }
     }
@@ -566,17 +610,16 @@ where
     Ok(())
 }
 
-/// Streams both outputs into the sinks while waiting for `child`; on timeout kills the RUN's
-/// cgroup. Returns the child's status and whether it timed out.
-pub(crate) async fn stream_and_wait<R1, R2, O, E>(
-    child: &mut tokio::process::Child,
+/// Streams both outputs into the sinks until they end; at the timeout kills the RUN's cgroup
+/// instead. Returns whether it timed out.
+pub(crate) async fn stream_with_timeout<R1, R2, O, E>(
     child_out: Option<R1>,
     child_err: Option<R2>,
     stdout: &mut O,
     stderr: &mut E,
     timeout: Option<Duration>,
     guard: &RunGuard,
-) -> Result<(std::process::ExitStatus, bool), StreamError>
+) -> Result<bool, StreamError>
 where
     R1: AsyncRead + Unpin,
     R2: AsyncRead + Unpin,
@@ -605,8 +648,76 @@ where
     if timed_out && let Some(cgroup) = &guard.cgroup {
         cgroup.kill_all().map_err(StreamError::Cgroup)?;
     }
-    let status = child.wait().await.map_err(StreamError::Wait)?;
-    Ok((status, timed_out))
+    Ok(timed_out)
+}
+
+/// The zygote process and the runtime's end of its socket.
+#[derive(Debug)]
+struct Zygote {
+    child: std::process::Child,
+    socket: OwnedFd,
+}
+
+impl Zygote {
+    fn start(program: &Path) -> std::io::Result<Self> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        let child = std::process::Command::new(program)
+            .env_clear()
+            .env(INIT_ENV, "zygote")
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Self {
+            child,
+            socket: ours,
+        })
+    }
+
+    fn send(&self, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let iov = [std::io::IoSlice::new(bytes)];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        loop {
+            match sendmsg::<()>(
+                self.socket.as_raw_fd(),
+                &iov,
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(nix::errno::Errno::EINTR) => {}
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Closes the socket, which makes the zygote exit, and reaps it.
+    fn stop(self) {
+        let Self { mut child, socket } = self;
+        drop(socket);
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        let zygote = self
+            .zygote
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(zygote) = zygote {
+            zygote.stop();
+        }
+    }
 }
 
 /// Owns a RUN's cgroup and state dir: dropping it (a cancelled run) kills and removes them.

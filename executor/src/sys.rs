@@ -172,3 +172,36 @@ pub(crate) fn install_seccomp_filter(program: &[libc::sock_filter]) -> io::Resul
     })
     .map(drop)
 }
+
+/// Takes ownership of a descriptor the kernel just installed in this process for it (received
+/// with SCM_RIGHTS).
+pub(crate) fn owned_fd(fd: std::os::fd::RawFd) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a descriptor received through SCM_RIGHTS is new in this process, open, and
+    // referenced by nothing else, so this is its only owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn set_sigchld(handler: nix::sys::signal::SigHandler) -> io::Result<()> {
+    let action = nix::sys::signal::SigAction::new(
+        handler,
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: SIG_IGN and SIG_DFL run no code in this process, so no handler can observe
+    // inconsistent state.
+    unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGCHLD, &action) }
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// Has the kernel reap this process's children as they exit.
+pub(crate) fn ignore_sigchld() -> io::Result<()> {
+    set_sigchld(nix::sys::signal::SigHandler::SigIgn)
+}
+
+/// Restores default SIGCHLD handling (an ignored SIGCHLD survives `execve`, and would break
+/// `wait` in the sandboxed process).
+pub(crate) fn default_sigchld() -> io::Result<()> {
+    set_sigchld(nix::sys::signal::SigHandler::SigDfl)
+}
