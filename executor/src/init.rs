@@ -6,7 +6,7 @@
 //! (by default `/proc/self/exe`, that is the hoist binary) once, as a *zygote*, with a marker in
 //! its environment and a unix socket as stdin. The binary calls [`run_if_init`] first thing in
 //! `main`; in the zygote it never returns to normal start-up. The zygote stays single-threaded,
-//! so it may fork and run ordinary code. Per RUN the runtime sends it an [`InitConfig`] with
+//! so it may fork and run ordinary code. Per RUN the runtime sends it an `InitConfig` with
 //! the sandbox's stdout and stderr and a "done" pipe attached:
 //!
 //! ```text

@@ -27,7 +27,7 @@
 //!   the single description of the sandbox for both backends.
 //! - [`RunOutcome`]: [`ExitStatus`], OOM kill with its limit, timeout, peak memory, CPU time and
 //!   the upperdir. The upperdir holds exactly the RUN's changes: mount points that setup had to
-//!   create are removed again ([`upper`]).
+//!   create are removed again (module `upper`).
 //! - [`init`]: the container init of the built-in runtime. The hoist binary is re-executed once
 //!   per [`Executor`] as a single-threaded *zygote* (as `runc init` re-executes runc), which
 //!   forks one init per RUN; so the multithreaded caller never runs code between `fork` and

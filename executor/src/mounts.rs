@@ -99,7 +99,7 @@ pub(crate) fn parse_mount_options<S: AsRef<str>>(options: &[S]) -> MountOptions 
     out
 }
 
-/// Error from [`secure_join`].
+/// Error from resolving a path inside a rootfs without leaving it.
 #[derive(Debug, thiserror::Error)]
 pub enum SecureJoinError {
     /// Reading a symlink inside the rootfs failed.
@@ -172,7 +172,7 @@ pub(crate) fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, SecureJoi
     Ok(out)
 }
 
-/// Error from [`overlay_options`].
+/// Error from building the overlayfs mount options of a rootfs.
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayOptionsError {
     /// overlayfs separates its options with commas and lowerdirs with colons.
