@@ -7,7 +7,7 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Digest, DigestAlgorithm};
+use oci_spec::image::{Descriptor, Digest, DigestAlgorithm};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::sha256_digest;
@@ -73,6 +73,16 @@ pub enum StoreError {
         path: PathBuf,
         /// The cause.
         source: io::Error,
+    },
+    /// More or fewer bytes arrived than the descriptor announced; nothing was stored.
+    #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// The blob's digest.
+        digest: Digest,
+        /// The size the descriptor announced.
+        expected: u64,
+        /// The bytes that arrived (at least this many, when writing stopped early).
+        actual: u64,
     },
     /// The blob is not in the store.
     #[error("blob {digest} not found at {path}")]
@@ -195,7 +205,17 @@ impl BlobStore {
     /// The digest is not sha256 or the temp file cannot be created.
     pub fn writer(&self, expected: &Digest) -> Result<BlobWriter, StoreError> {
         self.blob_path(expected)?;
-        self.new_writer(Some(expected.clone()))
+        self.new_writer(Some(expected.clone()), None)
+    }
+
+    /// A writer for the blob a descriptor names: the digest is verified at commit, and the size
+    /// as bytes arrive, so a source that sends more than announced is cut off at once.
+    ///
+    /// # Errors
+    /// The digest is not sha256 or the temp file cannot be created.
+    pub fn writer_for(&self, descriptor: &Descriptor) -> Result<BlobWriter, StoreError> {
+        self.blob_path(descriptor.digest())?;
+        self.new_writer(Some(descriptor.digest().clone()), Some(descriptor.size()))
     }
 
     /// A writer for content whose digest is not known yet (a layer or config being produced);
@@ -204,10 +224,14 @@ impl BlobStore {
     /// # Errors
     /// The temp file cannot be created.
     pub fn writer_unverified(&self) -> Result<BlobWriter, StoreError> {
-        self.new_writer(None)
+        self.new_writer(None, None)
     }
 
-    fn new_writer(&self, expected: Option<Digest>) -> Result<BlobWriter, StoreError> {
+    fn new_writer(
+        &self,
+        expected: Option<Digest>,
+        expected_size: Option<u64>,
+    ) -> Result<BlobWriter, StoreError> {
         let dir = self.root.join("ingest");
         fs_err::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
             path: dir.clone(),
@@ -227,6 +251,7 @@ impl BlobStore {
             hasher: Sha256::new(),
             size: 0,
             expected,
+            expected_size,
         })
     }
 
@@ -235,7 +260,29 @@ impl BlobStore {
     /// # Errors
     /// Reading fails, or the content does not match `expected` (then nothing is stored).
     pub fn ingest(&self, expected: &Digest, reader: &mut dyn Read) -> Result<u64, StoreError> {
-        let mut w = self.writer(expected)?;
+        let w = self.writer(expected)?;
+        Self::copy_in(w, expected, reader)
+    }
+
+    /// Streams `reader` into the store as the blob `descriptor` names, checking digest and
+    /// size. Returns the size.
+    ///
+    /// # Errors
+    /// Reading fails, or the content does not match (then nothing is stored).
+    pub fn ingest_for(
+        &self,
+        descriptor: &Descriptor,
+        reader: &mut dyn Read,
+    ) -> Result<u64, StoreError> {
+        let w = self.writer_for(descriptor)?;
+        Self::copy_in(w, descriptor.digest(), reader)
+    }
+
+    fn copy_in(
+        mut w: BlobWriter,
+        expected: &Digest,
+        reader: &mut dyn Read,
+    ) -> Result<u64, StoreError> {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = match reader.read(&mut buf) {
@@ -278,6 +325,7 @@ pub struct BlobWriter {
     hasher: Sha256,
     size: u64,
     expected: Option<Digest>,
+    expected_size: Option<u64>,
 }
 
 impl BlobWriter {
@@ -312,6 +360,15 @@ impl BlobWriter {
                 source: io::Error::other("blob writer already committed"),
             });
         };
+        if let (Some(expected), Some(digest)) = (self.expected_size, &self.expected)
+            && expected != self.size
+        {
+            return Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                expected,
+                actual: self.size,
+            });
+        }
         let actual = sha256_digest(&std::mem::take(&mut self.hasher).finalize().into());
         if let Some(expected) = &self.expected
             && *expected != actual
@@ -354,6 +411,14 @@ impl BlobWriter {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(limit) = self.expected_size
+            && self.size + buf.len() as u64 > limit
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob larger than its announced {limit} bytes"),
+            ));
+        }
         let file = self
             .file
             .as_mut()
@@ -403,6 +468,35 @@ mod tests {
         assert!(!store.has(&sha256_of(b"hellO")));
         let leftovers = fs_err::read_dir(dir.path().join("ingest")).unwrap().count();
         assert_eq!(leftovers, 0, "temp file removed");
+    }
+
+    #[test]
+    fn a_descriptor_writer_checks_the_size_as_bytes_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(dir.path());
+        let d = sha256_of(b"hello");
+        let desc = Descriptor::new(oci_spec::image::MediaType::ImageLayerGzip, 5, d.clone());
+        let mut w = store.writer_for(&desc).unwrap();
+        w.write_all(b"hel").unwrap();
+        assert!(
+            w.write_all(b"lo!").is_err(),
+            "more than announced is refused"
+        );
+        drop(w);
+        let mut w = store.writer_for(&desc).unwrap();
+        w.write_all(b"hell").unwrap();
+        assert!(matches!(
+            w.commit(),
+            Err(StoreError::SizeMismatch {
+                expected: 5,
+                actual: 4,
+                ..
+            })
+        ));
+        let mut w = store.writer_for(&desc).unwrap();
+        w.write_all(b"hello").unwrap();
+        assert_eq!(w.commit().unwrap(), (d.clone(), 5));
+        assert!(store.has(&d));
     }
 
     #[test]
