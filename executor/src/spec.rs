@@ -70,6 +70,9 @@ pub struct SpecOptions {
     pub network: NetworkMode,
     pub etc_files: EtcFiles,
     pub limits: Limits,
+    /// `RUN --security=insecure`: every capability, no seccomp profile, no masked or read-only
+    /// paths. Only for builds granted the `security.insecure` entitlement.
+    pub insecure: bool,
 }
 
 /// Capabilities a Docker container gets by default (moby `oci/caps/defaults.go`).
@@ -88,6 +91,51 @@ pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::SysChroot,
     Capability::Kill,
     Capability::AuditWrite,
+];
+
+/// Every capability the kernel of this crate's oci-spec knows, for insecure RUNs.
+pub const ALL_CAPABILITIES: [Capability; 41] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::DacReadSearch,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::LinuxImmutable,
+    Capability::NetBindService,
+    Capability::NetBroadcast,
+    Capability::NetAdmin,
+    Capability::NetRaw,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::SysModule,
+    Capability::SysRawio,
+    Capability::SysChroot,
+    Capability::SysPtrace,
+    Capability::SysPacct,
+    Capability::SysAdmin,
+    Capability::SysBoot,
+    Capability::SysNice,
+    Capability::SysResource,
+    Capability::SysTime,
+    Capability::SysTtyConfig,
+    Capability::Mknod,
+    Capability::Lease,
+    Capability::AuditWrite,
+    Capability::AuditControl,
+    Capability::Setfcap,
+    Capability::MacOverride,
+    Capability::MacAdmin,
+    Capability::Syslog,
+    Capability::WakeAlarm,
+    Capability::BlockSuspend,
+    Capability::AuditRead,
+    Capability::Perfmon,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
 ];
 
 /// Paths runc masks by default (a /dev/null bind for files, an empty read-only tmpfs for dirs).
@@ -247,12 +295,28 @@ fn default_mounts(etc: &EtcFiles) -> Result<Vec<Mount>, BuildSpecError> {
     ])
 }
 
+/// The calling process's capability bounding set, from `/proc/self/status`.
+fn own_bounding_set() -> Option<u64> {
+    let status = fs_err::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
 /// Builds the spec of one RUN step. The root path is left for the executor to fill in.
 ///
 /// # Errors
 /// When oci-spec rejects a field (it does not for the values this function builds).
 pub fn build_spec(opts: &SpecOptions) -> Result<Spec, BuildSpecError> {
-    let all: Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+    let all: Capabilities = if opts.insecure {
+        // Every capability this process can pass on: asking for more would fail the capset.
+        let bounding = own_bounding_set().unwrap_or(u64::MAX);
+        ALL_CAPABILITIES
+            .into_iter()
+            .filter(|c| bounding & (1 << capability_number(*c)) != 0)
+            .collect()
+    } else {
+        DEFAULT_CAPABILITIES.into_iter().collect()
+    };
     // As Docker does for a non-root user, only the bounding set keeps the defaults: the process
     // gets capabilities back only through a setuid-root or file-capability binary.
     let granted = if opts.user.uid() == 0 {
@@ -341,14 +405,16 @@ pub fn build_spec(opts: &SpecOptions) -> Result<Spec, BuildSpecError> {
         );
     }
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .resources(resources.build().map_err(invalid("linux.resources"))?)
-        .masked_paths(DEFAULT_MASKED_PATHS.map(str::to_owned).to_vec())
-        .readonly_paths(DEFAULT_READONLY_PATHS.map(str::to_owned).to_vec())
-        .seccomp(crate::seccomp::default_profile().map_err(invalid("linux.seccomp"))?)
-        .build()
-        .map_err(invalid("linux"))?;
+        .resources(resources.build().map_err(invalid("linux.resources"))?);
+    if !opts.insecure {
+        linux = linux
+            .masked_paths(DEFAULT_MASKED_PATHS.map(str::to_owned).to_vec())
+            .readonly_paths(DEFAULT_READONLY_PATHS.map(str::to_owned).to_vec())
+            .seccomp(crate::seccomp::default_profile().map_err(invalid("linux.seccomp"))?);
+    }
+    let linux = linux.build().map_err(invalid("linux"))?;
 
     SpecBuilder::default()
         .version("1.0.2")
@@ -387,6 +453,7 @@ mod tests {
                 hostname: "/n".into(),
             },
             limits: Limits::default(),
+            insecure: false,
         }
     }
 
@@ -418,6 +485,26 @@ mod tests {
             .unwrap();
         assert!(caps.effective().as_ref().unwrap().is_empty());
         assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
+    }
+
+    #[test]
+    fn insecure_grants_everything_and_drops_the_filters() {
+        let mut opts = options(0);
+        opts.insecure = true;
+        let spec = build_spec(&opts).unwrap();
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        let expected = own_bounding_set().unwrap().count_ones() as usize;
+        assert_eq!(caps.effective().as_ref().unwrap().len(), expected.min(41));
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.seccomp().is_none());
+        assert!(linux.masked_paths().is_none());
+        assert!(linux.readonly_paths().is_none());
     }
 
     #[test]

@@ -58,6 +58,9 @@ both_backends!(
     user_by_name_and_by_number,
     env_cwd_and_umask,
     etc_files_are_the_sandboxes_and_stay_out_of_the_layer,
+    timeout_kills_the_run_and_is_reported,
+    extra_bind_and_tmpfs_mounts,
+    insecure_run_may_mount,
 );
 
 async fn process_is_pid_one_and_host_processes_are_invisible(rig: Rig) {
@@ -475,4 +478,70 @@ async fn etc_files_are_the_sandboxes_and_stay_out_of_the_layer(rig: Rig) {
         .await;
     assert_eq!(out.stdout, "2\nnamed\nread-only\n", "{}", out.stderr);
     assert_eq!(tree(&out.outcome.upperdir), vec![]);
+}
+
+async fn timeout_kills_the_run_and_is_reported(rig: Rig) {
+    let started = std::time::Instant::now();
+    let out = rig
+        .run_request(RunRequest {
+            spec: rig.sh("echo before; sleep 30 & sleep 30; echo after"),
+            rootfs: rig.rootfs(),
+            timeout: Some(Duration::from_millis(500)),
+        })
+        .await;
+    assert!(out.outcome.timed_out);
+    assert_eq!(out.outcome.status, ExitStatus::Signaled(libc::SIGKILL));
+    assert_eq!(out.stdout, "before\n");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+async fn extra_bind_and_tmpfs_mounts(rig: Rig) {
+    use hoist_executor::oci_spec::runtime::MountBuilder;
+    let host = rig.tmp.path().join("context");
+    fs_err::create_dir_all(&host).unwrap();
+    fs_err::write(host.join("file"), "from the host\n").unwrap();
+    let mut spec = rig.sh(
+        "cat /src/file; touch /src/x 2>/dev/null || echo read-only; \
+         echo scratch > /cache/s && cat /cache/s; grep -c ' /cache tmpfs' /proc/mounts",
+    );
+    let mut mounts = spec.mounts().clone().unwrap();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/src")
+            .typ("bind")
+            .source(&host)
+            .options(vec!["rbind".to_owned(), "ro".to_owned()])
+            .build()
+            .unwrap(),
+    );
+    mounts.push(
+        MountBuilder::default()
+            .destination("/cache")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec!["nosuid".to_owned(), "size=1m".to_owned()])
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    let out = rig.run_spec(spec).await;
+    assert_eq!(
+        out.stdout, "from the host\nread-only\nscratch\n1\n",
+        "{}",
+        out.stderr
+    );
+    // The mount points were made for the RUN and are not part of its layer.
+    assert_eq!(tree(&out.outcome.upperdir), vec![]);
+    assert!(!host.join("x").exists());
+}
+
+async fn insecure_run_may_mount(rig: Rig) {
+    let mut options = rig.options(&[
+        "sh",
+        "-c",
+        "mount -t tmpfs none /mnt && echo mounted; grep '^Seccomp:' /proc/self/status",
+    ]);
+    options.insecure = true;
+    let out = rig.run_spec(build_spec(&options).unwrap()).await;
+    assert_eq!(out.stdout, "mounted\nSeccomp:\t0\n", "{}", out.stderr);
 }

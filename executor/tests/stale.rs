@@ -46,6 +46,7 @@ async fn helper_run_until_killed() {
         network: hoist_executor::spec::NetworkMode::None,
         etc_files: executor.etc_files(common::HOSTNAME).unwrap(),
         limits: hoist_executor::spec::Limits::default(),
+        insecure: false,
     };
     options.limits.pids = Some(16);
     let layer = tmp.join("layer");

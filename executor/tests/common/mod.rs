@@ -27,7 +27,7 @@ pub fn require_root() {
 pub fn busybox_rootfs() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("busybox-rootfs");
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("busybox-rootfs-v2");
         let done = base.join(".complete");
         if done.exists() {
             return base;
@@ -49,6 +49,7 @@ pub fn busybox_rootfs() -> &'static Path {
             "root",
             "home/alice",
             "data",
+            "mnt",
         ] {
             fs_err::create_dir_all(tmp.join(dir)).unwrap();
         }
@@ -165,6 +166,7 @@ impl Rig {
             network: NetworkMode::None,
             etc_files: self.executor.etc_files(HOSTNAME).unwrap(),
             limits: Limits::default(),
+            insecure: false,
         }
     }
 
