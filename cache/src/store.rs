@@ -160,6 +160,23 @@ impl BlobStore {
             })
     }
 
+    /// The size of a stored blob, or `None` when it is absent.
+    ///
+    /// # Errors
+    /// The digest is not sha256, or statting fails for another reason than absence.
+    pub fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let path = self.blob_path(digest)?;
+        match fs_err::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Read {
+                digest: digest.clone(),
+                path,
+                source,
+            }),
+        }
+    }
+
     /// Opens a stored blob for reading.
     ///
     /// # Errors
@@ -206,6 +223,20 @@ impl BlobStore {
     pub fn writer(&self, expected: &Digest) -> Result<BlobWriter, StoreError> {
         self.blob_path(expected)?;
         self.new_writer(Some(expected.clone()), None)
+    }
+
+    /// A writer for a blob that must hash to `expected` and, when `size` is given, be exactly
+    /// that long (enforced as bytes arrive). The shape a registry client's store trait wants.
+    ///
+    /// # Errors
+    /// The digest is not sha256 or the temp file cannot be created.
+    pub fn writer_sized(
+        &self,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<BlobWriter, StoreError> {
+        self.blob_path(expected)?;
+        self.new_writer(Some(expected.clone()), size)
     }
 
     /// A writer for the blob a descriptor names: the digest is verified at commit, and the size
@@ -450,6 +481,8 @@ mod tests {
         assert_eq!(n, 5);
         assert!(store.has(&d));
         assert_eq!(store.size(&d).unwrap(), 5);
+        assert_eq!(store.stat(&d).unwrap(), Some(5));
+        assert_eq!(store.stat(&sha256_of(b"absent")).unwrap(), None);
         assert_eq!(store.read(&d).unwrap(), b"hello");
         let p = dir.path().join("blobs/sha256").join(d.digest());
         assert_eq!(fs_err::read(p).unwrap(), b"hello");
