@@ -408,7 +408,10 @@ pub fn build_spec(opts: &SpecOptions) -> Result<Spec, BuildSpecError> {
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build().map_err(invalid("linux.resources"))?);
-    if !opts.insecure {
+    if opts.insecure {
+        // Explicitly empty: oci-spec's defaults would fill them in.
+        linux = linux.masked_paths(Vec::new()).readonly_paths(Vec::new());
+    } else {
         linux = linux
             .masked_paths(DEFAULT_MASKED_PATHS.map(str::to_owned).to_vec())
             .readonly_paths(DEFAULT_READONLY_PATHS.map(str::to_owned).to_vec())
@@ -503,8 +506,8 @@ mod tests {
         assert_eq!(caps.effective().as_ref().unwrap().len(), expected.min(41));
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.seccomp().is_none());
-        assert!(linux.masked_paths().is_none());
-        assert!(linux.readonly_paths().is_none());
+        assert_eq!(linux.masked_paths().as_deref(), Some(&[][..]));
+        assert_eq!(linux.readonly_paths().as_deref(), Some(&[][..]));
     }
 
     #[test]

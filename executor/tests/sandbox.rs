@@ -539,9 +539,14 @@ async fn insecure_run_may_mount(rig: Rig) {
     let mut options = rig.options(&[
         "sh",
         "-c",
-        "mount -t tmpfs none /mnt && echo mounted; grep '^Seccomp:' /proc/self/status",
+        "mount -t tmpfs none /mnt && echo mounted; grep '^Seccomp:' /proc/self/status; \
+         wc -c < /proc/timer_list | grep -vqx 0 && echo unmasked",
     ]);
     options.insecure = true;
     let out = rig.run_spec(build_spec(&options).unwrap()).await;
-    assert_eq!(out.stdout, "mounted\nSeccomp:\t0\n", "{}", out.stderr);
+    assert_eq!(
+        out.stdout, "mounted\nSeccomp:\t0\nunmasked\n",
+        "{}",
+        out.stderr
+    );
 }
