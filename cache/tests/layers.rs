@@ -682,4 +682,42 @@ mod hostile {
         r.read_to_end(&mut v).unwrap();
         assert!(apply_layer(&v[..], tempfile::tempdir().unwrap().path(), &overlay_opts()).is_err());
     }
+
+    /// Thousands of corrupted variants of a real layer: every one must end in `Ok` or an error,
+    /// never a panic, and never write beside the root.
+    #[test]
+    fn corrupted_layers_never_panic_or_escape() {
+        let src = tempfile::tempdir().unwrap();
+        rich_tree(src.path());
+        fs_err::remove_file(src.path().join("usr/big.bin")).unwrap();
+        let (plain, _) = diff_upperdir(src.path(), Vec::new(), &opts(Compression::None)).unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let sandbox = tempfile::tempdir().unwrap();
+        for i in 0..300 {
+            let mut bytes = plain.clone();
+            // Corrupt header areas mostly: that is where the parser makes decisions.
+            for _ in 0..(1 + next() % 8) {
+                let block = (next() as usize % (bytes.len() / 512)) * 512;
+                let off = block + (next() as usize % 512);
+                bytes[off] = next() as u8;
+            }
+            let root = sandbox.path().join(format!("root{i}"));
+            let result = std::panic::catch_unwind(|| {
+                let _ = apply_layer(&bytes[..], &root, &overlay_opts());
+            });
+            assert!(result.is_ok(), "variant {i} panicked");
+            let _ = fs_err::remove_dir_all(&root);
+        }
+        assert_eq!(
+            fs_err::read_dir(sandbox.path()).unwrap().count(),
+            0,
+            "nothing beside the roots"
+        );
+    }
 }
