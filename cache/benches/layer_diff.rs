@@ -206,5 +206,54 @@ fn main() {
             best,
             peak_rss_kib() / 1024
         );
+        if args.iter().any(|a| a == "--umoci") && c == Compression::Gzip {
+            umoci_comparison(&work.path().join("state"), &d, best);
+        }
     }
+}
+
+/// The same layer as a one-layer OCI image in the store, unpacked by `umoci unpack` (which
+/// also writes a bundle config): the peer figure for the unpack half of a pull.
+fn umoci_comparison(state: &Path, d: &hoist_cache::LayerDigests, ours: f64) {
+    use hoist_cache::oci_spec::image::{Arch, ImageConfigurationBuilder, Os, RootFsBuilder};
+    let store = hoist_cache::ImageStore::open(state).unwrap();
+    let config = ImageConfigurationBuilder::default()
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![d.diff_id.to_string()])
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let layer = hoist_cache::layer_descriptor(d, hoist_cache::MediaTypes::Oci).unwrap();
+    let manifest = hoist_cache::write_image(
+        store.blobs(),
+        &config,
+        &hoist_cache::DockerConfigExtras::default(),
+        &[layer],
+        hoist_cache::MediaTypes::Oci,
+        None,
+    )
+    .unwrap();
+    store.tag("bench", &manifest).unwrap();
+    let bundle = state.join("umoci-bundle");
+    let t = Instant::now();
+    let status = std::process::Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:bench", state.display()))
+        .arg(&bundle)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let theirs = t.elapsed().as_secs_f64();
+    println!(
+        "umoci unpack of the same gzip layer: {:.2} s; hoist apply {:.2} s ({:.2}x of umoci's time)",
+        theirs,
+        ours,
+        ours / theirs
+    );
 }

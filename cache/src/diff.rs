@@ -70,6 +70,17 @@ pub enum DiffError {
         /// The path.
         path: PathBuf,
     },
+    /// The upperdir holds an overlay redirect or metacopy entry, whose content lives in a lower
+    /// layer: a diff would silently lose it.
+    #[error(
+        "{path} carries {xattr}; mount the overlay with redirect_dir=off,metacopy=off to diff it"
+    )]
+    OverlayFeature {
+        /// The entry.
+        path: PathBuf,
+        /// The xattr found.
+        xattr: String,
+    },
     /// Storing the layer blob failed.
     #[error("store layer blob")]
     Store(#[from] StoreError),
@@ -290,6 +301,16 @@ impl<W: Write + Send + 'static> Differ<W> {
             source,
         };
         let xattrs = read_xattrs(src).map_err(read_err)?;
+        for (k, _) in &xattrs {
+            if k.as_slice() == b"trusted.overlay.redirect"
+                || k.as_slice() == b"trusted.overlay.metacopy"
+            {
+                return Err(DiffError::OverlayFeature {
+                    path: src.to_path_buf(),
+                    xattr: String::from_utf8_lossy(k).into_owned(),
+                });
+            }
+        }
         let opaque = ft.is_dir()
             && xattrs.iter().any(|(k, v)| {
                 k.as_slice() == OVERLAY_OPAQUE_XATTR.as_bytes() && v.as_slice() == b"y"

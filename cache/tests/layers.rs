@@ -391,6 +391,25 @@ fn upperdir_of_a_real_overlay_diffs_to_the_merged_view() {
 }
 
 #[test]
+fn upperdirs_with_redirects_are_refused_not_silently_diffed() {
+    let upper = tempfile::tempdir().unwrap();
+    fs_err::create_dir(upper.path().join("moved")).unwrap();
+    rustix::fs::setxattr(
+        upper.path().join("moved"),
+        "trusted.overlay.redirect",
+        b"/orig",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let err = diff_upperdir(upper.path(), Vec::new(), &opts(Compression::None)).unwrap_err();
+    assert!(
+        matches!(err, hoist_cache::DiffError::OverlayFeature { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("redirect_dir=off"));
+}
+
+#[test]
 fn change_lists_write_sorted_entries_and_whiteouts() {
     let root = tempfile::tempdir().unwrap();
     fs_err::create_dir_all(root.path().join("app/src")).unwrap();
