@@ -124,7 +124,7 @@ fn zygote_main() -> Result<(), InitError> {
     nix::unistd::dup2_stdin(devnull.file()).map_err(sys_err("dup2 /dev/null to stdin"))?;
     // Init processes report through their status file and done pipe; the kernel reaps them.
     sys::ignore_sigchld().map_err(sys_err("ignore SIGCHLD"))?;
-    let mut buf = vec![0u8; 4 << 20];
+    let mut buf = vec![0u8; crate::runtime::ZYGOTE_MESSAGE_MAX];
     loop {
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; REQUEST_FDS]);
         let (len, fds) = {

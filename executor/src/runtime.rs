@@ -651,6 +651,9 @@ where
     Ok(timed_out)
 }
 
+/// Largest request the zygote accepts; it reads into a buffer of this size.
+pub(crate) const ZYGOTE_MESSAGE_MAX: usize = 4 << 20;
+
 /// The zygote process and the runtime's end of its socket.
 #[derive(Debug)]
 struct Zygote {
@@ -667,6 +670,13 @@ impl Zygote {
             None,
             SockFlag::SOCK_CLOEXEC,
         )?;
+        // A request is one datagram: room for large specs (a big environment, many mounts).
+        // Failing that, the default limit (about 200 KiB) still applies.
+        let _ = nix::sys::socket::setsockopt(
+            &ours,
+            nix::sys::socket::sockopt::SndBufForce,
+            &ZYGOTE_MESSAGE_MAX,
+        );
         let child = std::process::Command::new(program)
             .env_clear()
             .env(INIT_ENV, "zygote")

@@ -61,6 +61,7 @@ both_backends!(
     timeout_kills_the_run_and_is_reported,
     extra_bind_and_tmpfs_mounts,
     insecure_run_may_mount,
+    large_environment_reaches_the_process,
 );
 
 async fn process_is_pid_one_and_host_processes_are_invisible(rig: Rig) {
@@ -549,4 +550,14 @@ async fn insecure_run_may_mount(rig: Rig) {
         "{}",
         out.stderr
     );
+}
+
+async fn large_environment_reaches_the_process(rig: Rig) {
+    // 300 KB of environment: more than a default unix datagram holds.
+    let mut options = rig.options(&["sh", "-c", "echo ${#A} ${#B} ${#C}"]);
+    for name in ["A", "B", "C"] {
+        options.env.push(format!("{name}={}", "x".repeat(100_000)));
+    }
+    let out = rig.run_spec(build_spec(&options).unwrap()).await;
+    assert_eq!(out.stdout, "100000 100000 100000\n", "{}", out.stderr);
 }
