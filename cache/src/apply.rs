@@ -50,6 +50,10 @@ pub struct ApplyOptions {
     pub whiteouts: WhiteoutMode,
     /// When set, the uncompressed tar must hash to this diffID.
     pub expected_diff_id: Option<Digest>,
+    /// Snapshots of the layers below this one, top first. A hardlink whose target is not in
+    /// this layer (it lives in a lower one) becomes a copy of that lower file, since a link
+    /// cannot cross snapshot directories. Empty: such a hardlink is an error.
+    pub lower_dirs: Vec<PathBuf>,
 }
 
 /// What [`apply_layer`] found.
@@ -161,6 +165,7 @@ pub fn apply_layer(
         dir_times: Vec::new(),
         created: HashSet::new(),
         buf: vec![0; 256 * 1024],
+        lowers: &options.lower_dirs,
     };
     let mut count = 0u64;
     {
@@ -268,6 +273,7 @@ struct Applier<'fd> {
     /// Paths this layer created, so an opaque marker in remove mode spares them.
     created: HashSet<Vec<u8>>,
     buf: Vec<u8>,
+    lowers: &'fd [PathBuf],
 }
 
 impl Applier<'_> {
@@ -533,20 +539,40 @@ impl Applier<'_> {
                         reason: "hardlink to the root",
                     });
                 };
-                let tparent = self
-                    .open_dir(tdir, &entry, false, OFlags::PATH)
-                    .map_err(|err| match err {
-                        ApplyError::Escapes { entry, .. } => ApplyError::Escapes {
+                let tparent = match self.open_dir(tdir, &entry, false, OFlags::PATH) {
+                    Ok(fd) => Some(fd),
+                    Err(ApplyError::Escapes { entry, .. }) => {
+                        return Err(ApplyError::Escapes {
                             entry,
-                            path: target_entry.clone(),
-                        },
-                        other => other,
-                    })?;
+                            path: target_entry,
+                        });
+                    }
+                    Err(ApplyError::Entry { source, .. })
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
+                        None
+                    }
+                    Err(other) => return Err(other),
+                };
                 let parent = self.owned_parent(dir_parts, &entry)?;
                 self.remove_existing(&parent, name, &entry)?;
                 // Flags 0: link the target itself, never what it might point to.
-                rustix::fs::linkat(&tparent, os(tname), &parent, os(name), AtFlags::empty())
-                    .map_err(Self::err(&entry, format!("hardlink to {target_entry:?}")))?;
+                let linked = match &tparent {
+                    Some(tp) => {
+                        rustix::fs::linkat(tp, os(tname), &parent, os(name), AtFlags::empty())
+                    }
+                    None => Err(Errno::NOENT),
+                };
+                match linked {
+                    Ok(()) => {}
+                    Err(Errno::NOENT)
+                        if self.copy_from_lower(&tparts, &parent, name, &entry)? => {}
+                    Err(e) => {
+                        return Err(Self::err(&entry, format!("hardlink to {target_entry:?}"))(
+                            e,
+                        ));
+                    }
+                }
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let ft = match kind {
@@ -577,6 +603,137 @@ impl Applier<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Creates `parent/name` as a copy of `target` from the topmost lower snapshot that has it,
+    /// honouring whiteouts and opaque directories above it. Returns false when no lower has it.
+    fn copy_from_lower(
+        &self,
+        target: &[&[u8]],
+        parent: &OwnedFd,
+        name: &[u8],
+        entry: &str,
+    ) -> Result<bool, ApplyError> {
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        let rel = join(target);
+        for lower in self.lowers {
+            let lerr = |op: &str| {
+                let op = format!("{op} in lower snapshot {}", lower.display());
+                move |e: Errno| ApplyError::Entry {
+                    entry: entry.to_string(),
+                    op,
+                    source: e.into(),
+                }
+            };
+            let root = rustix::fs::open(
+                lower,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(lerr("open"))?;
+            let found = rustix::fs::openat2(
+                &root,
+                os(&rel),
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve,
+            );
+            let fd = match found {
+                Ok(fd) => fd,
+                Err(Errno::NOENT | Errno::NOTDIR) => {
+                    // Not here: lower layers are hidden if any ancestor here is opaque.
+                    let mut hidden = false;
+                    for i in 0..target.len() {
+                        let dir = join(&target[..i]);
+                        let dir: &[u8] = if dir.is_empty() { b"." } else { &dir };
+                        if let Ok(d) = rustix::fs::openat2(
+                            &root,
+                            os(dir),
+                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                            Mode::empty(),
+                            resolve,
+                        ) {
+                            let mut v = [0u8; 1];
+                            if rustix::fs::fgetxattr(&d, OVERLAY_OPAQUE_XATTR, &mut v[..])
+                                .is_ok_and(|n| n == 1 && v[0] == b'y')
+                            {
+                                hidden = true;
+                            }
+                        }
+                    }
+                    if hidden {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                Err(Errno::XDEV | Errno::LOOP) => {
+                    return Err(ApplyError::Escapes {
+                        entry: entry.to_string(),
+                        path: String::from_utf8_lossy(&rel).into_owned(),
+                    });
+                }
+                Err(e) => return Err(lerr("find hardlink target")(e)),
+            };
+            let st = rustix::fs::fstat(&fd).map_err(lerr("stat hardlink target"))?;
+            let ft = FileType::from_raw_mode(st.st_mode);
+            if ft == FileType::CharacterDevice && st.st_rdev == 0 {
+                return Ok(false); // whited out in that lower layer
+            }
+            if ft != FileType::RegularFile {
+                return Ok(false);
+            }
+            let src_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            let mut src = fs_err::File::open(&src_path).map_err(|source| ApplyError::Entry {
+                entry: entry.to_string(),
+                op: format!("open hardlink target in lower snapshot {}", lower.display()),
+                source,
+            })?;
+            let out = rustix::fs::openat(
+                parent,
+                os(name),
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(Self::err(entry, "create copy of lower hardlink target"))?;
+            let mut out = std::fs::File::from(out);
+            io::copy(&mut src, &mut out).map_err(|source| ApplyError::Entry {
+                entry: entry.to_string(),
+                op: "copy lower hardlink target".into(),
+                source,
+            })?;
+            let mut xattrs = Vec::new();
+            let mut list = vec![0u8; 64 * 1024];
+            let n = rustix::fs::flistxattr(src.file(), &mut list[..]).unwrap_or(0);
+            for xname in list[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+                let mut v = vec![0u8; 64 * 1024];
+                if let Ok(len) = rustix::fs::fgetxattr(src.file(), os(xname), &mut v[..]) {
+                    v.truncate(len);
+                    xattrs.push((xname.to_vec(), v));
+                }
+            }
+            let mtime = Timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: i64::try_from(st.st_mtime_nsec).unwrap_or(0),
+            };
+            let meta = Meta {
+                uid: st.st_uid.into(),
+                gid: st.st_gid.into(),
+                perm: st.st_mode & 0o7777,
+                mtime,
+                xattrs,
+            };
+            set_fd_meta(&out, &meta, entry)?;
+            rustix::fs::futimens(
+                &out,
+                &Timestamps {
+                    last_access: mtime,
+                    last_modification: mtime,
+                },
+            )
+            .map_err(Self::err(entry, "set mtime"))?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     fn owned_parent(&mut self, dir_parts: &[&[u8]], entry: &str) -> Result<OwnedFd, ApplyError> {

@@ -389,9 +389,12 @@ impl ImageStore {
         for (i, layer) in image.manifest.layers().iter().enumerate() {
             let expected_diff_id = diff_ids.get(i).and_then(|s| s.parse().ok());
             let blob = self.blobs.open(layer.digest())?;
+            // Flattening applies every layer into `dest`, so hardlink targets from lower layers
+            // are already there; no lower snapshots are needed.
             let options = ApplyOptions {
                 whiteouts: WhiteoutMode::Remove,
                 expected_diff_id,
+                lower_dirs: Vec::new(),
             };
             apply_layer(blob, dest, &options).map_err(|source| LayoutError::Apply {
                 digest: layer.digest().clone(),

@@ -104,6 +104,21 @@ impl SnapshotStore {
         layer: &Descriptor,
         diff_id: &Digest,
     ) -> Result<PathBuf, SnapshotError> {
+        self.unpack_on(blobs, layer, diff_id, &[])
+    }
+
+    /// As [`SnapshotStore::unpack`], with the snapshots of the layers below (top first) so that
+    /// a hardlink to a file of a lower layer can be resolved (as a copy).
+    ///
+    /// # Errors
+    /// As [`SnapshotStore::unpack`].
+    pub fn unpack_on(
+        &self,
+        blobs: &BlobStore,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        lowers: &[PathBuf],
+    ) -> Result<PathBuf, SnapshotError> {
         let dest = self.path(diff_id)?;
         if dest.is_dir() {
             return Ok(dest);
@@ -126,6 +141,7 @@ impl SnapshotStore {
         let options = ApplyOptions {
             whiteouts: WhiteoutMode::Overlay,
             expected_diff_id: Some(diff_id.clone()),
+            lower_dirs: lowers.to_vec(),
         };
         let fs_root = tmp.path().join("fs");
         apply_layer(blob, &fs_root, &options).map_err(|source| SnapshotError::Unpack {
@@ -164,15 +180,14 @@ impl SnapshotStore {
                 diff_ids: diff_ids.len(),
             });
         }
-        layers
-            .iter()
-            .zip(diff_ids)
-            .map(|(layer, id)| {
-                let diff_id: Digest = id.parse().map_err(|_| SnapshotError::UnsupportedDiffId {
-                    diff_id: id.clone(),
-                })?;
-                self.unpack(blobs, layer, &diff_id)
-            })
-            .collect()
+        let mut dirs: Vec<PathBuf> = Vec::with_capacity(layers.len());
+        for (layer, id) in layers.iter().zip(diff_ids) {
+            let diff_id: Digest = id.parse().map_err(|_| SnapshotError::UnsupportedDiffId {
+                diff_id: id.clone(),
+            })?;
+            let lowers: Vec<PathBuf> = dirs.iter().rev().cloned().collect();
+            dirs.push(self.unpack_on(blobs, layer, &diff_id, &lowers)?);
+        }
+        Ok(dirs)
     }
 }

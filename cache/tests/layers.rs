@@ -297,6 +297,7 @@ fn snapshots_stack_as_overlay_lowerdirs() {
     let remove = ApplyOptions {
         whiteouts: WhiteoutMode::Remove,
         expected_diff_id: None,
+        ..ApplyOptions::default()
     };
     apply_layer(&l1[..], flat.path(), &remove).unwrap();
     apply_layer(&l2[..], flat.path(), &remove).unwrap();
@@ -366,6 +367,7 @@ fn upperdir_of_a_real_overlay_diffs_to_the_merged_view() {
     let remove = ApplyOptions {
         whiteouts: WhiteoutMode::Remove,
         expected_diff_id: None,
+        ..ApplyOptions::default()
     };
     apply_layer(&lblob[..], flat.path(), &remove).unwrap();
     apply_layer(&blob[..], flat.path(), &remove).unwrap();
@@ -479,6 +481,40 @@ fn expected_diff_id_is_checked() {
 }
 
 #[test]
+fn a_hardlink_to_a_lower_layer_file_becomes_a_copy_in_the_snapshot() {
+    let l1 = RawTar::default()
+        .dir("etc/")
+        .entry("etc/data", b'0', "", b"shared bytes", 0o640)
+        .finish();
+    let l2 = RawTar::default()
+        .dir("bin/")
+        .hardlink("bin/link", "etc/data")
+        .finish();
+    let s1 = tempfile::tempdir().unwrap();
+    let s2 = tempfile::tempdir().unwrap();
+    apply_layer(&l1[..], s1.path(), &overlay_opts()).unwrap();
+    let alone = tempfile::tempdir().unwrap();
+    let err = apply_layer(&l2[..], alone.path(), &overlay_opts()).unwrap_err();
+    assert!(err.to_string().contains("bin/link"), "{err}");
+    let with_lowers = ApplyOptions {
+        lower_dirs: vec![s1.path().to_path_buf()],
+        ..ApplyOptions::default()
+    };
+    apply_layer(&l2[..], s2.path(), &with_lowers).unwrap();
+    let got = fingerprint(s2.path());
+    let want = fingerprint(s1.path());
+    let (mut g, w) = (got["bin/link"].clone(), want["etc/data"].clone());
+    g.link_group = None;
+    assert_eq!(g, w, "content, owner, mode and mtime copied");
+    let mnt = tempfile::tempdir().unwrap();
+    let m = Overlay::mount(&[s2.path(), s1.path()], None, mnt.path());
+    assert_eq!(
+        fs_err::read(m.merged.join("bin/link")).unwrap(),
+        b"shared bytes"
+    );
+}
+
+#[test]
 fn flattening_a_whiteout_in_a_missing_directory_creates_nothing() {
     let tar = RawTar::default()
         .file("gone/.wh.x", b"")
@@ -488,6 +524,7 @@ fn flattening_a_whiteout_in_a_missing_directory_creates_nothing() {
     let remove = ApplyOptions {
         whiteouts: WhiteoutMode::Remove,
         expected_diff_id: None,
+        ..ApplyOptions::default()
     };
     apply_layer(&tar[..], dst.path(), &remove).unwrap();
     assert_eq!(fs_err::read_dir(dst.path()).unwrap().count(), 0);
@@ -673,6 +710,7 @@ mod hostile {
         let remove = ApplyOptions {
             whiteouts: WhiteoutMode::Remove,
             expected_diff_id: None,
+            ..ApplyOptions::default()
         };
         let err = apply_layer(&tar[..], &root, &remove).unwrap_err();
         assert_names(&err, "s/.wh.victim");
