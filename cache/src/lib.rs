@@ -32,6 +32,13 @@
 //!   Healthcheck/OnBuild/Shell) and manifest, OCI or Docker schema 2 ([`MediaTypes`]).
 //! - [`ImageStore`]: the local store, an OCI image layout at the state root with names in
 //!   `index.json`, and the exporters.
+//! - [`context`], [`copy`] and [`index`]: build-context selection and hashing, COPY/ADD file
+//!   operations without a container, and the cache index (redb) from cache key to result.
+//!
+//! # State root layout
+//!
+//! `blobs/sha256/<hex>` (content), `ingest/` (blobs being written), `oci-layout` and
+//! `index.json` (the image layout and its names), `snapshots/sha256/<diffID>` (unpacked layers).
 //!
 //! Everything takes its root as a parameter; nothing here prints or exits.
 #![forbid(unsafe_code)]
