@@ -14,7 +14,7 @@
 //!                                               │    hostname, lo up
 //!                                               │ fork
 //!                                               ├─► (stays outside) waits for pid 1, writes the
-//!                                               │   InitReport to the status file, exits (done)
+//!                                               │   InitReport to the done pipe, exits
 //!                                               └─► pid 1: unshare mount, overlay, mounts, /dev,
 //!                                                   pivot_root, masked/readonly paths, rlimits,
 //!                                                   user, caps, no_new_privs, seccomp, execve
@@ -58,8 +58,6 @@ pub(crate) struct InitConfig {
     pub(crate) overlay: Option<crate::Rootfs>,
     /// `cgroup.procs` files to join before anything else.
     pub(crate) cgroup_procs: Vec<PathBuf>,
-    /// Where the init writes its [`InitReport`].
-    pub(crate) status_path: PathBuf,
     /// Compiled seccomp filters, installed in order, last thing before `execve`.
     pub(crate) seccomp: Vec<Vec<crate::seccomp::Instruction>>,
 }
@@ -122,7 +120,7 @@ fn zygote_main() -> Result<(), InitError> {
     let socket = nix::unistd::dup(std::io::stdin()).map_err(sys_err("dup zygote socket"))?;
     let devnull = fs_err::File::open("/dev/null").map_err(sys_err("open /dev/null"))?;
     nix::unistd::dup2_stdin(devnull.file()).map_err(sys_err("dup2 /dev/null to stdin"))?;
-    // Init processes report through their status file and done pipe; the kernel reaps them.
+    // Init processes report through their done pipe; the kernel reaps them.
     sys::ignore_sigchld().map_err(sys_err("ignore SIGCHLD"))?;
     let mut buf = vec![0u8; crate::runtime::ZYGOTE_MESSAGE_MAX];
     loop {
@@ -160,39 +158,37 @@ fn zygote_main() -> Result<(), InitError> {
         };
         if let sys::Forked::Child = sys::fork_single_threaded().map_err(sys_err("fork init"))? {
             drop(socket);
-            let code = serve(&config, &stdout, &stderr);
-            // `done` closes with this process: the runtime's signal that the report is written.
-            drop(done);
+            let code = serve(&config, &stdout, &stderr, done);
             sys::exit_immediately(code);
         }
         drop((stdout, stderr, done));
     }
 }
 
-/// The init for one RUN, in a fresh child of the zygote.
-fn serve(config: &InitConfig, stdout: &OwnedFd, stderr: &OwnedFd) -> i32 {
-    let mut status = None;
+/// The init for one RUN, in a fresh child of the zygote. Its report goes to `done`, whose
+/// closing (when this process exits) tells the runtime that the report is complete.
+fn serve(config: &InitConfig, stdout: &OwnedFd, stderr: &OwnedFd, done: OwnedFd) -> i32 {
+    let mut done = std::fs::File::from(done);
     let result = sys::default_sigchld()
         .map_err(sys_err("restore SIGCHLD"))
         .and_then(|()| nix::unistd::dup2_stdout(stdout).map_err(sys_err("dup2 stdout")))
         .and_then(|()| nix::unistd::dup2_stderr(stderr).map_err(sys_err("dup2 stderr")))
-        .and_then(|()| init_main(config, &mut status));
-    match result {
-        Ok(()) => 0,
-        Err(error) => {
-            // The runtime reads failures from the status file; stderr belongs to the sandbox.
-            if let Some(file) = status.as_mut() {
-                let report = InitReport {
-                    outcome: InitOutcome::SetupFailed(error_chain(&error)),
-                    created: Vec::new(),
-                };
-                if let Ok(bytes) = serde_json::to_vec(&report) {
-                    let _ = file.write_all(&bytes);
-                }
-            }
-            125
-        }
+        .and_then(|()| init_main(config));
+    let (report, code) = match result {
+        Ok(report) => (report, 0),
+        Err(error) => (
+            InitReport {
+                outcome: InitOutcome::SetupFailed(error_chain(&error)),
+                created: Vec::new(),
+            },
+            125,
+        ),
+    };
+    // Nowhere to report a failure to report: the runtime sees a missing report.
+    if let Ok(bytes) = serde_json::to_vec(&report) {
+        let _ = done.write_all(&bytes);
     }
+    code
 }
 
 /// Error of the init before pid 1 exists; the runtime sees it as a missing report.
@@ -236,16 +232,7 @@ fn namespace_flags(spec: &Spec) -> CloneFlags {
     flags
 }
 
-fn init_main(config: &InitConfig, status: &mut Option<fs_err::File>) -> Result<(), InitError> {
-    let status = status.insert(
-        fs_err::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&config.status_path)
-            .map_err(sys_err("open status file"))?,
-    );
-
+fn init_main(config: &InitConfig) -> Result<InitReport, InitError> {
     let pid = std::process::id().to_string();
     for procs in &config.cgroup_procs {
         fs_err::write(procs, &pid).map_err(sys_err(format!("join cgroup {}", procs.display())))?;
@@ -307,16 +294,7 @@ fn init_main(config: &InitConfig, status: &mut Option<fs_err::File>) -> Result<(
                 Some(e) => InitOutcome::SetupFailed(e),
                 None => outcome,
             };
-            let report = serde_json::to_vec(&InitReport { outcome, created }).map_err(|e| {
-                InitError::Sys {
-                    what: "encode report".into(),
-                    source: e.into(),
-                }
-            })?;
-            status
-                .write_all(&report)
-                .map_err(sys_err("write status file"))?;
-            Ok(())
+            Ok(InitReport { outcome, created })
         }
     }
 }

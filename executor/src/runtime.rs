@@ -167,8 +167,8 @@ pub enum RunError {
     #[error("sandbox setup failed: {message}")]
     Setup { message: String },
     /// The init ended without saying how pid 1 ended.
-    #[error("sandbox init {program} ended without a report in {path}")]
-    NoReport { program: PathBuf, path: PathBuf },
+    #[error("sandbox init {program} ended without a report")]
+    NoReport { program: PathBuf },
     /// The zygote (see [`crate::init`]) could not be started or reached.
     #[error("sandbox zygote {program}")]
     Zygote {
@@ -240,10 +240,13 @@ impl Executor {
     /// cannot be removed.
     pub fn new(config: ExecutorConfig) -> Result<Self, NewExecutorError> {
         let runs = config.state_dir.join("runs");
-        fs_err::create_dir_all(&runs).map_err(|source| NewExecutorError::StateDir {
-            path: runs.clone(),
-            source,
-        })?;
+        let root = config.state_dir.join("rootfs");
+        for dir in [&runs, &root] {
+            fs_err::create_dir_all(dir).map_err(|source| NewExecutorError::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let self_cgroup =
             fs_err::read_to_string("/proc/self/cgroup").map_err(NewExecutorError::SelfCgroup)?;
         let cgroups = CgroupRoot::detect(
@@ -423,10 +426,8 @@ impl Executor {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}-{n}", self.owner);
         let dir = self.config.state_dir.join("runs").join(&name);
-        let root = dir.join("rootfs");
-        fs_err::create_dir_all(&root).map_err(prepare_err(&root))?;
         let mut guard = RunGuard {
-            dir: dir.clone(),
+            dir: None,
             cgroup: None,
             external: None,
         };
@@ -438,10 +439,17 @@ impl Executor {
         guard.cgroup = Some(self.cgroups.create(&name, resources)?);
         let outcome = match &self.config.backend {
             Backend::Builtin { init_program } => {
+                // The overlay is mounted in the sandbox's own mount namespace, so every RUN can
+                // use the same (empty) host directory as its mount point; a RUN leaves nothing
+                // on disk but its cgroup, which is what makes stale state easy to find.
+                let root = self.config.state_dir.join("rootfs");
                 self.run_builtin(init_program, &request, &root, &mut guard, stdout, stderr)
                     .await?
             }
             Backend::External { program } => {
+                let root = dir.join("rootfs");
+                fs_err::create_dir_all(&root).map_err(prepare_err(&root))?;
+                guard.dir = Some(dir.clone());
                 guard.external =
                     Some((program.clone(), self.config.state_dir.clone(), name.clone()));
                 crate::runc::run(
@@ -474,7 +482,6 @@ impl Executor {
         O: AsyncWrite + Unpin + Send + ?Sized,
         E: AsyncWrite + Unpin + Send + ?Sized,
     {
-        let status_path = guard.dir.join("status");
         let mut spec = request.spec.clone();
         // The init gets the compiled filters instead of the profile, so it neither parses nor
         // compiles it: both are start-up time.
@@ -494,11 +501,10 @@ impl Executor {
                 .as_ref()
                 .map(Cgroup::procs_files)
                 .unwrap_or_default(),
-            status_path: status_path.clone(),
             seccomp,
         };
         let bytes = serde_json::to_vec(&config).map_err(|source| RunError::Encode {
-            path: status_path.clone(),
+            path: root.to_path_buf(),
             source,
         })?;
         let pipe = || {
@@ -531,16 +537,14 @@ impl Executor {
         )
         .await
         .map_err(|e| e.with_program(init_program))?;
-        let mut sink = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut done, &mut sink)
+        let mut text = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut done, &mut text)
             .await
             .map_err(|source| RunError::Wait {
                 program: init_program.to_path_buf(),
                 source,
             })?;
-        let report: Option<InitReport> = fs_err::read(&status_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let report: Option<InitReport> = serde_json::from_slice(&text).ok();
         let stats = guard.cgroup.as_ref().map(Cgroup::stats).unwrap_or_default();
         let report = match report {
             Some(report) => report,
@@ -551,7 +555,6 @@ impl Executor {
             None => {
                 return Err(RunError::NoReport {
                     program: init_program.to_path_buf(),
-                    path: status_path,
                 });
             }
         };
@@ -733,7 +736,8 @@ impl Drop for Executor {
 /// Owns a RUN's cgroup and state dir: dropping it (a cancelled run) kills and removes them.
 #[derive(Debug)]
 pub(crate) struct RunGuard {
-    pub(crate) dir: PathBuf,
+    /// The run's own state dir, for backends that need one.
+    pub(crate) dir: Option<PathBuf>,
     pub(crate) cgroup: Option<Cgroup>,
     /// `(program, state dir, name)` of a container the external runtime may still know.
     pub(crate) external: Option<(PathBuf, PathBuf, String)>,
@@ -743,22 +747,34 @@ impl RunGuard {
     fn cleanup(&mut self) -> Result<(), RunError> {
         if let Some((program, state, name)) = self.external.take() {
             crate::runc::force_delete(&program, &state, &name);
-            let rootfs = self.dir.join("rootfs");
-            if crate::upper::is_mount_point(&rootfs) {
-                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-            }
         }
         if let Some(cgroup) = self.cgroup.take() {
             cgroup.kill_all()?;
             cgroup.remove()?;
         }
-        match fs_err::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RunError::Prepare {
-                path: self.dir.clone(),
-                source: e,
-            }),
-            _ => Ok(()),
+        if let Some(dir) = self.dir.take() {
+            let rootfs = dir.join("rootfs");
+            if crate::upper::is_mount_point(&rootfs) {
+                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            }
+            // Never delete through a mounted rootfs: that would write whiteouts into the upperdir.
+            if crate::upper::is_mount_point(&rootfs) {
+                return Err(RunError::Prepare {
+                    path: rootfs,
+                    source: std::io::Error::from_raw_os_error(libc::EBUSY),
+                });
+            }
+            match fs_err::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(RunError::Prepare {
+                        path: dir,
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     fn finish(mut self) -> Result<(), RunError> {

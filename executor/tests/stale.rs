@@ -109,14 +109,34 @@ fn kill_mid_run_then_restart(which: Which, marker: &str) {
     )
     .unwrap();
     child.wait().unwrap();
-    // The RUN outlives its killed owner, until the next executor starts.
+    // The RUN outlives its killed owner, with its cgroups (and, for runc, its bundle and
+    // mounted rootfs), until the next executor starts.
     assert_eq!(processes_with_arg(marker), 2);
-    let runs = rig.config.state_dir.join("runs");
-    assert_eq!(fs_err::read_dir(&runs).unwrap().count(), 1);
+    let left_behind = || {
+        let runs = fs_err::read_dir(rig.config.state_dir.join("runs"))
+            .unwrap()
+            .count();
+        let cgroups: usize = rig
+            .cgroup_parents()
+            .iter()
+            .map(|p| {
+                fs_err::read_dir(p)
+                    .unwrap()
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .count()
+            })
+            .sum();
+        (runs, cgroups)
+    };
+    let (runs, cgroups) = left_behind();
+    assert!(cgroups >= 3, "{cgroups} run cgroups");
+    assert_eq!(runs, usize::from(which == Which::Runc));
 
     let _executor = Executor::new(rig.config.clone()).unwrap();
     assert_eq!(processes_with_arg(marker), 0);
-    assert_eq!(fs_err::read_dir(&runs).unwrap().count(), 0);
+    // runc leaves its per-controller cgroups for `runc delete`, which the cleanup ran too.
+    assert_eq!(left_behind(), (0, 0));
 }
 
 #[test]
