@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod progress;
 
 #[derive(Debug, Parser)]
 #[command(name = "hoist", version, about = "Build OCI images from Dockerfiles")]
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build an image from a Dockerfile and a context.
+    Build(Box<cmd::build::BuildArgs>),
     /// Parse a Dockerfile and print its syntax tree.
     Parse(cmd::parse::ParseArgs),
     /// Tools for looking inside hoist.
@@ -26,8 +29,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The sandbox re-executes this binary as its container init (as `runc init` does); that
+    // run must not parse arguments or start anything else.
+    if let Some(code) = hoist_executor::init::run_if_init() {
+        return code;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(args) => cmd::build::run(*args),
         Command::Parse(args) => cmd::parse::run(&args),
         Command::Debug { command } => cmd::debug::run(command),
     };

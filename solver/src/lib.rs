@@ -11,11 +11,13 @@
 //! (COPY/ADD) or the registry (FROM).
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod frontend;
 pub mod graph;
 pub mod op;
 pub mod progress;
 pub mod scheduler;
+pub mod worker;
 
 pub use frontend::{BuildOptions, BuildPlan, FrontendError, ImageResolver, lower};
 pub use graph::{Graph, Vertex, VertexDigest, VertexId};

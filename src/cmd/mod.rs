@@ -1,7 +1,9 @@
 //! One module per subcommand. Each exposes its clap arguments and a `run` that returns the exit
 //! code, or an error that `report` renders.
 
+pub(crate) mod build;
 pub(crate) mod debug;
+pub(crate) mod engine;
 pub(crate) mod parse;
 
 use std::io::Write as _;

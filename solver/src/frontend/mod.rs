@@ -91,6 +91,8 @@ pub struct ResolvedImage {
     /// `docker.io/library/busybox@sha256:…`. This is what the source op records.
     pub pinned: String,
     pub config: ImageConfig,
+    /// The image's history, which the built image's history continues.
+    pub history: Vec<HistoryEntry>,
 }
 
 /// Resolves base images while lowering (BuildKit's "metadata resolver").
@@ -503,7 +505,7 @@ impl<'a> Lowering<'a> {
                 format!("[{label}] FROM {}", resolved.pinned),
                 self.location(from.span),
             );
-            StageState::from_base(root, resolved.config, Vec::new(), platform)
+            StageState::from_base(root, resolved.config, resolved.history, platform)
         };
 
         // Triggers of the base run first, then are gone from the child's config.

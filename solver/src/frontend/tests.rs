@@ -31,6 +31,7 @@ impl ImageResolver for FakeResolver {
                     cmd: Some(vec!["sh".into()]),
                     ..ImageConfig::default()
                 }),
+            history: Vec::new(),
         })
     }
 }

@@ -1,0 +1,25 @@
+# Shared by the scripts: installs Debian packages that are missing, without letting their
+# services start (the Debian docker-registry package would otherwise listen on *:5000).
+install_missing() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  echo "installing ${missing[*]}" >&2
+  local guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    guard=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
+}
+
+# What building and testing hoist needs: the CNCF registry, skopeo and umoci to check images,
+# podman and runc to run them, busybox for sandbox rootfs, htpasswd and openssl for registry
+# auth, cmake for zlib-ng.
+TEST_PACKAGES=(ca-certificates docker-registry skopeo umoci podman runc busybox-static
+  apache2-utils openssl cmake curl)

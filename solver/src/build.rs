@@ -1,0 +1,396 @@
+//! One `hoist build`, end to end: read the Dockerfile and `.dockerignore`, lower to a graph
+//! (resolving base images through the registry), solve it with the [`BuildWorker`], assemble
+//! the image (config with diff_ids and history, manifest), name it in the local store, and push
+//! it when asked.
+
+// A step fails once per build and its error carries the causes by value; boxing each
+// variant would only add noise on the slow path.
+#![allow(clippy::result_large_err)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use hoist_cache::context::StatCache;
+use hoist_cache::oci_spec::image::{Descriptor, Digest, ImageConfiguration};
+use hoist_cache::{DockerConfigExtras, Healthcheck, ImageStore, MediaTypes};
+use hoist_executor::Executor;
+use hoist_registry::{Client, Platform, PushOptions, Reference};
+use tokio_util::sync::CancellationToken;
+
+use crate::frontend::{
+    self, BuildOptions, HistoryEntry, ImageConfig, ImageResolver, ResolvedImage,
+};
+use crate::progress::ProgressSink;
+use crate::scheduler::{Job, SolveError, Solver, SolverOptions};
+use crate::worker::{BuildWorker, IndexCache, Output, State, StoreAdapter};
+
+/// What to build and where the result goes.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    pub context_dir: PathBuf,
+    /// The Dockerfile; relative paths are taken relative to the context.
+    pub dockerfile: PathBuf,
+    pub options: BuildOptions,
+    /// `-t`: names in the local store (and push targets with `--push`).
+    pub tags: Vec<String>,
+    pub push: bool,
+    pub no_cache: bool,
+    pub media: MediaTypes,
+}
+
+/// What a build produced.
+#[derive(Clone, Debug)]
+pub struct BuildOutcome {
+    /// The image manifest.
+    pub manifest: Descriptor,
+    pub config_digest: Digest,
+    /// Each pushed tag, pinned: `REF@sha256:…`.
+    pub pushed: Vec<String>,
+    pub ran: usize,
+    pub cached: usize,
+    /// Build-args that no ARG used.
+    pub unused_build_args: Vec<String>,
+}
+
+/// A build that failed, with what the user can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot read the Dockerfile {}: {source}", path.display())]
+    ReadDockerfile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Dockerfile is invalid; the message names the file, line and column.
+    #[error("{0}")]
+    Dockerfile(String),
+    #[error("cannot read the ignore file {}: {source}", path.display())]
+    Ignore {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Solve(#[from] SolveError),
+    #[error("assembling the image: {0}")]
+    Image(#[from] hoist_cache::ImageError),
+    #[error("naming the image in the local store: {0}")]
+    Store(#[from] hoist_cache::LayoutError),
+    #[error("invalid tag {tag:?}: {source}")]
+    Tag {
+        tag: String,
+        #[source]
+        source: hoist_registry::ParseReferenceError,
+    },
+    #[error("pushing {tag}: {source}")]
+    Push {
+        tag: String,
+        #[source]
+        source: Box<hoist_registry::PushError>,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The build engine of one process: state, sandbox, registry client and the shared solver.
+pub struct Engine {
+    pub state: Arc<State>,
+    pub executor: Arc<Executor>,
+    pub registry: Arc<Client>,
+    solver: Solver<Output>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("state", &self.state.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine over an opened state, sandbox and registry client.
+    #[must_use]
+    pub fn new(
+        state: Arc<State>,
+        executor: Arc<Executor>,
+        registry: Arc<Client>,
+        max_parallelism: usize,
+    ) -> Self {
+        let cache = Arc::new(IndexCache {
+            state: Arc::clone(&state),
+        });
+        Self {
+            solver: Solver::new(cache, SolverOptions { max_parallelism }),
+            state,
+            executor,
+            registry,
+        }
+    }
+
+    /// Builds an image.
+    ///
+    /// # Errors
+    /// [`BuildError`]: an unreadable or invalid Dockerfile (located), a failed step (with its
+    /// Dockerfile line and output tail), or a failed push.
+    pub async fn build(
+        &self,
+        request: &BuildRequest,
+        progress: Arc<dyn ProgressSink>,
+        cancel: CancellationToken,
+    ) -> Result<BuildOutcome, BuildError> {
+        let dockerfile_path = request.context_dir.join(&request.dockerfile);
+        let source = fs_err::read_to_string(&dockerfile_path).map_err(|source| {
+            BuildError::ReadDockerfile {
+                path: dockerfile_path.clone(),
+                source,
+            }
+        })?;
+        let shown = request.dockerfile.display().to_string();
+        let file = hoist_parser::parse(&source).map_err(|e| {
+            BuildError::Dockerfile(e.render(
+                &shown,
+                &source,
+                &hoist_parser::LineIndex::new(&source),
+            ))
+        })?;
+        let mut options = request.options.clone();
+        options.ignore_patterns = ignore_patterns(&request.context_dir, &request.dockerfile)?;
+
+        // Lowering resolves base images; it is synchronous, so it runs on a blocking thread
+        // that drives the registry calls on this runtime.
+        let resolver = RegistryResolver {
+            client: Arc::clone(&self.registry),
+            handle: tokio::runtime::Handle::current(),
+            state: Arc::clone(&self.state),
+        };
+        let plan = {
+            let source = source.clone();
+            let options = options.clone();
+            tokio::task::spawn_blocking(move || {
+                frontend::lower(&file, &source, &options, &resolver)
+                    .map_err(|e| e.render(&shown, &source))
+            })
+            .await
+            .map_err(|e| BuildError::Internal(format!("the frontend panicked: {e}")))?
+            .map_err(BuildError::Dockerfile)?
+        };
+
+        let worker = Arc::new(BuildWorker {
+            state: Arc::clone(&self.state),
+            executor: Arc::clone(&self.executor),
+            registry: Arc::clone(&self.registry),
+            platform: options.target_platform.clone(),
+            context_dir: request.context_dir.clone(),
+            proxy_env: plan.proxy_env.clone(),
+            diff_options: BuildWorker::default_diff_options(),
+            stat_cache: Arc::new(Mutex::new(StatCache::load(
+                &self.stat_cache_path(&request.context_dir),
+            ))),
+        });
+        let stat_cache = Arc::clone(&worker.stat_cache);
+        let solution = self
+            .solver
+            .solve(Job {
+                graph: &plan.graph,
+                roots: vec![plan.root],
+                worker,
+                progress,
+                cancel,
+                no_cache: request.no_cache,
+            })
+            .await?;
+        if let Ok(cache) = stat_cache.lock() {
+            // Only a cache: failing to save it costs a rehash next time, nothing more.
+            let _ = cache.save(&self.stat_cache_path(&request.context_dir));
+        }
+        let Some(Output::Chain(chain)) = solution.results.first() else {
+            return Err(BuildError::Internal(
+                "the build produced no filesystem".into(),
+            ));
+        };
+
+        let (config, extras) = image_config(
+            &plan.config,
+            plan.author.as_deref(),
+            &plan.history,
+            chain,
+            &options.target_platform,
+        )?;
+        let layers: Vec<Descriptor> = chain.iter().map(|l| l.blob.clone()).collect();
+        let manifest = hoist_cache::write_image(
+            &self.state.blobs,
+            &config,
+            &extras,
+            &layers,
+            request.media,
+            None,
+        )?;
+        let image = hoist_cache::Image::load(&self.state.blobs, &manifest)?;
+        let config_digest = image.manifest.config().digest().clone();
+
+        let store = ImageStore::open(&self.state.root)?;
+        let mut pushed = Vec::new();
+        for tag in &request.tags {
+            let reference: Reference = tag.parse().map_err(|source| BuildError::Tag {
+                tag: tag.clone(),
+                source,
+            })?;
+            store.tag(&reference.to_string(), &manifest)?;
+            if request.push {
+                let report = self
+                    .registry
+                    .push(
+                        &reference,
+                        &manifest,
+                        Arc::new(StoreAdapter(self.state.blobs.clone())),
+                        &PushOptions::default(),
+                    )
+                    .await
+                    .map_err(|source| BuildError::Push {
+                        tag: tag.clone(),
+                        source: Box::new(source),
+                    })?;
+                pushed.push(report.reference.to_string());
+            }
+        }
+        Ok(BuildOutcome {
+            manifest,
+            config_digest,
+            pushed,
+            ran: solution.ran,
+            cached: solution.cached,
+            unused_build_args: plan.unused_build_args,
+        })
+    }
+
+    fn stat_cache_path(&self, context: &Path) -> PathBuf {
+        let abs = std::fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
+        let key = hoist_cache::sha256_of(abs.as_os_str().as_encoded_bytes());
+        self.state
+            .root
+            .join("context-stat")
+            .join(format!("{}.json", key.digest()))
+    }
+}
+
+/// The patterns of the `.dockerignore` that applies (`<Dockerfile>.dockerignore` first).
+fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>, BuildError> {
+    let mut specific = context.join(dockerfile).into_os_string();
+    specific.push(".dockerignore");
+    for path in [PathBuf::from(specific), context.join(".dockerignore")] {
+        match fs_err::read_to_string(&path) {
+            Ok(text) => {
+                return Ok(hoist_parser::ignore::parse_ignore_file(&text)
+                    .into_iter()
+                    .map(|p| p.text)
+                    .collect());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(BuildError::Ignore { path, source }),
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// The image config: the frontend's runtime config plus rootfs, history and platform.
+fn image_config(
+    config: &ImageConfig,
+    author: Option<&str>,
+    history: &[HistoryEntry],
+    chain: &[crate::worker::Layer],
+    platform: &Platform,
+) -> Result<(ImageConfiguration, DockerConfigExtras), BuildError> {
+    let mut value = serde_json::json!({
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "config": config,
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": chain.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>(),
+        },
+        "history": history,
+    });
+    if let Some(variant) = &platform.variant {
+        value["variant"] = serde_json::Value::String(variant.clone());
+    }
+    if let Some(author) = author {
+        value["author"] = serde_json::Value::String(author.to_owned());
+    }
+    let image: ImageConfiguration = serde_json::from_value(value)
+        .map_err(|e| BuildError::Internal(format!("the image config does not serialize: {e}")))?;
+    let extras = DockerConfigExtras {
+        healthcheck: config.healthcheck.as_ref().map(|h| Healthcheck {
+            test: h.test.clone(),
+            interval: nonzero(h.interval),
+            timeout: nonzero(h.timeout),
+            start_period: nonzero(h.start_period),
+            start_interval: nonzero(h.start_interval),
+            retries: nonzero(h.retries),
+        }),
+        on_build: config.on_build.clone(),
+        shell: config.shell.clone(),
+    };
+    Ok((image, extras))
+}
+
+fn nonzero(n: u64) -> Option<i64> {
+    (n != 0).then(|| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// Resolves base images through the registry for the frontend.
+struct RegistryResolver {
+    client: Arc<Client>,
+    handle: tokio::runtime::Handle,
+    state: Arc<State>,
+}
+
+impl ImageResolver for RegistryResolver {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let parsed: Reference = reference.parse().map_err(|e| format!("{e}"))?;
+        self.handle.block_on(async {
+            let resolved = self
+                .client
+                .resolve(&parsed, platform)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let config_desc = resolved.image.config().clone();
+            let store: Arc<dyn hoist_registry::BlobStore> =
+                Arc::new(StoreAdapter(self.state.blobs.clone()));
+            self.client
+                .fetch_blob(&resolved.reference, &config_desc, store)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let raw = self
+                .state
+                .blobs
+                .read(config_desc.digest())
+                .map_err(|e| error_chain(&e))?;
+            #[derive(serde::Deserialize)]
+            struct Raw {
+                #[serde(default)]
+                config: Option<ImageConfig>,
+                #[serde(default)]
+                history: Vec<HistoryEntry>,
+            }
+            let parsed_config: Raw =
+                serde_json::from_slice(&raw).map_err(|e| format!("invalid image config: {e}"))?;
+            Ok(ResolvedImage {
+                pinned: resolved.reference.to_string(),
+                config: parsed_config.config.unwrap_or_default(),
+                history: parsed_config.history,
+            })
+        })
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,927 @@
+//! The worker: does the work of each vertex on this machine, and the cache that remembers it.
+//!
+//! - `Source::Scratch` is the empty chain; `Source::Image` pulls the pinned image into the
+//!   content store and unpacks each layer once into its snapshot; `Source::Local` selects the
+//!   context files a COPY names (its content key is their content hash).
+//! - `File` ops (COPY, ADD, WORKDIR, heredoc files) write into a fresh directory that becomes
+//!   the new layer; `Exec` (RUN) runs in the sandbox over the input's snapshots and keeps the
+//!   overlay upperdir as the new layer.
+//! - A new layer is tarred and compressed once into the content store (diffID, digest and size
+//!   in one pass); its directory is then renamed into place as the snapshot of that diffID.
+//!
+//! Every result is a [`Chain`]: the layers, bottom first, that rebuild the vertex's filesystem.
+//! [`IndexCache`] records chains in the redb index under their cache keys; a record whose
+//! snapshots are gone reads as a miss.
+
+// A step fails once per build and its error carries the causes by value; boxing each
+// variant would only add noise on the slow path.
+#![allow(clippy::result_large_err)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+
+use hoist_cache::context::{self, ContextError, Selection, StatCache};
+use hoist_cache::copy::{self, CopyOptions};
+use hoist_cache::index::{BlobRecord, CacheIndex, CacheRecord, LayerRecord};
+use hoist_cache::oci_spec::image::{Descriptor, Digest, MediaType};
+use hoist_cache::{BlobStore, CompressionOptions, DiffOptions, SnapshotStore};
+use hoist_executor::spec::{self, Limits, SpecOptions};
+use hoist_executor::{Executor, Rootfs, RunRequest};
+use hoist_parser::ignore::Matcher;
+use hoist_registry::{Client, Platform, Reference};
+use tokio::io::AsyncWrite;
+use tokio_util::sync::CancellationToken;
+
+use crate::graph::Vertex;
+use crate::op::{ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
+use crate::progress::{ResourceUsage, Stream};
+use crate::scheduler::{BoxError, BoxFuture, Cache, CacheKey, VertexContext, Worker};
+
+/// How many bytes of a failed RUN's output its error shows.
+const OUTPUT_TAIL: usize = 4096;
+
+/// One layer of a result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub diff_id: Digest,
+    /// The compressed blob in the content store.
+    pub blob: Descriptor,
+}
+
+/// What a vertex produced.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A filesystem: its layers, bottom first.
+    Chain(Arc<Vec<Layer>>),
+    /// Files of the build context, for the COPY that selected them.
+    Context(Arc<Selection>),
+}
+
+impl Output {
+    fn chain(&self) -> Result<&[Layer], WorkerError> {
+        match self {
+            Self::Chain(layers) => Ok(layers),
+            Self::Context(_) => Err(WorkerError::Internal(
+                "a filesystem input is the build context",
+            )),
+        }
+    }
+}
+
+/// A vertex's work failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("process \"{command}\" did not complete successfully: {status}\n{tail}")]
+    Exec {
+        command: String,
+        status: String,
+        tail: String,
+    },
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Copy(#[from] copy::CopyError),
+    #[error("invalid --exclude pattern: {0}")]
+    Exclude(#[from] hoist_parser::ignore::IgnoreError),
+    #[error("cannot resolve user {user:?} in the image: {source}")]
+    User {
+        user: String,
+        #[source]
+        source: hoist_executor::user::ResolveUserError,
+    },
+    #[error("pulling {reference}: {source}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: Box<hoist_registry::PullError>,
+    },
+    #[error("invalid image reference {reference:?}: {source}")]
+    Reference {
+        reference: String,
+        #[source]
+        source: hoist_registry::ParseReferenceError,
+    },
+    #[error("unpacking {layer}: {source}")]
+    Snapshot {
+        layer: Digest,
+        #[source]
+        source: hoist_cache::SnapshotError,
+    },
+    #[error("making a layer from {}: {source}", path.display())]
+    Diff {
+        path: PathBuf,
+        #[source]
+        source: hoist_cache::DiffError,
+    },
+    #[error("the sandbox failed: {0}")]
+    Run(#[from] hoist_executor::RunError),
+    #[error("building the sandbox spec: {0}")]
+    Spec(#[from] hoist_executor::spec::BuildSpecError),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> WorkerError + 'p {
+    move |source| WorkerError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The state root's layout, shared by every build of a process.
+#[derive(Debug)]
+pub struct State {
+    pub root: PathBuf,
+    pub blobs: BlobStore,
+    pub snapshots: SnapshotStore,
+    pub index: CacheIndex,
+}
+
+impl State {
+    /// Opens the state under `root` (creating what is missing).
+    ///
+    /// # Errors
+    /// The directories or the index cannot be created.
+    pub fn open(root: &Path) -> Result<Self, BoxError> {
+        fs_err::create_dir_all(root.join("tmp"))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            blobs: BlobStore::new(root),
+            snapshots: SnapshotStore::new(root),
+            index: CacheIndex::open(&root.join("cache.redb"))?,
+        })
+    }
+
+    /// A new private scratch directory on the state's filesystem (so it can be renamed into
+    /// a snapshot), removed when the guard drops unless it was kept.
+    fn scratch(&self) -> Result<tempfile::TempDir, WorkerError> {
+        let base = self.root.join("tmp");
+        tempfile::Builder::new()
+            .prefix("work-")
+            .tempdir_in(&base)
+            .map_err(io_err("create a scratch dir in", &base))
+    }
+
+    fn snapshot_dirs(&self, chain: &[Layer]) -> Result<Vec<PathBuf>, WorkerError> {
+        chain
+            .iter()
+            .rev()
+            .map(|l| {
+                self.snapshots
+                    .get(&l.diff_id)
+                    .ok_or(WorkerError::Internal("a snapshot of the chain is missing"))
+            })
+            .collect()
+    }
+
+    /// Turns a directory of changes into a layer: tar + compress into the store, then rename
+    /// the directory into place as the snapshot of its diffID.
+    fn commit_layer(&self, dir: &Path, options: &DiffOptions) -> Result<Layer, WorkerError> {
+        let digests =
+            hoist_cache::store_upperdir_layer(&self.blobs, dir, options).map_err(|source| {
+                WorkerError::Diff {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            })?;
+        let target =
+            self.snapshots
+                .path(&digests.diff_id)
+                .map_err(|source| WorkerError::Snapshot {
+                    layer: digests.diff_id.clone(),
+                    source,
+                })?;
+        if !target.is_dir() {
+            if let Some(parent) = target.parent() {
+                fs_err::create_dir_all(parent).map_err(io_err("create", parent))?;
+            }
+            match fs_err::rename(dir, &target) {
+                Ok(()) => {}
+                // Another build made the same layer first: theirs is as good as ours.
+                Err(_) if target.is_dir() => {}
+                Err(e) => return Err(io_err("rename into place", &target)(e)),
+            }
+        }
+        let media_type = match digests.compression {
+            hoist_cache::Compression::Gzip => MediaType::ImageLayerGzip,
+            hoist_cache::Compression::Zstd => MediaType::ImageLayerZstd,
+            hoist_cache::Compression::None => MediaType::ImageLayer,
+        };
+        Ok(Layer {
+            blob: Descriptor::new(media_type, digests.size, digests.digest.clone()),
+            diff_id: digests.diff_id,
+        })
+    }
+}
+
+/// Does the work of one build's vertices.
+pub struct BuildWorker {
+    pub state: Arc<State>,
+    pub executor: Arc<Executor>,
+    pub registry: Arc<Client>,
+    pub platform: Platform,
+    /// The build context directory.
+    pub context_dir: PathBuf,
+    /// Proxy build-args, given to every RUN but part of no key.
+    pub proxy_env: Vec<(String, String)>,
+    pub diff_options: DiffOptions,
+    pub stat_cache: Arc<Mutex<StatCache>>,
+}
+
+impl std::fmt::Debug for BuildWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildWorker")
+            .field("context_dir", &self.context_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BuildWorker {
+    /// Default layer options: gzip at the default level.
+    #[must_use]
+    pub fn default_diff_options() -> DiffOptions {
+        DiffOptions {
+            compression: CompressionOptions::default(),
+            source_date_epoch: None,
+        }
+    }
+
+    fn select_context(
+        &self,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<Selection, WorkerError> {
+        let sources: Vec<String> = if include.is_empty() {
+            vec![".".to_owned()]
+        } else {
+            include.to_vec()
+        };
+        let matcher = Matcher::new(exclude.iter().map(String::as_str))?;
+        Ok(context::select(&self.context_dir, &sources, &matcher)?)
+    }
+
+    async fn pull(&self, reference: &str, platform: &str) -> Result<Vec<Layer>, WorkerError> {
+        let parsed: Reference = reference.parse().map_err(|source| WorkerError::Reference {
+            reference: reference.to_owned(),
+            source,
+        })?;
+        let platform: Platform = platform.parse().unwrap_or_else(|_| self.platform.clone());
+        let store: Arc<dyn hoist_registry::BlobStore> =
+            Arc::new(StoreAdapter(self.state.blobs.clone()));
+        let resolved = self
+            .registry
+            .pull(&parsed, &platform, store)
+            .await
+            .map_err(|source| WorkerError::Pull {
+                reference: reference.to_owned(),
+                source: Box::new(source),
+            })?;
+        let state = Arc::clone(&self.state);
+        let image = resolved.image.clone();
+        tokio::task::spawn_blocking(move || {
+            let config_bytes = state
+                .blobs
+                .read(image.config().digest())
+                .map_err(|_| WorkerError::Internal("the pulled config blob is missing"))?;
+            let diff_ids = diff_ids_of(&config_bytes);
+            if diff_ids.len() != image.layers().len() {
+                return Err(WorkerError::Internal(
+                    "the image's config and manifest disagree on its layers",
+                ));
+            }
+            let mut chain = Vec::new();
+            for (layer, diff_id) in image.layers().iter().zip(diff_ids) {
+                state
+                    .snapshots
+                    .unpack(&state.blobs, layer, &diff_id)
+                    .map_err(|source| WorkerError::Snapshot {
+                        layer: layer.digest().clone(),
+                        source,
+                    })?;
+                chain.push(Layer {
+                    diff_id,
+                    blob: layer.clone(),
+                });
+            }
+            Ok(chain)
+        })
+        .await
+        .map_err(|_| WorkerError::Internal("the unpack task panicked"))?
+    }
+
+    fn file_op(&self, op: &FileOp, inputs: &[Output]) -> Result<Vec<Layer>, WorkerError> {
+        let dest_chain = inputs
+            .first()
+            .ok_or(WorkerError::Internal("a file op without input"))?
+            .chain()?;
+        let dest_layers = self.state.snapshot_dirs(dest_chain)?;
+        let dest_view = View::new(&self.state, &dest_layers)?;
+        let out = self.state.scratch()?;
+        let out_dir = out.path().join("layer");
+        fs_err::create_dir(&out_dir).map_err(io_err("create", &out_dir))?;
+        for action in &op.actions {
+            match action {
+                FileAction::Copy {
+                    src_input,
+                    src,
+                    dest,
+                    chown,
+                    chmod,
+                    unpack_archives,
+                    exclude,
+                    ..
+                } => {
+                    let owner = self.owner(&dest_layers, chown.as_deref())?;
+                    let opts = CopyOptions {
+                        chown: owner,
+                        chmod: *chmod,
+                    };
+                    let input = inputs
+                        .get(*src_input)
+                        .ok_or(WorkerError::Internal("copy source missing"))?;
+                    match input {
+                        Output::Context(selection) => {
+                            // The context source already applied .dockerignore and --exclude.
+                            if *unpack_archives {
+                                self.add_archives(
+                                    selection,
+                                    dest,
+                                    dest_view.path(),
+                                    &out_dir,
+                                    opts,
+                                )?;
+                            } else {
+                                copy::copy_selection(
+                                    &self.context_dir,
+                                    selection,
+                                    dest,
+                                    dest_view.path(),
+                                    &out_dir,
+                                    opts,
+                                )?;
+                            }
+                        }
+                        Output::Chain(chain) => {
+                            let src_layers = self.state.snapshot_dirs(chain)?;
+                            let src_view = View::new(&self.state, &src_layers)?;
+                            let matcher = Matcher::new(exclude.iter().map(String::as_str))?;
+                            let selection = context::select(src_view.path(), src, &matcher)?;
+                            copy::copy_selection(
+                                src_view.path(),
+                                &selection,
+                                dest,
+                                dest_view.path(),
+                                &out_dir,
+                                opts,
+                            )?;
+                        }
+                    }
+                }
+                FileAction::Mkdir {
+                    path, mode, chown, ..
+                } => {
+                    let owner = self.owner(&dest_layers, chown.as_deref())?;
+                    copy::mkdir(dest_view.path(), &out_dir, path, *mode, owner)?;
+                }
+                FileAction::Mkfile {
+                    path,
+                    mode,
+                    data,
+                    chown,
+                } => {
+                    let owner = self.owner(&dest_layers, chown.as_deref())?;
+                    copy::mkfile(
+                        dest_view.path(),
+                        &out_dir,
+                        path,
+                        data.as_bytes(),
+                        *mode,
+                        owner,
+                    )?;
+                }
+            }
+        }
+        drop(dest_view);
+        let layer = self.state.commit_layer(&out_dir, &self.diff_options)?;
+        let mut chain = dest_chain.to_vec();
+        chain.push(layer);
+        Ok(chain)
+    }
+
+    /// ADD of local files: a tar archive (plain, gzip or zstd) is extracted into the
+    /// destination directory; any other file is copied as COPY would.
+    fn add_archives(
+        &self,
+        selection: &Selection,
+        dest: &str,
+        dest_view: &Path,
+        out_dir: &Path,
+        opts: CopyOptions,
+    ) -> Result<(), WorkerError> {
+        let mut plain = Selection::default();
+        for entry in &selection.entries {
+            let path = self.context_dir.join(&entry.source);
+            if entry.kind == context::EntryKind::File && is_archive(&path) {
+                let dir = context::clean_relative(dest);
+                copy::mkdir(dest_view, out_dir, dest, 0o755, None)?;
+                let target = out_dir.join(&dir);
+                let file = fs_err::File::open(&path).map_err(io_err("open", &path))?;
+                hoist_cache::apply_layer(
+                    file,
+                    &target,
+                    &hoist_cache::ApplyOptions {
+                        whiteouts: hoist_cache::WhiteoutMode::Remove,
+                        expected_diff_id: None,
+                        lower_dirs: Vec::new(),
+                    },
+                )
+                .map_err(|e| WorkerError::Io {
+                    op: "extract",
+                    path: path.clone(),
+                    source: io::Error::other(e),
+                })?;
+            } else {
+                plain.entries.push(entry.clone());
+            }
+        }
+        if !plain.entries.is_empty() {
+            copy::copy_selection(&self.context_dir, &plain, dest, dest_view, out_dir, opts)?;
+        }
+        Ok(())
+    }
+
+    /// Resolves `--chown` in the destination image; `None` is root.
+    fn owner(
+        &self,
+        layers: &[PathBuf],
+        chown: Option<&str>,
+    ) -> Result<Option<(u32, u32)>, WorkerError> {
+        let Some(spec) = chown else {
+            return Ok(None);
+        };
+        // Docker: a user without a group uses the same number for the group.
+        let user_only = !spec.contains(':');
+        let user = hoist_executor::user::resolve_user(layers, spec).map_err(|source| {
+            WorkerError::User {
+                user: spec.to_owned(),
+                source,
+            }
+        })?;
+        let gid = if user_only { user.uid() } else { user.gid() };
+        Ok(Some((user.uid(), gid)))
+    }
+
+    async fn exec(
+        &self,
+        exec: &ExecOp,
+        inputs: &[Output],
+        ctx: &VertexContext,
+    ) -> Result<Vec<Layer>, WorkerError> {
+        let chain = inputs
+            .first()
+            .ok_or(WorkerError::Internal("a RUN without input"))?
+            .chain()?
+            .to_vec();
+        let lowerdirs = self.state.snapshot_dirs(&chain)?;
+        let user_spec = if exec.user.is_empty() {
+            "root"
+        } else {
+            exec.user.as_str()
+        };
+        let user = hoist_executor::user::resolve_user(&lowerdirs, user_spec).map_err(|source| {
+            WorkerError::User {
+                user: user_spec.to_owned(),
+                source,
+            }
+        })?;
+        let mut env: Vec<String> = exec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+            env.push(
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            );
+        }
+        env.extend(self.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
+        let hostname = "hoist".to_owned();
+        let spec = spec::build_spec(&SpecOptions {
+            args: exec.args.clone(),
+            env,
+            cwd: PathBuf::from(&exec.cwd),
+            user,
+            hostname: hostname.clone(),
+            network: match exec.network {
+                NetworkMode::Host => spec::NetworkMode::Host,
+                // No uplink is set up for sandboxes yet: the default is loopback only.
+                NetworkMode::Default | NetworkMode::None => spec::NetworkMode::None,
+            },
+            etc_files: self.executor.etc_files(&hostname)?,
+            limits: Limits::default(),
+            insecure: exec.privileged,
+        })?;
+        let scratch = self.state.scratch()?;
+        let upperdir = scratch.path().join("upper");
+        let workdir = scratch.path().join("work");
+        for d in [&upperdir, &workdir] {
+            fs_err::create_dir(d).map_err(io_err("create", d))?;
+        }
+        let mut stdout = LogSink::new(ctx, Stream::Stdout);
+        let mut stderr = LogSink::new(ctx, Stream::Stderr);
+        let request = RunRequest {
+            spec,
+            rootfs: Rootfs {
+                lowerdirs,
+                upperdir: upperdir.clone(),
+                workdir,
+            },
+            timeout: None,
+        };
+        let outcome = tokio::select! {
+            outcome = self.executor.run(request, &mut stdout, &mut stderr) => outcome?,
+            () = ctx.cancelled() => return Err(WorkerError::Cancelled),
+        };
+        ctx.report_usage(ResourceUsage {
+            peak_memory_bytes: outcome.peak_memory_bytes,
+            cpu_user_us: outcome
+                .cpu_time
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            cpu_system_us: None,
+        });
+        if !outcome.status.success() || outcome.oom_killed.is_some() {
+            let status = match (outcome.oom_killed, outcome.status) {
+                (Some(Some(limit)), _) => {
+                    format!("killed by the OOM killer at its memory limit of {limit} bytes")
+                }
+                (Some(None), _) => "killed by the OOM killer".to_owned(),
+                (None, hoist_executor::ExitStatus::Exited(code)) => format!("exit code: {code}"),
+                (None, hoist_executor::ExitStatus::Signaled(sig)) => {
+                    format!("killed by signal {sig}")
+                }
+            };
+            let mut tail = stderr.tail();
+            tail.extend(stdout.tail());
+            return Err(WorkerError::Exec {
+                command: exec.args.join(" "),
+                status,
+                tail: String::from_utf8_lossy(&tail).into_owned(),
+            });
+        }
+        let state = Arc::clone(&self.state);
+        let options = self.diff_options;
+        let upper = outcome.upperdir;
+        let layer = tokio::task::spawn_blocking(move || {
+            let layer = state.commit_layer(&upper, &options);
+            drop(scratch);
+            layer
+        })
+        .await
+        .map_err(|_| WorkerError::Internal("the layer task panicked"))??;
+        let mut chain = chain;
+        chain.push(layer);
+        Ok(chain)
+    }
+}
+
+/// The config's `rootfs.diff_ids`.
+fn diff_ids_of(config: &[u8]) -> Vec<Digest> {
+    #[derive(serde::Deserialize)]
+    struct Rootfs {
+        #[serde(default)]
+        diff_ids: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: Rootfs,
+    }
+    serde_json::from_slice::<Config>(config)
+        .map(|c| {
+            c.rootfs
+                .diff_ids
+                .iter()
+                .filter_map(|d| d.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_archive(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = [0u8; 262];
+    let Ok(mut file) = fs_err::File::open(path) else {
+        return false;
+    };
+    let n = file.read(&mut head).unwrap_or(0);
+    let head = &head[..n];
+    head.starts_with(&[0x1f, 0x8b])
+        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || (n >= 262 && &head[257..262] == b"ustar")
+}
+
+impl Worker for BuildWorker {
+    type Output = Output;
+
+    fn content_key<'a>(
+        &'a self,
+        vertex: &'a Vertex,
+        _cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Option<String>, BoxError>> {
+        Box::pin(async move {
+            let Op::Source(SourceOp::Local {
+                include, exclude, ..
+            }) = &vertex.op
+            else {
+                return Ok(None);
+            };
+            let selection = self.select_context(include, exclude)?;
+            let root = self.context_dir.clone();
+            let cache = Arc::clone(&self.stat_cache);
+            let key = tokio::task::spawn_blocking(move || {
+                let mut cache = cache
+                    .lock()
+                    .map_err(|_| WorkerError::Internal("stat cache lock"))?;
+                context::content_key(&root, &selection, &mut cache).map_err(WorkerError::from)
+            })
+            .await
+            .map_err(|_| WorkerError::Internal("the hashing task panicked"))??;
+            Ok(Some(key))
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        vertex: &'a Vertex,
+        inputs: &'a [Output],
+        ctx: &'a VertexContext,
+    ) -> BoxFuture<'a, Result<Output, BoxError>> {
+        Box::pin(async move {
+            let chain = match &vertex.op {
+                Op::Source(SourceOp::Scratch) => Vec::new(),
+                Op::Source(SourceOp::Image {
+                    reference,
+                    platform,
+                }) => self.pull(reference, platform).await?,
+                Op::Source(SourceOp::Local {
+                    include, exclude, ..
+                }) => {
+                    let selection = self.select_context(include, exclude)?;
+                    return Ok(Output::Context(Arc::new(selection)));
+                }
+                Op::File(op) => {
+                    // File ops are plain blocking file system work.
+                    tokio::task::block_in_place(|| self.file_op(op, inputs))?
+                }
+                Op::Exec(exec) => self.exec(exec, inputs, ctx).await?,
+                Op::Merge(_) => {
+                    return Err(WorkerError::Internal("merge ops are not produced yet").into());
+                }
+            };
+            Ok(Output::Chain(Arc::new(chain)))
+        })
+    }
+}
+
+/// Forwards a RUN's output to the progress stream as it comes, keeping a tail for errors.
+struct LogSink<'a> {
+    ctx: &'a VertexContext,
+    stream: Stream,
+    tail: Vec<u8>,
+}
+
+impl<'a> LogSink<'a> {
+    fn new(ctx: &'a VertexContext, stream: Stream) -> Self {
+        Self {
+            ctx,
+            stream,
+            tail: Vec::new(),
+        }
+    }
+
+    fn tail(&self) -> Vec<u8> {
+        self.tail.clone()
+    }
+}
+
+impl AsyncWrite for LogSink<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.ctx.log(this.stream, buf);
+        this.tail.extend_from_slice(buf);
+        if this.tail.len() > OUTPUT_TAIL {
+            let cut = this.tail.len() - OUTPUT_TAIL;
+            this.tail.drain(..cut);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A read-only merged view of a chain: the single snapshot itself, an empty directory, or a
+/// read-only overlay mount of several (unmounted on drop).
+struct View {
+    path: PathBuf,
+    mounted: bool,
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl View {
+    fn new(state: &State, layers_top_first: &[PathBuf]) -> Result<Self, WorkerError> {
+        match layers_top_first {
+            [] => {
+                let scratch = state.scratch()?;
+                Ok(Self {
+                    path: scratch.path().to_path_buf(),
+                    mounted: false,
+                    _scratch: Some(scratch),
+                })
+            }
+            [one] => Ok(Self {
+                path: one.clone(),
+                mounted: false,
+                _scratch: None,
+            }),
+            many => {
+                let scratch = state.scratch()?;
+                let target = scratch.path().join("view");
+                fs_err::create_dir(&target).map_err(io_err("create", &target))?;
+                let lower: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
+                let options = format!("lowerdir={}", lower.join(":"));
+                let options = std::ffi::CString::new(options)
+                    .map_err(|_| WorkerError::Internal("a snapshot path holds a NUL byte"))?;
+                rustix::mount::mount(
+                    "overlay",
+                    &target,
+                    "overlay",
+                    rustix::mount::MountFlags::RDONLY,
+                    options.as_c_str(),
+                )
+                .map_err(|e| io_err("mount a read-only view at", &target)(e.into()))?;
+                Ok(Self {
+                    path: target,
+                    mounted: true,
+                    _scratch: Some(scratch),
+                })
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = rustix::mount::unmount(&self.path, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+/// The content store as the registry client's blob store: both keep `blobs/sha256/<hex>`.
+#[derive(Clone, Debug)]
+pub struct StoreAdapter(pub BlobStore);
+
+impl hoist_registry::BlobStore for StoreAdapter {
+    fn size(&self, digest: &Digest) -> Result<Option<u64>, hoist_registry::StoreError> {
+        if self.0.has(digest) {
+            self.0.size(digest).map(Some).map_err(store_err)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn open(
+        &self,
+        digest: &Digest,
+    ) -> Result<Box<dyn hoist_registry::BlobReader>, hoist_registry::StoreError> {
+        Ok(Box::new(self.0.open(digest).map_err(store_err)?))
+    }
+
+    fn writer(
+        &self,
+        expected: &Digest,
+        _size: Option<u64>,
+    ) -> Result<Box<dyn hoist_registry::BlobWriter>, hoist_registry::StoreError> {
+        Ok(Box::new(WriterAdapter(
+            self.0.writer(expected).map_err(store_err)?,
+        )))
+    }
+}
+
+struct WriterAdapter(hoist_cache::BlobWriter);
+
+impl io::Write for WriterAdapter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl hoist_registry::BlobWriter for WriterAdapter {
+    fn commit(self: Box<Self>) -> Result<(), hoist_registry::StoreError> {
+        self.0.commit().map(|_| ()).map_err(store_err)
+    }
+}
+
+fn store_err(e: hoist_cache::StoreError) -> hoist_registry::StoreError {
+    hoist_registry::StoreError::Backend(Box::new(e))
+}
+
+/// The redb index as the scheduler's cache. Only filesystem results are recorded; a record
+/// whose snapshots are gone is a miss.
+#[derive(Debug)]
+pub struct IndexCache {
+    pub state: Arc<State>,
+}
+
+impl Cache<Output> for IndexCache {
+    fn lookup<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        _vertex: &'a Vertex,
+    ) -> BoxFuture<'a, Result<Option<Output>, BoxError>> {
+        Box::pin(async move {
+            let Some(record) = self.state.index.get(&key.to_string())? else {
+                return Ok(None);
+            };
+            let mut chain = Vec::new();
+            for layer in record.layers {
+                let Ok(diff_id) = layer.diff_id.parse::<Digest>() else {
+                    return Ok(None);
+                };
+                let Some(blob) = layer.blob else {
+                    return Ok(None);
+                };
+                let Ok(digest) = blob.digest.parse::<Digest>() else {
+                    return Ok(None);
+                };
+                if self.state.snapshots.get(&diff_id).is_none() || !self.state.blobs.has(&digest) {
+                    return Ok(None);
+                }
+                chain.push(Layer {
+                    diff_id,
+                    blob: Descriptor::new(
+                        MediaType::from(blob.media_type.as_str()),
+                        blob.size,
+                        digest,
+                    ),
+                });
+            }
+            Ok(Some(Output::Chain(Arc::new(chain))))
+        })
+    }
+
+    fn record<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        _vertex: &'a Vertex,
+        result: &'a Output,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async move {
+            let Output::Chain(chain) = result else {
+                return Ok(());
+            };
+            let record = CacheRecord {
+                layers: chain
+                    .iter()
+                    .map(|l| LayerRecord {
+                        diff_id: l.diff_id.to_string(),
+                        blob: Some(BlobRecord {
+                            digest: l.blob.digest().to_string(),
+                            size: l.blob.size(),
+                            media_type: l.blob.media_type().to_string(),
+                        }),
+                    })
+                    .collect(),
+                took_ms: 0,
+            };
+            self.state.index.put(&key.to_string(), &record)?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,297 @@
+//! `hoist build`: flags as in `docker build` and `buildx build`, wiring to the engine, and
+//! the result printed with the command that runs it.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use hoist_registry::Platform;
+use hoist_solver::build::{BuildOutcome, BuildRequest};
+use hoist_solver::frontend::BuildOptions;
+use hoist_solver::op::NetworkMode;
+
+use crate::cmd::engine::{self, EngineArgs};
+use crate::progress;
+
+#[derive(Debug, Args)]
+pub(crate) struct BuildArgs {
+    /// The Dockerfile (default: PATH/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Name the image; repeatable. With --push, each name is pushed.
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    tags: Vec<String>,
+    /// Set a build-time variable.
+    #[arg(long = "build-arg", value_name = "K=V")]
+    build_args: Vec<String>,
+    /// Build this stage instead of the last one.
+    #[arg(long)]
+    target: Option<String>,
+    /// The target platform, os/arch[/variant] (default: this machine's).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Do not use the cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Push every tag to its registry (same as -o type=registry).
+    #[arg(long)]
+    push: bool,
+    /// Output: type=image (default), type=registry, type=oci|docker,dest=FILE or DIR,
+    /// type=local,dest=DIR, type=tar,dest=FILE.
+    #[arg(short = 'o', long = "output", value_name = "type=…")]
+    outputs: Vec<String>,
+    /// How to show progress.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: progress::Mode,
+    /// Default network of RUN steps.
+    #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
+    network: String,
+    /// Add a label to the image.
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Write the image ID (the config digest) to this file.
+    #[arg(long)]
+    iidfile: Option<PathBuf>,
+    /// Write the build's result (digests, pushed names) as JSON to this file.
+    #[arg(long)]
+    metadata_file: Option<PathBuf>,
+    /// Grant an entitlement: security.insecure allows RUN --security=insecure.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
+    /// Run at most this many steps at once (default: the number of CPUs).
+    #[arg(long)]
+    max_parallelism: Option<usize>,
+    /// Use Docker schema 2 media types instead of OCI.
+    #[arg(long)]
+    docker_mediatypes: bool,
+    /// Not supported yet: refused rather than ignored.
+    #[arg(long, hide = true)]
+    secret: Vec<String>,
+    #[arg(long, hide = true)]
+    ssh: Vec<String>,
+    #[arg(long = "cache-from", hide = true)]
+    cache_from: Vec<String>,
+    #[arg(long = "cache-to", hide = true)]
+    cache_to: Vec<String>,
+    #[arg(long, hide = true)]
+    remote: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// The build context directory.
+    path: PathBuf,
+}
+
+/// One `-o` output.
+#[derive(Debug)]
+enum Output {
+    Image,
+    Registry,
+    Oci(PathBuf),
+    Docker(PathBuf),
+    Local(PathBuf),
+}
+
+fn parse_output(spec: &str) -> anyhow::Result<Output> {
+    let fields: BTreeMap<&str, &str> = spec
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let dest = || -> anyhow::Result<PathBuf> {
+        fields
+            .get("dest")
+            .map(PathBuf::from)
+            .with_context(|| format!("output {spec:?} needs dest=PATH"))
+    };
+    Ok(match fields.get("type").copied() {
+        Some("image") => Output::Image,
+        Some("registry") => Output::Registry,
+        Some("oci") => Output::Oci(dest()?),
+        Some("docker") => Output::Docker(dest()?),
+        Some("local") => Output::Local(dest()?),
+        Some("tar") => Output::Oci(dest()?),
+        Some(other) => bail!(
+            "unknown output type {other:?}: expected image, registry, oci, docker, local or tar"
+        ),
+        None => bail!("output {spec:?} has no type=: expected for example type=registry"),
+    })
+}
+
+fn key_values(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+            // docker build takes a bare name from the environment.
+            None => std::env::var(kv).map(|v| (kv.clone(), v)).with_context(|| {
+                format!("{what} {kv:?} has no =VALUE and is not set in the environment")
+            }),
+        })
+        .collect()
+}
+
+pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    for (flag, used) in [
+        ("--secret", !args.secret.is_empty()),
+        ("--ssh", !args.ssh.is_empty()),
+        ("--cache-from", !args.cache_from.is_empty()),
+        ("--cache-to", !args.cache_to.is_empty()),
+        ("--remote", args.remote.is_some()),
+    ] {
+        if used {
+            bail!("{flag} is not supported yet; build without it");
+        }
+    }
+    let outputs: Vec<Output> = args
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<_, _>>()?;
+    let push = args.push || outputs.iter().any(|o| matches!(o, Output::Registry));
+    if push && args.tags.is_empty() {
+        bail!("--push needs at least one -t NAME to push to");
+    }
+    let target_platform = match &args.platform {
+        Some(p) => p
+            .parse::<Platform>()
+            .with_context(|| format!("invalid --platform {p:?}"))?,
+        None => Platform::host(),
+    };
+    if target_platform.architecture != Platform::host().architecture {
+        bail!(
+            "--platform {target_platform} needs emulation, which hoist does not do yet; this machine is {}",
+            Platform::host()
+        );
+    }
+    let request = BuildRequest {
+        dockerfile: args
+            .file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("Dockerfile")),
+        context_dir: args.path.clone(),
+        options: BuildOptions {
+            build_args: key_values(&args.build_args, "--build-arg")?,
+            target: args.target.clone(),
+            target_platform,
+            build_platform: Platform::host(),
+            network: match args.network.as_str() {
+                "none" => NetworkMode::None,
+                "host" => NetworkMode::Host,
+                _ => NetworkMode::Default,
+            },
+            labels: key_values(&args.labels, "--label")?,
+            ignore_patterns: Vec::new(),
+            allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+        },
+        tags: args.tags.clone(),
+        push,
+        no_cache: args.no_cache,
+        media: if args.docker_mediatypes {
+            hoist_cache::MediaTypes::Docker
+        } else {
+            hoist_cache::MediaTypes::Oci
+        },
+    };
+    if !request.context_dir.is_dir() {
+        bail!(
+            "build context {} is not a directory",
+            request.context_dir.display()
+        );
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let engine = engine::open(&args.engine, args.max_parallelism)?;
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let renderer = tokio::spawn(progress::render(args.progress, receiver));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let on_interrupt = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                on_interrupt.cancel();
+            }
+        });
+        let result = engine.build(&request, Arc::new(events), cancel).await;
+        // The sender is gone with the build: the renderer drains what is left and ends.
+        let _ = renderer.await;
+        let outcome = result.map_err(anyhow::Error::from)?;
+        finish(&engine, &args, &outputs, &outcome)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn finish(
+    engine: &hoist_solver::build::Engine,
+    args: &BuildArgs,
+    outputs: &[Output],
+    outcome: &BuildOutcome,
+) -> anyhow::Result<()> {
+    let store = hoist_cache::ImageStore::open(&engine.state.root)?;
+    for output in outputs {
+        match output {
+            Output::Image | Output::Registry => {}
+            Output::Oci(dest) => {
+                let names: Vec<(String, _)> = args
+                    .tags
+                    .iter()
+                    .map(|t| (t.clone(), outcome.manifest.clone()))
+                    .chain(
+                        args.tags
+                            .is_empty()
+                            .then(|| ("latest".to_owned(), outcome.manifest.clone())),
+                    )
+                    .collect();
+                if dest.extension().is_some_and(|e| e == "tar") {
+                    let file = fs_err::File::create(dest)?;
+                    store.export_oci_tar(&names, file)?;
+                } else {
+                    store.export_oci_dir(&names, dest)?;
+                }
+            }
+            Output::Docker(dest) => {
+                let file = fs_err::File::create(dest)?;
+                store.export_docker_tar(&outcome.manifest, &args.tags, file)?;
+            }
+            Output::Local(dest) => store.export_rootfs(&outcome.manifest, dest)?,
+        }
+    }
+    let digest = outcome.manifest.digest().to_string();
+    if let Some(path) = &args.iidfile {
+        fs_err::write(path, outcome.config_digest.to_string())?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let metadata = serde_json::json!({
+            "containerimage.digest": digest,
+            "containerimage.config.digest": outcome.config_digest.to_string(),
+            "image.name": args.tags.join(","),
+            "pushed": outcome.pushed,
+        });
+        fs_err::write(path, serde_json::to_vec_pretty(&metadata)?)?;
+    }
+    let mut err = std::io::stderr().lock();
+    for name in &outcome.unused_build_args {
+        writeln!(err, "warning: build-arg {name} was not consumed by any ARG")?;
+    }
+    writeln!(
+        err,
+        "built {digest} ({} steps ran, {} cached)",
+        outcome.ran, outcome.cached
+    )?;
+    for pushed in &outcome.pushed {
+        writeln!(err, "pushed {pushed}")?;
+    }
+    if let Some(pinned) = outcome.pushed.first() {
+        writeln!(
+            err,
+            "run it:\n  docker run --rm {pinned}\n  podman run --rm {pinned}\n  hoist run --rm {pinned}"
+        )?;
+    }
+    // The image id on stdout, as `docker build -q` prints it, for scripts.
+    writeln!(std::io::stdout().lock(), "{}", outcome.config_digest)?;
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The options every command that builds, pulls or runs shares, and opening the engine.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use hoist_executor::{Executor, ExecutorConfig};
+use hoist_registry::{Client, ClientConfig};
+use hoist_solver::build::Engine;
+use hoist_solver::worker::State;
+
+#[derive(Debug, Args)]
+pub(crate) struct EngineArgs {
+    /// Where hoist keeps its state (default: /var/lib/hoist for root, else
+    /// $XDG_DATA_HOME/hoist).
+    #[arg(long, env = "HOIST_ROOT", global = true)]
+    pub(crate) root: Option<PathBuf>,
+    /// A registry (host[:port]) spoken to over plain HTTP; localhost and 127.0.0.0/8 always are.
+    #[arg(long = "insecure-registry", value_name = "HOST", global = true)]
+    pub(crate) insecure_registries: Vec<String>,
+}
+
+impl EngineArgs {
+    pub(crate) fn root(&self) -> PathBuf {
+        if let Some(root) = &self.root {
+            return root.clone();
+        }
+        if rustix::process::geteuid().is_root() {
+            return PathBuf::from("/var/lib/hoist");
+        }
+        let data = std::env::var_os("XDG_DATA_HOME").map_or_else(
+            || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share"),
+            PathBuf::from,
+        );
+        data.join("hoist")
+    }
+}
+
+/// Opens the state, the sandbox and the registry client.
+pub(crate) fn open(args: &EngineArgs, max_parallelism: Option<usize>) -> anyhow::Result<Engine> {
+    let root = args.root();
+    let state = State::open(&root)
+        .map_err(|e| anyhow::anyhow!(e))
+        .with_context(|| format!("opening the state at {}", root.display()))?;
+    let executor = Executor::new(ExecutorConfig::new(root.join("executor")))
+        .context("setting up the sandbox")?;
+    let client = Client::with_default_credentials(ClientConfig {
+        insecure_registries: args.insecure_registries.clone(),
+        resume_dir: Some(root.join("uploads")),
+        ..ClientConfig::default()
+    })
+    .context("setting up the registry client")?;
+    Ok(Engine::new(
+        Arc::new(state),
+        Arc::new(executor),
+        Arc::new(client),
+        max_parallelism.unwrap_or_else(hoist_solver::scheduler::default_parallelism),
+    ))
+}
