@@ -190,6 +190,13 @@ fn main() {
         }
         // The reverse direction: the stored blob applied into a fresh snapshot directory.
         let d = store_upperdir_layer(&store, &ctx, &options).unwrap();
+        let t = Instant::now();
+        let (_, mut r) = hoist_cache::decompress(store.open(&d.digest).unwrap()).unwrap();
+        let n = std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        println!(
+            "{c:?} decompress only: {:.0} MB/s",
+            n as f64 / 1e6 / t.elapsed().as_secs_f64()
+        );
         let mut best = f64::MAX;
         for i in 0..3 {
             let dest = work.path().join(format!("snap-{c:?}-{i}"));

@@ -102,11 +102,12 @@ impl ImageStore {
         if !layout.exists() {
             write_atomic(&layout, OCI_LAYOUT)?;
         }
-        let index = root.join("index.json");
-        if !index.exists() {
-            write_atomic(&index, &index_bytes(&[])?)?;
+        let store = Self { blobs };
+        if !store.index_path().exists() {
+            // Under the lock, so a concurrent first `tag` is never overwritten by an empty index.
+            store.update(|_| {})?;
         }
-        Ok(Self { blobs })
+        Ok(store)
     }
 
     /// The content store behind this image store.
@@ -125,7 +126,11 @@ impl ImageStore {
     /// `index.json` cannot be read or parsed.
     pub fn list(&self) -> Result<Vec<(String, Descriptor)>, LayoutError> {
         let path = self.index_path();
-        let raw = fs_err::read(&path).map_err(io_err("read", &path))?;
+        let raw = match fs_err::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
         let index: ImageIndex =
             serde_json::from_slice(&raw).map_err(|source| LayoutError::ParseIndex {
                 path: path.clone(),

@@ -167,6 +167,26 @@ fn names_live_in_index_json_and_resolve() {
 }
 
 #[test]
+fn concurrent_taggers_lose_no_name() {
+    let b = build(Compression::None, MediaTypes::Oci);
+    let root = b.root.clone();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let root = root.clone();
+            let manifest = b.manifest.clone();
+            std::thread::spawn(move || {
+                let store = ImageStore::open(&root).unwrap();
+                store.tag(&format!("name{i}"), &manifest).unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(b.store.list().unwrap().len(), 8);
+}
+
+#[test]
 fn the_same_inputs_give_the_same_manifest_digest() {
     let a = build(Compression::Gzip, MediaTypes::Oci);
     let b = build(Compression::Gzip, MediaTypes::Oci);
