@@ -526,7 +526,15 @@ impl BuildWorker {
                 // No uplink is set up for sandboxes yet: the default is loopback only.
                 NetworkMode::Default | NetworkMode::None => spec::NetworkMode::None,
             },
-            etc_files: self.executor.etc_files(&hostname)?,
+            etc_files: {
+                // Two RUNs of one process preparing the shared /etc files at once race on the
+                // executor's temp names; one at a time is plenty (it is a few small files).
+                static ETC_FILES: Mutex<()> = Mutex::new(());
+                let _guard = ETC_FILES
+                    .lock()
+                    .map_err(|_| WorkerError::Internal("etc files lock"))?;
+                self.executor.etc_files(&hostname)?
+            },
             limits: Limits::default(),
             insecure: exec.privileged,
         })?;

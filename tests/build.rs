@@ -1,0 +1,390 @@
+//! `hoist build` end to end, as a user runs it: a busybox base made from Debian's busybox-static,
+//! real RUN steps in the sandbox, the layer cache across runs, a real registry, and podman
+//! running what was pushed. Needs root (namespaces, overlay, cgroups).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns may unwrap
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A build context plus a private state root, and the hoist command to use them.
+struct Project {
+    dir: tempfile::TempDir,
+    root: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(dockerfile: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/busybox-rootfs.sh"))
+                .arg(dir.path().join("rootfs.tar"))
+                .status()
+                .expect("run scripts/busybox-rootfs.sh (needs busybox-static)");
+        assert!(status.success(), "making the busybox rootfs failed");
+        fs_err::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+        Self {
+            dir,
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, content: &str) {
+        fs_err::write(self.path(rel), content).unwrap();
+    }
+
+    fn hoist(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .arg("build")
+            .arg("--root")
+            .arg(self.root.path())
+            .arg("--progress=plain")
+            .args(args)
+            .arg(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Builds and exports the root filesystem; returns (stderr, rootfs dir).
+    fn build_to_dir(&self, args: &[&str]) -> (String, tempfile::TempDir) {
+        let dest = tempfile::tempdir().unwrap();
+        let output = format!("type=local,dest={}", dest.path().display());
+        let mut all = vec!["-o", output.as_str()];
+        all.extend_from_slice(args);
+        let out = self.hoist(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "hoist build failed:\n{stderr}");
+        (stderr, dest)
+    }
+}
+
+/// The names of the steps that ran (not CACHED) in a plain progress log.
+fn steps_that_ran(stderr: &str) -> Vec<String> {
+    let mut names = std::collections::BTreeMap::new();
+    let mut done = Vec::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((n, text)) = rest.split_once(' ') else {
+            continue;
+        };
+        if text.starts_with('[') {
+            names.insert(n.to_owned(), text.to_owned());
+        } else if text.starts_with("DONE") {
+            done.push(n.to_owned());
+        }
+    }
+    done.iter()
+        .filter_map(|n| names.get(n).cloned())
+        .filter(|name| name.contains(" RUN ") || name.contains(" COPY ") || name.contains(" ADD "))
+        .collect()
+}
+
+const APP: &str = "FROM scratch\n\
+                   ADD rootfs.tar /\n\
+                   WORKDIR /app\n\
+                   COPY a.txt .\n\
+                   RUN cat a.txt > out.txt && echo ran >> out.txt\n\
+                   CMD [\"cat\", \"/app/out.txt\"]\n";
+
+#[test]
+fn a_build_runs_its_steps_and_an_unchanged_rebuild_is_all_cached() {
+    let p = Project::new(APP);
+    p.write("a.txt", "first\n");
+    let (log, rootfs) = p.build_to_dir(&[]);
+    assert_eq!(
+        fs_err::read_to_string(rootfs.path().join("app/out.txt")).unwrap(),
+        "first\nran\n"
+    );
+    assert!(rootfs.path().join("bin/busybox").is_file());
+    assert_eq!(steps_that_ran(&log).len(), 3, "{log}");
+
+    let (log, _) = p.build_to_dir(&[]);
+    assert!(
+        steps_that_ran(&log).is_empty(),
+        "a rebuild ran steps:\n{log}"
+    );
+    assert!(log.contains("CACHED"), "{log}");
+}
+
+#[test]
+fn cache_invalidation_is_exact() {
+    let p = Project::new(APP);
+    p.write("a.txt", "aaaa\n");
+    p.write("unused.txt", "not copied\n");
+    p.build_to_dir(&[]);
+
+    // A touch, or a change to a file no COPY selects, keeps every step cached.
+    let a = p.path("a.txt");
+    fs_err::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    p.write("unused.txt", "changed\n");
+    let (log, _) = p.build_to_dir(&[]);
+    assert!(steps_that_ran(&log).is_empty(), "{log}");
+
+    // The case BuildKit gets wrong: same size, old mtime put back. The content changed, so
+    // COPY and what follows run again and the image has the new bytes.
+    let mtime = fs_err::metadata(&a).unwrap().modified().unwrap();
+    p.write("a.txt", "bbbb\n");
+    fs_err::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (log, rootfs) = p.build_to_dir(&[]);
+    let ran = steps_that_ran(&log);
+    assert_eq!(ran.len(), 2, "COPY and RUN must rerun: {ran:?}\n{log}");
+    assert_eq!(
+        fs_err::read_to_string(rootfs.path().join("app/out.txt")).unwrap(),
+        "bbbb\nran\n"
+    );
+}
+
+#[test]
+fn a_changed_build_arg_invalidates_from_its_first_use() {
+    let p = Project::new(
+        "FROM scratch\nADD rootfs.tar /\nRUN echo before > /before\nARG V\nRUN echo $V > /v\nRUN cat /v > /after\n",
+    );
+    p.build_to_dir(&["--build-arg", "V=1"]);
+    let (log, rootfs) = p.build_to_dir(&["--build-arg", "V=2"]);
+    let ran = steps_that_ran(&log);
+    assert_eq!(ran.len(), 2, "{ran:?}");
+    assert!(ran[0].contains("RUN echo $V"), "{ran:?}");
+    assert_eq!(
+        fs_err::read_to_string(rootfs.path().join("after")).unwrap(),
+        "2\n"
+    );
+}
+
+#[test]
+fn a_failing_run_names_its_line_exit_code_and_output() {
+    let p = Project::new(
+        "FROM scratch\nADD rootfs.tar /\nRUN echo preparing\nRUN echo boom >&2; exit 3\nRUN echo never\n",
+    );
+    let out = p.hoist(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("line 4"),
+        "no Dockerfile line in:\n{stderr}"
+    );
+    assert!(stderr.contains("exit code: 3"), "{stderr}");
+    assert!(stderr.contains("boom"), "{stderr}");
+    assert!(
+        !stderr.contains("#5 [stage-0 4/4] RUN echo never\n#5 DONE"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreached_stages_are_never_built_and_target_picks_a_stage() {
+    // The unused stage's base does not exist anywhere: resolving it would fail the build.
+    let p = Project::new(
+        "FROM scratch AS base\nADD rootfs.tar /\nRUN echo base > /base\n\
+         FROM 127.0.0.1:9/no/such:image AS unused\nRUN false\n\
+         FROM base AS app\nRUN echo app > /app\n\
+         FROM base AS other\nRUN echo other > /other\n",
+    );
+    let (_, rootfs) = p.build_to_dir(&["--target", "app"]);
+    assert!(rootfs.path().join("app").is_file());
+    assert!(!rootfs.path().join("other").exists());
+    let (_, rootfs) = p.build_to_dir(&[]);
+    assert!(rootfs.path().join("other").is_file());
+}
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    // Stage `server` waits for a connection that only stage `client` makes: run one after the
+    // other, the build could never finish. Loopback only, bounded by the test's timeout.
+    let port = free_port();
+    let p = Project::new(&format!(
+        "FROM scratch AS base\nADD rootfs.tar /\n\
+         FROM base AS server\nRUN --network=host nc -l -p {port} > /got\n\
+         FROM base AS client\nRUN --network=host sh -c 'for i in $(seq 200); do echo hello | nc 127.0.0.1 {port} && exit 0; sleep 0.1; done; exit 1'\n\
+         FROM base\nCOPY --from=server /got /got\nCOPY --from=client /bin/busybox /client-was-here\n"
+    ));
+    let dest = tempfile::tempdir().unwrap();
+    let output = format!("type=local,dest={}", dest.path().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args([
+            "build",
+            "--progress=plain",
+            "--max-parallelism=2",
+            "-o",
+            &output,
+            "--root",
+        ])
+        .arg(p.root.path())
+        .arg(p.dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_or_kill(&mut child, Duration::from_secs(120));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the stages did not overlap:\n{stderr}"
+    );
+    assert_eq!(
+        fs_err::read_to_string(dest.path().join("got")).unwrap(),
+        "hello\n"
+    );
+}
+
+fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real CNCF registry on a free loopback port, stopped on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Self {
+        let bin = "/usr/bin/docker-registry";
+        assert!(
+            Path::new(bin).exists(),
+            "{bin} is missing: apt-get install docker-registry"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("config.yml");
+        fs_err::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not start on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_pushed_image_runs_under_podman() {
+    let registry = Registry::start();
+    let p = Project::new(APP);
+    p.write("a.txt", "pushed and pulled\n");
+    let tag = format!("{}/hoist/e2e:latest", registry.addr);
+    let meta = p.root.path().join("meta.json");
+    let out = p.hoist(&[
+        "-t",
+        &tag,
+        "--push",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(&meta).unwrap()).unwrap();
+    let digest = metadata["containerimage.digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pinned = format!("{}/hoist/e2e@{digest}", registry.addr);
+    assert!(
+        stderr.contains(&format!("docker run --rm {tag}@{digest}")),
+        "no run command in:\n{stderr}"
+    );
+
+    assert!(
+        Path::new("/usr/bin/podman").exists(),
+        "podman is missing: apt-get install podman"
+    );
+    let nofile = rlimit_hard("-Hn");
+    let nproc = rlimit_hard("-Hu").min(32768);
+    let run = Command::new("podman")
+        .args(["run", "--rm", "--tls-verify=false", "--network", "none"])
+        .arg(format!("--ulimit=nofile={nofile}:{nofile}"))
+        .arg(format!("--ulimit=nproc={nproc}:{nproc}"))
+        .arg(&pinned)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "podman run failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "pushed and pulled\nran\n"
+    );
+    let _ = Command::new("podman")
+        .args(["rmi", "--force", &pinned])
+        .output();
+}
+
+/// A hard resource limit of this process as `ulimit` reports it (podman may not raise past it).
+fn rlimit_hard(flag: &str) -> u64 {
+    let out = Command::new("sh")
+        .args(["-c", &format!("ulimit {flag}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(32768)
+}
