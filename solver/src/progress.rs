@@ -6,7 +6,8 @@
 //! [`Event::Started`] carries its progress name, digest and Dockerfile line once. A vertex either
 //! is [`Event::Cached`], or is [`Event::Started`], may log, and then ends in exactly one of
 //! [`Event::Finished`], [`Event::Failed`] or [`Event::Canceled`]. A vertex whose cache key could
-//! not be computed gets an [`Event::Failed`] without a start.
+//! not be computed gets an [`Event::Failed`] without a start. A vertex that missed the cache but
+//! is needed by nothing else (everything that uses it was cached) gets no event at all.
 //!
 //! Output is delivered as the worker wrote it, in chunks, in order per vertex, and never cut:
 //! renderers split lines themselves. The [`json`] helpers encode one event per line; a log chunk

@@ -309,6 +309,13 @@ fn kinds(events: &[Event], v: VertexId) -> Vec<&'static str> {
     of(events, v).iter().map(kind).collect()
 }
 
+/// Awaits a future that must finish: a hang is a failure, not a stuck test run.
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish"))
+}
+
 /// Receives events until one matches, failing after a generous timeout.
 async fn until(
     rx: &mut mpsc::UnboundedReceiver<Event>,
@@ -447,8 +454,8 @@ async fn identical_work_in_concurrent_builds_runs_once() {
     assert_eq!(solver.in_flight(), 1);
 
     worker.gate.add_permits(1);
-    let a = build_a.await.unwrap().unwrap();
-    let b = build_b.await.unwrap().unwrap();
+    let a = within("build a", build_a).await.unwrap().unwrap();
+    let b = within("build b", build_b).await.unwrap().unwrap();
     assert_eq!(a.results, vec![Value::Str("shared".into())]);
     assert_eq!(b.results, vec![Value::Str("shared9".into())]);
     assert_eq!(worker.runs_of("gate shared"), 1);
@@ -500,7 +507,7 @@ async fn concurrent_builds_with_a_cache_run_each_vertex_once() {
             }));
         }
         for build in builds {
-            let solution = build.await.unwrap().unwrap();
+            let solution = within("build", build).await.unwrap().unwrap();
             assert_eq!(solution.results, vec![Value::Str("da".into())]);
         }
         assert_eq!(worker.total_runs(), 5, "{:?}", worker.runs.lock().unwrap());
@@ -658,10 +665,12 @@ async fn the_first_error_cancels_a_running_sibling_and_names_its_vertex() {
     let solver = solver(4);
     let worker = Fake::new();
     let events = Arc::new(Recorder::new());
-    let err = solver
-        .solve(job(&g, &[root], &worker, events.clone()))
-        .await
-        .unwrap_err();
+    let err = within(
+        "the failing build",
+        solver.solve(job(&g, &[root], &worker, events.clone())),
+    )
+    .await
+    .unwrap_err();
 
     let SolveError::Vertex {
         name,
@@ -722,7 +731,7 @@ async fn a_caller_cancel_stops_everything_and_waits_for_it() {
     });
     worker.wait_started(2).await;
     cancel.cancel();
-    let result = build.await.unwrap();
+    let result = within("the cancelled build", build).await.unwrap();
     assert!(matches!(result, Err(SolveError::Cancelled)), "{result:?}");
     assert_eq!(worker.cleaned_up.load(Ordering::SeqCst), 2);
     assert_eq!(worker.total_runs(), 2);
@@ -764,10 +773,13 @@ async fn cancelling_one_build_leaves_shared_work_to_the_other() {
     until(&mut rx_b, |e| kind(e) == "started").await;
 
     cancel_a.cancel();
-    assert!(matches!(build_a.await.unwrap(), Err(SolveError::Cancelled)));
+    assert!(matches!(
+        within("build a", build_a).await.unwrap(),
+        Err(SolveError::Cancelled)
+    ));
     assert_eq!(solver.in_flight(), 1, "B still waits for it");
     worker.gate.add_permits(1);
-    let b = build_b.await.unwrap().unwrap();
+    let b = within("build b", build_b).await.unwrap().unwrap();
     assert_eq!(b.results, vec![Value::Str("both".into())]);
     assert_eq!(worker.cancelled_seen.load(Ordering::SeqCst), 0);
     assert_eq!(worker.runs_of("gate both"), 1);
