@@ -19,6 +19,16 @@ struct Cli {
 enum Command {
     /// Build an image from a Dockerfile and a context.
     Build(Box<cmd::build::BuildArgs>),
+    /// Run an image in the sandbox (from the local store, or pulled).
+    Run(Box<cmd::run::RunArgs>),
+    /// Pull an image into the local store.
+    Pull(cmd::image::PullArgs),
+    /// Push an image from the local store.
+    Push(cmd::image::PushArgs),
+    /// List the images in the local store.
+    Images(cmd::image::ImagesArgs),
+    /// Export an image: OCI layout (dir or tar), docker tar, or root filesystem.
+    Save(cmd::image::SaveArgs),
     /// Parse a Dockerfile and print its syntax tree.
     Parse(cmd::parse::ParseArgs),
     /// Tools for looking inside hoist.
@@ -37,6 +47,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(args) => cmd::build::run(*args),
+        Command::Run(args) => cmd::run::run(&args),
+        Command::Pull(args) => cmd::image::pull(&args),
+        Command::Push(args) => cmd::image::push(&args),
+        Command::Images(args) => cmd::image::images(&args),
+        Command::Save(args) => cmd::image::save(&args),
         Command::Parse(args) => cmd::parse::run(&args),
         Command::Debug { command } => cmd::debug::run(command),
     };

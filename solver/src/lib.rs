@@ -14,6 +14,7 @@
 pub mod build;
 pub mod frontend;
 pub mod graph;
+pub mod image;
 pub mod op;
 pub mod progress;
 pub mod scheduler;

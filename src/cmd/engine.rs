@@ -14,10 +14,10 @@ use hoist_solver::worker::State;
 pub(crate) struct EngineArgs {
     /// Where hoist keeps its state (default: /var/lib/hoist for root, else
     /// $XDG_DATA_HOME/hoist).
-    #[arg(long, env = "HOIST_ROOT", global = true)]
+    #[arg(long, env = "HOIST_ROOT")]
     pub(crate) root: Option<PathBuf>,
     /// A registry (host[:port]) spoken to over plain HTTP; localhost and 127.0.0.0/8 always are.
-    #[arg(long = "insecure-registry", value_name = "HOST", global = true)]
+    #[arg(long = "insecure-registry", value_name = "HOST")]
     pub(crate) insecure_registries: Vec<String>,
 }
 

@@ -4,7 +4,9 @@
 pub(crate) mod build;
 pub(crate) mod debug;
 pub(crate) mod engine;
+pub(crate) mod image;
 pub(crate) mod parse;
+pub(crate) mod run;
 
 use std::io::Write as _;
 

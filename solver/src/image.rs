@@ -1,0 +1,293 @@
+//! Images outside a build: pull into the local store, push from it, and run one in the sandbox
+//! as `docker run` would (ENTRYPOINT, CMD, ENV, USER and WORKDIR honoured, the exit code passed
+//! through).
+
+// Errors travel once, on the slow path; see worker.rs.
+#![allow(clippy::result_large_err)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hoist_cache::oci_spec::image::Descriptor;
+use hoist_cache::{Image, ImageStore};
+use hoist_executor::spec::{self, Limits, SpecOptions};
+use hoist_executor::{ExitStatus, Rootfs, RunRequest};
+use hoist_registry::{Platform, PushOptions, Reference};
+use tokio::io::AsyncWrite;
+
+use crate::build::Engine;
+use crate::frontend::ImageConfig;
+use crate::worker::StoreAdapter;
+
+/// An image operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageOpError {
+    #[error("invalid image reference {reference:?}: {source}")]
+    Reference {
+        reference: String,
+        #[source]
+        source: hoist_registry::ParseReferenceError,
+    },
+    #[error("pulling {reference}: {source}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: Box<hoist_registry::PullError>,
+    },
+    #[error("pushing {reference}: {source}")]
+    Push {
+        reference: String,
+        #[source]
+        source: Box<hoist_registry::PushError>,
+    },
+    #[error(transparent)]
+    Store(#[from] hoist_cache::LayoutError),
+    #[error(transparent)]
+    Image(#[from] hoist_cache::ImageError),
+    #[error(transparent)]
+    Snapshot(#[from] hoist_cache::SnapshotError),
+    #[error("image {reference} has no command: give one after the image name")]
+    NoCommand { reference: String },
+    #[error("cannot resolve user {user:?} in the image: {source}")]
+    User {
+        user: String,
+        #[source]
+        source: hoist_executor::user::ResolveUserError,
+    },
+    #[error("the sandbox failed: {0}")]
+    Run(#[from] hoist_executor::RunError),
+    #[error("building the sandbox spec: {0}")]
+    Spec(#[from] hoist_executor::spec::BuildSpecError),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn parse(reference: &str) -> Result<Reference, ImageOpError> {
+    reference.parse().map_err(|source| ImageOpError::Reference {
+        reference: reference.to_owned(),
+        source,
+    })
+}
+
+/// Pulls an image into the content store and names it in the local store.
+///
+/// # Errors
+/// The reference is invalid, or the pull fails (the message says why).
+pub async fn pull(
+    engine: &Engine,
+    reference: &str,
+    platform: &Platform,
+) -> Result<Descriptor, ImageOpError> {
+    let parsed = parse(reference)?;
+    let store: Arc<dyn hoist_registry::BlobStore> =
+        Arc::new(StoreAdapter(engine.state.blobs.clone()));
+    let resolved = engine
+        .registry
+        .pull(&parsed, platform, store)
+        .await
+        .map_err(|source| ImageOpError::Pull {
+            reference: reference.to_owned(),
+            source: Box::new(source),
+        })?;
+    // The layers and config are in the store; the platform's manifest goes there too, so the
+    // local name points at something complete.
+    engine
+        .state
+        .blobs
+        .put(&resolved.manifest.bytes)
+        .map_err(hoist_cache::LayoutError::from)?;
+    let descriptor = resolved.manifest.descriptor();
+    let images = ImageStore::open(&engine.state.root)?;
+    images.tag(&parsed.to_string(), &descriptor)?;
+    Ok(descriptor)
+}
+
+/// Pushes a locally named image to `target` (the same name when `None`). Returns the pushed
+/// reference pinned to its digest.
+///
+/// # Errors
+/// The name is unknown locally, or the push fails.
+pub async fn push(
+    engine: &Engine,
+    name: &str,
+    target: Option<&str>,
+) -> Result<String, ImageOpError> {
+    let source = parse(name)?;
+    let images = ImageStore::open(&engine.state.root)?;
+    let descriptor = images.resolve(&source.to_string())?;
+    let target_ref = parse(target.unwrap_or(name))?;
+    let report = engine
+        .registry
+        .push(
+            &target_ref,
+            &descriptor,
+            Arc::new(StoreAdapter(engine.state.blobs.clone())),
+            &PushOptions::default(),
+        )
+        .await
+        .map_err(|source| ImageOpError::Push {
+            reference: target_ref.to_string(),
+            source: Box::new(source),
+        })?;
+    Ok(report.reference.to_string())
+}
+
+/// What `hoist run` was asked for beyond the image.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Replaces the image's CMD (and is appended to its ENTRYPOINT).
+    pub command: Vec<String>,
+    /// Replaces the image's ENTRYPOINT.
+    pub entrypoint: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub network: spec::NetworkMode,
+}
+
+/// Runs an image from the local store (pulling it first if it is not there), streaming its
+/// output, and returns its exit code (128 + signal for a signal, as shells report it).
+///
+/// # Errors
+/// The image cannot be had, has no command, or the sandbox fails to start.
+pub async fn run<O, E>(
+    engine: &Engine,
+    reference: &str,
+    platform: &Platform,
+    options: &RunOptions,
+    stdout: &mut O,
+    stderr: &mut E,
+) -> Result<i32, ImageOpError>
+where
+    O: AsyncWrite + Unpin + Send + ?Sized,
+    E: AsyncWrite + Unpin + Send + ?Sized,
+{
+    let parsed = parse(reference)?;
+    let images = ImageStore::open(&engine.state.root)?;
+    let descriptor = match images.resolve(&parsed.to_string()) {
+        Ok(d) => d,
+        Err(_) => pull(engine, reference, platform).await?,
+    };
+    let image = Image::load(&engine.state.blobs, &descriptor)?;
+    let mut lowerdirs = engine
+        .state
+        .snapshots
+        .unpack_image(&engine.state.blobs, &image)?;
+    lowerdirs.reverse();
+    let config: ImageConfig = image_runtime_config(&engine.state.blobs, &image);
+
+    let mut args: Vec<String> = match &options.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => config.entrypoint.clone().unwrap_or_default(),
+    };
+    if options.command.is_empty() {
+        if options.entrypoint.is_none() {
+            args.extend(config.cmd.clone().unwrap_or_default());
+        }
+    } else {
+        args.extend(options.command.iter().cloned());
+    }
+    if args.is_empty() {
+        return Err(ImageOpError::NoCommand {
+            reference: reference.to_owned(),
+        });
+    }
+    let mut env = config.env.clone();
+    if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
+    }
+    for (k, v) in &options.env {
+        env.retain(|kv| kv.split_once('=').is_none_or(|(key, _)| key != k));
+        env.push(format!("{k}={v}"));
+    }
+    let user_spec = options.user.clone().unwrap_or_else(|| config.user.clone());
+    let user_spec = if user_spec.is_empty() {
+        "root".to_owned()
+    } else {
+        user_spec
+    };
+    let user = hoist_executor::user::resolve_user(&lowerdirs, &user_spec).map_err(|source| {
+        ImageOpError::User {
+            user: user_spec.clone(),
+            source,
+        }
+    })?;
+    let cwd = options
+        .workdir
+        .clone()
+        .or_else(|| (!config.working_dir.is_empty()).then(|| config.working_dir.clone()))
+        .unwrap_or_else(|| "/".to_owned());
+    let hostname = "hoist-run".to_owned();
+    let spec = spec::build_spec(&SpecOptions {
+        args,
+        env,
+        cwd: PathBuf::from(cwd),
+        user,
+        hostname: hostname.clone(),
+        network: options.network,
+        etc_files: engine.executor.etc_files(&hostname)?,
+        limits: Limits::default(),
+        insecure: false,
+    })?;
+    let scratch_base = engine.state.root.join("tmp");
+    let scratch = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&scratch_base)
+        .map_err(|source| ImageOpError::Io {
+            op: "create a scratch dir in",
+            path: scratch_base.clone(),
+            source,
+        })?;
+    let upperdir = scratch.path().join("upper");
+    let workdir = scratch.path().join("work");
+    for d in [&upperdir, &workdir] {
+        fs_err::create_dir(d).map_err(|source| ImageOpError::Io {
+            op: "create",
+            path: d.clone(),
+            source,
+        })?;
+    }
+    let outcome = engine
+        .executor
+        .run(
+            RunRequest {
+                spec,
+                rootfs: Rootfs {
+                    lowerdirs,
+                    upperdir,
+                    workdir,
+                },
+                timeout: None,
+            },
+            stdout,
+            stderr,
+        )
+        .await?;
+    // `--rm` is the only mode: the container's changes go with the scratch dir.
+    drop(scratch);
+    Ok(match outcome.status {
+        ExitStatus::Exited(code) => code,
+        ExitStatus::Signaled(signal) => 128 + signal,
+    })
+}
+
+/// The runtime part (`config`) of an image's config blob.
+fn image_runtime_config(blobs: &hoist_cache::BlobStore, image: &Image) -> ImageConfig {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        #[serde(default)]
+        config: Option<ImageConfig>,
+    }
+    blobs
+        .read(image.manifest.config().digest())
+        .ok()
+        .and_then(|raw| serde_json::from_slice::<Raw>(&raw).ok())
+        .and_then(|r| r.config)
+        .unwrap_or_default()
+}

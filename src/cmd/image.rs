@@ -1,0 +1,163 @@
+//! `hoist pull`, `hoist push`, `hoist images` and `hoist save`: images in the local store.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use hoist_registry::{Platform, Reference};
+
+use crate::cmd::engine::{self, EngineArgs};
+
+#[derive(Debug, Args)]
+pub(crate) struct PullArgs {
+    /// The image, such as registry:5000/team/app:1.0 or name@sha256:….
+    image: String,
+    /// The platform to pull, os/arch[/variant] (default: this machine's).
+    #[arg(long)]
+    platform: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PushArgs {
+    /// A name in the local store.
+    name: String,
+    /// Where to push it (default: the same name).
+    target: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImagesArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SaveArgs {
+    /// type=oci|docker|tar,dest=FILE or DIR, or type=local,dest=DIR.
+    #[arg(short = 'o', long = "output", value_name = "type=…")]
+    output: String,
+    /// A name in the local store.
+    name: String,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+fn platform(p: Option<&str>) -> anyhow::Result<Platform> {
+    p.map_or_else(
+        || Ok(Platform::host()),
+        |p| {
+            p.parse()
+                .with_context(|| format!("invalid --platform {p:?}"))
+        },
+    )
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
+    let platform = platform(args.platform.as_deref())?;
+    runtime()?.block_on(async {
+        let engine = engine::open(&args.engine, None)?;
+        let descriptor = hoist_solver::image::pull(&engine, &args.image, &platform).await?;
+        let name: Reference = args.image.parse()?;
+        writeln!(std::io::stdout().lock(), "{name}@{}", descriptor.digest())?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub(crate) fn push(args: &PushArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let engine = engine::open(&args.engine, None)?;
+        let pinned = hoist_solver::image::push(&engine, &args.name, args.target.as_deref()).await?;
+        writeln!(std::io::stdout().lock(), "{pinned}")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub(crate) fn images(args: &ImagesArgs) -> anyhow::Result<ExitCode> {
+    let store = hoist_cache::ImageStore::open(args.engine.root())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<60} {:<71} SIZE", "NAME", "DIGEST")?;
+    for (name, descriptor) in store.list()? {
+        let size = hoist_cache::Image::load(store.blobs(), &descriptor)
+            .map(|image| {
+                image
+                    .manifest
+                    .layers()
+                    .iter()
+                    .map(|l| l.size())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0);
+        writeln!(
+            out,
+            "{name:<60} {:<71} {}",
+            descriptor.digest().to_string(),
+            human(size)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn save(args: &SaveArgs) -> anyhow::Result<ExitCode> {
+    let store = hoist_cache::ImageStore::open(args.engine.root())?;
+    let name: Reference = args.name.parse()?;
+    let descriptor = store.resolve(&name.to_string())?;
+    let fields: std::collections::BTreeMap<&str, &str> = args
+        .output
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let dest = PathBuf::from(
+        fields
+            .get("dest")
+            .with_context(|| format!("output {:?} needs dest=PATH", args.output))?,
+    );
+    match fields.get("type").copied() {
+        Some("oci" | "tar") if dest.extension().is_some_and(|e| e == "tar") => {
+            store.export_oci_tar(
+                &[(name.to_string(), descriptor)],
+                fs_err::File::create(&dest)?,
+            )?;
+        }
+        Some("oci") => store.export_oci_dir(&[(name.to_string(), descriptor)], &dest)?,
+        Some("tar") => {
+            store.export_oci_tar(
+                &[(name.to_string(), descriptor)],
+                fs_err::File::create(&dest)?,
+            )?;
+        }
+        Some("docker") => {
+            store.export_docker_tar(
+                &descriptor,
+                &[name.to_string()],
+                fs_err::File::create(&dest)?,
+            )?;
+        }
+        Some("local") => store.export_rootfs(&descriptor, &dest)?,
+        other => bail!("unknown output type {other:?}: expected oci, docker, tar or local"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)] // a display
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1}GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1}MB", b / 1e6)
+    } else {
+        format!("{:.1}kB", b / 1e3)
+    }
+}
