@@ -207,13 +207,11 @@ pub(crate) fn overlay_options(
         .collect::<Result<Vec<_>, _>>()?
         .join(":");
     // index=off and no xino keep the upperdir free of overlay bookkeeping beyond whiteouts and
-    // opaque markers, so it reads as a plain layer diff. volatile skips the sync of the whole
-    // upper filesystem that unmounting would otherwise do (a journal commit on ext4, several
-    // milliseconds per RUN); the upperdir is read back right after the RUN, and a crash before
-    // that discards the RUN anyway. overlayfs then refuses this workdir for another mount,
-    // which is never wanted: every RUN gets a fresh one.
+    // opaque markers, so it reads as a plain layer diff. (`volatile`, which skips the upper
+    // sync at unmount, made no measurable difference to start-to-exit time here and costs two
+    // more directories in the workdir, so it is not used.)
     Ok(format!(
-        "lowerdir={lower},upperdir={},workdir={},index=off,xino=off,volatile",
+        "lowerdir={lower},upperdir={},workdir={},index=off,xino=off",
         text(upperdir)?,
         text(workdir)?
     ))
@@ -274,7 +272,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             opts,
-            "lowerdir=/l/top:/l/base,upperdir=/u,workdir=/w,index=off,xino=off,volatile"
+            "lowerdir=/l/top:/l/base,upperdir=/u,workdir=/w,index=off,xino=off"
         );
         assert!(matches!(
             overlay_options(&["/a:b".into()], Path::new("/u"), Path::new("/w")),
