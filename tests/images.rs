@@ -1,0 +1,217 @@
+//! The image commands as a user chains them: build a base image from a busybox rootfs tar,
+//! push it, pull it back into a fresh store, run it with `hoist run`, and export it for
+//! skopeo and umoci. Needs root and a real registry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns may unwrap
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn hoist(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .env("HOIST_ROOT", root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Self {
+        let bin = "/usr/bin/docker-registry";
+        assert!(
+            Path::new(bin).exists(),
+            "{bin} is missing: apt-get install docker-registry"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        fs_err::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not start on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_busybox_base_image_round_trips_and_runs() {
+    let registry = Registry::start();
+    let context = tempfile::tempdir().unwrap();
+    let status =
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/busybox-rootfs.sh"))
+            .arg(context.path().join("rootfs.tar"))
+            .status()
+            .unwrap();
+    assert!(status.success());
+    fs_err::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nADD rootfs.tar /\nENV GREETING=hi\nWORKDIR /home\nENTRYPOINT [\"sh\", \"-c\"]\nCMD [\"echo $GREETING from $(pwd)\"]\n",
+    )
+    .unwrap();
+    let image = format!("{}/base/busybox:1", registry.addr);
+
+    // Build and push from one store…
+    let first = tempfile::tempdir().unwrap();
+    ok(&hoist(
+        first.path(),
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            &image,
+            "--push",
+            context.path().to_str().unwrap(),
+        ],
+    ));
+
+    // …pull into a fresh one, and find it listed.
+    let second = tempfile::tempdir().unwrap();
+    let pinned = ok(&hoist(second.path(), &["pull", &image]));
+    assert!(
+        pinned.trim().starts_with(&format!("{image}@sha256:")),
+        "{pinned}"
+    );
+    let listed = ok(&hoist(second.path(), &["images"]));
+    assert!(listed.contains(&image), "{listed}");
+
+    // Run it: ENTRYPOINT + CMD + ENV + WORKDIR from the image; a command replaces CMD; the
+    // exit code passes through; -e, -u and -w override.
+    assert_eq!(
+        ok(&hoist(second.path(), &["run", "--rm", &image])),
+        "hi from /home\n"
+    );
+    let out = hoist(second.path(), &["run", &image, "exit 42"]);
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ok(&hoist(
+        second.path(),
+        &[
+            "run",
+            "-e",
+            "GREETING=bye",
+            "-u",
+            "nobody",
+            "-w",
+            "/tmp",
+            &image,
+            "echo $GREETING $(id -un) $(pwd)",
+        ],
+    ));
+    assert_eq!(out, "bye nobody /tmp\n");
+
+    // Export: skopeo reads the OCI layout and the docker tar; umoci unpacks the layout.
+    let out_dir = tempfile::tempdir().unwrap();
+    let layout = out_dir.path().join("layout");
+    let docker_tar = out_dir.path().join("image.tar");
+    ok(&hoist(
+        second.path(),
+        &[
+            "save",
+            "-o",
+            &format!("type=oci,dest={}", layout.display()),
+            &image,
+        ],
+    ));
+    ok(&hoist(
+        second.path(),
+        &[
+            "save",
+            "-o",
+            &format!("type=docker,dest={}", docker_tar.display()),
+            &image,
+        ],
+    ));
+    for target in [
+        format!("oci:{}:{image}", layout.display()),
+        format!("docker-archive:{}", docker_tar.display()),
+    ] {
+        let inspect = Command::new("skopeo")
+            .args(["inspect", &target])
+            .output()
+            .expect("skopeo (apt-get install skopeo)");
+        assert!(
+            inspect.status.success(),
+            "skopeo inspect {target}: {}",
+            String::from_utf8_lossy(&inspect.stderr)
+        );
+    }
+    let bundle = out_dir.path().join("bundle");
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:{image}", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("umoci (apt-get install umoci)");
+    assert!(
+        unpack.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+
+    // Push from the local store under another name: the blobs are already there.
+    let copy = format!("{}/base/copy:2", registry.addr);
+    let pushed = ok(&hoist(second.path(), &["push", &image, &copy]));
+    assert!(
+        pushed.trim().starts_with(&format!("{copy}@sha256:")),
+        "{pushed}"
+    );
+}
