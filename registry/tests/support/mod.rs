@@ -2,12 +2,7 @@
 //! the registry's token auth, a fault-injecting TCP proxy, and images built in a `DirStore`.
 // Test support, not library code: a panic here is a test failure. Not every test binary uses
 // every helper.
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::net::TcpListener;
