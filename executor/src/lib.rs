@@ -20,9 +20,10 @@
 //!
 //! - [`Executor`] (with [`ExecutorConfig`] and [`Backend`]): one per process. On creation it picks
 //!   the cgroup hierarchy ([`cgroup::CgroupRoot`]) and removes state left by dead hoist processes.
-//!   [`Executor::run`] makes the RUN's [`cgroup::Cgroup`] and state dir, runs the spec, streams
-//!   output, and on every outcome (including a dropped, that is cancelled, future) kills the
-//!   cgroup and removes what it made.
+//!   [`Executor::run`] makes the RUN's [`cgroup::Cgroup`] (and, for runc, a bundle dir), runs the
+//!   spec, streams output, and on every outcome (including a dropped, that is cancelled, future)
+//!   kills the cgroup and removes what it made. A built-in RUN leaves nothing on disk but its
+//!   cgroup: its mounts live and die in its own mount namespace.
 //! - [`RunRequest`]: the [`oci_spec::runtime::Spec`], the [`Rootfs`] and a timeout. The spec is
 //!   the single description of the sandbox for both backends.
 //! - [`RunOutcome`]: [`ExitStatus`], OOM kill with its limit, timeout, peak memory, CPU time and

@@ -41,7 +41,9 @@ pub enum Backend {
 /// Settings of an [`Executor`].
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
-    /// Per-RUN state (mount points, status files, bundles) lives under `<state_dir>/runs`.
+    /// The built-in runtime's rootfs mount point is `<state_dir>/rootfs` (shared: each RUN
+    /// mounts in its own namespace); runc bundles live under `<state_dir>/runs`, runc's own
+    /// state under `<state_dir>/runc`, and the `/etc` files under `<state_dir>/etc`.
     pub state_dir: PathBuf,
     pub backend: Backend,
     /// Where cgroup hierarchies are mounted, normally `/sys/fs/cgroup`.
