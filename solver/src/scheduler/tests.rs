@@ -451,7 +451,8 @@ async fn identical_work_in_concurrent_builds_runs_once() {
     assert!(replay.iter().any(
         |e| matches!(e, Event::Started { id, name, .. } if *id == gate_b.index() && name == "[b 1/2] gate")
     ));
-    assert_eq!(solver.in_flight(), 1);
+    // Had B started its own computation, its worker would have run before it logged.
+    assert_eq!(worker.runs_of("gate shared"), 1);
 
     worker.gate.add_permits(1);
     let a = within("build a", build_a).await.unwrap().unwrap();
@@ -914,4 +915,33 @@ fn default_parallelism_is_the_cpu_count() {
         SolverOptions::default().max_parallelism,
         std::thread::available_parallelism().unwrap().get()
     );
+}
+
+/// Dropping a build's future (instead of cancelling its token) still tells running work to
+/// stop; it cannot wait for it, so the test waits for the worker's cleanup itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropping_a_build_stops_its_work() {
+    let solver = solver(2);
+    let worker = Fake::new();
+    let build = tokio::spawn({
+        let (solver, worker) = (solver.clone(), Arc::clone(&worker));
+        async move {
+            let mut g = Graph::new();
+            let v = g.add(exec("until-cancelled"), vec![], "v", None);
+            solver
+                .solve(job(&g, &[v], &worker, Arc::new(Recorder::new())))
+                .await
+                .map(|_| ())
+        }
+    });
+    worker.wait_started(1).await;
+    build.abort();
+    assert!(build.await.unwrap_err().is_cancelled());
+    within("the worker's cleanup", async {
+        while worker.cleaned_up.load(Ordering::SeqCst) == 0 || solver.in_flight() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(worker.cancelled_seen.load(Ordering::SeqCst), 1);
 }
