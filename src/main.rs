@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Parsing, the solver and the registry client allocate many small objects; mimalloc serves
+/// them about a third faster than glibc's malloc (see the parser benchmark).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cmd;
 mod progress;
 

@@ -15,6 +15,10 @@
 // Printing the figures is what this program is for.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+/// The allocator the hoist binary ships with, so the figure is the one users get.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
