@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 install_missing "${TEST_PACKAGES[@]}"
 
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"

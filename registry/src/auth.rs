@@ -226,7 +226,12 @@ impl DockerConfig {
             .spawn()
             .map_err(run_err)?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(server.as_bytes()).await.map_err(run_err)?;
+            // A helper may answer (and exit) without reading its input, as a "not found" one
+            // often does: a closed pipe is not a failure, its exit status and output decide.
+            match stdin.write_all(server.as_bytes()).await {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.map_err(run_err)?,
+            }
         }
         let out = child.wait_with_output().await.map_err(run_err)?;
         if !out.status.success() {
