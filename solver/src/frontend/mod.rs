@@ -34,6 +34,17 @@ use crate::op::{ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
 /// The default shell of shell-form RUN, CMD and ENTRYPOINT on Linux.
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 
+/// The flags ADD accepts.
+const ADD_FLAGS: [&str; 7] = [
+    "chown",
+    "chmod",
+    "link",
+    "exclude",
+    "keep-git-dir",
+    "checksum",
+    "unpack",
+];
+
 /// Build-args that reach RUN without being declared, and stay out of cache keys and history.
 const PROXY_ARGS: [&str; 10] = [
     "HTTP_PROXY",
@@ -377,15 +388,7 @@ impl<'a> Lowering<'a> {
     fn expand(&self, word: &str, scope: &Scope, span: Span) -> Result<String, FrontendError> {
         Lexer::new(self.escape)
             .process_word(word, scope)
-            .map_err(|source| {
-                FrontendError::new(
-                    FrontendErrorKind::Expand {
-                        word: word.to_owned(),
-                        source,
-                    },
-                    span,
-                )
-            })
+            .map_err(expand_error(word, span))
     }
 
     fn expand_words(
@@ -396,15 +399,7 @@ impl<'a> Lowering<'a> {
     ) -> Result<Vec<String>, FrontendError> {
         Lexer::new(self.escape)
             .process_words(word, scope)
-            .map_err(|source| {
-                FrontendError::new(
-                    FrontendErrorKind::Expand {
-                        word: word.to_owned(),
-                        source,
-                    },
-                    span,
-                )
-            })
+            .map_err(expand_error(word, span))
     }
 
     fn location(&self, span: Span) -> Option<Location> {
@@ -764,29 +759,6 @@ impl<'a> Lowering<'a> {
                 self.copy(state, index, step, CopyLike::Copy(copy), &text, span)?;
             }
             Instruction::Add(add) => {
-                let flags = check_flags(
-                    &add.flags,
-                    "ADD",
-                    &[
-                        "chown",
-                        "chmod",
-                        "link",
-                        "exclude",
-                        "keep-git-dir",
-                        "checksum",
-                        "unpack",
-                    ],
-                    &["exclude"],
-                )?;
-                if let Some(flag) = flags.get("checksum").or_else(|| flags.get("keep-git-dir")) {
-                    return Err(FrontendError::new(
-                        FrontendErrorKind::Unsupported {
-                            instruction: "ADD",
-                            what: "remote",
-                        },
-                        flag.span,
-                    ));
-                }
                 self.copy(state, index, step, CopyLike::Add(add), &text, span)?;
             }
             Instruction::From(_) => {
@@ -942,25 +914,22 @@ impl<'a> Lowering<'a> {
             ),
             CopyLike::Add(a) => (
                 "ADD",
-                check_flags(
-                    &a.flags,
-                    "ADD",
-                    &[
-                        "chown",
-                        "chmod",
-                        "link",
-                        "exclude",
-                        "keep-git-dir",
-                        "checksum",
-                        "unpack",
-                    ],
-                    &["exclude"],
-                )?,
+                check_flags(&a.flags, "ADD", &ADD_FLAGS, &["exclude"])?,
                 &a.paths,
                 &a.heredocs,
                 true,
             ),
         };
+        if let Some(flag) = flags.get("checksum").or_else(|| flags.get("keep-git-dir")) {
+            // Both only mean something for remote sources, which are not supported yet.
+            return Err(FrontendError::new(
+                FrontendErrorKind::Unsupported {
+                    instruction: "ADD",
+                    what: "remote",
+                },
+                flag.span,
+            ));
+        }
         if paths.words.len() < 2 {
             return Err(FrontendError::new(
                 FrontendErrorKind::Arity {
@@ -1337,6 +1306,22 @@ fn check_flags<'a>(
     Ok(Flags(flags.iter().collect()))
 }
 
+/// Maps a word-expansion error to one located at the word.
+fn expand_error(
+    word: &str,
+    span: Span,
+) -> impl FnOnce(hoist_parser::shell::ExpandError) -> FrontendError + '_ {
+    move |source| {
+        FrontendError::new(
+            FrontendErrorKind::Expand {
+                word: word.to_owned(),
+                source,
+            },
+            span,
+        )
+    }
+}
+
 fn flag_value(flag: &Flag, value: String, reason: &str) -> FrontendError {
     FrontendError::new(
         FrontendErrorKind::FlagValue {
@@ -1490,15 +1475,7 @@ fn heredoc_content(doc: &Heredoc, scope: &Scope, escape: char) -> Result<String,
     Lexer::new(escape)
         .skip_process_quotes(true)
         .process_word(&content, scope)
-        .map_err(|source| {
-            FrontendError::new(
-                FrontendErrorKind::Expand {
-                    word: doc.name.clone(),
-                    source,
-                },
-                doc.span,
-            )
-        })
+        .map_err(expand_error(&doc.name, doc.span))
 }
 
 /// HEALTHCHECK: `NONE`, or `CMD` with its options.
