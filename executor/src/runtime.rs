@@ -401,7 +401,9 @@ impl Executor {
             (&files.resolv_conf, resolv),
             (&files.hostname, format!("{hostname}\n")),
         ] {
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            // Unique per call: two RUNs of one process may prepare the same files at once.
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
             fs_err::write(&tmp, text).map_err(prepare_err(&tmp))?;
             fs_err::rename(&tmp, path).map_err(prepare_err(path))?;
         }
