@@ -5,19 +5,18 @@
 // Errors travel once, on the slow path; see worker.rs.
 #![allow(clippy::result_large_err)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use hoist_cache::oci_spec::image::Descriptor;
 use hoist_cache::{Image, ImageStore};
-use hoist_executor::spec::{self, Limits, SpecOptions};
-use hoist_executor::{ExitStatus, Rootfs, RunRequest};
+use hoist_executor::ExitStatus;
+use hoist_executor::spec;
 use hoist_registry::{Platform, PushOptions, Reference};
 use tokio::io::AsyncWrite;
 
 use crate::build::Engine;
 use crate::frontend::ImageConfig;
-use crate::worker::StoreAdapter;
+use crate::worker::{Sandboxed, StoreAdapter};
 
 /// An image operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,23 +47,10 @@ pub enum ImageOpError {
     Snapshot(#[from] hoist_cache::SnapshotError),
     #[error("image {reference} has no command: give one after the image name")]
     NoCommand { reference: String },
-    #[error("cannot resolve user {user:?} in the image: {source}")]
-    User {
-        user: String,
-        #[source]
-        source: hoist_executor::user::ResolveUserError,
-    },
+    #[error(transparent)]
+    Sandbox(#[from] crate::worker::WorkerError),
     #[error("the sandbox failed: {0}")]
     Run(#[from] hoist_executor::RunError),
-    #[error("building the sandbox spec: {0}")]
-    Spec(#[from] hoist_executor::spec::BuildSpecError),
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 fn parse(reference: &str) -> Result<Reference, ImageOpError> {
@@ -199,76 +185,30 @@ where
         });
     }
     let mut env = config.env.clone();
-    if !env.iter().any(|kv| kv.starts_with("PATH=")) {
-        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
-    }
     for (k, v) in &options.env {
         env.retain(|kv| kv.split_once('=').is_none_or(|(key, _)| key != k));
         env.push(format!("{k}={v}"));
     }
-    let user_spec = options.user.clone().unwrap_or_else(|| config.user.clone());
-    let user_spec = if user_spec.is_empty() {
-        "root".to_owned()
-    } else {
-        user_spec
-    };
-    let user = hoist_executor::user::resolve_user(&lowerdirs, &user_spec).map_err(|source| {
-        ImageOpError::User {
-            user: user_spec.clone(),
-            source,
-        }
-    })?;
+    let user = options.user.clone().unwrap_or_else(|| config.user.clone());
     let cwd = options
         .workdir
         .clone()
         .or_else(|| (!config.working_dir.is_empty()).then(|| config.working_dir.clone()))
         .unwrap_or_else(|| "/".to_owned());
-    let hostname = "hoist-run".to_owned();
-    let spec = spec::build_spec(&SpecOptions {
-        args,
-        env,
-        cwd: PathBuf::from(cwd),
-        user,
-        hostname: hostname.clone(),
-        network: options.network,
-        etc_files: engine.executor.etc_files(&hostname)?,
-        limits: Limits::default(),
-        insecure: false,
-    })?;
-    let scratch_base = engine.state.root.join("tmp");
-    let scratch = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(&scratch_base)
-        .map_err(|source| ImageOpError::Io {
-            op: "create a scratch dir in",
-            path: scratch_base.clone(),
-            source,
-        })?;
-    let upperdir = scratch.path().join("upper");
-    let workdir = scratch.path().join("work");
-    for d in [&upperdir, &workdir] {
-        fs_err::create_dir(d).map_err(|source| ImageOpError::Io {
-            op: "create",
-            path: d.clone(),
-            source,
-        })?;
-    }
-    let outcome = engine
-        .executor
-        .run(
-            RunRequest {
-                spec,
-                rootfs: Rootfs {
-                    lowerdirs,
-                    upperdir,
-                    workdir,
-                },
-                timeout: None,
-            },
-            stdout,
-            stderr,
-        )
-        .await?;
+    let (request, scratch) = engine.state.sandbox_request(
+        &engine.executor,
+        Sandboxed {
+            args,
+            env,
+            cwd: &cwd,
+            user: &user,
+            hostname: "hoist-run",
+            network: options.network,
+            insecure: false,
+            lowerdirs,
+        },
+    )?;
+    let outcome = engine.executor.run(request, stdout, stderr).await?;
     // `--rm` is the only mode: the container's changes go with the scratch dir.
     drop(scratch);
     Ok(match outcome.status {

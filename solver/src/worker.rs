@@ -43,6 +43,26 @@ use crate::scheduler::{BoxError, BoxFuture, Cache, CacheKey, VertexContext, Work
 /// How many bytes of a failed RUN's output its error shows.
 const OUTPUT_TAIL: usize = 4096;
 
+/// `PATH` for a process whose image sets none (Docker's default).
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A process to run in the sandbox, for [`State::sandbox_request`].
+#[derive(Debug)]
+pub struct Sandboxed<'a> {
+    pub args: Vec<String>,
+    /// `K=V`, in order; Docker's default `PATH` is added when none is set.
+    pub env: Vec<String>,
+    pub cwd: &'a str,
+    /// As written in USER (`name[:group]` or `uid[:gid]`); empty means root.
+    pub user: &'a str,
+    pub hostname: &'a str,
+    pub network: spec::NetworkMode,
+    /// `RUN --security=insecure`.
+    pub insecure: bool,
+    /// Snapshot directories, topmost first.
+    pub lowerdirs: Vec<PathBuf>,
+}
+
 /// One layer of a result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layer {
@@ -185,6 +205,62 @@ impl State {
                     .ok_or(WorkerError::Internal("a snapshot of the chain is missing"))
             })
             .collect()
+    }
+
+    /// Prepares a sandboxed process over a snapshot chain: the user resolved in the image, the
+    /// Spec with Docker's defaults, and a scratch dir holding a fresh upperdir and workdir. The
+    /// scratch dir (returned) removes itself when dropped, unless its upperdir was renamed away.
+    ///
+    /// # Errors
+    /// An unknown user, or a spec or scratch dir that cannot be made.
+    pub fn sandbox_request(
+        &self,
+        executor: &Executor,
+        run: Sandboxed<'_>,
+    ) -> Result<(RunRequest, tempfile::TempDir), WorkerError> {
+        let user_spec = if run.user.is_empty() {
+            "root"
+        } else {
+            run.user
+        };
+        let user =
+            hoist_executor::user::resolve_user(&run.lowerdirs, user_spec).map_err(|source| {
+                WorkerError::User {
+                    user: user_spec.to_owned(),
+                    source,
+                }
+            })?;
+        let mut env = run.env;
+        if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+            env.push(DEFAULT_PATH.to_owned());
+        }
+        let spec = spec::build_spec(&SpecOptions {
+            args: run.args,
+            env,
+            cwd: PathBuf::from(run.cwd),
+            user,
+            hostname: run.hostname.to_owned(),
+            network: run.network,
+            etc_files: executor.etc_files(run.hostname)?,
+            limits: Limits::default(),
+            insecure: run.insecure,
+        })?;
+        let scratch = self.scratch()?;
+        let upperdir = scratch.path().join("upper");
+        let workdir = scratch.path().join("work");
+        for d in [&upperdir, &workdir] {
+            fs_err::create_dir(d).map_err(io_err("create", d))?;
+        }
+        let request = RunRequest {
+            spec,
+            rootfs: Rootfs {
+                lowerdirs: run.lowerdirs,
+                upperdir,
+                workdir,
+            },
+            timeout: None,
+        };
+        Ok((request, scratch))
     }
 
     /// Turns a directory of changes into a layer: tar + compress into the store, then rename
@@ -495,66 +571,27 @@ impl BuildWorker {
             .ok_or(WorkerError::Internal("a RUN without input"))?
             .chain()?
             .to_vec();
-        let lowerdirs = self.state.snapshot_dirs(&chain)?;
-        let user_spec = if exec.user.is_empty() {
-            "root"
-        } else {
-            exec.user.as_str()
-        };
-        let user = hoist_executor::user::resolve_user(&lowerdirs, user_spec).map_err(|source| {
-            WorkerError::User {
-                user: user_spec.to_owned(),
-                source,
-            }
-        })?;
         let mut env: Vec<String> = exec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        if !env.iter().any(|kv| kv.starts_with("PATH=")) {
-            env.push(
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-            );
-        }
         env.extend(self.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
-        let hostname = "hoist".to_owned();
-        let spec = spec::build_spec(&SpecOptions {
-            args: exec.args.clone(),
-            env,
-            cwd: PathBuf::from(&exec.cwd),
-            user,
-            hostname: hostname.clone(),
-            network: match exec.network {
-                NetworkMode::Host => spec::NetworkMode::Host,
-                // No uplink is set up for sandboxes yet: the default is loopback only.
-                NetworkMode::Default | NetworkMode::None => spec::NetworkMode::None,
+        let (request, scratch) = self.state.sandbox_request(
+            &self.executor,
+            Sandboxed {
+                args: exec.args.clone(),
+                env,
+                cwd: &exec.cwd,
+                user: &exec.user,
+                hostname: "hoist",
+                network: match exec.network {
+                    NetworkMode::Host => spec::NetworkMode::Host,
+                    // No uplink is set up for sandboxes yet: the default is loopback only.
+                    NetworkMode::Default | NetworkMode::None => spec::NetworkMode::None,
+                },
+                insecure: exec.privileged,
+                lowerdirs: self.state.snapshot_dirs(&chain)?,
             },
-            etc_files: {
-                // Two RUNs of one process preparing the shared /etc files at once race on the
-                // executor's temp names; one at a time is plenty (it is a few small files).
-                static ETC_FILES: Mutex<()> = Mutex::new(());
-                let _guard = ETC_FILES
-                    .lock()
-                    .map_err(|_| WorkerError::Internal("etc files lock"))?;
-                self.executor.etc_files(&hostname)?
-            },
-            limits: Limits::default(),
-            insecure: exec.privileged,
-        })?;
-        let scratch = self.state.scratch()?;
-        let upperdir = scratch.path().join("upper");
-        let workdir = scratch.path().join("work");
-        for d in [&upperdir, &workdir] {
-            fs_err::create_dir(d).map_err(io_err("create", d))?;
-        }
+        )?;
         let mut stdout = LogSink::new(ctx, Stream::Stdout);
         let mut stderr = LogSink::new(ctx, Stream::Stderr);
-        let request = RunRequest {
-            spec,
-            rootfs: Rootfs {
-                lowerdirs,
-                upperdir: upperdir.clone(),
-                workdir,
-            },
-            timeout: None,
-        };
         let outcome = tokio::select! {
             outcome = self.executor.run(request, &mut stdout, &mut stderr) => outcome?,
             () = ctx.cancelled() => return Err(WorkerError::Cancelled),
