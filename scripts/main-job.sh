@@ -43,10 +43,11 @@ fi
 digest=$(sed -n 's/.*"containerimage.digest": *"\(sha256:[0-9a-f]*\)".*/\1/p' /tmp/hoist-main-job.json)
 [ -n "$digest" ] || { echo "main-job: no digest in the metadata file" >&2; exit 1; }
 
-# podman as configured on this kind of machine: the registry is plain HTTP on loopback, there is
-# no CNI network, and the open-files hard limit is below podman's default (no CAP_SYS_RESOURCE).
+# podman as this kind of machine needs it: runc (crun fails on its hybrid cgroups), a registry
+# that is plain HTTP on loopback, no CNI network, and an open-files hard limit below podman's
+# default (no CAP_SYS_RESOURCE).
 nofile=$(ulimit -Hn)
 nproc=$(ulimit -Hu); [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ] && nproc=32768
 echo "main-job: podman run --rm ${image%:*}@$digest"
-podman run --rm --tls-verify=false --network none \
+podman --runtime runc run --rm --tls-verify=false --network none \
   --ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc" "${image%:*}@$digest"

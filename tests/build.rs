@@ -306,7 +306,15 @@ fn a_pushed_image_runs_under_podman() {
     let nofile = rlimit_hard("-Hn");
     let nproc = rlimit_hard("-Hu").min(32768);
     let run = Command::new("podman")
-        .args(["run", "--rm", "--tls-verify=false", "--network", "none"])
+        .args([
+            "--runtime",
+            "runc",
+            "run",
+            "--rm",
+            "--tls-verify=false",
+            "--network",
+            "none",
+        ])
         .arg(format!("--ulimit=nofile={nofile}:{nofile}"))
         .arg(format!("--ulimit=nproc={nproc}:{nproc}"))
         .arg(&pinned)
