@@ -263,6 +263,21 @@ pub fn read_dockerignore(
     context_dir: &Path,
     dockerfile: &Path,
 ) -> Result<Option<Matcher>, IgnoreError> {
+    read_dockerignore_patterns(context_dir, dockerfile)?
+        .map(Matcher::new)
+        .transpose()
+}
+
+/// The patterns of the ignore file for a build (found as [`read_dockerignore`] finds it), for
+/// callers that record them rather than match with them; `None` when there is no file.
+///
+/// # Errors
+///
+/// [`IgnoreError::Read`] when a file exists but cannot be read, [`IgnoreError::NotUtf8`].
+pub fn read_dockerignore_patterns(
+    context_dir: &Path,
+    dockerfile: &Path,
+) -> Result<Option<Vec<Pattern>>, IgnoreError> {
     let mut specific = context_dir.join(dockerfile).into_os_string();
     specific.push(".dockerignore");
     for path in [PathBuf::from(specific), context_dir.join(".dockerignore")] {
@@ -272,7 +287,7 @@ pub fn read_dockerignore(
             Err(e) => return Err(IgnoreError::Read { path, source: e }),
         };
         let text = String::from_utf8(bytes).map_err(|_| IgnoreError::NotUtf8 { path })?;
-        return Matcher::new(parse_ignore_file(&text)).map(Some);
+        return Ok(Some(parse_ignore_file(&text)));
     }
     Ok(None)
 }

@@ -64,12 +64,8 @@ pub enum BuildError {
     /// The Dockerfile is invalid; the message names the file, line and column.
     #[error("{0}")]
     Dockerfile(String),
-    #[error("cannot read the ignore file {}: {source}", path.display())]
-    Ignore {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Ignore(#[from] hoist_parser::ignore::IgnoreError),
     #[error(transparent)]
     Solve(#[from] SolveError),
     #[error("assembling the image: {0}")]
@@ -155,7 +151,14 @@ impl Engine {
             ))
         })?;
         let mut options = request.options.clone();
-        options.ignore_patterns = ignore_patterns(&request.context_dir, &request.dockerfile)?;
+        options.ignore_patterns = hoist_parser::ignore::read_dockerignore_patterns(
+            &request.context_dir,
+            &request.dockerfile,
+        )?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.text)
+        .collect();
 
         // Lowering resolves base images; it is synchronous, so it runs on a blocking thread
         // that drives the registry calls on this runtime.
@@ -187,6 +190,7 @@ impl Engine {
             stat_cache: Arc::new(Mutex::new(StatCache::load(
                 &self.stat_cache_path(&request.context_dir),
             ))),
+            selections: Mutex::default(),
         });
         let stat_cache = Arc::clone(&worker.stat_cache);
         let solution = self
@@ -272,25 +276,6 @@ impl Engine {
             .join("context-stat")
             .join(format!("{}.json", key.digest()))
     }
-}
-
-/// The patterns of the `.dockerignore` that applies (`<Dockerfile>.dockerignore` first).
-fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>, BuildError> {
-    let mut specific = context.join(dockerfile).into_os_string();
-    specific.push(".dockerignore");
-    for path in [PathBuf::from(specific), context.join(".dockerignore")] {
-        match fs_err::read_to_string(&path) {
-            Ok(text) => {
-                return Ok(hoist_parser::ignore::parse_ignore_file(&text)
-                    .into_iter()
-                    .map(|p| p.text)
-                    .collect());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(BuildError::Ignore { path, source }),
-        }
-    }
-    Ok(Vec::new())
 }
 
 /// The image config: the frontend's runtime config plus rootfs, history and platform.

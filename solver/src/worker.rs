@@ -17,6 +17,7 @@
 // variant would only add noise on the slow path.
 #![allow(clippy::result_large_err)]
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -35,7 +36,7 @@ use hoist_registry::{Client, Platform, Reference};
 use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
-use crate::graph::Vertex;
+use crate::graph::{Vertex, VertexDigest};
 use crate::op::{ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
 use crate::progress::{ResourceUsage, Stream};
 use crate::scheduler::{BoxError, BoxFuture, Cache, CacheKey, VertexContext, Worker};
@@ -315,6 +316,9 @@ pub struct BuildWorker {
     pub proxy_env: Vec<(String, String)>,
     pub diff_options: DiffOptions,
     pub stat_cache: Arc<Mutex<StatCache>>,
+    /// Context selections made while computing content keys, by vertex digest, so that the
+    /// source's run uses the very files that were hashed instead of walking the context again.
+    pub selections: Mutex<HashMap<VertexDigest, Arc<Selection>>>,
 }
 
 impl std::fmt::Debug for BuildWorker {
@@ -688,7 +692,10 @@ impl Worker for BuildWorker {
             else {
                 return Ok(None);
             };
-            let selection = self.select_context(include, exclude)?;
+            let selection = Arc::new(self.select_context(include, exclude)?);
+            if let Ok(mut selections) = self.selections.lock() {
+                selections.insert(vertex.digest, Arc::clone(&selection));
+            }
             let root = self.context_dir.clone();
             let cache = Arc::clone(&self.stat_cache);
             let key = tokio::task::spawn_blocking(move || {
@@ -719,8 +726,16 @@ impl Worker for BuildWorker {
                 Op::Source(SourceOp::Local {
                     include, exclude, ..
                 }) => {
-                    let selection = self.select_context(include, exclude)?;
-                    return Ok(Output::Context(Arc::new(selection)));
+                    let hashed = self
+                        .selections
+                        .lock()
+                        .ok()
+                        .and_then(|s| s.get(&vertex.digest).cloned());
+                    let selection = match hashed {
+                        Some(selection) => selection,
+                        None => Arc::new(self.select_context(include, exclude)?),
+                    };
+                    return Ok(Output::Context(selection));
                 }
                 Op::File(op) => {
                     // File ops are plain blocking file system work.
