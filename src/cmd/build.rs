@@ -15,6 +15,7 @@ use hoist_solver::frontend::BuildOptions;
 use hoist_solver::op::NetworkMode;
 
 use crate::cmd::engine::{self, EngineArgs};
+use crate::cmd::{Output, key_value};
 use crate::progress;
 
 #[derive(Debug, Args)]
@@ -85,52 +86,8 @@ pub(crate) struct BuildArgs {
     path: PathBuf,
 }
 
-/// One `-o` output.
-#[derive(Debug)]
-enum Output {
-    Image,
-    Registry,
-    Oci(PathBuf),
-    Docker(PathBuf),
-    Local(PathBuf),
-}
-
-fn parse_output(spec: &str) -> anyhow::Result<Output> {
-    let fields: BTreeMap<&str, &str> = spec
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
-    let dest = || -> anyhow::Result<PathBuf> {
-        fields
-            .get("dest")
-            .map(PathBuf::from)
-            .with_context(|| format!("output {spec:?} needs dest=PATH"))
-    };
-    Ok(match fields.get("type").copied() {
-        Some("image") => Output::Image,
-        Some("registry") => Output::Registry,
-        Some("oci") => Output::Oci(dest()?),
-        Some("docker") => Output::Docker(dest()?),
-        Some("local") => Output::Local(dest()?),
-        Some("tar") => Output::Oci(dest()?),
-        Some(other) => bail!(
-            "unknown output type {other:?}: expected image, registry, oci, docker, local or tar"
-        ),
-        None => bail!("output {spec:?} has no type=: expected for example type=registry"),
-    })
-}
-
-fn key_values(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    items
-        .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
-            // docker build takes a bare name from the environment.
-            None => std::env::var(kv).map(|v| (kv.clone(), v)).with_context(|| {
-                format!("{what} {kv:?} has no =VALUE and is not set in the environment")
-            }),
-        })
-        .collect()
+fn key_values(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items.iter().map(|kv| key_value(kv, flag)).collect()
 }
 
 pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
@@ -148,7 +105,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let outputs: Vec<Output> = args
         .outputs
         .iter()
-        .map(|o| parse_output(o))
+        .map(|o| Output::parse(o))
         .collect::<Result<_, _>>()?;
     let push = args.push || outputs.iter().any(|o| matches!(o, Output::Registry));
     if push && args.tags.is_empty() {
@@ -232,33 +189,14 @@ fn finish(
     outcome: &BuildOutcome,
 ) -> anyhow::Result<()> {
     let store = hoist_cache::ImageStore::open(&engine.state.root)?;
+    // An OCI layout needs a name for the image; an untagged build is "latest".
+    let names = if args.tags.is_empty() {
+        vec!["latest".to_owned()]
+    } else {
+        args.tags.clone()
+    };
     for output in outputs {
-        match output {
-            Output::Image | Output::Registry => {}
-            Output::Oci(dest) => {
-                let names: Vec<(String, _)> = args
-                    .tags
-                    .iter()
-                    .map(|t| (t.clone(), outcome.manifest.clone()))
-                    .chain(
-                        args.tags
-                            .is_empty()
-                            .then(|| ("latest".to_owned(), outcome.manifest.clone())),
-                    )
-                    .collect();
-                if dest.extension().is_some_and(|e| e == "tar") {
-                    let file = fs_err::File::create(dest)?;
-                    store.export_oci_tar(&names, file)?;
-                } else {
-                    store.export_oci_dir(&names, dest)?;
-                }
-            }
-            Output::Docker(dest) => {
-                let file = fs_err::File::create(dest)?;
-                store.export_docker_tar(&outcome.manifest, &args.tags, file)?;
-            }
-            Output::Local(dest) => store.export_rootfs(&outcome.manifest, dest)?,
-        }
+        output.export(&store, &outcome.manifest, &names)?;
     }
     let digest = outcome.manifest.digest().to_string();
     if let Some(path) = &args.iidfile {

@@ -1,13 +1,13 @@
 //! `hoist pull`, `hoist push`, `hoist images` and `hoist save`: images in the local store.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use hoist_registry::{Platform, Reference};
 
+use crate::cmd::Output;
 use crate::cmd::engine::{self, EngineArgs};
 
 #[derive(Debug, Args)]
@@ -113,40 +113,11 @@ pub(crate) fn save(args: &SaveArgs) -> anyhow::Result<ExitCode> {
     let store = hoist_cache::ImageStore::open(args.engine.root())?;
     let name: Reference = args.name.parse()?;
     let descriptor = store.resolve(&name.to_string())?;
-    let fields: std::collections::BTreeMap<&str, &str> = args
-        .output
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
-    let dest = PathBuf::from(
-        fields
-            .get("dest")
-            .with_context(|| format!("output {:?} needs dest=PATH", args.output))?,
-    );
-    match fields.get("type").copied() {
-        Some("oci" | "tar") if dest.extension().is_some_and(|e| e == "tar") => {
-            store.export_oci_tar(
-                &[(name.to_string(), descriptor)],
-                fs_err::File::create(&dest)?,
-            )?;
-        }
-        Some("oci") => store.export_oci_dir(&[(name.to_string(), descriptor)], &dest)?,
-        Some("tar") => {
-            store.export_oci_tar(
-                &[(name.to_string(), descriptor)],
-                fs_err::File::create(&dest)?,
-            )?;
-        }
-        Some("docker") => {
-            store.export_docker_tar(
-                &descriptor,
-                &[name.to_string()],
-                fs_err::File::create(&dest)?,
-            )?;
-        }
-        Some("local") => store.export_rootfs(&descriptor, &dest)?,
-        other => bail!("unknown output type {other:?}: expected oci, docker, tar or local"),
+    let output = Output::parse(&args.output)?;
+    if matches!(output, Output::Image | Output::Registry) {
+        bail!("save writes files: expected -o type=oci, docker, tar or local with dest=PATH");
     }
+    output.export(&store, &descriptor, &[name.to_string()])?;
     Ok(ExitCode::SUCCESS)
 }
 

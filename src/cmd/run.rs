@@ -2,13 +2,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Args;
 use hoist_executor::spec::NetworkMode;
 use hoist_registry::Platform;
 use hoist_solver::image::RunOptions;
 
 use crate::cmd::engine::{self, EngineArgs};
+use crate::cmd::key_value;
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
@@ -43,12 +43,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let env = args
         .env
         .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
-            None => std::env::var(kv).map(|v| (kv.clone(), v)).with_context(|| {
-                format!("-e {kv:?} has no =VALUE and is not set in the environment")
-            }),
-        })
+        .map(|kv| key_value(kv, "-e"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let options = RunOptions {
         command: args.command.clone(),
