@@ -22,7 +22,7 @@ use crate::frontend::{
 };
 use crate::progress::ProgressSink;
 use crate::scheduler::{Job, SolveError, Solver, SolverOptions};
-use crate::worker::{BuildWorker, IndexCache, Output, State, StoreAdapter};
+use crate::worker::{BuildWorker, IndexCache, Output, State};
 
 /// What to build and where the result goes.
 #[derive(Clone, Debug)]
@@ -247,7 +247,7 @@ impl Engine {
                     .push(
                         &reference,
                         &manifest,
-                        Arc::new(StoreAdapter(self.state.blobs.clone())),
+                        self.state.registry_store(),
                         &PushOptions::default(),
                     )
                     .await
@@ -340,8 +340,7 @@ impl ImageResolver for RegistryResolver {
                 .await
                 .map_err(|e| error_chain(&e))?;
             let config_desc = resolved.image.config().clone();
-            let store: Arc<dyn hoist_registry::BlobStore> =
-                Arc::new(StoreAdapter(self.state.blobs.clone()));
+            let store = self.state.registry_store();
             self.client
                 .fetch_blob(&resolved.reference, &config_desc, store)
                 .await

@@ -5,8 +5,6 @@
 // Errors travel once, on the slow path; see worker.rs.
 #![allow(clippy::result_large_err)]
 
-use std::sync::Arc;
-
 use hoist_cache::oci_spec::image::Descriptor;
 use hoist_cache::{Image, ImageStore};
 use hoist_executor::ExitStatus;
@@ -16,7 +14,7 @@ use tokio::io::AsyncWrite;
 
 use crate::build::Engine;
 use crate::frontend::ImageConfig;
-use crate::worker::{Sandboxed, StoreAdapter};
+use crate::worker::Sandboxed;
 
 /// An image operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +68,7 @@ pub async fn pull(
     platform: &Platform,
 ) -> Result<Descriptor, ImageOpError> {
     let parsed = parse(reference)?;
-    let store: Arc<dyn hoist_registry::BlobStore> =
-        Arc::new(StoreAdapter(engine.state.blobs.clone()));
+    let store = engine.state.registry_store();
     let resolved = engine
         .registry
         .pull(&parsed, platform, store)
@@ -112,7 +109,7 @@ pub async fn push(
         .push(
             &target_ref,
             &descriptor,
-            Arc::new(StoreAdapter(engine.state.blobs.clone())),
+            engine.state.registry_store(),
             &PushOptions::default(),
         )
         .await

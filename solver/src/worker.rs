@@ -196,6 +196,12 @@ impl State {
             .map_err(io_err("create a scratch dir in", &base))
     }
 
+    /// The content store as the registry client sees it, for pulls and pushes.
+    #[must_use]
+    pub fn registry_store(&self) -> Arc<dyn hoist_registry::BlobStore> {
+        Arc::new(StoreAdapter(self.blobs.clone()))
+    }
+
     fn snapshot_dirs(&self, chain: &[Layer]) -> Result<Vec<PathBuf>, WorkerError> {
         chain
             .iter()
@@ -359,8 +365,7 @@ impl BuildWorker {
             source,
         })?;
         let platform: Platform = platform.parse().unwrap_or_else(|_| self.platform.clone());
-        let store: Arc<dyn hoist_registry::BlobStore> =
-            Arc::new(StoreAdapter(self.state.blobs.clone()));
+        let store = self.state.registry_store();
         let resolved = self
             .registry
             .pull(&parsed, &platform, store)
