@@ -397,6 +397,18 @@ pub struct Cgroup {
     v2: bool,
 }
 
+/// What the process joining a cgroup writes to `file`, one of [`Cgroup::join_files`]: `"0"`
+/// (the calling thread) to a v1 `tasks` file, which is what takes the fast path there, else
+/// `pid`.
+#[must_use]
+pub(crate) fn join_value(file: &Path, pid: u32) -> String {
+    if file.file_name().is_some_and(|f| f == "tasks") {
+        "0".to_owned()
+    } else {
+        pid.to_string()
+    }
+}
+
 fn parse_u64(text: Option<String>) -> Option<u64> {
     text.and_then(|t| t.trim().parse().ok())
 }
@@ -419,6 +431,23 @@ impl Cgroup {
     #[must_use]
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// The files a single-threaded process writes [`join_value`] for in order to move itself into this cgroup.
+    ///
+    /// On v1 that is each hierarchy's `tasks` file: moving one thread, the writer itself, skips
+    /// the global `cgroup_threadgroup_rwsem` that moving a whole process through
+    /// `cgroup.procs` write-locks, and whose write side waits for an RCU grace period (5 to
+    /// 15 ms here, at HZ=250; see `cgroup_procs_write_start` in the kernel's
+    /// `kernel/cgroup/cgroup.c`: "If we migrate a single thread, we don't care about
+    /// threadgroup stability. If the thread is `current` … we can skip the global lock").
+    /// For a single-threaded process the outcome is the same: its one thread, and so the
+    /// process and every child it forks afterwards, is in the cgroup. v2 only moves threads
+    /// inside threaded subtrees, so there it is `cgroup.procs`.
+    #[must_use]
+    pub(crate) fn join_files(&self) -> Vec<PathBuf> {
+        let file = if self.v2 { "cgroup.procs" } else { "tasks" };
+        self.dirs.iter().map(|d| d.join(file)).collect()
     }
 
     fn file(&self, name: &str) -> Option<PathBuf> {
@@ -627,6 +656,10 @@ mod tests {
             "0"
         );
         assert_eq!(cg.procs_files().len(), 5);
+        // v1: each hierarchy's `tasks` file, with "0" for the writing thread.
+        let join = cg.join_files();
+        assert_eq!(join[0], mem.join("tasks"));
+        assert!(join.iter().all(|f| join_value(f, 42) == "0"));
     }
 
     #[test]
@@ -682,6 +715,9 @@ mod tests {
         assert_eq!(read(&d.join("memory.max")).unwrap(), "67108864");
         assert_eq!(read(&d.join("cpu.max")).unwrap(), "50000 100000");
         assert_eq!(read(&d.join("pids.max")).unwrap(), "32");
+        // v2 moves whole processes only: `cgroup.procs` and the pid.
+        assert_eq!(cg.join_files(), vec![d.join("cgroup.procs")]);
+        assert_eq!(join_value(&d.join("cgroup.procs"), 42), "42");
         fs_err::write(
             d.join("memory.events"),
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",

@@ -56,8 +56,9 @@ pub(crate) struct InitConfig {
     pub(crate) root: PathBuf,
     /// The overlay for `root`; `None` means `root` already is the rootfs.
     pub(crate) overlay: Option<crate::Rootfs>,
-    /// `cgroup.procs` files to join before anything else.
-    pub(crate) cgroup_procs: Vec<PathBuf>,
+    /// Files to write to in order to join the RUN's cgroup, before anything else
+    /// ([`crate::cgroup::Cgroup::join_files`]).
+    pub(crate) cgroup_join: Vec<PathBuf>,
     /// Compiled seccomp filters, installed in order, last thing before `execve`.
     pub(crate) seccomp: Vec<Vec<crate::seccomp::Instruction>>,
 }
@@ -233,9 +234,12 @@ fn namespace_flags(spec: &Spec) -> CloneFlags {
 }
 
 fn init_main(config: &InitConfig) -> Result<InitReport, InitError> {
-    let pid = std::process::id().to_string();
-    for procs in &config.cgroup_procs {
-        fs_err::write(procs, &pid).map_err(sys_err(format!("join cgroup {}", procs.display())))?;
+    // This process is single-threaded (a fork of the zygote), which the v1 fast path of
+    // `join_value` relies on.
+    let pid = std::process::id();
+    for file in &config.cgroup_join {
+        let value = crate::cgroup::join_value(file, pid);
+        fs_err::write(file, value).map_err(sys_err(format!("join cgroup {}", file.display())))?;
     }
 
     let flags = namespace_flags(&config.spec);

@@ -500,10 +500,10 @@ impl Executor {
             spec,
             root: root.to_path_buf(),
             overlay: Some(request.rootfs.clone()),
-            cgroup_procs: guard
+            cgroup_join: guard
                 .cgroup
                 .as_ref()
-                .map(Cgroup::procs_files)
+                .map(Cgroup::join_files)
                 .unwrap_or_default(),
             seccomp,
         };
