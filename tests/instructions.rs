@@ -111,6 +111,12 @@ impl Context {
         self
     }
 
+    fn mode(self, rel: &str, mode: u32) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs_err::set_permissions(self.path(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+        self
+    }
+
     fn write(&self, rel: &str, content: &str) {
         let path = self.path(rel);
         fs_err::create_dir_all(path.parent().unwrap()).unwrap();
@@ -386,18 +392,21 @@ fn config_instructions_are_read_back_from_the_registry() {
             r#"FROM {}
 ENV PATH=/opt/bin:$PATH GREETING="hello world"
 ENV COPY_OF_GREETING=$GREETING
+ENV LEGACY value with spaces
+ENV DIR=/from-env
 LABEL org.example.title="hoist test" org.example.version=1
 LABEL from.env=${{GREETING}}
-EXPOSE 80 53/udp
+EXPOSE 80 53/udp 8000-8001
 VOLUME /data
 VOLUME ["/logs", "/cache"]
 STOPSIGNAL SIGINT
 MAINTAINER Jane Doe <jane@example.com>
+WORKDIR $DIR
 WORKDIR /srv
 WORKDIR app/sub
 USER nobody
 WORKDIR /srv/nobody-dir
-HEALTHCHECK --interval=5s --timeout=3s --start-period=1s --retries=2 CMD wget -q -O /dev/null http://localhost/ || exit 1
+HEALTHCHECK --interval=5s --timeout=3s --start-period=1s --start-interval=2s --retries=2 CMD wget -q -O /dev/null http://localhost/ || exit 1
 ENTRYPOINT ["/bin/sh", "-c"]
 CMD ["echo $GREETING"]
 "#,
@@ -416,6 +425,11 @@ CMD ["echo $GREETING"]
         base.env("PATH"),
     );
     c.eq(
+        "WorkingDir of the base built FROM scratch (BuildKit's empty image has /)",
+        Some("/"),
+        base.cfg("WorkingDir").as_str(),
+    );
+    c.eq(
         "PATH after `ENV PATH=/opt/bin:$PATH`",
         Some(format!("/opt/bin:{DEFAULT_PATH}")),
         image.env("PATH"),
@@ -429,6 +443,11 @@ CMD ["echo $GREETING"]
         "COPY_OF_GREETING (expanded from an earlier ENV)",
         Some("hello world".to_owned()),
         image.env("COPY_OF_GREETING"),
+    );
+    c.eq(
+        "LEGACY (the `ENV KEY value` form)",
+        Some("value with spaces".to_owned()),
+        image.env("LEGACY"),
     );
     let labels = &image.cfg("Labels");
     c.eq(
@@ -448,7 +467,7 @@ CMD ["echo $GREETING"]
     );
     c.eq(
         "ExposedPorts",
-        set(&["53/udp", "80/tcp"]),
+        set(&["53/udp", "80/tcp", "8000/tcp", "8001/tcp"]),
         keys(image.cfg("ExposedPorts")),
     );
     c.eq(
@@ -475,6 +494,7 @@ CMD ["echo $GREETING"]
     // WORKDIR creates its directory (relative ones under the previous WORKDIR), owned by
     // root, or by the USER in effect (BuildKit's mkdir WithUser).
     c.owner_mode(&image, "/srv/app/sub", (0, 0, 0o755));
+    c.owner_mode(&image, "/from-env", (0, 0, 0o755));
     c.that(
         image.file("/srv/app/sub").is_dir(),
         "/srv/app/sub: expected a directory made by `WORKDIR app/sub` under /srv",
@@ -503,6 +523,11 @@ CMD ["echo $GREETING"]
         "Healthcheck.StartPeriod (ns)",
         Some(1_000_000_000),
         health["StartPeriod"].as_u64(),
+    );
+    c.eq(
+        "Healthcheck.StartInterval (ns)",
+        Some(2_000_000_000),
+        health["StartInterval"].as_u64(),
     );
     c.eq("Healthcheck.Retries", Some(2), health["Retries"].as_u64());
     c.eq(
@@ -844,6 +869,7 @@ WORKDIR /work
 COPY a.txt rel/
 COPY b.txt renamed.txt
 COPY notes.md .
+COPY run.sh .
 COPY --chown=app:staff a.txt /owned-by-names
 COPY --chown=app a.txt /owned-by-user-name
 COPY --chown=1001:1002 a.txt /owned-by-numbers
@@ -858,9 +884,15 @@ COPY . /ctx/
         .with("ignored.txt", "ignored\n")
         .with("old.bak", "backup\n")
         .with("secret/key", "key\n")
+        .with("secret/public", "public\n")
+        .with("run.sh", "#!/bin/sh\necho run\n")
         .with("dir/one.txt", "one\n")
         .with("dir/sub/two.txt", "two\n")
-        .with(".dockerignore", "ignored.txt\nsecret\n*.bak\n"),
+        .with(
+            ".dockerignore",
+            "ignored.txt\nsecret/*\n!secret/public\n*.bak\n",
+        )
+        .mode("run.sh", 0o755),
         "copy",
         &[],
     );
@@ -902,12 +934,15 @@ COPY . /ctx/
     c.owner_mode(&image, "/owned-by-numbers", (1001, 1002, 0o644));
     c.owner_mode(&image, "/mode-640", (0, 0, 0o640));
     c.owner_mode(&image, "/work/renamed.txt", (0, 0, 0o644));
+    // Without --chmod, a file keeps its mode from the context.
+    c.owner_mode(&image, "/work/run.sh", (0, 0, 0o755));
     // COPY . takes the context minus .dockerignore.
     c.file(&image, "/ctx/a.txt", "a\n");
     c.file(&image, "/ctx/dir/sub/two.txt", "two\n");
     c.absent(&image, "/ctx/ignored.txt");
     c.absent(&image, "/ctx/old.bak");
-    c.absent(&image, "/ctx/secret");
+    c.absent(&image, "/ctx/secret/key");
+    c.file(&image, "/ctx/secret/public", "public\n");
     c.finish(&image);
 }
 
@@ -920,9 +955,11 @@ fn archive_context(dockerfile: &str) -> Context {
     context
 }
 
-fn check_unpacked(c: &mut Checks, image: &Pushed, dir: &str) {
+/// The archive `name` was extracted into `dir`, and not copied there as a file.
+fn check_unpacked(c: &mut Checks, image: &Pushed, dir: &str, name: &str) {
     c.file(image, &format!("{dir}/hello.txt"), "hello\n");
     c.file(image, &format!("{dir}/nested/deep.txt"), "deep\n");
+    c.absent(image, &format!("{dir}/{name}"));
 }
 
 #[test]
@@ -937,9 +974,9 @@ fn add_extracts_local_tar_gzip_and_zstd_archives() {
     context.tar(&["-C", "payload", "--zstd", "-cf", "payload.tar.zst", "."]);
     let image = lab.build(&context, "add", &[]);
     let mut c = Checks::default();
-    check_unpacked(&mut c, &image, "/x/tar");
-    check_unpacked(&mut c, &image, "/x/gz");
-    check_unpacked(&mut c, &image, "/x/zst");
+    check_unpacked(&mut c, &image, "/x/tar", "payload.tar");
+    check_unpacked(&mut c, &image, "/x/gz", "payload.tar.gz");
+    check_unpacked(&mut c, &image, "/x/zst", "payload.tar.zst");
     // COPY never extracts.
     c.eq(
         "/x/copied/payload.tar.gz (COPY keeps the archive as is)",
@@ -960,8 +997,8 @@ fn add_extracts_local_bzip2_and_xz_archives() {
     context.tar(&["-C", "payload", "-cJf", "payload.tar.xz", "."]);
     let image = lab.build(&context, "add-bz2-xz", &[]);
     let mut c = Checks::default();
-    check_unpacked(&mut c, &image, "/x/bz2");
-    check_unpacked(&mut c, &image, "/x/xz");
+    check_unpacked(&mut c, &image, "/x/bz2", "payload.tar.bz2");
+    check_unpacked(&mut c, &image, "/x/xz", "payload.tar.xz");
     c.finish(&image);
 }
 
