@@ -276,6 +276,15 @@ fn a_pushed_image_runs_under_podman() {
     let registry = Registry::start();
     let p = Project::new(APP);
     p.write("a.txt", "pushed and pulled\n");
+    // A build with no output only fills the cache (its layers are not compressed yet)...
+    let out = p.hoist(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no output was asked for"),
+        "a build without -t, --push or -o did not say where its result is:\n{stderr}"
+    );
+    // ...and pushing it later reuses every step: the blobs are made from the cached snapshots.
     let tag = format!("{}/hoist/e2e:latest", registry.addr);
     let meta = p.root.path().join("meta.json");
     let out = p.hoist(&[
@@ -287,6 +296,10 @@ fn a_pushed_image_runs_under_podman() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    assert!(
+        steps_that_ran(&stderr).is_empty(),
+        "the push after a cache-only build ran steps again:\n{stderr}"
+    );
     let metadata: serde_json::Value =
         serde_json::from_slice(&fs_err::read(&meta).unwrap()).unwrap();
     let digest = metadata["containerimage.digest"]

@@ -158,6 +158,26 @@ pub fn diff_changes<W: Write + Send + 'static>(
     d.finish()
 }
 
+/// The diffID (sha256 of the uncompressed layer tar) of an upperdir, without storing a blob.
+///
+/// A build records only this; the compressed blob is made from the same directory when the
+/// image is exported or pushed ([`store_upperdir_layer`]), and the walk is deterministic, so
+/// both passes see the same tar.
+///
+/// # Errors
+/// As [`diff_upperdir`].
+pub fn upperdir_diff_id(
+    upper: &Path,
+    source_date_epoch: Option<i64>,
+) -> Result<oci_spec::image::Digest, DiffError> {
+    let options = DiffOptions {
+        compression: CompressionOptions::new(crate::Compression::None),
+        source_date_epoch,
+    };
+    let (_, digests) = diff_upperdir(upper, io::sink(), &options)?;
+    Ok(digests.diff_id)
+}
+
 /// Writes a layer from an upperdir straight into the content store; returns its digests.
 ///
 /// # Errors

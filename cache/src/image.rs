@@ -244,6 +244,45 @@ pub fn canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Er
     serde_json::to_vec(&sort(serde_json::to_value(value)?))
 }
 
+/// Writes `config` (plus Docker extras: Healthcheck, OnBuild, Shell) into the store as
+/// canonical JSON. Returns its descriptor; its digest is the image ID.
+///
+/// # Errors
+/// Encoding or storing fails.
+pub fn write_config(
+    store: &BlobStore,
+    config: &ImageConfiguration,
+    extras: &DockerConfigExtras,
+    media: MediaTypes,
+) -> Result<Descriptor, ImageError> {
+    let json_err = |source| ImageError::Json {
+        what: "config",
+        digest: "(new)".into(),
+        source,
+    };
+    let mut value = serde_json::to_value(config).map_err(json_err)?;
+    if let Some(obj) = value.as_object_mut() {
+        let cfg = obj.entry("config").or_insert_with(|| serde_json::json!({}));
+        if let Some(cfg) = cfg.as_object_mut() {
+            if let Some(h) = &extras.healthcheck {
+                cfg.insert(
+                    "Healthcheck".into(),
+                    serde_json::to_value(h).map_err(json_err)?,
+                );
+            }
+            if !extras.on_build.is_empty() {
+                cfg.insert("OnBuild".into(), serde_json::json!(extras.on_build));
+            }
+            if !extras.shell.is_empty() {
+                cfg.insert("Shell".into(), serde_json::json!(extras.shell));
+            }
+        }
+    }
+    let config_bytes = canonical_json(&value).map_err(json_err)?;
+    let (config_digest, config_size) = store.put(&config_bytes)?;
+    Ok(Descriptor::new(media.config(), config_size, config_digest))
+}
+
 /// Writes `config` (plus Docker extras) and a manifest over `layers` into the store. Returns the
 /// manifest's descriptor, ready to be named in the image store or pushed.
 ///
@@ -257,34 +296,7 @@ pub fn write_image(
     media: MediaTypes,
     annotations: Option<HashMap<String, String>>,
 ) -> Result<Descriptor, ImageError> {
-    let json_err = |what| {
-        move |source| ImageError::Json {
-            what,
-            digest: "(new)".into(),
-            source,
-        }
-    };
-    let mut value = serde_json::to_value(config).map_err(json_err("config"))?;
-    if let Some(obj) = value.as_object_mut() {
-        let cfg = obj.entry("config").or_insert_with(|| serde_json::json!({}));
-        if let Some(cfg) = cfg.as_object_mut() {
-            if let Some(h) = &extras.healthcheck {
-                cfg.insert(
-                    "Healthcheck".into(),
-                    serde_json::to_value(h).map_err(json_err("config"))?,
-                );
-            }
-            if !extras.on_build.is_empty() {
-                cfg.insert("OnBuild".into(), serde_json::json!(extras.on_build));
-            }
-            if !extras.shell.is_empty() {
-                cfg.insert("Shell".into(), serde_json::json!(extras.shell));
-            }
-        }
-    }
-    let config_bytes = canonical_json(&value).map_err(json_err("config"))?;
-    let (config_digest, config_size) = store.put(&config_bytes)?;
-    let config_desc = Descriptor::new(media.config(), config_size, config_digest);
+    let config_desc = write_config(store, config, extras, media)?;
     let mut builder = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(media.manifest())
@@ -298,7 +310,11 @@ pub fn write_image(
         digest: "(new)".into(),
         source: serde_json::Error::io(io::Error::other(e.to_string())),
     })?;
-    let bytes = canonical_json(&manifest).map_err(json_err("manifest"))?;
+    let bytes = canonical_json(&manifest).map_err(|source| ImageError::Json {
+        what: "manifest",
+        digest: "(new)".into(),
+        source,
+    })?;
     let (digest, size) = store.put(&bytes)?;
     Ok(Descriptor::new(media.manifest(), size, digest))
 }

@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 /// cache key (`sha256:…`) → JSON of a [`CacheRecord`].
 const RESULTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("results.v1");
 
+/// `diffID media-type` → JSON of a [`BlobRecord`]: the compressed blob made for a layer of
+/// this machine's building, so that exporting it again does not compress it again.
+const BLOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("blobs.v1");
+
 /// One layer of a result's chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerRecord {
@@ -98,14 +102,13 @@ impl CacheIndex {
         }
     }
 
-    /// The record for a key, if any.
-    ///
-    /// # Errors
-    /// [`IndexError::Access`] when the store fails; a record that does not decode (from another
-    /// version) reads as a miss.
-    pub fn get(&self, key: &str) -> Result<Option<CacheRecord>, IndexError> {
+    fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, IndexError> {
         let txn = self.db.begin_read().map_err(self.access())?;
-        let table = match txn.open_table(RESULTS) {
+        let table = match txn.open_table(table) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(self.access()(e)),
@@ -116,19 +119,57 @@ impl CacheIndex {
         Ok(serde_json::from_slice(value.value()).ok())
     }
 
+    fn write<T: Serialize>(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), IndexError> {
+        let bytes = serde_json::to_vec(value).map_err(self.access())?;
+        let txn = self.db.begin_write().map_err(self.access())?;
+        {
+            let mut table = txn.open_table(table).map_err(self.access())?;
+            table.insert(key, bytes.as_slice()).map_err(self.access())?;
+        }
+        txn.commit().map_err(self.access())?;
+        Ok(())
+    }
+
+    /// The record for a key, if any.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store fails; a record that does not decode (from another
+    /// version) reads as a miss.
+    pub fn get(&self, key: &str) -> Result<Option<CacheRecord>, IndexError> {
+        self.read(RESULTS, key)
+    }
+
     /// Records a result under a key, atomically.
     ///
     /// # Errors
     /// [`IndexError::Access`] when the store fails.
     pub fn put(&self, key: &str, record: &CacheRecord) -> Result<(), IndexError> {
-        let bytes = serde_json::to_vec(record).map_err(self.access())?;
-        let txn = self.db.begin_write().map_err(self.access())?;
-        {
-            let mut table = txn.open_table(RESULTS).map_err(self.access())?;
-            table.insert(key, bytes.as_slice()).map_err(self.access())?;
-        }
-        txn.commit().map_err(self.access())?;
-        Ok(())
+        self.write(RESULTS, key, record)
+    }
+
+    /// The compressed blob made earlier for the layer `diff_id` in `media_type`, if any.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store fails.
+    pub fn get_blob(
+        &self,
+        diff_id: &str,
+        media_type: &str,
+    ) -> Result<Option<BlobRecord>, IndexError> {
+        self.read(BLOBS, &format!("{diff_id} {media_type}"))
+    }
+
+    /// Remembers the compressed blob made for the layer `diff_id`.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store fails.
+    pub fn put_blob(&self, diff_id: &str, blob: &BlobRecord) -> Result<(), IndexError> {
+        self.write(BLOBS, &format!("{diff_id} {}", blob.media_type), blob)
     }
 
     /// Forgets a key.

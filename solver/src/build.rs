@@ -36,13 +36,17 @@ pub struct BuildRequest {
     pub push: bool,
     pub no_cache: bool,
     pub media: MediaTypes,
+    /// Make the image (compressed layers and manifest) even without tags or a push, for an
+    /// export or a metadata file. Without it and without tags, a build leaves only its cache
+    /// and the image config: no layer is compressed.
+    pub write_image: bool,
 }
 
 /// What a build produced.
 #[derive(Clone, Debug)]
 pub struct BuildOutcome {
-    /// The image manifest.
-    pub manifest: Descriptor,
+    /// The image manifest; `None` when the build had no output that needs one.
+    pub manifest: Option<Descriptor>,
     pub config_digest: Digest,
     /// Each pushed tag, pinned: `REF@sha256:…`.
     pub pushed: Vec<String>,
@@ -70,6 +74,8 @@ pub enum BuildError {
     Solve(#[from] SolveError),
     #[error("assembling the image: {0}")]
     Image(#[from] hoist_cache::ImageError),
+    #[error("compressing the image's layers: {0}")]
+    Layers(#[from] crate::worker::WorkerError),
     #[error("naming the image in the local store: {0}")]
     Store(#[from] hoist_cache::LayoutError),
     #[error("invalid tag {tag:?}: {source}")]
@@ -221,7 +227,28 @@ impl Engine {
             chain,
             &options.target_platform,
         )?;
-        let layers: Vec<Descriptor> = chain.iter().map(|l| l.blob.clone()).collect();
+        if !(request.write_image || request.push || !request.tags.is_empty()) {
+            let config =
+                hoist_cache::write_config(&self.state.blobs, &config, &extras, request.media)?;
+            return Ok(BuildOutcome {
+                manifest: None,
+                config_digest: config.digest().clone(),
+                pushed: Vec::new(),
+                ran: solution.ran,
+                cached: solution.cached,
+                unused_build_args: plan.unused_build_args,
+            });
+        }
+        let layers = {
+            let state = Arc::clone(&self.state);
+            let chain = Arc::clone(chain);
+            let options = BuildWorker::default_diff_options();
+            tokio::task::spawn_blocking(move || state.layer_blobs(&chain, &options))
+                .await
+                .map_err(|e| {
+                    BuildError::Internal(format!("compressing the layers panicked: {e}"))
+                })??
+        };
         let manifest = hoist_cache::write_image(
             &self.state.blobs,
             &config,
@@ -259,7 +286,7 @@ impl Engine {
             }
         }
         Ok(BuildOutcome {
-            manifest,
+            manifest: Some(manifest),
             config_digest,
             pushed,
             ran: solution.ran,

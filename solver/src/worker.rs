@@ -68,8 +68,9 @@ pub struct Sandboxed<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layer {
     pub diff_id: Digest,
-    /// The compressed blob in the content store.
-    pub blob: Descriptor,
+    /// The compressed blob in the content store: known for a pulled layer; made for a built
+    /// one only when an image is exported or pushed ([`State::layer_blobs`]).
+    pub blob: Option<Descriptor>,
 }
 
 /// What a vertex produced.
@@ -137,6 +138,19 @@ pub enum WorkerError {
         #[source]
         source: hoist_cache::DiffError,
     },
+    #[error("the snapshot of layer {layer} is gone from the state root; rebuild with --no-cache")]
+    SnapshotGone { layer: Digest },
+    #[error(
+        "the snapshot {} of layer {layer} was changed on disk (it now hashes to {now}); rebuild with --no-cache",
+        path.display()
+    )]
+    SnapshotChanged {
+        path: PathBuf,
+        layer: Digest,
+        now: Digest,
+    },
+    #[error(transparent)]
+    Index(#[from] hoist_cache::index::IndexError),
     #[error("the sandbox failed: {0}")]
     Run(#[from] hoist_executor::RunError),
     #[error("building the sandbox spec: {0}")]
@@ -270,23 +284,27 @@ impl State {
         Ok((request, scratch))
     }
 
-    /// Turns a directory of changes into a layer: tar + compress into the store, then rename
-    /// the directory into place as the snapshot of its diffID.
-    fn commit_layer(&self, dir: &Path, options: &DiffOptions) -> Result<Layer, WorkerError> {
-        let digests =
-            hoist_cache::store_upperdir_layer(&self.blobs, dir, options).map_err(|source| {
-                WorkerError::Diff {
-                    path: dir.to_path_buf(),
-                    source,
-                }
+    /// Turns a directory of changes into a layer: its diffID (the sha256 of its tar; nothing
+    /// is compressed or stored yet), then the directory is renamed into place as the snapshot
+    /// of that diffID.
+    fn commit_layer(
+        &self,
+        dir: &Path,
+        source_date_epoch: Option<i64>,
+    ) -> Result<Layer, WorkerError> {
+        let diff_id = hoist_cache::upperdir_diff_id(dir, source_date_epoch).map_err(|source| {
+            WorkerError::Diff {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })?;
+        let target = self
+            .snapshots
+            .path(&diff_id)
+            .map_err(|source| WorkerError::Snapshot {
+                layer: diff_id.clone(),
+                source,
             })?;
-        let target =
-            self.snapshots
-                .path(&digests.diff_id)
-                .map_err(|source| WorkerError::Snapshot {
-                    layer: digests.diff_id.clone(),
-                    source,
-                })?;
         if !target.is_dir() {
             if let Some(parent) = target.parent() {
                 fs_err::create_dir_all(parent).map_err(io_err("create", parent))?;
@@ -298,15 +316,73 @@ impl State {
                 Err(e) => return Err(io_err("rename into place", &target)(e)),
             }
         }
-        let media_type = match digests.compression {
+        Ok(Layer {
+            diff_id,
+            blob: None,
+        })
+    }
+
+    /// The compressed blob of every layer of `chain`, bottom first, for a manifest. A built
+    /// layer's blob is made from its snapshot the first time an image needs it, and remembered
+    /// in the index, so exporting or pushing it again costs nothing.
+    ///
+    /// # Errors
+    /// A snapshot is gone or no longer hashes to its diffID, or storing the blob fails.
+    pub fn layer_blobs(
+        &self,
+        chain: &[Layer],
+        options: &DiffOptions,
+    ) -> Result<Vec<Descriptor>, WorkerError> {
+        let media_type = match options.compression.compression {
             hoist_cache::Compression::Gzip => MediaType::ImageLayerGzip,
             hoist_cache::Compression::Zstd => MediaType::ImageLayerZstd,
             hoist_cache::Compression::None => MediaType::ImageLayer,
         };
-        Ok(Layer {
-            blob: Descriptor::new(media_type, digests.size, digests.digest.clone()),
-            diff_id: digests.diff_id,
-        })
+        chain
+            .iter()
+            .map(|layer| {
+                if let Some(blob) = &layer.blob {
+                    return Ok(blob.clone());
+                }
+                let diff_id = layer.diff_id.to_string();
+                if let Some(known) = self.index.get_blob(&diff_id, media_type.as_ref())?
+                    && let Ok(digest) = known.digest.parse::<Digest>()
+                    && self.blobs.has(&digest)
+                {
+                    return Ok(Descriptor::new(media_type.clone(), known.size, digest));
+                }
+                let dir = self.snapshots.get(&layer.diff_id).ok_or_else(|| {
+                    WorkerError::SnapshotGone {
+                        layer: layer.diff_id.clone(),
+                    }
+                })?;
+                let digests = hoist_cache::store_upperdir_layer(&self.blobs, &dir, options)
+                    .map_err(|source| WorkerError::Diff {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                if digests.diff_id != layer.diff_id {
+                    return Err(WorkerError::SnapshotChanged {
+                        path: dir,
+                        layer: layer.diff_id.clone(),
+                        now: digests.diff_id,
+                    });
+                }
+                self.index.put_blob(
+                    &diff_id,
+                    &BlobRecord {
+                        digest: digests.digest.to_string(),
+                        size: digests.size,
+                        media_type: media_type.to_string(),
+                    },
+                )?;
+                Ok(Descriptor::new(
+                    media_type.clone(),
+                    digests.size,
+                    digests.digest,
+                ))
+            })
+            .collect()
     }
 }
 
@@ -398,7 +474,7 @@ impl BuildWorker {
                     })?;
                 chain.push(Layer {
                     diff_id,
-                    blob: layer.clone(),
+                    blob: Some(layer.clone()),
                 });
             }
             Ok(chain)
@@ -500,7 +576,9 @@ impl BuildWorker {
             }
         }
         drop(dest_view);
-        let layer = self.state.commit_layer(&out_dir, &self.diff_options)?;
+        let layer = self
+            .state
+            .commit_layer(&out_dir, self.diff_options.source_date_epoch)?;
         let mut chain = dest_chain.to_vec();
         chain.push(layer);
         Ok(chain)
@@ -632,10 +710,10 @@ impl BuildWorker {
             });
         }
         let state = Arc::clone(&self.state);
-        let options = self.diff_options;
+        let epoch = self.diff_options.source_date_epoch;
         let upper = outcome.upperdir;
         let layer = tokio::task::spawn_blocking(move || {
-            let layer = state.commit_layer(&upper, &options);
+            let layer = state.commit_layer(&upper, epoch);
             drop(scratch);
             layer
         })
@@ -939,23 +1017,27 @@ impl Cache<Output> for IndexCache {
                 let Ok(diff_id) = layer.diff_id.parse::<Digest>() else {
                     return Ok(None);
                 };
-                let Some(blob) = layer.blob else {
-                    return Ok(None);
-                };
-                let Ok(digest) = blob.digest.parse::<Digest>() else {
-                    return Ok(None);
-                };
-                if self.state.snapshots.get(&diff_id).is_none() || !self.state.blobs.has(&digest) {
+                if self.state.snapshots.get(&diff_id).is_none() {
                     return Ok(None);
                 }
-                chain.push(Layer {
-                    diff_id,
-                    blob: Descriptor::new(
-                        MediaType::from(blob.media_type.as_str()),
-                        blob.size,
-                        digest,
-                    ),
-                });
+                // A pulled layer keeps its blob; a built one may have none yet.
+                let blob = match layer.blob {
+                    None => None,
+                    Some(blob) => {
+                        let Ok(digest) = blob.digest.parse::<Digest>() else {
+                            return Ok(None);
+                        };
+                        if !self.state.blobs.has(&digest) {
+                            return Ok(None);
+                        }
+                        Some(Descriptor::new(
+                            MediaType::from(blob.media_type.as_str()),
+                            blob.size,
+                            digest,
+                        ))
+                    }
+                };
+                chain.push(Layer { diff_id, blob });
             }
             Ok(Some(Output::Chain(Arc::new(chain))))
         })
@@ -976,10 +1058,10 @@ impl Cache<Output> for IndexCache {
                     .iter()
                     .map(|l| LayerRecord {
                         diff_id: l.diff_id.to_string(),
-                        blob: Some(BlobRecord {
-                            digest: l.blob.digest().to_string(),
-                            size: l.blob.size(),
-                            media_type: l.blob.media_type().to_string(),
+                        blob: l.blob.as_ref().map(|b| BlobRecord {
+                            digest: b.digest().to_string(),
+                            size: b.size(),
+                            media_type: b.media_type().to_string(),
                         }),
                     })
                     .collect(),

@@ -151,6 +151,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         } else {
             hoist_cache::MediaTypes::Oci
         },
+        write_image: !outputs.is_empty() || args.metadata_file.is_some(),
     };
     if !request.context_dir.is_dir() {
         bail!(
@@ -195,16 +196,17 @@ fn finish(
     } else {
         args.tags.clone()
     };
-    for output in outputs {
-        output.export(&store, &outcome.manifest, &names)?;
+    if let Some(manifest) = &outcome.manifest {
+        for output in outputs {
+            output.export(&store, manifest, &names)?;
+        }
     }
-    let digest = outcome.manifest.digest().to_string();
     if let Some(path) = &args.iidfile {
         fs_err::write(path, outcome.config_digest.to_string())?;
     }
     if let Some(path) = &args.metadata_file {
         let metadata = serde_json::json!({
-            "containerimage.digest": digest,
+            "containerimage.digest": outcome.manifest.as_ref().map(|m| m.digest().to_string()),
             "containerimage.config.digest": outcome.config_digest.to_string(),
             "image.name": args.tags.join(","),
             "pushed": outcome.pushed,
@@ -215,11 +217,21 @@ fn finish(
     for name in &outcome.unused_build_args {
         writeln!(err, "warning: build-arg {name} was not consumed by any ARG")?;
     }
-    writeln!(
-        err,
-        "built {digest} ({} steps ran, {} cached)",
-        outcome.ran, outcome.cached
-    )?;
+    match &outcome.manifest {
+        Some(manifest) => writeln!(
+            err,
+            "built {} ({} steps ran, {} cached)",
+            manifest.digest(),
+            outcome.ran,
+            outcome.cached
+        )?,
+        None => writeln!(
+            err,
+            "built image {} ({} steps ran, {} cached); no output was asked for, so the result \
+             is only in the build cache: name it with -t, push it with --push, or export it with -o",
+            outcome.config_digest, outcome.ran, outcome.cached
+        )?,
+    }
     for pushed in &outcome.pushed {
         writeln!(err, "pushed {pushed}")?;
     }
