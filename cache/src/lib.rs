@@ -65,14 +65,14 @@ pub use apply::{
 pub use compress::{Compression, CompressionOptions, LayerDigests, LayerWriter, decompress};
 pub use diff::{
     Change, DiffError, DiffOptions, diff_changes, diff_upperdir, store_changes_layer,
-    store_upperdir_layer,
+    store_upperdir_layer, upperdir_diff_id,
 };
 pub use digest::sha256_of;
 pub use image::{
     DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
     DockerConfigExtras, Healthcheck, Image, ImageError, MediaTypes, append_empty_layer_history,
     append_layer, canonical_json, is_index, is_manifest, layer_compression, layer_descriptor,
-    write_image,
+    write_config, write_image,
 };
 pub use layout::{ImageStore, LayoutError};
 pub use snapshot::{SnapshotError, SnapshotStore};
