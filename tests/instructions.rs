@@ -943,6 +943,23 @@ COPY . /ctx/
     c.absent(&image, "/ctx/old.bak");
     c.absent(&image, "/ctx/secret/key");
     c.file(&image, "/ctx/secret/public", "public\n");
+    // BuildKit's COPY history: --chown and --chmod (in that order), then the sources and
+    // destination as written after expansion. (Without --from: the history test checks that.)
+    let history = image.history();
+    for expected in [
+        "COPY *.txt /wild/ # buildkit",
+        "COPY a.txt rel/ # buildkit",
+        "COPY --chown=app:staff a.txt /owned-by-names # buildkit",
+        "COPY --chmod=640 a.txt /mode-640 # buildkit",
+    ] {
+        c.that(
+            history.iter().any(|(h, empty)| h == expected && !empty),
+            format!(
+                "history: expected a layer entry {expected:?}, the image has {:?}",
+                history.iter().map(|(h, _)| h).collect::<Vec<_>>()
+            ),
+        );
+    }
     c.finish(&image);
 }
 
@@ -1045,6 +1062,19 @@ RUN pwd > /tmp/run-as && id -u >> /tmp/run-as && id -G >> /tmp/run-as
     // RUN runs in WORKDIR as USER, with the user's groups from /etc/group.
     c.file(&image, "/tmp/run-as", "/srv\n1234\n1234 2345\n");
     c.owner_mode(&image, "/tmp/run-as", (1234, 1234, 0o644));
+    let history = image.history();
+    for expected in [
+        "RUN /bin/busybox touch /exec-form-$X # buildkit",
+        "RUN /bin/sh -c rm /bin/vi # buildkit",
+    ] {
+        c.that(
+            history.iter().any(|(h, empty)| h == expected && !empty),
+            format!(
+                "history: expected a layer entry {expected:?}, the image has {:?}",
+                history.iter().map(|(h, _)| h).collect::<Vec<_>>()
+            ),
+        );
+    }
     if image.layers.len() >= base_layers + 3 {
         let exec_layer = image.layer_entries(base_layers);
         c.that(
