@@ -33,7 +33,8 @@
 //!   per [`Executor`] as a single-threaded *zygote* (as `runc init` re-executes runc), which
 //!   forks one init per RUN; so the multithreaded caller never runs code between `fork` and
 //!   `exec` itself, and the cost of loading the binary is not paid per RUN.
-//! - [`seccomp`]: Docker's default profile and its compilation to BPF (with `seccompiler`).
+//! - [`seccomp`]: Docker's default profile and its compilation to BPF (a binary search
+//!   over syscall numbers).
 //! - [`cgroup`] and [`user`]: the per-RUN cgroup (v2, or v1 on hybrid hosts) and `USER`
 //!   resolution against the image's passwd and group files.
 //! - [`spec`]: Docker's defaults (capabilities, masked and read-only paths, mounts, rlimits).
