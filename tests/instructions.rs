@@ -3,7 +3,8 @@
 //! inspect --config` for the config, `skopeo copy` + `umoci unpack` and `tar` on the layer
 //! blobs for the files). Expected values are what BuildKit produces for the same Dockerfile
 //! (`frontend/dockerfile/dockerfile2llb` in moby/buildkit). Needs root, `docker-registry`,
-//! `busybox-static`, `skopeo` and `umoci`.
+//! `busybox-static`, `skopeo`, `umoci`, and `tar` with `gzip`, `zstd`, `bzip2` and `xz` (to make
+//! the archives that ADD extracts).
 //!
 //! Each test gathers all of its mismatches before failing, so one run lists every difference.
 
@@ -576,8 +577,9 @@ COPY --chmod=755 myshell /bin/myshell
 RUN echo default > /default-shell.txt
 SHELL ["/bin/myshell", "-c"]
 RUN echo custom > /custom-shell.txt
+ENV WORD=expanded
 ENTRYPOINT echo via entrypoint
-CMD echo via cmd
+CMD echo via cmd $WORD
 "#,
             lab.base
         ))
@@ -645,8 +647,8 @@ CMD echo via cmd
         strings(shell.cfg("Entrypoint")),
     );
     c.eq(
-        "Cmd (shell form under SHELL)",
-        owned(&["/bin/myshell", "-c", "echo via cmd"]),
+        "Cmd (shell form under SHELL; its body is never expanded by the builder)",
+        owned(&["/bin/myshell", "-c", "echo via cmd $WORD"]),
         strings(shell.cfg("Cmd")),
     );
     c.file(&shell, "/default-shell.txt", "default\n");
