@@ -158,27 +158,10 @@ pub fn apply_layer(
     let (compression, stream) =
         decompress(reader).map_err(|source| ApplyError::ReadArchive { source })?;
     let mut archive = tar::Archive::new(HashingReader::new(stream));
-    let mut applier = Applier {
-        root: root.as_fd(),
-        mode: options.whiteouts,
-        parent_cache: None,
-        dir_times: Vec::new(),
-        created: HashSet::new(),
-        buf: vec![0; 256 * 1024],
-        lowers: &options.lower_dirs,
-    };
-    let mut count = 0u64;
-    {
-        let entries = archive
-            .entries()
-            .map_err(|source| ApplyError::ReadArchive { source })?;
-        for entry in entries {
-            let mut entry = entry.map_err(|source| ApplyError::ReadArchive { source })?;
-            applier.apply_entry(&mut entry)?;
-            count += 1;
-        }
-    }
-    applier.finish_dir_times()?;
+    let mut applier = Applier::new(root.as_fd(), options.whiteouts, &options.lower_dirs, None);
+    let count = applier
+        .apply_all(&mut archive)
+        .map_err(|failure| failure.error)?;
 
     // The tar reader stops at the end-of-archive blocks; read the rest so the diffID covers the
     // whole stream and the decompressor checks its trailer.
@@ -199,6 +182,92 @@ pub fn apply_layer(
         uncompressed_size,
         entries: count,
     })
+}
+
+/// Rules for extracting a Dockerfile `ADD` archive rather than a layer, as Docker does it
+/// (`pkg/archive.Untar`, BuildKit's file op with `AttemptUnpack`): `.wh.` names are ordinary
+/// files, a leading `/` is dropped, `..` is resolved lexically and refused only when it climbs
+/// above the destination, the destination's own `./` entry leaves the destination untouched,
+/// and xattrs are set on a best-effort basis (overlayfs' own `trusted.overlay.*` never).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct AddRules {
+    /// `--chown`: every entry gets this owner instead of the one in the archive.
+    pub(crate) chown: Option<(u32, u32)>,
+}
+
+/// An extraction that failed, with the name of the entry it failed on (none when the archive
+/// stream itself broke between entries).
+#[derive(Debug)]
+pub(crate) struct EntryFailure {
+    pub(crate) entry: Option<String>,
+    pub(crate) error: ApplyError,
+}
+
+/// Extracts an `ADD` archive (an uncompressed tar stream) into the existing directory `dest`
+/// under [`AddRules`], with the same confinement as [`apply_layer`]. Returns the number of
+/// entries extracted.
+pub(crate) fn extract_add(
+    tar: impl Read,
+    dest: &Path,
+    rules: AddRules,
+) -> Result<u64, EntryFailure> {
+    let fail = |error| EntryFailure { entry: None, error };
+    let root = rustix::fs::open(
+        dest,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        fail(ApplyError::OpenRoot {
+            path: dest.to_path_buf(),
+            source: e.into(),
+        })
+    })?;
+    let mut archive = tar::Archive::new(tar);
+    let mut applier = Applier::new(root.as_fd(), WhiteoutMode::Remove, &[], Some(rules));
+    applier.apply_all(&mut archive)
+}
+
+impl ApplyError {
+    /// The archive entry this error is about, when it is about one.
+    #[must_use]
+    pub fn entry(&self) -> Option<&str> {
+        match self {
+            Self::UnsafePath { entry, .. }
+            | Self::Escapes { entry, .. }
+            | Self::Entry { entry, .. }
+            | Self::UnsupportedType { entry, .. } => Some(entry),
+            Self::OpenRoot { .. } | Self::ReadArchive { .. } | Self::DiffIdMismatch { .. } => None,
+        }
+    }
+}
+
+/// Splits an `ADD` archive name into components the way Docker cleans it (Go's
+/// `filepath.Clean` under the destination): leading `/` and `.` dropped, `a/..` cancelled; a
+/// `..` that would climb above the destination is refused.
+fn add_components<'a>(raw: &'a [u8], entry: &str) -> Result<Vec<&'a [u8]>, ApplyError> {
+    let mut out: Vec<&[u8]> = Vec::new();
+    for part in raw.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                if out.pop().is_none() {
+                    return Err(ApplyError::UnsafePath {
+                        entry: entry.to_string(),
+                        reason: "path climbs out of the destination with '..'",
+                    });
+                }
+            }
+            p if p.contains(&0) => {
+                return Err(ApplyError::UnsafePath {
+                    entry: entry.to_string(),
+                    reason: "path contains a NUL byte",
+                });
+            }
+            p => out.push(p),
+        }
+    }
+    Ok(out)
 }
 
 /// Splits an archive name into safe components: `.` and empty parts dropped, `..` and absolute
@@ -274,9 +343,54 @@ struct Applier<'fd> {
     created: HashSet<Vec<u8>>,
     buf: Vec<u8>,
     lowers: &'fd [PathBuf],
+    /// Set when extracting a Dockerfile `ADD` archive instead of a layer.
+    add: Option<AddRules>,
 }
 
-impl Applier<'_> {
+impl<'fd> Applier<'fd> {
+    fn new(
+        root: BorrowedFd<'fd>,
+        mode: WhiteoutMode,
+        lowers: &'fd [PathBuf],
+        add: Option<AddRules>,
+    ) -> Self {
+        Applier {
+            root,
+            mode,
+            parent_cache: None,
+            dir_times: Vec::new(),
+            created: HashSet::new(),
+            buf: vec![0; 256 * 1024],
+            lowers,
+            add,
+        }
+    }
+
+    /// Applies every entry of `archive`, then the directory mtimes. Returns the entry count.
+    fn apply_all<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<u64, EntryFailure> {
+        let stream = |source| EntryFailure {
+            entry: None,
+            error: ApplyError::ReadArchive { source },
+        };
+        let mut count = 0u64;
+        for entry in archive.entries().map_err(stream)? {
+            let mut entry = entry.map_err(stream)?;
+            if let Err(error) = self.apply_entry(&mut entry) {
+                let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+                return Err(EntryFailure {
+                    entry: Some(name),
+                    error,
+                });
+            }
+            count += 1;
+        }
+        self.finish_dir_times().map_err(|error| EntryFailure {
+            entry: error.entry().map(str::to_owned),
+            error,
+        })?;
+        Ok(count)
+    }
+
     fn err(entry: &str, op: impl Into<String>) -> impl FnOnce(Errno) -> ApplyError + '_ {
         let op = op.into();
         move |e| ApplyError::Entry {
@@ -360,7 +474,11 @@ impl Applier<'_> {
     fn apply_entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<(), ApplyError> {
         let raw = e.path_bytes().into_owned();
         let entry = String::from_utf8_lossy(&raw).into_owned();
-        let parts = safe_components(&raw, &entry)?;
+        let parts = if self.add.is_some() {
+            add_components(&raw, &entry)?
+        } else {
+            safe_components(&raw, &entry)?
+        };
         let header = e.header();
         let kind = header.entry_type();
         let map_read = |source: io::Error| ApplyError::ReadArchive { source };
@@ -404,16 +522,32 @@ impl Applier<'_> {
             tv_sec: mtime.0,
             tv_nsec: mtime.1.into(),
         };
+        let (uid, gid) = match self.add.and_then(|rules| rules.chown) {
+            Some((u, g)) => (u.into(), g.into()),
+            None => (uid, gid),
+        };
+        let mut xattrs = ext.xattrs;
+        if self.add.is_some() {
+            // An ADD archive must not be able to mark directories opaque or redirect them once
+            // the result is stacked as an overlay lowerdir.
+            xattrs.retain(|(k, _)| !k.starts_with(b"trusted.overlay."));
+        }
         let meta = Meta {
             uid,
             gid,
             perm,
             mtime,
-            xattrs: ext.xattrs,
+            xattrs,
+            xattrs_best_effort: self.add.is_some(),
         };
 
         let Some((name, dir_parts)) = parts.split_last() else {
-            // The root itself ("./"): only a directory entry may name it.
+            // The root itself ("./"): only a directory entry may name it. For ADD it is the
+            // destination, which keeps its own metadata (`ADD app.tar /tmp/` leaves /tmp 1777),
+            // as Docker's Untar skips ".".
+            if kind.is_dir() && self.add.is_some() {
+                return Ok(());
+            }
             if kind.is_dir() {
                 let fd = self.open_dir(&[], &entry, false, OFlags::RDONLY)?;
                 set_fd_meta(&fd, &meta, &entry)?;
@@ -427,7 +561,9 @@ impl Applier<'_> {
         };
         let name = *name;
 
-        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        if self.add.is_none()
+            && let Some(target) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes())
+        {
             return self.whiteout(dir_parts, target, &entry);
         }
 
@@ -460,7 +596,7 @@ impl Applier<'_> {
                     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
                 )
                 .map_err(Self::err(&entry, "open directory"))?;
-                if existing.is_some() {
+                if existing.is_some() && self.add.is_none() {
                     // The entry describes the directory's whole metadata: xattrs of an earlier
                     // layer's version of it go, except overlay markers this layer set.
                     drop_stale_xattrs(&fd, &meta, &entry)?;
@@ -483,11 +619,21 @@ impl Applier<'_> {
                 )
                 .map_err(Self::err(&entry, "create file"))?;
                 let mut file = std::fs::File::from(fd);
+                let (expected, mut written) = (e.size(), 0u64);
                 loop {
                     let n = e.read(&mut self.buf).map_err(map_read)?;
                     if n == 0 {
+                        if written < expected {
+                            // The tar reader reports a cut stream only when it skips to the
+                            // next header; here the entry it cut is still known.
+                            return Err(map_read(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!("archive ends after {written} of {expected} bytes"),
+                            )));
+                        }
                         break;
                     }
+                    written += n as u64;
                     file.write_all(&self.buf[..n])
                         .map_err(|source| ApplyError::Entry {
                             entry: entry.clone(),
@@ -528,11 +674,19 @@ impl Applier<'_> {
                     });
                 };
                 let target_entry = String::from_utf8_lossy(&target).into_owned();
-                let tparts =
+                let tparts = if self.add.is_some() {
+                    // tar -P stores absolute link targets; like the names, they are taken
+                    // relative to the destination.
+                    add_components(&target, &entry).map_err(|_| ApplyError::UnsafePath {
+                        entry: entry.clone(),
+                        reason: "hardlink target climbs out of the destination with '..'",
+                    })?
+                } else {
                     safe_components(&target, &entry).map_err(|_| ApplyError::UnsafePath {
                         entry: entry.clone(),
                         reason: "hardlink target is absolute or contains '..'",
-                    })?;
+                    })?
+                };
                 let Some((tname, tdir)) = tparts.split_last() else {
                     return Err(ApplyError::UnsafePath {
                         entry,
@@ -721,6 +875,7 @@ impl Applier<'_> {
                 perm: st.st_mode & 0o7777,
                 mtime,
                 xattrs,
+                xattrs_best_effort: false,
             };
             set_fd_meta(&out, &meta, entry)?;
             rustix::fs::futimens(
@@ -906,6 +1061,14 @@ struct Meta {
     perm: u32,
     mtime: Timespec,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Skip xattrs the filesystem or the kernel refuses (Docker's `BestEffortXattrs` for ADD)
+    /// instead of failing the entry.
+    xattrs_best_effort: bool,
+}
+
+/// Whether a failed setxattr may be skipped for `meta`.
+fn skippable_xattr_error(meta: &Meta, err: Errno) -> bool {
+    meta.xattrs_best_effort && matches!(err, Errno::NOTSUP | Errno::PERM | Errno::ACCESS)
 }
 
 fn ids(meta: &Meta, entry: &str) -> Result<(rustix::fs::Uid, rustix::fs::Gid), ApplyError> {
@@ -929,12 +1092,16 @@ fn set_fd_meta(fd: impl AsFd, meta: &Meta, entry: &str) -> Result<(), ApplyError
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.perm))
         .map_err(Applier::err(entry, "chmod"))?;
     for (name, value) in &meta.xattrs {
-        rustix::fs::fsetxattr(&fd, os(name), value, rustix::fs::XattrFlags::empty()).map_err(
-            Applier::err(
-                entry,
-                format!("set xattr {}", String::from_utf8_lossy(name)),
-            ),
-        )?;
+        match rustix::fs::fsetxattr(&fd, os(name), value, rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(e) if skippable_xattr_error(meta, e) => {}
+            Err(e) => {
+                return Err(Applier::err(
+                    entry,
+                    format!("set xattr {}", String::from_utf8_lossy(name)),
+                )(e));
+            }
+        }
     }
     Ok(())
 }
@@ -993,6 +1160,7 @@ fn set_node_meta(
             match rustix::fs::lsetxattr(&path, os(xname), value, rustix::fs::XattrFlags::empty()) {
                 // The kernel allows user.* xattrs only on files and directories.
                 Err(Errno::PERM) if xname.starts_with(b"user.") => {}
+                Err(e) if skippable_xattr_error(meta, e) => {}
                 Err(e) => {
                     return Err(Applier::err(
                         entry,

@@ -32,6 +32,8 @@
 //!   Healthcheck/OnBuild/Shell) and manifest, OCI or Docker schema 2 ([`MediaTypes`]).
 //! - [`ImageStore`]: the local store, an OCI image layout at the state root with names in
 //!   `index.json`, and the exporters.
+//! - [`archive`]: Dockerfile `ADD` of a local tar (plain, gzip, bzip2, xz or zstd): detection
+//!   by content as Docker does, and extraction with the same confinement as layer apply.
 //! - [`context`], [`copy`] and [`index`]: build-context selection and hashing, COPY/ADD file
 //!   operations without a container, and the cache index (redb) from cache key to result.
 //!
@@ -44,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+pub mod archive;
 mod compress;
 pub mod context;
 pub mod copy;
