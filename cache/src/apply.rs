@@ -7,6 +7,9 @@
 //! and absolute names are refused before that. The final component is never followed: files are
 //! created with `O_EXCL | O_NOFOLLOW` after whatever was there is removed.
 //!
+//! The same code extracts Dockerfile `ADD` archives (see the `archive` module) under
+//! `AddRules`: names relative to the destination, `.wh.*` as plain files, best-effort xattrs.
+//!
 //! OCI whiteouts become the overlayfs form ([`WhiteoutMode::Overlay`]) so a snapshot stacks as a
 //! lowerdir, or are carried out by deletion ([`WhiteoutMode::Remove`]) when layers are
 //! flattened into one directory. See the OCI image spec, "Representing Changes"
@@ -480,7 +483,12 @@ impl<'fd> Applier<'fd> {
             safe_components(&raw, &entry)?
         };
         let header = e.header();
-        let kind = header.entry_type();
+        let mut kind = header.entry_type();
+        if self.add.is_some() && kind.is_gnu_sparse() {
+            // `tar -S` archives: the tar reader expands the holes, so the data reads as a
+            // regular file's (Go's archive/tar does the same for Docker).
+            kind = tar::EntryType::Regular;
+        }
         let map_read = |source: io::Error| ApplyError::ReadArchive { source };
         let mut ext = Extended::default();
         if let Some(pax) = e.pax_extensions().map_err(map_read)? {

@@ -96,6 +96,72 @@ fn each_compression_extracts_the_same_tree_tar_recorded() {
 }
 
 #[test]
+fn concatenated_streams_are_read_whole() {
+    // pigz, pbzip2 and `cat a.gz b.gz` make archives of several compressed streams; gzip -d,
+    // bzip2 -d, xz -d and zstd -d read them all, and so must ADD.
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    incompressible_tree(&src);
+    let want = fingerprint(&src);
+    let plain = work.path().join("whole.tar");
+    tar_dir(&src, &plain);
+    let bytes = fs_err::read(&plain).unwrap();
+    let cut = bytes.len() / 512 / 2 * 512;
+    let halves = [work.path().join("half1"), work.path().join("half2")];
+    fs_err::write(&halves[0], &bytes[..cut]).unwrap();
+    fs_err::write(&halves[1], &bytes[cut..]).unwrap();
+    for (codec, name, suffix) in CODECS {
+        let mut joined = Vec::new();
+        for half in &halves {
+            joined.extend(fs_err::read(compress(name, suffix, half)).unwrap());
+        }
+        let archive = work.path().join(format!("joined-{}", codec.name()));
+        fs_err::write(&archive, joined).unwrap();
+        let dest = work.path().join(format!("dest-{}", codec.name()));
+        let report = extract(&archive, &dest).unwrap();
+        assert_eq!(report.compression, codec);
+        assert_eq!(fingerprint(&dest), want, "{codec:?}");
+    }
+}
+
+#[test]
+fn sparse_files_from_tar_dash_s_are_extracted_whole() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs_err::create_dir(&src).unwrap();
+    let sparse = src.join("disk.img");
+    let file = fs_err::File::create(&sparse).unwrap();
+    file.set_len(8 << 20).unwrap();
+    drop(file);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs_err::OpenOptions::new()
+            .write(true)
+            .open(&sparse)
+            .unwrap();
+        f.seek(SeekFrom::Start(3 << 20)).unwrap();
+        f.write_all(b"data in the middle").unwrap();
+    }
+    let tarball = work.path().join("sparse.tar");
+    run(Command::new(tool("tar"))
+        .args(["-S", "-cf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&src)
+        .arg("."));
+    assert!(
+        fs_err::metadata(&tarball).unwrap().len() < 1 << 20,
+        "tar -S stored the file sparse"
+    );
+    let dest = work.path().join("dest");
+    extract(&compress("xz", ".xz", &tarball), &dest).unwrap();
+    assert_eq!(
+        fs_err::read(dest.join("disk.img")).unwrap(),
+        fs_err::read(&sparse).unwrap()
+    );
+}
+
+#[test]
 fn what_a_user_checks_by_hand_after_add() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
