@@ -220,12 +220,14 @@ impl Engine {
             ));
         };
 
+        let created = created_time(&options.build_args)?;
         let (config, extras) = image_config(
             &plan.config,
             plan.author.as_deref(),
             &plan.history,
             chain,
             &options.target_platform,
+            &created,
         )?;
         if !(request.write_image || request.push || !request.tags.is_empty()) {
             let config =
@@ -305,6 +307,49 @@ impl Engine {
     }
 }
 
+/// When the image was "created", for its config and the history entries it adds:
+/// `SOURCE_DATE_EPOCH` (a build-arg, as in BuildKit) when set, else the Unix epoch. Builds are
+/// reproducible by default: the same inputs give the same image digest on any day.
+fn created_time(
+    build_args: &std::collections::BTreeMap<String, String>,
+) -> Result<String, BuildError> {
+    let Some(raw) = build_args.get("SOURCE_DATE_EPOCH") else {
+        return Ok(rfc3339(0));
+    };
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|s| *s >= 0)
+        .map(rfc3339)
+        .ok_or_else(|| {
+            BuildError::Internal(format!(
+                "invalid SOURCE_DATE_EPOCH {raw:?}: expected whole seconds since 1970-01-01"
+            ))
+        })
+}
+
+/// `secs` since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
+fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// The image config: the frontend's runtime config plus rootfs, history and platform.
 fn image_config(
     config: &ImageConfig,
@@ -312,8 +357,17 @@ fn image_config(
     history: &[HistoryEntry],
     chain: &[crate::worker::Layer],
     platform: &Platform,
+    created: &str,
 ) -> Result<(ImageConfiguration, DockerConfigExtras), BuildError> {
+    let history: Vec<HistoryEntry> = history
+        .iter()
+        .map(|h| HistoryEntry {
+            created: h.created.clone().or_else(|| Some(created.to_owned())),
+            ..h.clone()
+        })
+        .collect();
     let mut value = serde_json::json!({
+        "created": created,
         "architecture": platform.architecture,
         "os": platform.os,
         "config": config,
@@ -404,4 +458,28 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_times_are_rfc3339_and_the_epoch_by_default() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_000_000), "2026-11-30T00:53:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+        let mut args = std::collections::BTreeMap::new();
+        assert_eq!(created_time(&args).unwrap(), "1970-01-01T00:00:00Z");
+        args.insert("SOURCE_DATE_EPOCH".to_owned(), "951782400".to_owned());
+        assert_eq!(created_time(&args).unwrap(), "2000-02-29T00:00:00Z");
+        args.insert("SOURCE_DATE_EPOCH".to_owned(), "yesterday".to_owned());
+        assert!(
+            created_time(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("SOURCE_DATE_EPOCH")
+        );
+    }
 }

@@ -123,6 +123,14 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             Platform::host()
         );
     }
+    let mut build_args = key_values(&args.build_args, "--build-arg")?;
+    // The reproducible-builds convention: SOURCE_DATE_EPOCH in the environment sets the image's
+    // created time unless a build-arg does.
+    if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
+        build_args
+            .entry("SOURCE_DATE_EPOCH".to_owned())
+            .or_insert(epoch);
+    }
     let request = BuildRequest {
         dockerfile: args
             .file
@@ -130,7 +138,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| PathBuf::from("Dockerfile")),
         context_dir: args.path.clone(),
         options: BuildOptions {
-            build_args: key_values(&args.build_args, "--build-arg")?,
+            build_args,
             target: args.target.clone(),
             target_platform,
             build_platform: Platform::host(),

@@ -71,6 +71,11 @@ const fn is_zero(n: &u64) -> bool {
 /// One entry of the image history, as `docker history` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
+    /// RFC 3339; a base image's entries keep theirs, the build fills in its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
     pub created_by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,

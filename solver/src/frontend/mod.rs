@@ -16,8 +16,10 @@
 
 mod config;
 mod error;
+mod gofmt;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use hoist_parser::shell::{Env, Lexer};
 use hoist_parser::{
@@ -33,6 +35,12 @@ use crate::op::{ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
 
 /// The default shell of shell-form RUN, CMD and ENTRYPOINT on Linux.
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+
+/// The `comment` of every history entry a Dockerfile step writes, as BuildKit's.
+const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+
+/// `PATH` of a Linux stage whose base sets none (BuildKit and Docker add it to the config).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The flags ADD accepts.
 const ADD_FLAGS: [&str; 7] = [
@@ -158,7 +166,12 @@ pub fn lower(
     let unused_build_args = opts
         .build_args
         .keys()
-        .filter(|k| !lowering.used_args.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+        .filter(|k| {
+            !lowering.used_args.contains(*k)
+                && !PROXY_ARGS.contains(&k.as_str())
+                // Read by the build itself (the image's created time), as in BuildKit.
+                && k.as_str() != "SOURCE_DATE_EPOCH"
+        })
         .cloned()
         .collect();
     Ok(BuildPlan {
@@ -477,7 +490,12 @@ impl<'a> Lowering<'a> {
                 format!("[{label}] FROM scratch"),
                 self.location(from.span),
             );
-            StageState::from_base(root, ImageConfig::default(), Vec::new(), platform)
+            // BuildKit's empty image works in `/`.
+            let config = ImageConfig {
+                working_dir: "/".into(),
+                ..ImageConfig::default()
+            };
+            StageState::from_base(root, config, Vec::new(), platform)
         } else {
             let resolved = self
                 .resolver
@@ -502,6 +520,11 @@ impl<'a> Lowering<'a> {
             );
             StageState::from_base(root, resolved.config, resolved.history, platform)
         };
+
+        // Every Linux stage has a PATH, as in BuildKit: a base without one gets the default.
+        if state.platform.os != "windows" && state.config.env_get("PATH").is_none() {
+            state.config.env_set("PATH", DEFAULT_PATH);
+        }
 
         // Triggers of the base run first, then are gone from the child's config.
         let triggers = std::mem::take(&mut state.config.on_build);
@@ -592,6 +615,7 @@ impl<'a> Lowering<'a> {
         match instruction {
             Instruction::Arg(arg) => {
                 check_flags(&arg.flags, "ARG", &[], &[])?;
+                let mut commit = Vec::new();
                 for decl in &arg.args {
                     let value = if let Some(v) = self.opts.build_args.get(&decl.name) {
                         Some(v.clone())
@@ -608,8 +632,13 @@ impl<'a> Lowering<'a> {
                             .map(|(_, v)| v)
                     };
                     self.used_args.insert(decl.name.clone());
+                    commit.push(match &value {
+                        Some(v) => format!("{}={v}", decl.name),
+                        None => decl.name.clone(),
+                    });
                     state.declare_arg(&decl.name, value);
                 }
+                state.history_config(format!("ARG {}", commit.join(" ")));
             }
             Instruction::Env(env) => {
                 check_flags(&env.flags, "ENV", &[], &[])?;
@@ -620,41 +649,49 @@ impl<'a> Lowering<'a> {
                     let value = self.expand(&pair.value, &scope, pair.span)?;
                     pairs.push((key, value));
                 }
+                let mut commit = String::from("ENV");
                 for (k, v) in &pairs {
                     state.config.env_set(k, v);
+                    let _ = write!(commit, " {k}={v}");
                 }
-                state.history_config(text);
+                state.history_config(commit);
             }
             Instruction::Label(label) => {
                 check_flags(&label.flags, "LABEL", &[], &[])?;
                 let scope = state.scope();
+                let mut commit = String::from("LABEL");
                 for pair in &label.pairs {
                     let key = self.expand(&pair.key, &scope, pair.span)?;
                     let value = self.expand(&pair.value, &scope, pair.span)?;
+                    let _ = write!(commit, " {key}={value}");
                     state.config.labels.insert(key, value);
                 }
-                state.history_config(text);
+                state.history_config(commit);
             }
             Instruction::Maintainer(m) => {
                 check_flags(&m.flags, "MAINTAINER", &[], &[])?;
                 state.author = m.name.as_ref().map(|n| n.value.clone());
-                state.history_config(text);
+                state.history_config(format!(
+                    "MAINTAINER {}",
+                    state.author.as_deref().unwrap_or_default()
+                ));
             }
             Instruction::User(user) => {
                 check_flags(&user.flags, "USER", &[], &[])?;
                 let value = required(user.user.as_ref(), "USER", "a user name or uid", span)?;
                 state.config.user = self.expand(&value.value, &state.scope(), value.span)?;
-                state.history_config(text);
+                state.history_config(format!("USER {}", state.config.user));
             }
             Instruction::Stopsignal(s) => {
                 check_flags(&s.flags, "STOPSIGNAL", &[], &[])?;
                 let value = required(s.signal.as_ref(), "STOPSIGNAL", "a signal", span)?;
                 state.config.stop_signal = self.expand(&value.value, &state.scope(), value.span)?;
-                state.history_config(text);
+                state.history_config(format!("STOPSIGNAL {}", state.config.stop_signal));
             }
             Instruction::Expose(e) => {
                 check_flags(&e.flags, "EXPOSE", &[], &[])?;
                 let scope = state.scope();
+                let mut listed = Vec::new();
                 for port in &e.ports {
                     for word in self.expand_words(&port.value, &scope, port.span)? {
                         for p in expose_ports(&word).map_err(|reason| {
@@ -667,15 +704,17 @@ impl<'a> Lowering<'a> {
                                 port.span,
                             )
                         })? {
-                            state.config.exposed_ports.insert(p);
+                            state.config.exposed_ports.insert(p.clone());
+                            listed.push(p);
                         }
                     }
                 }
-                state.history_config(text);
+                state.history_config(format!("EXPOSE {}", gofmt::list_v(&listed)));
             }
             Instruction::Volume(v) => {
                 check_flags(&v.flags, "VOLUME", &[], &[])?;
                 let scope = state.scope();
+                let mut listed = Vec::new();
                 for word in &v.paths.words {
                     let path = self.expand(&word.value, &scope, word.span)?;
                     if path.is_empty() {
@@ -687,9 +726,10 @@ impl<'a> Lowering<'a> {
                             word.span,
                         ));
                     }
-                    state.config.volumes.insert(path);
+                    state.config.volumes.insert(path.clone());
+                    listed.push(path);
                 }
-                state.history_config(text);
+                state.history_config(format!("VOLUME {}", gofmt::list_v(&listed)));
             }
             Instruction::Workdir(w) => {
                 check_flags(&w.flags, "WORKDIR", &[], &[])?;
@@ -697,7 +737,13 @@ impl<'a> Lowering<'a> {
                 let path = self.expand(&value.value, &state.scope(), value.span)?;
                 let dir = join_path(&state.workdir(), &path);
                 state.config.working_dir.clone_from(&dir);
+                if dir == "/" {
+                    // BuildKit makes no layer for the root, which always exists.
+                    state.history_config(format!("WORKDIR {dir}"));
+                    return Ok(());
+                }
                 let chown = (!state.config.user.is_empty()).then(|| state.config.user.clone());
+                let created_by = format!("WORKDIR {dir}");
                 state.root = self.graph.add(
                     Op::File(FileOp {
                         actions: vec![FileAction::Mkdir {
@@ -711,27 +757,36 @@ impl<'a> Lowering<'a> {
                     format!("{step} {text}"),
                     self.location(span),
                 );
-                state.history_config(text);
+                state.history.push(HistoryEntry {
+                    created: None,
+                    author: None,
+                    created_by,
+                    comment: Some(HISTORY_COMMENT.into()),
+                    empty_layer: false,
+                });
             }
             Instruction::Cmd(c) => {
                 check_flags(&c.flags, "CMD", &[], &[])?;
-                state.config.cmd = Some(state.command_args(c.command.as_ref()));
+                let args = state.command_args(c.command.as_ref());
+                state.history_config(format!("CMD {}", gofmt::list_q(&args)));
+                state.config.cmd = Some(args);
                 state.cmd_set = true;
-                state.history_config(text);
             }
             Instruction::Entrypoint(e) => {
                 check_flags(&e.flags, "ENTRYPOINT", &[], &[])?;
-                state.config.entrypoint = Some(state.command_args(e.command.as_ref()));
+                let args = state.command_args(e.command.as_ref());
+                state.history_config(format!("ENTRYPOINT {}", gofmt::list_q(&args)));
+                state.config.entrypoint = Some(args);
                 if !state.cmd_set {
                     state.config.cmd = None;
                 }
-                state.history_config(text);
             }
             Instruction::Shell(s) => {
                 check_flags(&s.flags, "SHELL", &[], &[])?;
                 match &s.command {
                     Some(Command::Exec { args, .. }) if !args.is_empty() => {
                         state.config.shell.clone_from(args);
+                        state.history_config(format!("SHELL {}", gofmt::list_v(args)));
                     }
                     _ => {
                         return Err(FrontendError::new(
@@ -743,16 +798,16 @@ impl<'a> Lowering<'a> {
                         ));
                     }
                 }
-                state.history_config(text);
             }
             Instruction::Healthcheck(h) => {
-                state.config.healthcheck = Some(health(h, &state.shell())?);
-                state.history_config(text);
+                let config = health(h, &state.shell())?;
+                state.history_config(format!("HEALTHCHECK {}", gofmt::healthcheck(&config)));
+                state.config.healthcheck = Some(config);
             }
             Instruction::Onbuild(o) => {
+                // Recorded in the config only: BuildKit writes no history entry for it.
                 check_flags(&o.flags, "ONBUILD", &[], &[])?;
                 state.config.on_build.push(o.expression.clone());
-                state.history_config(text);
             }
             Instruction::Run(run) => self.run(state, step, run, &text, span)?,
             Instruction::Copy(copy) => {
@@ -847,16 +902,21 @@ impl<'a> Lowering<'a> {
         };
         // The image ENV, then the ARGs in scope that no ENV shadows.
         let mut env = state.config.env_pairs();
-        let mut from_args = Vec::new();
         for (k, v) in &state.args {
             if let Some(v) = v
                 && state.config.env_get(k).is_none()
                 && !env.iter().any(|(ek, _)| ek == k)
             {
                 env.push((k.clone(), v.clone()));
-                from_args.push(format!("{k}={v}"));
             }
         }
+        // History lists every ARG of the stage with the value the command sees (an ENV of the
+        // same name wins; an ARG without a value shows as `K=`), as BuildKit does.
+        let from_args: Vec<String> = state
+            .args
+            .iter()
+            .map(|(k, _)| format!("{k}={}", scope.get(k).unwrap_or_default()))
+            .collect();
         let created_by = if from_args.is_empty() {
             format!("RUN {} # buildkit", args.join(" "))
         } else {
@@ -883,8 +943,10 @@ impl<'a> Lowering<'a> {
             self.location(span),
         );
         state.history.push(HistoryEntry {
+            created: None,
+            author: None,
             created_by,
-            comment: Some("buildkit.dockerfile.v0".into()),
+            comment: Some(HISTORY_COMMENT.into()),
             empty_layer: false,
         });
         Ok(())
@@ -945,6 +1007,7 @@ impl<'a> Lowering<'a> {
                 .transpose()
         };
         let chown = flag_text(flags.get("chown"))?.filter(|s| !s.is_empty());
+        let chmod_text = flag_text(flags.get("chmod"))?.filter(|s| !s.is_empty());
         let chmod = match flags.get("chmod") {
             Some(flag) => {
                 let value = flag_text(Some(flag))?.unwrap_or_default();
@@ -979,11 +1042,13 @@ impl<'a> Lowering<'a> {
         // Heredoc sources become files written in place.
         let mut actions = Vec::new();
         let mut src = Vec::new();
+        let mut heredoc_names = Vec::new();
         for word in sources {
             if let Some(doc) = heredocs
                 .iter()
                 .find(|d| heredoc_word(&word.value) == Some(d.name.as_str()))
             {
+                heredoc_names.push(doc.name.clone());
                 let content = heredoc_content(doc, &scope, self.escape)?;
                 let path = if dest.ends_with('/') {
                     format!("{dest}{}", doc.name)
@@ -1070,9 +1135,30 @@ impl<'a> Lowering<'a> {
             format!("{step} {text}"),
             self.location(span),
         );
+        // As BuildKit writes it: the flags that shape the files, the sources (heredocs last),
+        // the destination as written; not --from, --link or --exclude.
+        let mut created_by = String::from(name);
+        if parents {
+            created_by.push_str(" --parents");
+        }
+        if let Some(c) = &chown {
+            let _ = write!(created_by, " --chown={c}");
+        }
+        if let Some(c) = &chmod_text {
+            let _ = write!(created_by, " --chmod={c}");
+        }
+        for s in &src {
+            let _ = write!(created_by, " {s}");
+        }
+        for h in &heredoc_names {
+            let _ = write!(created_by, " <<{h}");
+        }
+        let _ = write!(created_by, " {dest_raw} # buildkit");
         state.history.push(HistoryEntry {
-            created_by: format!("{text} # buildkit"),
-            comment: Some("buildkit.dockerfile.v0".into()),
+            created: None,
+            author: None,
+            created_by,
+            comment: Some(HISTORY_COMMENT.into()),
             empty_layer: false,
         });
         Ok(())
@@ -1165,8 +1251,10 @@ impl StageState {
     }
 
     fn declare_arg(&mut self, name: &str, value: Option<String>) {
-        self.args.retain(|(k, _)| k != name);
-        self.args.push((name.to_owned(), value));
+        match self.args.iter_mut().find(|(k, _)| k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.args.push((name.to_owned(), value)),
+        }
     }
 
     /// The variables words expand against: ENV first, then the declared ARGs.
@@ -1211,8 +1299,10 @@ impl StageState {
 
     fn history_config(&mut self, text: String) {
         self.history.push(HistoryEntry {
+            created: None,
+            author: None,
             created_by: text,
-            comment: Some("buildkit.dockerfile.v0".into()),
+            comment: Some(HISTORY_COMMENT.into()),
             empty_layer: true,
         });
     }

@@ -321,11 +321,61 @@ mod config {
         assert!(c.volumes.contains("/data"));
         assert_eq!(c.stop_signal, "SIGTERM");
         assert_eq!(plan.author.as_deref(), Some("me"));
-        assert!(
-            plan.history
-                .iter()
-                .any(|h| h.created_by == "WORKDIR src" && h.empty_layer)
+        // History as BuildKit writes it: expanded values, Go's list format, and a layer for
+        // each WORKDIR (BuildKit makes the directory) but the root's.
+        let history: Vec<(&str, bool)> = plan
+            .history
+            .iter()
+            .map(|h| (h.created_by.as_str(), h.empty_layer))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                ("ARG P=8080", true),
+                ("WORKDIR /app", false),
+                ("WORKDIR /app/src", false),
+                ("USER 1000:1000", true),
+                ("LABEL a=1 b c=d e", true),
+                ("EXPOSE [8080/tcp 53/udp 7000/tcp 7001/tcp]", true),
+                ("VOLUME [/data [/x]]", true),
+                ("STOPSIGNAL SIGTERM", true),
+                ("MAINTAINER me", true),
+            ]
         );
+    }
+
+    #[test]
+    fn history_of_commands_args_and_copies_reads_as_buildkit_writes_it() {
+        let src = "FROM scratch\nARG A=1 B\nENV A=env HOME=/root\nWORKDIR /\n\
+                   RUN echo $A\nCMD echo hi\nENTRYPOINT [\"/bin/tool\", \"x y\"]\n\
+                   SHELL [\"/bin/bash\", \"-c\"]\nHEALTHCHECK --interval=90s --retries=3 CMD true\n\
+                   ONBUILD RUN true\nCOPY --from=0 --chown=1:2 --chmod=600 a* b/ dest/\n";
+        let plan = plan(src);
+        let history: Vec<&str> = plan.history.iter().map(|h| h.created_by.as_str()).collect();
+        assert_eq!(
+            history,
+            [
+                "ARG A=1 B",
+                "ENV A=env HOME=/root",
+                "WORKDIR /",
+                "RUN |2 A=env B= /bin/sh -c echo $A # buildkit",
+                "CMD [\"/bin/sh\" \"-c\" \"echo hi\"]",
+                "ENTRYPOINT [\"/bin/tool\" \"x y\"]",
+                "SHELL [/bin/bash -c]",
+                "HEALTHCHECK {Test:[CMD-SHELL true] Interval:1m30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}",
+                "COPY --chown=1:2 --chmod=600 a* b/ dest/ # buildkit",
+            ]
+        );
+        assert_eq!(
+            plan.config.env,
+            [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "A=env",
+                "HOME=/root"
+            ],
+            "a stage on scratch gets BuildKit's default PATH"
+        );
+        assert_eq!(plan.config.working_dir, "/");
     }
 
     #[test]
