@@ -22,4 +22,4 @@ install_missing() {
 # podman and runc to run them, busybox for sandbox rootfs, htpasswd and openssl for registry
 # auth, cmake for zlib-ng.
 TEST_PACKAGES=(ca-certificates docker-registry skopeo umoci podman runc busybox-static
-  apache2-utils openssl cmake curl zstd)
+  apache2-utils openssl cmake curl zstd bzip2 xz-utils)

@@ -151,6 +151,8 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     Index(#[from] hoist_cache::index::IndexError),
+    #[error("ADD: {0}")]
+    Archive(#[from] hoist_cache::archive::ArchiveError),
     #[error("the sandbox failed: {0}")]
     Run(#[from] hoist_executor::RunError),
     #[error("building the sandbox spec: {0}")]
@@ -584,8 +586,8 @@ impl BuildWorker {
         Ok(chain)
     }
 
-    /// ADD of local files: a tar archive (plain, gzip or zstd) is extracted into the
-    /// destination directory; any other file is copied as COPY would.
+    /// ADD of local files: a tar archive (plain, gzip, bzip2, xz or zstd, told by content) is
+    /// extracted into the destination directory; any other file is copied as COPY would.
     fn add_archives(
         &self,
         selection: &Selection,
@@ -597,25 +599,20 @@ impl BuildWorker {
         let mut plain = Selection::default();
         for entry in &selection.entries {
             let path = self.context_dir.join(&entry.source);
-            if entry.kind == context::EntryKind::File && is_archive(&path) {
+            let archive = if entry.kind == context::EntryKind::File {
+                hoist_cache::archive::detect_archive(&path)?
+            } else {
+                None
+            };
+            if archive.is_some() {
                 let dir = context::clean_relative(dest);
                 copy::mkdir(dest_view, out_dir, dest, 0o755, None)?;
                 let target = out_dir.join(&dir);
-                let file = fs_err::File::open(&path).map_err(io_err("open", &path))?;
-                hoist_cache::apply_layer(
-                    file,
+                hoist_cache::archive::extract_archive(
+                    &path,
                     &target,
-                    &hoist_cache::ApplyOptions {
-                        whiteouts: hoist_cache::WhiteoutMode::Remove,
-                        expected_diff_id: None,
-                        lower_dirs: Vec::new(),
-                    },
-                )
-                .map_err(|e| WorkerError::Io {
-                    op: "extract",
-                    path: path.clone(),
-                    source: io::Error::other(e),
-                })?;
+                    &hoist_cache::archive::ExtractOptions { chown: opts.chown },
+                )?;
             } else {
                 plain.entries.push(entry.clone());
             }
@@ -745,19 +742,6 @@ fn diff_ids_of(config: &[u8]) -> Vec<Digest> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn is_archive(path: &Path) -> bool {
-    use std::io::Read as _;
-    let mut head = [0u8; 262];
-    let Ok(mut file) = fs_err::File::open(path) else {
-        return false;
-    };
-    let n = file.read(&mut head).unwrap_or(0);
-    let head = &head[..n];
-    head.starts_with(&[0x1f, 0x8b])
-        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
-        || (n >= 262 && &head[257..262] == b"ustar")
 }
 
 impl Worker for BuildWorker {
