@@ -3,7 +3,8 @@
 //! included). Prints the median of each and their ratio.
 //!
 //! `cargo bench -p hoist-executor --bench startup` (as root). `HOIST_BENCH_RUNS` sets the number
-//! of runs per backend (default 100).
+//! of runs per backend (default 100). `HOIST_BENCH_ONLY=builtin` runs the built-in runtime
+//! alone (for profiling it: `perf record -a -g`, `strace -f`), and prints its figures only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a bench binary
 
@@ -49,8 +50,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        let only_builtin = std::env::var("HOIST_BENCH_ONLY").is_ok_and(|v| v == "builtin");
         let builtin = Rig::new(Which::Builtin);
-        let runc = Rig::new(Which::Runc);
+        let runc = (!only_builtin).then(|| Rig::new(Which::Runc));
         // One spec for both, built by the same options.
         let spec = hoist_executor::spec::build_spec(&builtin.options(&["true"])).unwrap();
         let (mut b, mut r) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
@@ -58,14 +60,27 @@ fn main() {
         // first rounds warm caches and are not counted.
         for round in 0..runs + 3 {
             let tb = run_once(&builtin, &spec).await;
-            let tr = run_once(&runc, &spec).await;
             if round >= 3 {
                 b.push(tb);
-                r.push(tr);
+            }
+            if let Some(runc) = &runc {
+                let tr = run_once(runc, &spec).await;
+                if round >= 3 {
+                    r.push(tr);
+                }
             }
         }
         b.sort();
         r.sort();
+        if runc.is_none() {
+            println!(
+                "start-to-exit of `true`, median of {runs} runs: built-in {:.2} ms (p10 {:.2}, p90 {:.2})",
+                median(&b).as_secs_f64() * 1e3,
+                b[runs / 10].as_secs_f64() * 1e3,
+                b[runs * 9 / 10].as_secs_f64() * 1e3,
+            );
+            return;
+        }
         let (mb, mr) = (median(&b), median(&r));
         println!(
             "start-to-exit of `true`, median of {runs} runs: built-in {:.2} ms (p10 {:.2}, p90 {:.2}), runc {:.2} ms (p10 {:.2}, p90 {:.2}), ratio {:.3}",
