@@ -488,3 +488,40 @@ fn kill_9_mid_build_leaves_a_cache_the_next_build_uses() {
         mounts_under(p.root.path())
     );
 }
+
+#[test]
+fn resource_limits_reach_every_run() {
+    let p = Project::new(
+        "FROM scratch\nADD rootfs.tar /\nRUN dd if=/dev/zero of=/dev/null bs=64M count=2 && echo survived\n",
+    );
+    // dd holds a 64 MiB buffer: over a 32 MiB limit the kernel kills it, and the error says so.
+    let out = p.hoist(&["--memory", "32m"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a RUN over --memory succeeded:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("(line 3)") && stderr.contains("memory limit of 33554432 bytes"),
+        "the failure does not name the line and the limit:\n{stderr}"
+    );
+    // Under a limit it fits in, the same step runs.
+    let out = p.hoist(&[
+        "--memory",
+        "256m",
+        "--pids-limit",
+        "64",
+        "--cpu-quota",
+        "50000",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("survived"), "{stderr}");
+    // Bad values are refused before anything runs, naming the flag.
+    let out = p.hoist(&["--memory", "lots"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("invalid --memory \"lots\""),
+        "{stderr}"
+    );
+}

@@ -40,6 +40,8 @@ pub struct BuildRequest {
     /// export or a metadata file. Without it and without tags, a build leaves only its cache
     /// and the image config: no layer is compressed.
     pub write_image: bool,
+    /// cgroup limits of every RUN.
+    pub limits: hoist_executor::spec::Limits,
 }
 
 /// What a build produced.
@@ -193,6 +195,7 @@ impl Engine {
             context_dir: request.context_dir.clone(),
             proxy_env: plan.proxy_env.clone(),
             diff_options: BuildWorker::default_diff_options(),
+            limits: request.limits,
             stat_cache: Arc::new(Mutex::new(StatCache::load(
                 &self.stat_cache_path(&request.context_dir),
             ))),

@@ -203,6 +203,7 @@ where
             network: options.network,
             insecure: false,
             lowerdirs,
+            limits: hoist_executor::spec::Limits::default(),
         },
     )?;
     let outcome = engine.executor.run(request, stdout, stderr).await?;

@@ -62,6 +62,8 @@ pub struct Sandboxed<'a> {
     pub insecure: bool,
     /// Snapshot directories, topmost first.
     pub lowerdirs: Vec<PathBuf>,
+    /// cgroup limits (`hoist build --memory`, `--cpu-quota`, …).
+    pub limits: Limits,
 }
 
 /// One layer of a result.
@@ -265,7 +267,7 @@ impl State {
             hostname: run.hostname.to_owned(),
             network: run.network,
             etc_files: executor.etc_files(run.hostname)?,
-            limits: Limits::default(),
+            limits: run.limits,
             insecure: run.insecure,
         })?;
         let scratch = self.scratch()?;
@@ -399,6 +401,8 @@ pub struct BuildWorker {
     /// Proxy build-args, given to every RUN but part of no key.
     pub proxy_env: Vec<(String, String)>,
     pub diff_options: DiffOptions,
+    /// cgroup limits of every RUN of the build.
+    pub limits: Limits,
     pub stat_cache: Arc<Mutex<StatCache>>,
     /// Context selections made while computing content keys, by vertex digest, so that the
     /// source's run uses the very files that were hashed instead of walking the context again.
@@ -672,6 +676,7 @@ impl BuildWorker {
                 },
                 insecure: exec.privileged,
                 lowerdirs: self.state.snapshot_dirs(&chain)?,
+                limits: self.limits,
             },
         )?;
         let mut stdout = LogSink::new(ctx, Stream::Stdout);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use hoist_executor::spec::Limits;
 use hoist_registry::Platform;
 use hoist_solver::build::{BuildOutcome, BuildRequest};
 use hoist_solver::frontend::BuildOptions;
@@ -66,6 +67,18 @@ pub(crate) struct BuildArgs {
     /// Run at most this many steps at once (default: the number of CPUs).
     #[arg(long)]
     max_parallelism: Option<usize>,
+    /// Memory limit of each RUN, in bytes or with a unit: 512m, 2g.
+    #[arg(short = 'm', long, value_name = "BYTES")]
+    memory: Option<String>,
+    /// CPU time each RUN may use per --cpu-period, in microseconds.
+    #[arg(long, value_name = "MICROSECONDS")]
+    cpu_quota: Option<i64>,
+    /// The period of --cpu-quota, in microseconds (default 100000).
+    #[arg(long, value_name = "MICROSECONDS")]
+    cpu_period: Option<u64>,
+    /// Most processes and threads each RUN may have at once.
+    #[arg(long, value_name = "N")]
+    pids_limit: Option<i64>,
     /// Use Docker schema 2 media types instead of OCI.
     #[arg(long)]
     docker_mediatypes: bool,
@@ -84,6 +97,66 @@ pub(crate) struct BuildArgs {
     engine: EngineArgs,
     /// The build context directory.
     path: PathBuf,
+}
+
+/// The cgroup limits of every RUN, from `--memory`, `--cpu-quota`, `--cpu-period` and
+/// `--pids-limit`.
+fn limits(args: &BuildArgs) -> anyhow::Result<Limits> {
+    let memory_bytes = args
+        .memory
+        .as_deref()
+        .map(|m| {
+            parse_bytes(m).with_context(|| {
+                format!("invalid --memory {m:?}: expected bytes, or a number with b, k, m or g")
+            })
+        })
+        .transpose()?;
+    if let Some(m) = memory_bytes
+        && m < 6 * 1024 * 1024
+    {
+        bail!("--memory {m} is too small: a RUN needs at least 6m, as in Docker");
+    }
+    let cpu_quota = match (args.cpu_quota, args.cpu_period) {
+        (None, None) => None,
+        (quota, period) => {
+            let period = period.unwrap_or(100_000);
+            if !(1_000..=1_000_000).contains(&period) {
+                bail!("--cpu-period {period} is out of range: 1000 to 1000000 microseconds");
+            }
+            match quota {
+                Some(q) if q < 1_000 => {
+                    bail!("--cpu-quota {q} is too small: at least 1000 microseconds")
+                }
+                Some(q) => Some((q, period)),
+                // A period alone changes nothing: no quota means no limit.
+                None => None,
+            }
+        }
+    };
+    if let Some(n) = args.pids_limit
+        && n < 1
+    {
+        bail!("--pids-limit {n} must be at least 1");
+    }
+    Ok(Limits {
+        memory_bytes,
+        pids: args.pids_limit,
+        cpu_quota,
+    })
+}
+
+/// `512m`, `2g`, `1024k`, `100b` or plain bytes; units are powers of 1024, as in Docker.
+fn parse_bytes(text: &str) -> Option<i64> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').filter(|r| !r.is_empty()).unwrap_or(&t);
+    let (digits, shift) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 10),
+        'm' => (&t[..t.len() - 1], 20),
+        'g' => (&t[..t.len() - 1], 30),
+        't' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    digits.parse::<i64>().ok()?.checked_mul(1i64 << shift)
 }
 
 fn key_values(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -160,6 +233,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             hoist_cache::MediaTypes::Oci
         },
         write_image: !outputs.is_empty() || args.metadata_file.is_some(),
+        limits: limits(&args)?,
     };
     if !request.context_dir.is_dir() {
         bail!(
@@ -252,4 +326,22 @@ fn finish(
     // The image id on stdout, as `docker build -q` prints it, for scripts.
     writeln!(std::io::stdout().lock(), "{}", outcome.config_digest)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_read_as_docker_reads_them() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("512m"), Some(512 << 20));
+        assert_eq!(parse_bytes("512MB"), Some(512 << 20));
+        assert_eq!(parse_bytes("2g"), Some(2 << 30));
+        assert_eq!(parse_bytes("64k"), Some(64 << 10));
+        assert_eq!(parse_bytes("100b"), Some(100));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("m"), None);
+        assert_eq!(parse_bytes("99999999999g"), None);
+    }
 }
