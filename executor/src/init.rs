@@ -10,9 +10,10 @@
 //! the sandbox's stdout and stderr and a "done" pipe attached:
 //!
 //! ```text
-//! hoist (tokio) ──request──► zygote ──fork──► init: join cgroup, unshare pid/ipc/uts/cgroup[/net],
-//!                                               │    hostname, lo up
-//!                                               │ fork
+//! hoist (tokio) ──request──► zygote ──fork──► init: join cgroup, keep the zygote's spare netns
+//!                  (then makes   │               │    (or join the host's), unshare
+//!                  the next      │               │    pid/ipc/uts/cgroup, hostname
+//!                  spare netns)  ┘               │ fork
 //!                                               ├─► (stays outside) waits for pid 1, writes the
 //!                                               │   InitReport to the done pipe, exits
 //!                                               └─► pid 1: unshare mount, overlay, mounts, /dev,
@@ -21,8 +22,9 @@
 //! ```
 //!
 //! Re-executing once and forking per RUN keeps the cost of loading a large binary (relocations,
-//! page faults, libc start-up: about a millisecond and a half of CPU here) off every RUN. The
-//! zygote exits when the runtime closes the socket, including when hoist dies.
+//! page faults, libc start-up: about a millisecond and a half of CPU here) off every RUN; for
+//! the same reason the zygote makes the next RUN's network namespace ahead of time (`SpareNet`).
+//! The zygote exits when the runtime closes the socket, including when hoist dies.
 //!
 //! Setup errors of pid 1 travel back over a close-on-exec pipe: EOF without a message means
 //! `execve` succeeded.
@@ -123,6 +125,12 @@ fn zygote_main() -> Result<(), InitError> {
     nix::unistd::dup2_stdin(devnull.file()).map_err(sys_err("dup2 /dev/null to stdin"))?;
     // Init processes report through their done pipe; the kernel reaps them.
     sys::ignore_sigchld().map_err(sys_err("ignore SIGCHLD"))?;
+    let host_net = fs_err::File::open("/proc/self/ns/net").map_err(sys_err("open host netns"))?;
+    let mut net = SpareNet {
+        host: host_net.into(),
+        ready: false,
+    };
+    net.refill()?;
     let mut buf = vec![0u8; crate::runtime::ZYGOTE_MESSAGE_MAX];
     loop {
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; REQUEST_FDS]);
@@ -159,22 +167,68 @@ fn zygote_main() -> Result<(), InitError> {
         };
         if let sys::Forked::Child = sys::fork_single_threaded().map_err(sys_err("fork init"))? {
             drop(socket);
-            let code = serve(&config, &stdout, &stderr, done);
+            let code = serve(&config, &net, &stdout, &stderr, done);
             sys::exit_immediately(code);
         }
         drop((stdout, stderr, done));
+        if net.ready && namespace_flags(&config.spec).contains(CloneFlags::CLONE_NEWNET) {
+            // That init took the spare; make the next one while the RUN sets up.
+            net.ready = false;
+            net.refill()?;
+        }
+    }
+}
+
+/// A network namespace made ahead of the next RUN that asks for one.
+///
+/// Creating a network namespace (with `lo` up) is the most expensive namespace to make, about
+/// 0.8 ms of CPU here (every per-namespace network subsystem initialises, and registers its
+/// sysctls). The zygote makes the next one right after it hands one to an init, so that the
+/// cost overlaps with that RUN, or with the time between RUNs, instead of lying on the path
+/// from request to exec. The zygote itself sits in the spare namespace (that is how it holds
+/// it); an init it forks is in it too, and keeps it when its RUN wants a network namespace, or
+/// joins the host's through `host` when not. Each spare goes to one init only: the zygote
+/// leaves it (for a fresh one, or for the host's) right after that fork.
+struct SpareNet {
+    /// The host's network namespace, as the zygote found it.
+    host: OwnedFd,
+    /// The zygote is in a fresh network namespace that no init has had yet.
+    ready: bool,
+}
+
+impl SpareNet {
+    /// Moves the zygote into a fresh network namespace with `lo` up. When that fails, back to
+    /// the host's (inits then make their own, as without a spare); when even that fails, the
+    /// zygote ends, so that no init ever shares a namespace with an earlier one (the runtime
+    /// starts another zygote).
+    fn refill(&mut self) -> Result<(), InitError> {
+        let fresh = nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)
+            .and_then(|()| sys::interface_up("lo"));
+        self.ready = fresh.is_ok();
+        if !self.ready {
+            nix::sched::setns(&self.host, CloneFlags::CLONE_NEWNET)
+                .map_err(sys_err("return to the host network namespace"))?;
+        }
+        Ok(())
     }
 }
 
 /// The init for one RUN, in a fresh child of the zygote. Its report goes to `done`, whose
 /// closing (when this process exits) tells the runtime that the report is complete.
-fn serve(config: &InitConfig, stdout: &OwnedFd, stderr: &OwnedFd, done: OwnedFd) -> i32 {
+fn serve(
+    config: &InitConfig,
+    net: &SpareNet,
+    stdout: &OwnedFd,
+    stderr: &OwnedFd,
+    done: OwnedFd,
+) -> i32 {
     let mut done = std::fs::File::from(done);
     let result = sys::default_sigchld()
         .map_err(sys_err("restore SIGCHLD"))
         .and_then(|()| nix::unistd::dup2_stdout(stdout).map_err(sys_err("dup2 stdout")))
         .and_then(|()| nix::unistd::dup2_stderr(stderr).map_err(sys_err("dup2 stderr")))
-        .and_then(|()| init_main(config));
+        .and_then(|()| init_main(config, net));
     let (report, code) = match result {
         Ok(report) => (report, 0),
         Err(error) => (
@@ -233,7 +287,7 @@ fn namespace_flags(spec: &Spec) -> CloneFlags {
     flags
 }
 
-fn init_main(config: &InitConfig) -> Result<InitReport, InitError> {
+fn init_main(config: &InitConfig, net: &SpareNet) -> Result<InitReport, InitError> {
     // This process is single-threaded (a fork of the zygote), which the v1 fast path of
     // `join_value` relies on.
     let pid = std::process::id();
@@ -243,15 +297,25 @@ fn init_main(config: &InitConfig) -> Result<InitReport, InitError> {
     }
 
     let flags = namespace_flags(&config.spec);
+    // This process starts in the zygote's network namespace: a fresh spare, or the host's.
+    let mut unshare = flags - CloneFlags::CLONE_NEWNS;
+    if net.ready {
+        if flags.contains(CloneFlags::CLONE_NEWNET) {
+            unshare -= CloneFlags::CLONE_NEWNET;
+        } else {
+            nix::sched::setns(&net.host, CloneFlags::CLONE_NEWNET)
+                .map_err(sys_err("join the host network namespace"))?;
+        }
+    }
     // The mount namespace is made by pid 1 alone, so that this process keeps the host's view
     // (pivot_root moves the root of every process in the namespace).
-    nix::sched::unshare(flags - CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare"))?;
+    nix::sched::unshare(unshare).map_err(sys_err("unshare"))?;
     if flags.contains(CloneFlags::CLONE_NEWUTS)
         && let Some(hostname) = config.spec.hostname()
     {
         nix::unistd::sethostname(hostname).map_err(sys_err("sethostname"))?;
     }
-    if flags.contains(CloneFlags::CLONE_NEWNET) {
+    if unshare.contains(CloneFlags::CLONE_NEWNET) {
         sys::interface_up("lo").map_err(sys_err("bring up lo"))?;
     }
 

@@ -48,6 +48,8 @@ both_backends!(
     cap_eff_is_dockers_default_set,
     seccomp_filters_like_dockers_default,
     network_none_shows_only_lo,
+    every_run_gets_its_own_network_namespace,
+    network_host_shares_the_hosts_namespace,
     memory_hog_is_oom_killed_and_reported,
     fork_bomb_is_contained_by_the_pids_limit,
     output_of_100_mb_streams_in_order_with_flat_memory,
@@ -140,6 +142,49 @@ async fn network_none_shows_only_lo(rig: Rig) {
         .sh_out("ls /sys/class/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; ip -o link | grep -c UP")
         .await;
     assert_eq!(out.stdout, "lo\nlo\n1\n", "{}", out.stderr);
+}
+
+fn netns_of(pid: &str) -> String {
+    fs_err::read_link(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The built-in runtime makes network namespaces ahead of time; none may serve two RUNs.
+/// Three RUNs that overlap in time must see three namespaces, none of them the host's.
+/// (Sequential RUNs may legitimately see the same inode number: the kernel reuses the number
+/// of a namespace that is gone.)
+async fn every_run_gets_its_own_network_namespace(rig: Rig) {
+    let run = |delay_ms: u64, sleep: &str| {
+        let spec = rig.sh(&format!("readlink /proc/self/ns/net; sleep {sleep}"));
+        let rig = &rig;
+        async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let out = rig.run_spec(spec).await;
+            assert_eq!(out.code(), Some(0), "{}", out.stderr);
+            out.stdout.trim().to_owned()
+        }
+    };
+    let (a, b, c) = tokio::join!(run(0, "1.5"), run(300, "1"), run(600, "0.5"));
+    let host = netns_of("self");
+    for ns in [&a, &b, &c] {
+        assert!(ns.starts_with("net:["), "{ns}");
+        assert_ne!(ns, &host);
+    }
+    assert!(a != b && b != c && a != c, "{a} {b} {c}");
+}
+
+async fn network_host_shares_the_hosts_namespace(rig: Rig) {
+    let mut options = rig.options(&["readlink", "/proc/self/ns/net"]);
+    options.network = hoist_executor::spec::NetworkMode::Host;
+    // Twice: the first host RUN must not use up the built-in runtime's spare namespace.
+    for _ in 0..2 {
+        let out = rig.run_spec(build_spec(&options).unwrap()).await;
+        assert_eq!(out.stdout.trim(), netns_of("self"), "{}", out.stderr);
+    }
+    let out = rig.sh_out("readlink /proc/self/ns/net").await;
+    assert_ne!(out.stdout.trim(), netns_of("self"));
 }
 
 async fn memory_hog_is_oom_killed_and_reported(rig: Rig) {
