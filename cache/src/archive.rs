@@ -208,6 +208,13 @@ pub fn detect_archive(path: &Path) -> Result<Option<ArchiveCompression>, Archive
 /// - the archive's `./` entry leaves `dest`'s own metadata alone;
 /// - an existing file in the way of an entry is replaced, an existing directory is merged.
 ///
+/// A caller may skip [`detect_archive`] and call this on every `ADD` source, copying the file
+/// when the answer is [`ArchiveError::NotAnArchive`]: the same test is made on the same first
+/// block, and nothing is created before it passes. Unlike [`detect_archive`] it opens what
+/// `path` names (a symlink is followed, a fifo would block): pass only regular files.
+///
+/// `dest` is trusted (the caller resolved it); only what lies beneath it is confined.
+///
 /// # Errors
 /// [`ArchiveError::NotAnArchive`] when [`detect_archive`] would have said `None`;
 /// [`ArchiveError::Unsafe`] for an entry that would land outside `dest`;

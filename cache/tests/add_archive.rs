@@ -353,6 +353,43 @@ fn an_archive_cannot_make_overlay_metadata() {
     assert!(!got.contains_key("trusted.overlay.opaque"), "{got:?}");
 }
 
+/// One PAX record, `"<len> <key>=<value>\n"` where `len` counts the whole record.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = [key.as_bytes(), b"=", value, b"\n"].concat();
+    let mut len = body.len() + 2;
+    while format!("{len} ").len() + body.len() != len {
+        len += 1;
+    }
+    [format!("{len} ").into_bytes(), body].concat()
+}
+
+#[test]
+fn xattrs_the_kernel_refuses_are_skipped_as_docker_does() {
+    // BuildKit extracts ADD archives with best-effort xattrs: a name outside the namespaces
+    // Linux knows (here "vendor.") is refused by the kernel with EOPNOTSUPP and skipped.
+    let work = tempfile::tempdir().unwrap();
+    let records = [
+        pax_record("SCHILY.xattr.vendor.tag", b"x"),
+        pax_record("SCHILY.xattr.user.kept", b"kept"),
+    ]
+    .concat();
+    let archive = work.path().join("x.tar");
+    fs_err::write(
+        &archive,
+        RawTar::default()
+            .entry("PaxHeaders/f", b'x', "", &records, 0o644)
+            .file("f", b"content")
+            .finish(),
+    )
+    .unwrap();
+    let dest = work.path().join("dest");
+    extract(&archive, &dest).unwrap();
+    assert_eq!(fs_err::read(dest.join("f")).unwrap(), b"content");
+    let got = xattrs(&dest.join("f"));
+    assert_eq!(got.get("user.kept").map(Vec::as_slice), Some(&b"kept"[..]));
+    assert_eq!(got.len(), 1, "{got:?}");
+}
+
 #[test]
 fn tar_dash_p_absolute_names_land_under_the_destination() {
     let work = tempfile::tempdir().unwrap();
