@@ -28,7 +28,7 @@ const BLOCK: usize = 512;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ArchiveCompression {
     /// No compression: the file itself may be a tar.
-    None,
+    Uncompressed,
     /// gzip (RFC 1952), deflate method.
     Gzip,
     /// bzip2.
@@ -41,7 +41,7 @@ pub enum ArchiveCompression {
 
 impl ArchiveCompression {
     /// Detects the compression from a file's first bytes (six are enough). Anything
-    /// unrecognised is [`ArchiveCompression::None`]; whether it is a tar is decided after.
+    /// unrecognised is [`ArchiveCompression::Uncompressed`]; whether it is a tar is decided after.
     #[must_use]
     pub fn detect(magic: &[u8]) -> Self {
         // The same signatures Docker's DetectCompression checks; gzip includes the method byte
@@ -57,7 +57,7 @@ impl ArchiveCompression {
         {
             Self::Zstd
         } else {
-            Self::None
+            Self::Uncompressed
         }
     }
 
@@ -65,7 +65,7 @@ impl ArchiveCompression {
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
-            Self::None => "uncompressed",
+            Self::Uncompressed => "uncompressed",
             Self::Gzip => "gzip",
             Self::Bzip2 => "bzip2",
             Self::Xz => "xz",
@@ -291,7 +291,7 @@ pub fn extract_archive_from(
             },
         }
     })?;
-    if compression != ArchiveCompression::None {
+    if compression != ArchiveCompression::Uncompressed {
         // The tar reader stops at the end-of-archive blocks; the compressed stream's trailer
         // (gzip CRC, xz check, zstd checksum) comes after, and a truncated file only shows
         // there. A plain tar's trailing padding is not worth reading.
@@ -309,7 +309,7 @@ fn decoder<'a, R: BufRead + 'a>(
     raw: R,
 ) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match compression {
-        ArchiveCompression::None => Box::new(raw),
+        ArchiveCompression::Uncompressed => Box::new(raw),
         // Multi-member gzip (pigz, `cat a.gz b.gz`), bzip2 (pbzip2) and xz streams are
         // read whole, as gzip -d, bzip2 -d and xz -d do.
         ArchiveCompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
@@ -367,14 +367,14 @@ mod tests {
         use ArchiveCompression as C;
         assert_eq!(C::detect(&[0x1f, 0x8b, 0x08, 0]), C::Gzip);
         // gzip magic with a method other than deflate is not gzip (Docker checks the byte too).
-        assert_eq!(C::detect(&[0x1f, 0x8b, 0x07, 0]), C::None);
+        assert_eq!(C::detect(&[0x1f, 0x8b, 0x07, 0]), C::Uncompressed);
         assert_eq!(C::detect(b"BZh91AY&SY"), C::Bzip2);
         assert_eq!(C::detect(&[0xfd, b'7', b'z', b'X', b'Z', 0, 0]), C::Xz);
-        assert_eq!(C::detect(&[0xfd, b'7', b'z', b'X', b'Z']), C::None);
+        assert_eq!(C::detect(&[0xfd, b'7', b'z', b'X', b'Z']), C::Uncompressed);
         assert_eq!(C::detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]), C::Zstd);
         assert_eq!(C::detect(&[0x5e, 0x2a, 0x4d, 0x18, 0]), C::Zstd);
-        assert_eq!(C::detect(b"ustar"), C::None);
-        assert_eq!(C::detect(b""), C::None);
+        assert_eq!(C::detect(b"ustar"), C::Uncompressed);
+        assert_eq!(C::detect(b""), C::Uncompressed);
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn each_compression_extracts_the_same_tree_tar_recorded() {
     let plain = work.path().join("rootfs.tar");
     tar_dir(&src, &plain);
 
-    let mut archives = vec![(ArchiveCompression::None, plain.clone())];
+    let mut archives = vec![(ArchiveCompression::Uncompressed, plain.clone())];
     for (codec, name, suffix) in CODECS {
         archives.push((codec, compress(name, suffix, &plain)));
     }
@@ -478,7 +478,7 @@ fn files_that_are_not_tars_are_left_to_be_copied() {
     assert!(!p("dest").exists(), "a refused file creates no destination");
     assert_eq!(
         detect_archive(&p("real.tar")).unwrap(),
-        Some(ArchiveCompression::None)
+        Some(ArchiveCompression::Uncompressed)
     );
     let err = detect_archive(&p("missing.tar")).unwrap_err();
     assert!(matches!(err, ArchiveError::Open { .. }), "{err}");
@@ -509,7 +509,7 @@ fn a_truncated_archive_fails_naming_the_file() {
     incompressible_tree(&src);
     let plain = work.path().join("cut.tar");
     tar_dir(&src, &plain);
-    let mut archives = vec![(ArchiveCompression::None, plain.clone())];
+    let mut archives = vec![(ArchiveCompression::Uncompressed, plain.clone())];
     for (codec, name, suffix) in CODECS {
         archives.push((codec, compress(name, suffix, &plain)));
     }
