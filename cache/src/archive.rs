@@ -315,7 +315,14 @@ fn decoder<'a, R: BufRead + 'a>(
         ArchiveCompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
         ArchiveCompression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(raw)),
         ArchiveCompression::Xz => Box::new(lzma_rust2::XzReader::new(raw, true)),
-        ArchiveCompression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw)?),
+        ArchiveCompression::Zstd => {
+            let mut zstd = zstd::stream::read::Decoder::with_buffer(raw)?;
+            // `zstd --long=N` archives declare windows beyond the library's 128 MiB default;
+            // the CLI reads them only when told `--long=N`, which ADD cannot be. The window is
+            // allocated as the frame declares it, so ordinary archives cost no more.
+            zstd.window_log_max(31)?;
+            Box::new(zstd)
+        }
     })
 }
 

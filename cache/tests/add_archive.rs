@@ -125,6 +125,42 @@ fn concatenated_streams_are_read_whole() {
 }
 
 #[test]
+fn zstd_long_window_archives_are_archives() {
+    // From a pipe zstd cannot shrink the window to the input, so `--long=30` declares 1 GiB:
+    // beyond the 128 MiB a default decoder accepts. Such a file must still be extracted,
+    // not copied as an opaque file.
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    incompressible_tree(&src);
+    let plain = work.path().join("long.tar");
+    tar_dir(&src, &plain);
+    let out = Command::new(tool("zstd"))
+        .args(["-q", "--long=30", "-c"])
+        .stdin(fs_err::File::open(&plain).unwrap().into_parts().0)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let archive = work.path().join("long.tar.zst");
+    fs_err::write(&archive, &out.stdout).unwrap();
+    let refused = Command::new(tool("zstd"))
+        .args(["-q", "-d", "-c"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "the test archive really needs a window over the default"
+    );
+    assert_eq!(
+        detect_archive(&archive).unwrap(),
+        Some(ArchiveCompression::Zstd)
+    );
+    let dest = work.path().join("dest");
+    extract(&archive, &dest).unwrap();
+    assert_eq!(fingerprint(&dest), fingerprint(&src));
+}
+
+#[test]
 fn sparse_files_from_tar_dash_s_are_extracted_whole() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
