@@ -520,6 +520,30 @@ fn files_that_are_not_tars_are_left_to_be_copied() {
     assert!(matches!(err, ArchiveError::Open { .. }), "{err}");
 }
 
+#[test]
+fn a_huge_non_archive_is_judged_by_its_head() {
+    // 64 GiB (sparse) that starts with text: reading it all would take minutes, the first
+    // tar block takes nothing.
+    let work = tempfile::tempdir().unwrap();
+    let big = work.path().join("disk.img");
+    fs_err::write(&big, b"not a tar header").unwrap();
+    fs_err::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let start = std::time::Instant::now();
+    assert_eq!(detect_archive(&big).unwrap(), None);
+    let err = extract(&big, &work.path().join("dest")).unwrap_err();
+    assert!(matches!(err, ArchiveError::NotAnArchive { .. }), "{err}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 /// A tree whose tar is large enough that a cut or a flipped byte lands past the first header.
 fn incompressible_tree(root: &Path) {
     fs_err::create_dir_all(root.join("data")).unwrap();
