@@ -622,10 +622,167 @@ fn cstring(s: &str) -> Result<CString, InitError> {
     })
 }
 
+/// Mount points that the image lacks, to be made in a layer of their own (see
+/// [`make_stub_layer`]) instead of in the upperdir.
+#[derive(Debug, Default)]
+struct StubPlan {
+    /// Relative to the rootfs; `true` for a file.
+    stubs: Vec<(PathBuf, bool)>,
+    /// Their parent directories (relative), with the metadata of the image's own.
+    parents: Vec<(PathBuf, std::fs::Metadata)>,
+}
+
+fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+/// Looks `rel` (one or two plain components) up in the image's layers, topmost first, as
+/// overlayfs does: a whiteout deletes it, an opaque parent hides the layers below. Returns
+/// `Some` with the image's parent directory (`None` for a top-level path) when the image
+/// lacks `rel` but has that parent as a directory; `None` when the image has `rel`, or in any
+/// case this does not handle (which the ordinary path, a mount point made in the upperdir,
+/// then takes).
+#[allow(clippy::option_option)] // "absent, with or without a parent" vs "not for a stub"
+fn absent_from_image(lowerdirs: &[PathBuf], rel: &Path) -> Option<Option<std::fs::Metadata>> {
+    let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
+    let mut parent_meta = None;
+    for layer in lowerdirs {
+        if let Some(p) = parent {
+            match fs_err::symlink_metadata(layer.join(p)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Ok(meta) if meta.is_dir() => {
+                    parent_meta.get_or_insert(meta);
+                }
+                // A whiteout or a non-directory parent, or an error: not for a stub.
+                _ => return None,
+            }
+        }
+        match fs_err::symlink_metadata(layer.join(rel)) {
+            Ok(meta) if is_whiteout(&meta) => break,
+            Ok(_) => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+        if parent.is_some_and(|p| crate::user::is_opaque(&layer.join(p))) {
+            break;
+        }
+    }
+    match parent {
+        Some(_) => parent_meta.map(Some),
+        None => Some(None),
+    }
+}
+
+/// Which mount points of `mounts` go in the stub layer: those the image lacks, one or two
+/// components deep, whose parent the image has, and that do not lie on an earlier mount
+/// (`/dev/pts` is made in the `/dev` tmpfs anyway).
+fn plan_stubs(lowerdirs: &[PathBuf], mounts: &[Mount]) -> StubPlan {
+    use std::path::Component;
+    let mut plan = StubPlan::default();
+    for (i, m) in mounts.iter().enumerate() {
+        let dest = m.destination();
+        if mounts[..i]
+            .iter()
+            .any(|earlier| dest.starts_with(earlier.destination()))
+        {
+            continue;
+        }
+        let Ok(rel) = dest.strip_prefix("/") else {
+            continue;
+        };
+        let depth = rel.components().count();
+        let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
+        if !plain || depth == 0 || depth > 2 {
+            continue;
+        }
+        let options = parse_mount_options(m.options().as_deref().unwrap_or_default());
+        let bind = options.is_bind() || m.typ().as_deref().unwrap_or("bind") == "bind";
+        let file = bind
+            && m.source()
+                .as_deref()
+                .is_some_and(|s| fs_err::metadata(s).is_ok_and(|meta| !meta.is_dir()));
+        let Some(parent) = absent_from_image(lowerdirs, rel) else {
+            continue;
+        };
+        if let (Some(meta), Some(p)) = (parent, rel.parent())
+            && !plan.parents.iter().any(|(q, _)| q == p)
+        {
+            plan.parents.push((p.to_path_buf(), meta));
+        }
+        plan.stubs.push((rel.to_path_buf(), file));
+    }
+    plan
+}
+
+/// Makes the stub layer on a small tmpfs mounted over `root` (in pid 1's own mount namespace,
+/// so nobody else sees it) and returns it and the directory to mount the overlay on.
+///
+/// The mount points for `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname` (and the like) are
+/// missing from many images. Made in the merged rootfs, each is a new inode in the upperdir,
+/// plus a copy-up of its parent, all removed again after the RUN (`upper::remove_mount_stubs`);
+/// on this VM's journal-less ext4, where allocating an inode scans past every recently deleted
+/// one, that was about a quarter of the init's CPU time per RUN. As the topmost lower layer
+/// they cost a few tmpfs operations and never reach the upperdir. The parent directories copy
+/// the image's owner, mode and times, because overlayfs shows (and copies up) a merged
+/// directory's attributes from its topmost layer.
+fn make_stub_layer(root: &Path, plan: &StubPlan) -> Result<(PathBuf, PathBuf), InitError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=755,size=64k"),
+    )
+    .map_err(sys_err("mount stub layer tmpfs"))?;
+    let (layer, merged) = (root.join("stubs"), root.join("merged"));
+    for dir in [&layer, &merged] {
+        fs_err::create_dir(dir).map_err(sys_err("create stub layer dir"))?;
+    }
+    for (rel, _) in &plan.parents {
+        fs_err::create_dir(layer.join(rel)).map_err(sys_err("create stub parent"))?;
+    }
+    for (rel, file) in &plan.stubs {
+        let path = layer.join(rel);
+        if *file {
+            fs_err::File::create(&path).map(drop)
+        } else {
+            fs_err::create_dir(&path)
+        }
+        .map_err(sys_err("create stub"))?;
+    }
+    // Attributes last: creating the stubs changed the parents' times.
+    for (rel, meta) in &plan.parents {
+        let dir = layer.join(rel);
+        nix::unistd::chown(
+            &dir,
+            Some(Uid::from_raw(meta.uid())),
+            Some(Gid::from_raw(meta.gid())),
+        )
+        .map_err(sys_err(format!("chown stub parent {}", rel.display())))?;
+        fs_err::set_permissions(&dir, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(sys_err("chmod stub parent"))?;
+        let time = |secs: i64, nanos: i64| nix::sys::time::TimeSpec::new(secs, nanos);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &dir,
+            &time(meta.atime(), meta.atime_nsec()),
+            &time(meta.mtime(), meta.mtime_nsec()),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(sys_err(format!(
+            "set times of stub parent {}",
+            rel.display()
+        )))?;
+    }
+    Ok((layer, merged))
+}
+
 #[allow(clippy::too_many_lines)] // one linear recipe reads better than scattered helpers
 fn setup_and_exec(config: &InitConfig, pipe: &OwnedFd) -> Result<Never, InitError> {
     let spec = &config.spec;
-    let root = config.root.as_path();
+    let mut root = config.root.clone();
     let linux = spec.linux().clone().unwrap_or_default();
     let process = spec.process().clone().unwrap_or_default();
 
@@ -640,14 +797,24 @@ fn setup_and_exec(config: &InitConfig, pipe: &OwnedFd) -> Result<Never, InitErro
     .map_err(sys_err("make / a slave"))?;
     match &config.overlay {
         Some(rootfs) => {
-            let data = overlay_options(&rootfs.lowerdirs, &rootfs.upperdir, &rootfs.workdir)
-                .map_err(|e| InitError::Sys {
-                    what: "overlay options".into(),
-                    source: std::io::Error::other(error_chain(&e)),
+            let mounts = spec.mounts().as_deref().unwrap_or_default();
+            let plan = plan_stubs(&rootfs.lowerdirs, mounts);
+            let mut lowerdirs = rootfs.lowerdirs.clone();
+            if !plan.stubs.is_empty() {
+                let (layer, merged) = make_stub_layer(&root, &plan)?;
+                lowerdirs.insert(0, layer);
+                root = merged;
+            }
+            let data =
+                overlay_options(&lowerdirs, &rootfs.upperdir, &rootfs.workdir).map_err(|e| {
+                    InitError::Sys {
+                        what: "overlay options".into(),
+                        source: std::io::Error::other(error_chain(&e)),
+                    }
                 })?;
             mount(
                 Some("overlay"),
-                root,
+                &root,
                 Some("overlay"),
                 MsFlags::empty(),
                 Some(data.as_str()),
@@ -656,8 +823,8 @@ fn setup_and_exec(config: &InitConfig, pipe: &OwnedFd) -> Result<Never, InitErro
         }
         None => {
             mount(
-                Some(root),
-                root,
+                Some(&root),
+                &root,
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None::<&str>,
@@ -665,6 +832,7 @@ fn setup_and_exec(config: &InitConfig, pipe: &OwnedFd) -> Result<Never, InitErro
             .map_err(sys_err("bind rootfs"))?;
         }
     }
+    let root = root.as_path();
 
     let mut created = Vec::new();
     for m in spec.mounts().as_deref().unwrap_or_default() {
@@ -802,4 +970,70 @@ fn install_seccomp(config: &InitConfig) -> Result<(), InitError> {
         sys::install_seccomp_filter(&filter).map_err(sys_err("install seccomp filter"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (top, base) = (dir.path().join("top"), dir.path().join("base"));
+        for d in [top.join("etc"), base.join("etc"), base.join("proc")] {
+            fs_err::create_dir_all(d).unwrap();
+        }
+        fs_err::write(base.join("etc/passwd"), "").unwrap();
+        fs_err::write(top.join("etc/hosts"), "").unwrap();
+        (dir, vec![top, base])
+    }
+
+    #[test]
+    fn a_path_is_absent_only_when_no_layer_has_it_and_its_parent_is_a_directory() {
+        let (_dir, layers) = layers();
+        let absent = |rel: &str| absent_from_image(&layers, Path::new(rel));
+        // In a lower layer, in the top one: present.
+        assert!(absent("etc/passwd").is_none());
+        assert!(absent("etc/hosts").is_none());
+        // Missing, with the topmost /etc's attributes for its parent.
+        let parent = absent("etc/hostname").unwrap().unwrap();
+        let top_etc = fs_err::metadata(layers[0].join("etc")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&parent),
+            std::os::unix::fs::MetadataExt::ino(&top_etc)
+        );
+        // Top level: no parent to copy.
+        assert!(absent("run").unwrap().is_none());
+        assert!(absent("proc").is_none());
+        // No parent in the image: not for a stub.
+        assert!(absent("run/secrets").is_none());
+    }
+
+    #[test]
+    fn stubs_skip_mounts_inside_earlier_mounts_and_deep_paths() {
+        let (_dir, layers) = layers();
+        let mount = |dest: &str, typ: &str| {
+            oci_spec::runtime::MountBuilder::default()
+                .destination(dest)
+                .typ(typ)
+                .source(typ)
+                .build()
+                .unwrap()
+        };
+        let mounts = [
+            mount("/proc", "proc"),
+            mount("/dev", "tmpfs"),
+            mount("/dev/pts", "devpts"),
+            mount("/etc/hostname", "tmpfs"),
+            mount("/etc/passwd", "tmpfs"),
+            mount("/a/b/c", "tmpfs"),
+        ];
+        let plan = plan_stubs(&layers, &mounts);
+        let stubs: Vec<_> = plan.stubs.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(
+            stubs,
+            vec![PathBuf::from("dev"), PathBuf::from("etc/hostname")]
+        );
+        assert_eq!(plan.parents.len(), 1);
+        assert_eq!(plan.parents[0].0, PathBuf::from("etc"));
+    }
 }

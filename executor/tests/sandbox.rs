@@ -524,6 +524,39 @@ async fn etc_files_are_the_sandboxes_and_stay_out_of_the_layer(rig: Rig) {
         .await;
     assert_eq!(out.stdout, "2\nnamed\nread-only\n", "{}", out.stderr);
     assert_eq!(tree(&out.outcome.upperdir), vec![]);
+    // The image's /etc lacks these files; the sandbox's /etc still shows the image's owner
+    // and mode (and with the built-in runtime, which does not copy /etc up for them, its
+    // mtime), and a file written there lands in the layer under an /etc just like it.
+    let image_etc = fs_err::metadata(common::busybox_rootfs().join("etc")).unwrap();
+    let out = rig
+        .sh_out("stat -c '%a %u %g' /etc; stat -c %Y /etc >&2; echo n > /etc/new")
+        .await;
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{:o} {} {}\n",
+            image_etc.mode() & 0o7777,
+            image_etc.uid(),
+            image_etc.gid(),
+        ),
+        "{}",
+        out.stderr
+    );
+    if rig.which == Which::Builtin {
+        assert_eq!(out.stderr, format!("{}\n", image_etc.mtime()));
+    }
+    assert_eq!(
+        tree(&out.outcome.upperdir),
+        vec![
+            ("etc".to_owned(), "dir".to_owned()),
+            ("etc/new".to_owned(), "file \"n\\n\"".to_owned()),
+        ]
+    );
+    let upper_etc = fs_err::metadata(out.outcome.upperdir.join("etc")).unwrap();
+    assert_eq!(
+        (upper_etc.mode(), upper_etc.uid(), upper_etc.gid()),
+        (image_etc.mode(), image_etc.uid(), image_etc.gid())
+    );
 }
 
 async fn timeout_kills_the_run_and_is_reported(rig: Rig) {
