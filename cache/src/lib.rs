@@ -78,5 +78,5 @@ pub use image::{
     write_config, write_image,
 };
 pub use layout::{ImageStore, LayoutError};
-pub use snapshot::{SnapshotError, SnapshotStore};
+pub use snapshot::{SnapshotError, SnapshotStore, spread_directories};
 pub use store::{BlobStore, BlobWriter, StoreError};

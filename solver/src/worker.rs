@@ -195,11 +195,14 @@ impl State {
     /// # Errors
     /// The directories or the index cannot be created.
     pub fn open(root: &Path) -> Result<Self, BoxError> {
-        fs_err::create_dir_all(root.join("tmp"))?;
+        let snapshots = SnapshotStore::new(root);
+        // New snapshots and scratch trees spread over the filesystem (see spread_directories).
+        hoist_cache::spread_directories(&root.join("tmp"))?;
+        hoist_cache::spread_directories(&snapshots.dir())?;
         Ok(Self {
             root: root.to_path_buf(),
             blobs: BlobStore::new(root),
-            snapshots: SnapshotStore::new(root),
+            snapshots,
             index: CacheIndex::open(&root.join("cache.redb"))?,
         })
     }
