@@ -1,0 +1,2 @@
+//! Placeholder: the side-by-side comparison with BuildKit and buildah is being written.
+fn main() {}
