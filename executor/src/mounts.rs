@@ -210,14 +210,15 @@ pub(crate) fn overlay_options(
     // opaque markers, so it reads as a plain layer diff. `volatile` skips the sync of the
     // whole upper filesystem that unmounting does otherwise: pid 1's exit unmounts the overlay
     // with its mount namespace, and before its parent learns of the exit, `ovl_sync_fs` writes
-    // back everything dirty on the upper's filesystem (about 60 block writes per RUN in the
-    // startup bench, and during a build also whatever else is being written there, such as
-    // layers). Unmounting after creating one file on this VM's ext4, medians of 20: 3.6 to
-    // 5.6 ms without, 0.3 ms with; mounting costs about 0.1 ms more (two directories in the
-    // workdir). The startup bench barely shows it on this fast virtual disk. The upperdir is
-    // read back right after the RUN, and a crash before that discards the RUN anyway.
-    // overlayfs then refuses this workdir for another mount, which is never wanted: every RUN
-    // gets a fresh one.
+    // back everything dirty on the upper's filesystem, the RUN's or not. Measured on this VM
+    // (unmount time, ext4): 3.6 to 5.6 ms after creating one file; 180 to 240 ms with 256 MB
+    // of unrelated dirty data on the filesystem (a layer being written by a parallel step);
+    // 0.2 to 0.3 ms with `volatile`, either way. Its price is two more directories in the
+    // workdir at mount time (about 0.5 ms on this VM's journal-less ext4, where allocating an
+    // inode is slow; the startup bench, whose filesystem is nearly clean, is that much slower
+    // with it). The upperdir is read back right after the RUN, and a crash before that
+    // discards the RUN anyway. overlayfs then refuses this workdir for another mount, which is
+    // never wanted: every RUN gets a fresh one.
     Ok(format!(
         "lowerdir={lower},upperdir={},workdir={},index=off,xino=off,volatile",
         text(upperdir)?,
