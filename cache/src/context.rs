@@ -63,6 +63,8 @@ pub struct Entry {
     pub mode: u32,
     pub size: u64,
     pub mtime: i64,
+    /// The stat taken while selecting a regular file, so hashing it needs no second one.
+    pub(crate) stat: Option<StatKey>,
 }
 
 /// The entries that a list of sources selects, in path order, with each source's role.
@@ -116,7 +118,7 @@ pub fn select(
                 walk_dir(&resolved, &source, "", ignore, &mut entries)?;
             } else {
                 let name = rel.rsplit('/').next().unwrap_or(&rel).to_owned();
-                let mut entry = entry_for(&resolved, &rel, &name, &meta)?;
+                let mut entry = entry_for(&resolved, &rel, &name, &meta, None)?;
                 entry.source = source;
                 entries.insert((entry.dest.clone(), entry.path.clone()), entry);
             }
@@ -140,14 +142,20 @@ pub fn select(
     })
 }
 
+/// The entry for `abs`, whose (followed) metadata is `meta`; `is_link` says whether `abs`
+/// itself is a symlink, when the caller already knows (else it is looked up).
 fn entry_for(
     abs: &Path,
     rel: &str,
     dest: &str,
     meta: &std::fs::Metadata,
+    is_link: Option<bool>,
 ) -> Result<Entry, ContextError> {
-    let file_type = fs_err::symlink_metadata(abs)?.file_type();
-    let kind = if file_type.is_symlink() && !meta.is_file() && !meta.is_dir() {
+    let is_link = match is_link {
+        Some(known) => known,
+        None => fs_err::symlink_metadata(abs)?.file_type().is_symlink(),
+    };
+    let kind = if is_link && !meta.is_file() && !meta.is_dir() {
         EntryKind::Symlink {
             target: fs_err::read_link(abs)?.to_string_lossy().into_owned(),
         }
@@ -164,6 +172,7 @@ fn entry_for(
         mode: meta.mode() & 0o7777,
         size: if meta.is_file() { meta.len() } else { 0 },
         mtime: meta.mtime(),
+        stat: meta.is_file().then(|| StatKey::of(meta)),
     })
 }
 
@@ -181,12 +190,14 @@ fn walk_dir(
         let name = child.file_name().to_string_lossy().into_owned();
         let child_rel = join_rel(rel, &name);
         let child_dest = join_rel(dest, &name);
-        let meta = fs_err::symlink_metadata(child.path())?;
+        // fstatat on the open directory: no walk of the whole path per file.
+        let meta = child.metadata()?;
         if meta.is_dir() {
             match ignore.dir_decision(&child_rel) {
                 DirDecision::Excluded => continue,
                 DirDecision::Included => {
-                    let entry = entry_for(&child.path(), &child_rel, &child_dest, &meta)?;
+                    let entry =
+                        entry_for(&child.path(), &child_rel, &child_dest, &meta, Some(false))?;
                     out.insert((entry.dest.clone(), entry.path.clone()), entry);
                     walk_dir(&child.path(), &child_rel, &child_dest, ignore, out)?;
                 }
@@ -194,7 +205,8 @@ fn walk_dir(
                     let before = out.len();
                     walk_dir(&child.path(), &child_rel, &child_dest, ignore, out)?;
                     if out.len() > before {
-                        let entry = entry_for(&child.path(), &child_rel, &child_dest, &meta)?;
+                        let entry =
+                            entry_for(&child.path(), &child_rel, &child_dest, &meta, Some(false))?;
                         out.insert((entry.dest.clone(), entry.path.clone()), entry);
                     }
                 }
@@ -213,9 +225,10 @@ fn walk_dir(
                     mode: meta.mode() & 0o7777,
                     size: 0,
                     mtime: meta.mtime(),
+                    stat: None,
                 }
             } else {
-                entry_for(&child.path(), &child_rel, &child_dest, &meta)?
+                entry_for(&child.path(), &child_rel, &child_dest, &meta, Some(false))?
             };
             out.insert((entry.dest.clone(), entry.path.clone()), entry);
         }
@@ -490,7 +503,7 @@ fn validate(p: &[char]) -> Result<(), &'static str> {
 
 /// A file's identity as the stat cache compares it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct StatKey {
+pub(crate) struct StatKey {
     size: u64,
     mtime_ns: i128,
     ctime_ns: i128,
@@ -568,8 +581,17 @@ impl StatCache {
     /// # Errors
     /// I/O errors naming the path.
     pub fn file_digest(&mut self, abs: &Path, key: &str) -> Result<String, ContextError> {
-        let meta = fs_err::metadata(abs)?;
-        let stat = StatKey::of(&meta);
+        let stat = StatKey::of(&fs_err::metadata(abs)?);
+        self.digest_with_stat(abs, key, stat)
+    }
+
+    /// As [`StatCache::file_digest`], with the file's stat already taken.
+    fn digest_with_stat(
+        &mut self,
+        abs: &Path,
+        key: &str,
+        stat: StatKey,
+    ) -> Result<String, ContextError> {
         if let Some(hit) = self.entries.get(key)
             && hit.stat == stat
             && hit.recorded_ns - stat.mtime_ns.max(stat.ctime_ns) > RACY_WINDOW_NS
@@ -638,7 +660,11 @@ pub fn content_key(
                 hasher.update(b"\0");
             }
             EntryKind::File => {
-                let digest = cache.file_digest(&root.join(&entry.source), &entry.source)?;
+                let abs = root.join(&entry.source);
+                let digest = match &entry.stat {
+                    Some(stat) => cache.digest_with_stat(&abs, &entry.source, stat.clone())?,
+                    None => cache.file_digest(&abs, &entry.source)?,
+                };
                 hasher.update(b"file\0");
                 hasher.update(digest.as_bytes());
                 hasher.update(b"\0");
