@@ -153,6 +153,11 @@ fn cache_invalidation_is_exact() {
         fs_err::read_to_string(rootfs.path().join("app/out.txt")).unwrap(),
         "bbbb\nran\n"
     );
+    // The log says why: the context load read the one changed file again.
+    assert!(
+        log.contains("1 files, 0.0 MiB; 1 read and hashed"),
+        "the context load does not say what it read again:\n{log}"
+    );
 }
 
 #[test]

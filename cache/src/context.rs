@@ -537,6 +537,12 @@ pub struct StatCache {
     entries: HashMap<String, StatEntry>,
     #[serde(skip)]
     dirty: bool,
+    /// Files read and hashed since this cache was loaded (the others came from their stat).
+    #[serde(skip)]
+    pub hashed_files: u64,
+    /// Their bytes.
+    #[serde(skip)]
+    pub hashed_bytes: u64,
 }
 
 /// Files whose timestamps are this close to the moment their digest was taken are hashed
@@ -599,6 +605,8 @@ impl StatCache {
             return Ok(hit.digest.clone());
         }
         let digest = hash_file(abs)?;
+        self.hashed_files += 1;
+        self.hashed_bytes += stat.size;
         let recorded_ns = now_ns();
         self.entries.insert(
             key.to_owned(),

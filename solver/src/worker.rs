@@ -393,6 +393,34 @@ impl State {
     }
 }
 
+/// What keying a context selection took, for the progress log of "load build context".
+#[derive(Clone, Copy, Debug)]
+pub struct ContextSummary {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files read and hashed (new or changed since the last build); the others were known
+    /// by their stat.
+    pub hashed_files: u64,
+    pub hashed_bytes: u64,
+    pub took: std::time::Duration,
+}
+
+impl std::fmt::Display for ContextSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        #[allow(clippy::cast_precision_loss)] // a human-readable size
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        write!(
+            f,
+            "{} files, {:.1} MiB; {} read and hashed ({:.1} MiB), the rest unchanged since they were last hashed; {:.3}s",
+            self.files,
+            mib(self.bytes),
+            self.hashed_files,
+            mib(self.hashed_bytes),
+            self.took.as_secs_f64()
+        )
+    }
+}
+
 /// Does the work of one build's vertices.
 pub struct BuildWorker {
     pub state: Arc<State>,
@@ -409,7 +437,7 @@ pub struct BuildWorker {
     pub stat_cache: Arc<Mutex<StatCache>>,
     /// Context selections made while computing content keys, by vertex digest, so that the
     /// source's run uses the very files that were hashed instead of walking the context again.
-    pub selections: Mutex<HashMap<VertexDigest, Arc<Selection>>>,
+    pub selections: Mutex<HashMap<VertexDigest, (Arc<Selection>, ContextSummary)>>,
 }
 
 impl std::fmt::Debug for BuildWorker {
@@ -767,20 +795,35 @@ impl Worker for BuildWorker {
             else {
                 return Ok(None);
             };
+            let started = std::time::Instant::now();
             let selection = Arc::new(self.select_context(include, exclude)?);
-            if let Ok(mut selections) = self.selections.lock() {
-                selections.insert(vertex.digest, Arc::clone(&selection));
-            }
             let root = self.context_dir.clone();
             let cache = Arc::clone(&self.stat_cache);
-            let key = tokio::task::spawn_blocking(move || {
+            let hashed = Arc::clone(&selection);
+            let (key, hashed_files, hashed_bytes) = tokio::task::spawn_blocking(move || {
                 let mut cache = cache
                     .lock()
                     .map_err(|_| WorkerError::Internal("stat cache lock"))?;
-                context::content_key(&root, &selection, &mut cache).map_err(WorkerError::from)
+                let (files, bytes) = (cache.hashed_files, cache.hashed_bytes);
+                let key = context::content_key(&root, &hashed, &mut cache)?;
+                Ok::<_, WorkerError>((key, cache.hashed_files - files, cache.hashed_bytes - bytes))
             })
             .await
             .map_err(|_| WorkerError::Internal("the hashing task panicked"))??;
+            let files = selection
+                .entries
+                .iter()
+                .filter(|e| e.kind == context::EntryKind::File);
+            let summary = ContextSummary {
+                files: files.clone().count() as u64,
+                bytes: files.map(|e| e.size).sum(),
+                hashed_files,
+                hashed_bytes,
+                took: started.elapsed(),
+            };
+            if let Ok(mut selections) = self.selections.lock() {
+                selections.insert(vertex.digest, (selection, summary));
+            }
             Ok(Some(key))
         })
     }
@@ -807,7 +850,10 @@ impl Worker for BuildWorker {
                         .ok()
                         .and_then(|s| s.get(&vertex.digest).cloned());
                     let selection = match hashed {
-                        Some(selection) => selection,
+                        Some((selection, summary)) => {
+                            ctx.log(Stream::Stdout, format!("{summary}\n").as_bytes());
+                            selection
+                        }
                         None => Arc::new(self.select_context(include, exclude)?),
                     };
                     return Ok(Output::Context(selection));
