@@ -185,6 +185,16 @@ async fn network_host_shares_the_hosts_namespace(rig: Rig) {
     }
     let out = rig.sh_out("readlink /proc/self/ns/net").await;
     assert_ne!(out.stdout.trim(), netns_of("self"));
+    // While a RUN holds the namespace it was given, a host RUN still gets the host's.
+    let (none, host) = tokio::join!(
+        rig.run_spec(rig.sh("readlink /proc/self/ns/net; sleep 1")),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            rig.run_spec(build_spec(&options).unwrap()).await
+        }
+    );
+    assert_eq!(host.stdout.trim(), netns_of("self"), "{}", host.stderr);
+    assert_ne!(none.stdout.trim(), netns_of("self"));
 }
 
 async fn memory_hog_is_oom_killed_and_reported(rig: Rig) {
