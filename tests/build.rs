@@ -530,3 +530,38 @@ fn resource_limits_reach_every_run() {
         "{stderr}"
     );
 }
+
+#[test]
+fn two_builds_share_one_state_root_at_once() {
+    // Two hoist processes on one --root, overlapping in time (each RUN sleeps): both finish,
+    // and a third build after them finds everything cached.
+    let a = Project::new("FROM scratch\nADD rootfs.tar /\nRUN sleep 1 && echo a > /a\n");
+    let b = Project::new("FROM scratch\nADD rootfs.tar /\nRUN sleep 1 && echo b > /b\n");
+    let spawn = |p: &Project| {
+        Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .args(["build", "--progress=plain", "--root"])
+            .arg(a.root.path())
+            .arg(p.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn(&a);
+    let second = spawn(&b);
+    for (name, child) in [("first", first), ("second", second)] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "the {name} of two concurrent builds failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = a.hoist(&[]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        steps_that_ran(&log).is_empty(),
+        "a rebuild ran steps:\n{log}"
+    );
+}

@@ -9,7 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use std::sync::{Arc, Mutex};
+
+use redb::{
+    Database, ReadOnlyDatabase, ReadableDatabase as _, ReadableTable as _, TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 
 /// cache key (`sha256:…`) → JSON of a [`CacheRecord`].
@@ -65,10 +69,31 @@ pub enum IndexError {
 }
 
 /// The cache index of one state root.
-#[derive(Debug)]
+///
+/// Several hoist processes may build on one state root at once: each opens the index in redb's
+/// multi-writer mode, and redb serializes their write transactions. A process opens it
+/// read-only first and becomes a writer at its first write, so a build that finds everything
+/// cached touches nothing on disk (a writer's open and close each cost fsyncs).
 pub struct CacheIndex {
-    db: Database,
+    // Declared first so it closes first: the reader's file locks outlive the writer's close.
+    writer: Mutex<Option<Arc<Database>>>,
+    reader: Option<ReadOnlyDatabase>,
     path: PathBuf,
+}
+
+impl std::fmt::Debug for CacheIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheIndex")
+            .field("path", &self.path)
+            .field("read_only", &self.reader.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+    builder
 }
 
 impl CacheIndex {
@@ -83,14 +108,52 @@ impl CacheIndex {
                 source: Box::new(e),
             })?;
         }
-        let db = Database::create(path).map_err(|source| IndexError::Open {
+        let exists = fs_err::metadata(path).is_ok_and(|m| m.len() > 0);
+        let reader = if exists {
+            builder().open_read_only(path).ok()
+        } else {
+            None
+        };
+        let index = Self {
+            writer: Mutex::new(None),
+            reader,
             path: path.to_path_buf(),
-            source: Box::new(source),
+        };
+        if index.reader.is_none() {
+            // A new index, or one the reader cannot open: the writer creates or repairs it.
+            index.writer()?;
+        }
+        Ok(index)
+    }
+
+    /// The writable handle, opened on first use.
+    fn writer(&self) -> Result<Arc<Database>, IndexError> {
+        let mut slot = self.writer.lock().map_err(|_| IndexError::Access {
+            path: self.path.clone(),
+            source: "the index lock is poisoned".into(),
         })?;
-        Ok(Self {
-            db,
-            path: path.to_path_buf(),
-        })
+        if let Some(db) = slot.as_ref() {
+            return Ok(Arc::clone(db));
+        }
+        let db = Arc::new(
+            builder()
+                .create(&self.path)
+                .map_err(|source| IndexError::Open {
+                    path: self.path.clone(),
+                    source: Box::new(source),
+                })?,
+        );
+        *slot = Some(Arc::clone(&db));
+        Ok(db)
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, IndexError> {
+        let writer = self.writer.lock().ok().and_then(|w| w.clone());
+        match (writer, &self.reader) {
+            (Some(db), _) => db.begin_read().map_err(self.access()),
+            (None, Some(reader)) => reader.begin_read().map_err(self.access()),
+            (None, None) => self.writer()?.begin_read().map_err(self.access()),
+        }
     }
 
     fn access<E: std::error::Error + Send + Sync + 'static>(
@@ -107,7 +170,7 @@ impl CacheIndex {
         table: TableDefinition<'_, &str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, IndexError> {
-        let txn = self.db.begin_read().map_err(self.access())?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(table) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -126,7 +189,7 @@ impl CacheIndex {
         value: &T,
     ) -> Result<(), IndexError> {
         let bytes = serde_json::to_vec(value).map_err(self.access())?;
-        let txn = self.db.begin_write().map_err(self.access())?;
+        let txn = self.writer()?.begin_write().map_err(self.access())?;
         {
             let mut table = txn.open_table(table).map_err(self.access())?;
             table.insert(key, bytes.as_slice()).map_err(self.access())?;
@@ -177,7 +240,7 @@ impl CacheIndex {
     /// # Errors
     /// [`IndexError::Access`] when the store fails.
     pub fn remove(&self, key: &str) -> Result<(), IndexError> {
-        let txn = self.db.begin_write().map_err(self.access())?;
+        let txn = self.writer()?.begin_write().map_err(self.access())?;
         {
             let mut table = txn.open_table(RESULTS).map_err(self.access())?;
             table.remove(key).map_err(self.access())?;
@@ -191,7 +254,7 @@ impl CacheIndex {
     /// # Errors
     /// [`IndexError::Access`] when the store fails.
     pub fn entries(&self) -> Result<Vec<(String, CacheRecord)>, IndexError> {
-        let txn = self.db.begin_read().map_err(self.access())?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(RESULTS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
