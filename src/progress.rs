@@ -57,7 +57,7 @@ impl From<Stream> for StreamKey {
 /// Consumes events until the channel closes, writing them to stderr (progress goes to stderr,
 /// as with `docker build`, so stdout stays free for the image id).
 pub(crate) async fn render(mode: Mode, mut events: UnboundedReceiver<Event>) {
-    let mut renderer = Renderer::new(mode.resolve());
+    let mut renderer = Renderer::new(mode.resolve(), Box::new(std::io::stderr()));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -73,7 +73,7 @@ pub(crate) async fn render(mode: Mode, mut events: UnboundedReceiver<Event>) {
 
 struct Renderer {
     mode: Mode,
-    out: std::io::Stderr,
+    out: Box<dyn Write + Send>,
     steps: BTreeMap<usize, Step>,
     next_number: usize,
     /// Lines of the live area drawn last time (tty), to be erased before the next draw.
@@ -82,10 +82,10 @@ struct Renderer {
 }
 
 impl Renderer {
-    fn new(mode: Mode) -> Self {
+    fn new(mode: Mode, out: Box<dyn Write + Send>) -> Self {
         Self {
             mode,
-            out: std::io::stderr(),
+            out,
             steps: BTreeMap::new(),
             next_number: 1,
             drawn: 0,
@@ -282,5 +282,177 @@ fn usage_text(usage: Option<&ResourceUsage>) -> String {
         String::new()
     } else {
         format!(" ({})", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    /// A short build: a cached FROM, a RUN whose output arrives in pieces (one line split
+    /// across chunks, one on stderr, a last line without a newline), and a failing step.
+    fn events() -> Vec<Event> {
+        vec![
+            Event::Cached {
+                id: 7,
+                name: "[stage-0 1/3] FROM busybox".into(),
+                digest: "sha256:aa".into(),
+                line: Some(1),
+            },
+            Event::Started {
+                id: 8,
+                name: "[stage-0 2/3] RUN make".into(),
+                digest: "sha256:bb".into(),
+                line: Some(2),
+            },
+            Event::Log {
+                id: 8,
+                stream: Stream::Stdout,
+                data: b"compiling a\ncompil".to_vec(),
+            },
+            Event::Log {
+                id: 8,
+                stream: Stream::Stderr,
+                data: b"warning: w\n".to_vec(),
+            },
+            Event::Log {
+                id: 8,
+                stream: Stream::Stdout,
+                data: b"ing b\nno newline at the end".to_vec(),
+            },
+            Event::Finished {
+                id: 8,
+                wall: Duration::from_millis(1500),
+                usage: Some(ResourceUsage {
+                    peak_memory_bytes: Some(3 * 1024 * 1024),
+                    cpu_user_us: Some(200_000),
+                    cpu_system_us: Some(50_000),
+                }),
+            },
+            Event::Started {
+                id: 9,
+                name: "[stage-0 3/3] RUN false".into(),
+                digest: "sha256:cc".into(),
+                line: Some(3),
+            },
+            Event::Failed {
+                id: 9,
+                error: "exit code 1".into(),
+                wall: Duration::from_millis(20),
+                usage: None,
+            },
+        ]
+    }
+
+    fn render(mode: Mode) -> String {
+        let out = Captured::default();
+        let mut r = Renderer::new(mode, Box::new(out.clone()));
+        for e in &events() {
+            r.event(e);
+        }
+        r.finish();
+        out.text()
+    }
+
+    /// Drops the elapsed-seconds column of log lines (`#2 0.001 text` → `#2 text`).
+    fn without_times(text: &str) -> Vec<String> {
+        text.lines()
+            .map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(n), Some(t), Some(rest)) if t.parse::<f64>().is_ok() => {
+                        format!("{n} {rest}")
+                    }
+                    _ => l.to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plain_shows_every_step_and_every_line_whole_and_prefixed() {
+        assert_eq!(
+            without_times(&render(Mode::Plain)),
+            [
+                "#1 [stage-0 1/3] FROM busybox",
+                "#1 CACHED",
+                "#2 [stage-0 2/3] RUN make",
+                "#2 compiling a",
+                "#2 warning: w",
+                "#2 compiling b",
+                "#2 no newline at the end",
+                "#2 DONE 1.500s (peak mem 3.0 MiB, cpu 0.250s)",
+                "#3 [stage-0 3/3] RUN false",
+                "#3 ERROR after 0.020s: exit code 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn json_is_one_event_per_line() {
+        let text = render(Mode::Json);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is one JSON event"))
+            .collect();
+        assert_eq!(lines.len(), events().len());
+        assert_eq!(lines[0]["event"], "cached");
+        assert_eq!(lines[5]["event"], "finished");
+        assert_eq!(lines[5]["wall_us"], 1_500_000);
+    }
+
+    #[test]
+    fn tty_keeps_a_live_area_of_running_steps_with_timers() {
+        let out = Captured::default();
+        let mut r = Renderer::new(Mode::Tty, Box::new(out.clone()));
+        let events = events();
+        for e in &events[..3] {
+            r.event(e);
+        }
+        // While RUN make runs, the live area names it with its timer.
+        let live = out.text();
+        let area = live.rsplit("[+] Building").next().unwrap();
+        assert!(area.contains("=> #2 [stage-0 2/3] RUN make "), "{live}");
+        assert!(area.trim_end().ends_with('s'), "no timer in {area:?}");
+        for e in &events[3..] {
+            r.event(e);
+        }
+        r.finish();
+        let text = out.text();
+        // Finished steps leave the live area: the last one drawn lists no step.
+        let last_area = text.rsplit("[+] Building").next().unwrap();
+        assert!(!last_area.contains("=> #"), "{last_area:?}");
+        // And nothing was cut: every line of output is in the scrollback.
+        for line in [
+            "compiling a",
+            "compiling b",
+            "warning: w",
+            "no newline at the end",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from {text:?}");
+        }
+        assert!(text.contains("#2 DONE 1.500s"), "{text}");
     }
 }
