@@ -565,3 +565,28 @@ fn two_builds_share_one_state_root_at_once() {
         "a rebuild ran steps:\n{log}"
     );
 }
+
+#[test]
+fn the_local_output_applies_deletions_and_replaced_directories() {
+    let p = Project::new(
+        "FROM scratch\nADD rootfs.tar /\n\
+         RUN mkdir /d && touch /d/x && ln /bin/busybox /d/hard\n\
+         RUN rm /bin/vi && rm -rf /d && mkdir /d && touch /d/y\n",
+    );
+    let (log, rootfs) = p.build_to_dir(&[]);
+    let root = rootfs.path();
+    assert!(
+        !root.join("bin/vi").exists(),
+        "a deleted file came back:\n{log}"
+    );
+    assert!(
+        !root.join("d/x").exists(),
+        "a replaced directory kept old files"
+    );
+    assert!(
+        !root.join("d/hard").exists(),
+        "a replaced directory kept old links"
+    );
+    assert!(root.join("d/y").is_file());
+    assert!(root.join("bin/busybox").is_file() && root.join("bin/sh").exists());
+}

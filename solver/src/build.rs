@@ -49,6 +49,8 @@ pub struct BuildRequest {
 pub struct BuildOutcome {
     /// The image manifest; `None` when the build had no output that needs one.
     pub manifest: Option<Descriptor>,
+    /// The built filesystem's layers, bottom first (for `-o type=local`).
+    pub chain: Arc<Vec<crate::worker::Layer>>,
     pub config_digest: Digest,
     /// Each pushed tag, pinned: `REF@sha256:…`.
     pub pushed: Vec<String>,
@@ -237,6 +239,7 @@ impl Engine {
                 hoist_cache::write_config(&self.state.blobs, &config, &extras, request.media)?;
             return Ok(BuildOutcome {
                 manifest: None,
+                chain: Arc::clone(chain),
                 config_digest: config.digest().clone(),
                 pushed: Vec::new(),
                 ran: solution.ran,
@@ -292,6 +295,7 @@ impl Engine {
         }
         Ok(BuildOutcome {
             manifest: Some(manifest),
+            chain: Arc::clone(chain),
             config_digest,
             pushed,
             ran: solution.ran,

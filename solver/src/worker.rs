@@ -329,6 +329,55 @@ impl State {
         })
     }
 
+    /// Writes the filesystem of `chain` into `dest` (`-o type=local`) straight from the
+    /// snapshots: each layer's tar is streamed from its snapshot into the apply, uncompressed,
+    /// and checked against its diffID on the way.
+    ///
+    /// # Errors
+    /// A snapshot is gone, or reading or writing fails.
+    pub fn export_rootfs(&self, chain: &[Layer], dest: &Path) -> Result<(), WorkerError> {
+        fs_err::create_dir_all(dest).map_err(io_err("create", dest))?;
+        for layer in chain {
+            let dir =
+                self.snapshots
+                    .get(&layer.diff_id)
+                    .ok_or_else(|| WorkerError::SnapshotGone {
+                        layer: layer.diff_id.clone(),
+                    })?;
+            let (reader, writer) = io::pipe().map_err(io_err("make a pipe for", &dir))?;
+            let walked = dir.clone();
+            let tar = std::thread::spawn(move || {
+                let options = DiffOptions {
+                    compression: CompressionOptions::new(hoist_cache::Compression::None),
+                    source_date_epoch: None,
+                };
+                hoist_cache::diff_upperdir(&walked, writer, &options).map(|_| ())
+            });
+            let applied = hoist_cache::apply_layer(
+                reader,
+                dest,
+                &hoist_cache::ApplyOptions {
+                    whiteouts: hoist_cache::WhiteoutMode::Remove,
+                    expected_diff_id: Some(layer.diff_id.clone()),
+                    lower_dirs: Vec::new(),
+                },
+            );
+            let walked = tar
+                .join()
+                .map_err(|_| WorkerError::Internal("the layer tar thread panicked"))?;
+            walked.map_err(|source| WorkerError::Diff {
+                path: dir.clone(),
+                source,
+            })?;
+            applied.map_err(|e| WorkerError::Io {
+                op: "write the filesystem into",
+                path: dest.to_path_buf(),
+                source: io::Error::other(e),
+            })?;
+        }
+        Ok(())
+    }
+
     /// The compressed blob of every layer of `chain`, bottom first, for a manifest. A built
     /// layer's blob is made from its snapshot the first time an image needs it, and remembered
     /// in the index, so exporting or pushing it again costs nothing.

@@ -232,7 +232,9 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         } else {
             hoist_cache::MediaTypes::Oci
         },
-        write_image: !outputs.is_empty() || args.metadata_file.is_some(),
+        // A local directory is written from the snapshots; the other outputs need the image.
+        write_image: outputs.iter().any(|o| !matches!(o, Output::Local(_)))
+            || args.metadata_file.is_some(),
         limits: limits(&args)?,
     };
     if !request.context_dir.is_dir() {
@@ -278,9 +280,14 @@ fn finish(
     } else {
         args.tags.clone()
     };
-    if let Some(manifest) = &outcome.manifest {
-        for output in outputs {
-            output.export(&store, manifest, &names)?;
+    for output in outputs {
+        match (output, &outcome.manifest) {
+            (Output::Local(dest), _) => engine
+                .state
+                .export_rootfs(&outcome.chain, dest)
+                .with_context(|| format!("writing the filesystem to {}", dest.display()))?,
+            (_, Some(manifest)) => output.export(&store, manifest, &names)?,
+            (_, None) => {}
         }
     }
     if let Some(path) = &args.iidfile {
