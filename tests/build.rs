@@ -590,3 +590,53 @@ fn the_local_output_applies_deletions_and_replaced_directories() {
     assert!(root.join("d/y").is_file());
     assert!(root.join("bin/busybox").is_file() && root.join("bin/sh").exists());
 }
+
+#[test]
+fn the_local_output_of_an_image_made_by_another_tool() {
+    // A base image whose layer tar umoci wrote (not hoist), pushed with skopeo: the local output
+    // must apply that layer as it is, not a tar hoist would have made of it.
+    let registry = Registry::start();
+    let p = Project::new("");
+    let layout = p.root.path().join("layout");
+    let reference = format!("{}/foreign/busybox:1", registry.addr);
+    for args in [
+        vec!["init", "--layout", layout.to_str().unwrap()],
+        vec!["new", "--image", &format!("{}:b", layout.display())],
+        vec![
+            "raw",
+            "add-layer",
+            "--image",
+            &format!("{}:b", layout.display()),
+            p.path("rootfs.tar").to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new("umoci").args(&args).output().expect("umoci");
+        assert!(
+            out.status.success(),
+            "umoci {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:b", layout.display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.write(
+        "Dockerfile",
+        &format!("FROM {reference}\nRUN rm /bin/vi && echo ok > /ok\n"),
+    );
+    let (log, rootfs) = p.build_to_dir(&[]);
+    assert!(rootfs.path().join("bin/busybox").is_file(), "{log}");
+    assert!(!rootfs.path().join("bin/vi").exists());
+    assert_eq!(
+        fs_err::read_to_string(rootfs.path().join("ok")).unwrap(),
+        "ok\n"
+    );
+}

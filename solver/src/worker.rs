@@ -329,15 +329,42 @@ impl State {
         })
     }
 
-    /// Writes the filesystem of `chain` into `dest` (`-o type=local`) straight from the
-    /// snapshots: each layer's tar is streamed from its snapshot into the apply, uncompressed,
-    /// and checked against its diffID on the way.
+    /// Writes the filesystem of `chain` into `dest` (`-o type=local`) without compressing: a
+    /// built layer's tar is streamed from its snapshot into the apply, a pulled layer is
+    /// applied from its blob, and each is checked against its diffID on the way.
     ///
     /// # Errors
     /// A snapshot is gone, or reading or writing fails.
     pub fn export_rootfs(&self, chain: &[Layer], dest: &Path) -> Result<(), WorkerError> {
         fs_err::create_dir_all(dest).map_err(io_err("create", dest))?;
         for layer in chain {
+            if let Some(blob) = &layer.blob {
+                // A pulled layer: its own blob is the layer (a tar of its snapshot made here
+                // would not be byte-identical to the one its diffID names).
+                let reader = self
+                    .blobs
+                    .open(blob.digest())
+                    .map_err(|e| WorkerError::Io {
+                        op: "open the layer blob of",
+                        path: dest.to_path_buf(),
+                        source: io::Error::other(e),
+                    })?;
+                hoist_cache::apply_layer(
+                    reader,
+                    dest,
+                    &hoist_cache::ApplyOptions {
+                        whiteouts: hoist_cache::WhiteoutMode::Remove,
+                        expected_diff_id: Some(layer.diff_id.clone()),
+                        lower_dirs: Vec::new(),
+                    },
+                )
+                .map_err(|e| WorkerError::Io {
+                    op: "write the filesystem into",
+                    path: dest.to_path_buf(),
+                    source: io::Error::other(e),
+                })?;
+                continue;
+            }
             let dir =
                 self.snapshots
                     .get(&layer.diff_id)

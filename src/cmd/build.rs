@@ -314,10 +314,15 @@ fn finish(
             outcome.ran,
             outcome.cached
         )?,
-        None => writeln!(
+        None if outputs.is_empty() => writeln!(
             err,
             "built image {} ({} steps ran, {} cached); no output was asked for, so the result \
              is only in the build cache: name it with -t, push it with --push, or export it with -o",
+            outcome.config_digest, outcome.ran, outcome.cached
+        )?,
+        None => writeln!(
+            err,
+            "built image {} ({} steps ran, {} cached)",
             outcome.config_digest, outcome.ran, outcome.cached
         )?,
     }
