@@ -51,11 +51,14 @@ const REPO: &str = "127.0.0.1:5000/peers-bench";
 /// Differences printed per comparison; the full list goes to a file.
 const PRINT_LIMIT: usize = 60;
 
+/// The mode that makes a context entry a symlink to its "content".
+const SYMLINK: u32 = 0o120_000;
+
 /// One Dockerfile with its context.
 struct Case {
     name: &'static str,
     dockerfile: String,
-    /// Context files: path, content, mode.
+    /// Context files: path, content, mode (`SYMLINK`: a symlink to the content).
     files: Vec<(&'static str, String, u32)>,
     /// Writes `archive.tar.gz` into the context.
     tarball: bool,
@@ -248,6 +251,71 @@ RUN rm -rf /w/keep && mkdir /w/keep && echo replaced > /w/keep/g && ln /w/keep/g
             build_args: vec![],
         },
         Case {
+            name: "copy-edge",
+            dockerfile: format!(
+                r#"FROM {BUSYBOX} AS src
+RUN mkdir /d /d2 && echo t > /d/t && ln -s /d/t /abs-link && ln -s d /rel-dir && echo 1 > /d2/one && echo 2 > /d2/two && ln -s /d2 /abs-dir-link && ln -s d2 /rel-dir2 && ln -s /d /abs-dir1
+
+FROM {BUSYBOX}
+RUN mkdir -p /existing-dir
+COPY files/a.txt /existing-dir
+COPY files/a.txt /newfile
+COPY files/a.txt files/b.txt /multi/
+COPY links/ /links/
+COPY archive.tar.gz /not-extracted/
+ADD files/a.txt /added.txt
+ADD --chown=1234:5678 archive.tar.gz /chowned-tar/
+COPY --chown=1234:5678 dir /chowned-dir-parent/sub
+COPY --from=src /abs-link /from-abs-link
+COPY --from=src /rel-dir /from-rel-dir
+COPY --from=src /rel-dir/ /from-rel-dir-slash/
+COPY --from=src /abs-dir-link /from-abs-dir-link
+COPY --from=src /rel-dir2 /from-rel-dir2
+COPY --from=src /abs-dir1 /from-abs-dir1
+COPY --from=src /d /from-plain-dir1
+COPY single /from-ctx-single
+COPY links/to-dir /from-ctx-dir-link
+"#
+            ),
+            files: {
+                let mut f = common_files();
+                f.push(("links/to-a", "../files/a.txt".to_owned(), SYMLINK));
+                f.push(("links/dangling", "/nowhere".to_owned(), SYMLINK));
+                f.push(("links/to-dir", "../dir".to_owned(), SYMLINK));
+                f.push(("single/only.txt", "the only file\n".to_owned(), 0o644));
+                f
+            },
+            tarball: true,
+            build_args: vec![],
+        },
+        Case {
+            name: "symlink-dest",
+            dockerfile: format!(
+                r#"FROM {BUSYBOX}
+RUN mkdir -p /target/real && ln -s /target/real /target/link && ln -s real /target/rel-link
+COPY files/a.txt /target/link/a.txt
+COPY files/b.txt /target/rel-link/
+COPY dir /target/link/
+"#
+            ),
+            files: common_files(),
+            tarball: false,
+            build_args: vec![],
+        },
+        Case {
+            name: "symlink-workdir",
+            dockerfile: format!(
+                r#"FROM {BUSYBOX}
+RUN mkdir -p /target/real && ln -s /target/real /target/link
+WORKDIR /target/link/sub
+RUN pwd > /pwd.txt && echo here > here.txt
+"#
+            ),
+            files: common_files(),
+            tarball: false,
+            build_args: vec![],
+        },
+        Case {
             name: "debian",
             dockerfile: format!(
                 r#"FROM {DEBIAN}
@@ -280,7 +348,13 @@ fn write(path: &Path, text: &str, mode: u32) {
 /// Writes the case's context under `dir`.
 fn make_context(case: &Case, dir: &Path, scratch: &Path) {
     for (path, text, mode) in &case.files {
-        write(&dir.join(path), text, *mode);
+        if *mode == SYMLINK {
+            let link = dir.join(path);
+            fs_err::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(text, link).unwrap();
+        } else {
+            write(&dir.join(path), text, *mode);
+        }
     }
     write(&dir.join("Dockerfile"), &case.dockerfile, 0o644);
     if case.tarball {
@@ -1178,14 +1252,14 @@ fn main() {
         .collect();
     print!("{:<15}", "Dockerfile");
     for h in &headers {
-        print!(" {h:<38}");
+        print!(" {h:<42}");
     }
     println!();
     for name in &case_names {
         print!("{name:<15}");
         for h in &headers {
             let cell = summary.get(&(*name, h.clone())).map_or("-", String::as_str);
-            print!(" {cell:<38}");
+            print!(" {cell:<42}");
         }
         println!();
     }
