@@ -640,3 +640,54 @@ fn the_local_output_of_an_image_made_by_another_tool() {
         "ok\n"
     );
 }
+
+#[test]
+fn copy_destinations_follow_image_symlinks_and_created_directories_take_the_owner() {
+    use std::os::unix::fs::MetadataExt as _;
+    let p = Project::new(
+        "FROM scratch\nADD rootfs.tar /\n\
+         RUN mkdir -p /target/real && ln -s /target/real /target/link && ln -s real /target/rel\n\
+         COPY --chown=1234:5678 one/ /owned/x/y/\n\
+         COPY one /single-dir\n\
+         COPY a.txt /target/link/a.txt\n\
+         COPY a.txt /target/rel/sub/b.txt\n\
+         WORKDIR /target/link/wd\n\
+         RUN pwd > /pwd\n",
+    );
+    fs_err::create_dir(p.path("one")).unwrap();
+    p.write("one/only.txt", "only\n");
+    p.write("a.txt", "a\n");
+    let (log, rootfs) = p.build_to_dir(&[]);
+    let root = rootfs.path();
+    // Directories a COPY --chown creates belong to that owner, as in BuildKit.
+    for dir in ["owned", "owned/x", "owned/x/y"] {
+        let m = fs_err::metadata(root.join(dir)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1234, 5678), "/{dir} owner\n{log}");
+    }
+    // A directory source holding one file still lands as a directory.
+    assert!(
+        root.join("single-dir").is_dir() && root.join("single-dir/only.txt").is_file(),
+        "COPY of a one-file directory did not make a directory"
+    );
+    // Destinations through symlinks in the image land where the links point.
+    assert_eq!(
+        fs_err::read_to_string(root.join("target/real/a.txt")).unwrap(),
+        "a\n"
+    );
+    assert_eq!(
+        fs_err::read_to_string(root.join("target/real/sub/b.txt")).unwrap(),
+        "a\n"
+    );
+    assert!(
+        fs_err::symlink_metadata(root.join("target/link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(root.join("target/real/wd").is_dir());
+    // The RUN works in the directory the link leads to.
+    assert_eq!(
+        fs_err::read_to_string(root.join("pwd")).unwrap(),
+        "/target/real/wd\n"
+    );
+}

@@ -65,6 +65,9 @@ pub struct Entry {
     pub mtime: i64,
     /// The stat taken while selecting a regular file, so hashing it needs no second one.
     pub(crate) stat: Option<StatKey>,
+    /// A source named this entry itself (by name or wildcard), rather than a directory around
+    /// it: only such a lone file may be copied to a destination file name.
+    pub named: bool,
 }
 
 /// The entries that a list of sources selects, in path order, with each source's role.
@@ -120,6 +123,7 @@ pub fn select(
                 let name = rel.rsplit('/').next().unwrap_or(&rel).to_owned();
                 let mut entry = entry_for(&resolved, &rel, &name, &meta, None)?;
                 entry.source = source;
+                entry.named = true;
                 entries.insert((entry.dest.clone(), entry.path.clone()), entry);
             }
         }
@@ -173,6 +177,7 @@ fn entry_for(
         size: if meta.is_file() { meta.len() } else { 0 },
         mtime: meta.mtime(),
         stat: meta.is_file().then(|| StatKey::of(meta)),
+        named: false,
     })
 }
 
@@ -226,6 +231,7 @@ fn walk_dir(
                     size: 0,
                     mtime: meta.mtime(),
                     stat: None,
+                    named: false,
                 }
             } else {
                 entry_for(&child.path(), &child_rel, &child_dest, &meta, Some(false))?

@@ -2,10 +2,11 @@
 //! and the directories and files that WORKDIR and heredocs create.
 //!
 //! The output directory holds exactly what the step adds; it becomes a layer as it is (a COPY
-//! never deletes, so it has no whiteouts). Parent directories that the step must create keep the
-//! owner and mode they already have in the destination image, so that the layer does not change
-//! them as a side effect. Destination paths resolve inside the output and the destination view
-//! only: a symlink in the image cannot send a COPY outside the root.
+//! never deletes, so it has no whiteouts). Parent directories that already exist in the
+//! destination image keep their owner and mode, so that the layer does not change them as a side
+//! effect; directories the step creates belong to `--chown`'s owner (root without it), as in
+//! BuildKit. A destination path follows the image's symlinks as BuildKit does, but inside the
+//! root: an absolute link target or `..` never leads out of it.
 
 use std::fs::Permissions;
 use std::io;
@@ -57,11 +58,13 @@ pub fn copy_selection(
     out: &Path,
     opts: CopyOptions,
 ) -> Result<(), CopyError> {
-    let dest_rel = clean_relative(dest);
-    // A single file copies to `dest` itself unless `dest` is a directory (by its trailing `/`
-    // or because the image already has a directory there).
+    let dest_rel = resolve_dest(dest_view, dest)?;
+    let owner = opts.chown.unwrap_or((0, 0));
+    // A single file that a source names copies to `dest` itself unless `dest` is a directory
+    // (by its trailing `/` or because the image already has a directory there). A directory
+    // source always brings its contents into a directory, even when it holds one file.
     let single_file = match selection.entries.as_slice() {
-        [e] if e.kind != EntryKind::Dir && e.dest == last_component(&e.path) => Some(e),
+        [e] if e.kind != EntryKind::Dir && e.named => Some(e),
         _ => None,
     };
     let dest_is_dir =
@@ -78,16 +81,70 @@ pub fn copy_selection(
                 reason: "a file cannot replace the root directory",
             });
         }
-        ensure_parents(dest_view, out, &target)?;
+        ensure_parents(dest_view, out, &target, owner)?;
         let src = src_root.join(&entry.source);
         let out_path = out.join(&target);
         write_entry(&src, entry, &out_path, opts)?;
     }
     if dest_is_dir && !dest_rel.is_empty() {
         // The destination directory itself: created if the image lacks it.
-        ensure_parents(dest_view, out, &join(&dest_rel, "x"))?;
+        ensure_parents(dest_view, out, &join(&dest_rel, "x"), owner)?;
     }
     Ok(())
+}
+
+/// How many symlinks a destination path may pass through.
+const MAX_LINKS: usize = 40;
+
+/// Resolves a destination path through the image's symlinks, as BuildKit does, but inside the
+/// root: an absolute target restarts at the root, `..` stops there. Returns the clean relative
+/// path to write at; components that do not exist yet are kept as written.
+///
+/// # Errors
+/// [`CopyError::Destination`] when links chain too deep or in a loop.
+pub fn resolve_dest(view: &Path, dest: &str) -> Result<String, CopyError> {
+    let mut pending: std::collections::VecDeque<String> = clean_relative(dest)
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        match part.as_str() {
+            "" | "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        resolved.push(part);
+        let here = view.join(resolved.join("/"));
+        let Ok(meta) = fs_err::symlink_metadata(&here) else {
+            continue;
+        };
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(CopyError::Destination {
+                dest: dest.to_owned(),
+                reason: "symlinks in the image on the way chain too deep or in a loop",
+            });
+        }
+        let target = fs_err::read_link(&here).map_err(io_at(&here))?;
+        let target = target.to_string_lossy();
+        resolved.pop();
+        if target.starts_with('/') {
+            resolved.clear();
+        }
+        for (i, t) in target.split('/').filter(|p| !p.is_empty()).enumerate() {
+            pending.insert(i, t.to_owned());
+        }
+    }
+    Ok(resolved.join("/"))
 }
 
 /// Creates a directory in `out` (WORKDIR, `COPY` parents), like `mkdir -p` over the image.
@@ -101,11 +158,11 @@ pub fn mkdir(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), CopyError> {
-    let rel = clean_relative(path);
+    let rel = resolve_dest(dest_view, path)?;
     if rel.is_empty() || view_is_dir(dest_view, &rel) {
         return Ok(());
     }
-    ensure_parents(dest_view, out, &rel)?;
+    ensure_parents(dest_view, out, &rel, owner.unwrap_or((0, 0)))?;
     let target = out.join(&rel);
     match fs_err::create_dir(&target) {
         Ok(()) => {}
@@ -130,24 +187,20 @@ pub fn mkfile(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), CopyError> {
-    let rel = clean_relative(path);
+    let rel = resolve_dest(dest_view, path)?;
     if rel.is_empty() {
         return Err(CopyError::Destination {
             dest: path.to_owned(),
             reason: "a file cannot replace the root directory",
         });
     }
-    ensure_parents(dest_view, out, &rel)?;
+    ensure_parents(dest_view, out, &rel, owner.unwrap_or((0, 0)))?;
     let target = out.join(&rel);
     fs_err::write(&target, data).map_err(io_at(&target))?;
     let (uid, gid) = owner.unwrap_or((0, 0));
     std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_at(&target))?;
     fs_err::set_permissions(&target, Permissions::from_mode(mode)).map_err(io_at(&target))?;
     Ok(())
-}
-
-fn last_component(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 fn join(base: &str, rel: &str) -> String {
@@ -164,9 +217,15 @@ fn view_is_dir(view: &Path, rel: &str) -> bool {
     rel.is_empty() || fs_err::symlink_metadata(view.join(rel)).is_ok_and(|m| m.file_type().is_dir())
 }
 
-/// Creates the parents of `target` in `out`, copying owner and mode from the image where a
-/// parent already exists there, else root-owned 0755.
-fn ensure_parents(view: &Path, out: &Path, target: &str) -> Result<(), CopyError> {
+/// Creates the parents of `target` (already resolved, see [`resolve_dest`]) in `out`, copying
+/// owner and mode from the image where a parent already exists there, else 0755 owned by
+/// `owner`.
+fn ensure_parents(
+    view: &Path,
+    out: &Path,
+    target: &str,
+    owner: (u32, u32),
+) -> Result<(), CopyError> {
     let mut rel = String::new();
     let parts: Vec<&str> = target.split('/').collect();
     for part in &parts[..parts.len().saturating_sub(1)] {
@@ -186,12 +245,13 @@ fn ensure_parents(view: &Path, out: &Path, target: &str) -> Result<(), CopyError
         if existing.as_ref().is_some_and(|m| !m.is_dir()) {
             return Err(CopyError::Destination {
                 dest: format!("/{target}"),
-                reason: "a parent in the image is not a directory (symlinked destinations are not followed)",
+                reason: "a parent in the image is not a directory",
             });
         }
         fs_err::create_dir(&here).map_err(io_at(&here))?;
-        let (uid, gid, mode) =
-            existing.map_or((0, 0, 0o755), |m| (m.uid(), m.gid(), m.mode() & 0o7777));
+        let (uid, gid, mode) = existing.map_or((owner.0, owner.1, 0o755), |m| {
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        });
         std::os::unix::fs::lchown(&here, Some(uid), Some(gid)).map_err(io_at(&here))?;
         fs_err::set_permissions(&here, Permissions::from_mode(mode)).map_err(io_at(&here))?;
     }
@@ -251,5 +311,30 @@ fn remove_existing(path: &Path) -> Result<(), CopyError> {
         }),
         Ok(_) => fs_err::remove_file(path).map_err(io_at(path)),
         Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_resolve_through_image_links_without_leaving_the_root() {
+        let view = tempfile::tempdir().unwrap();
+        let v = view.path();
+        fs_err::create_dir_all(v.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", v.join("lib")).unwrap();
+        std::os::unix::fs::symlink("/../../..", v.join("escape")).unwrap();
+        std::os::unix::fs::symlink("../../../etc", v.join("usr/up")).unwrap();
+        std::os::unix::fs::symlink("loop", v.join("loop")).unwrap();
+        assert_eq!(resolve_dest(v, "/lib/x/a.txt").unwrap(), "usr/lib/x/a.txt");
+        assert_eq!(resolve_dest(v, "lib").unwrap(), "usr/lib");
+        assert_eq!(resolve_dest(v, "/escape/etc/passwd").unwrap(), "etc/passwd");
+        assert_eq!(resolve_dest(v, "/usr/up/hosts").unwrap(), "etc/hosts");
+        assert_eq!(resolve_dest(v, "/new/../dir/").unwrap(), "dir");
+        assert!(matches!(
+            resolve_dest(v, "/loop/x"),
+            Err(CopyError::Destination { .. })
+        ));
     }
 }

@@ -716,8 +716,9 @@ impl BuildWorker {
                 None
             };
             if archive.is_some() {
-                let dir = context::clean_relative(dest);
-                copy::mkdir(dest_view, out_dir, dest, 0o755, None)?;
+                // The destination follows the image's symlinks (inside the root), as COPY's.
+                let dir = copy::resolve_dest(dest_view, dest)?;
+                copy::mkdir(dest_view, out_dir, &dir, 0o755, opts.chown)?;
                 let target = out_dir.join(&dir);
                 hoist_cache::archive::extract_archive(
                     &path,
