@@ -337,11 +337,28 @@ impl State {
     /// A snapshot is gone, or reading or writing fails.
     pub fn export_rootfs(&self, chain: &[Layer], dest: &Path) -> Result<(), WorkerError> {
         fs_err::create_dir_all(dest).map_err(io_err("create", dest))?;
+        let apply = |reader: &mut dyn io::Read, layer: &Layer| {
+            hoist_cache::apply_layer(
+                reader,
+                dest,
+                &hoist_cache::ApplyOptions {
+                    whiteouts: hoist_cache::WhiteoutMode::Remove,
+                    expected_diff_id: Some(layer.diff_id.clone()),
+                    lower_dirs: Vec::new(),
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| WorkerError::Io {
+                op: "write the filesystem into",
+                path: dest.to_path_buf(),
+                source: io::Error::other(e),
+            })
+        };
         for layer in chain {
             if let Some(blob) = &layer.blob {
                 // A pulled layer: its own blob is the layer (a tar of its snapshot made here
                 // would not be byte-identical to the one its diffID names).
-                let reader = self
+                let mut reader = self
                     .blobs
                     .open(blob.digest())
                     .map_err(|e| WorkerError::Io {
@@ -349,20 +366,7 @@ impl State {
                         path: dest.to_path_buf(),
                         source: io::Error::other(e),
                     })?;
-                hoist_cache::apply_layer(
-                    reader,
-                    dest,
-                    &hoist_cache::ApplyOptions {
-                        whiteouts: hoist_cache::WhiteoutMode::Remove,
-                        expected_diff_id: Some(layer.diff_id.clone()),
-                        lower_dirs: Vec::new(),
-                    },
-                )
-                .map_err(|e| WorkerError::Io {
-                    op: "write the filesystem into",
-                    path: dest.to_path_buf(),
-                    source: io::Error::other(e),
-                })?;
+                apply(&mut reader, layer)?;
                 continue;
             }
             let dir =
@@ -371,7 +375,7 @@ impl State {
                     .ok_or_else(|| WorkerError::SnapshotGone {
                         layer: layer.diff_id.clone(),
                     })?;
-            let (reader, writer) = io::pipe().map_err(io_err("make a pipe for", &dir))?;
+            let (mut reader, writer) = io::pipe().map_err(io_err("make a pipe for", &dir))?;
             let walked = dir.clone();
             let tar = std::thread::spawn(move || {
                 let options = DiffOptions {
@@ -380,27 +384,17 @@ impl State {
                 };
                 hoist_cache::diff_upperdir(&walked, writer, &options).map(|_| ())
             });
-            let applied = hoist_cache::apply_layer(
-                reader,
-                dest,
-                &hoist_cache::ApplyOptions {
-                    whiteouts: hoist_cache::WhiteoutMode::Remove,
-                    expected_diff_id: Some(layer.diff_id.clone()),
-                    lower_dirs: Vec::new(),
-                },
-            );
-            let walked = tar
-                .join()
-                .map_err(|_| WorkerError::Internal("the layer tar thread panicked"))?;
-            walked.map_err(|source| WorkerError::Diff {
-                path: dir.clone(),
-                source,
-            })?;
-            applied.map_err(|e| WorkerError::Io {
-                op: "write the filesystem into",
-                path: dest.to_path_buf(),
-                source: io::Error::other(e),
-            })?;
+            let applied = apply(&mut reader, layer);
+            // Closing the read end unblocks the tar side if the apply stopped early.
+            drop(reader);
+            // The tar side's error explains an apply that saw a cut stream, so it goes first.
+            tar.join()
+                .map_err(|_| WorkerError::Internal("the layer tar thread panicked"))?
+                .map_err(|source| WorkerError::Diff {
+                    path: dir.clone(),
+                    source,
+                })?;
+            applied?;
         }
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! Go's `fmt` renderings that BuildKit writes into image history (`created_by`), so that
 //! `docker history` shows the same text for an image hoist built: `%v` and `%q` of a string
-//! slice, `strconv.Quote`, `time.Duration`'s `String`, and `%+v` of a healthcheck.
+//! slice (quoting with the parser's `go_quote`), `time.Duration`'s `String`, and `%+v` of a
+//! healthcheck.
 
-use std::fmt::Write as _;
+use hoist_parser::dump::go_quote;
 
 use super::config::HealthConfig;
 
@@ -11,44 +12,10 @@ pub(crate) fn list_v(items: &[String]) -> String {
     format!("[{}]", items.join(" "))
 }
 
-/// `%q` of a `[]string`: `["a" "b c"]`.
+/// `%q` of a `[]string`: `["a" "b c"]`, each quoted as `strconv.Quote` does.
 pub(crate) fn list_q(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
+    let quoted: Vec<String> = items.iter().map(|s| go_quote(s)).collect();
     format!("[{}]", quoted.join(" "))
-}
-
-/// `strconv.Quote`: a double-quoted string with Go escapes; printable characters stay as
-/// they are.
-pub(crate) fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if c.is_control() => {
-                let n = c as u32;
-                if n <= 0xffff {
-                    let _ = write!(out, "\\u{n:04x}");
-                } else {
-                    let _ = write!(out, "\\U{n:08x}");
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// `time.Duration(ns).String()`: `0s`, `1.5s`, `1m30s`, `1h0m0s`, `500ms`, `2µs`, `7ns`.
@@ -133,7 +100,6 @@ mod tests {
         let args = vec!["/bin/sh".to_owned(), "-c".into(), "echo \"hi\"\t\\".into()];
         assert_eq!(list_v(&args), "[/bin/sh -c echo \"hi\"\t\\]");
         assert_eq!(list_q(&args), r#"["/bin/sh" "-c" "echo \"hi\"\t\\"]"#);
-        assert_eq!(quote("é\u{1}"), "\"é\\x01\"");
         assert_eq!(list_v(&[]), "[]");
     }
 

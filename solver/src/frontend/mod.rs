@@ -757,13 +757,7 @@ impl<'a> Lowering<'a> {
                     format!("{step} {text}"),
                     self.location(span),
                 );
-                state.history.push(HistoryEntry {
-                    created: None,
-                    author: None,
-                    created_by,
-                    comment: Some(HISTORY_COMMENT.into()),
-                    empty_layer: false,
-                });
+                state.history_layer(created_by);
             }
             Instruction::Cmd(c) => {
                 check_flags(&c.flags, "CMD", &[], &[])?;
@@ -942,13 +936,7 @@ impl<'a> Lowering<'a> {
             format!("{step} {text}"),
             self.location(span),
         );
-        state.history.push(HistoryEntry {
-            created: None,
-            author: None,
-            created_by,
-            comment: Some(HISTORY_COMMENT.into()),
-            empty_layer: false,
-        });
+        state.history_layer(created_by);
         Ok(())
     }
 
@@ -1154,13 +1142,7 @@ impl<'a> Lowering<'a> {
             let _ = write!(created_by, " <<{h}");
         }
         let _ = write!(created_by, " {dest_raw} # buildkit");
-        state.history.push(HistoryEntry {
-            created: None,
-            author: None,
-            created_by,
-            comment: Some(HISTORY_COMMENT.into()),
-            empty_layer: false,
-        });
+        state.history_layer(created_by);
         Ok(())
     }
 
@@ -1298,12 +1280,21 @@ impl StageState {
     }
 
     fn history_config(&mut self, text: String) {
+        self.history_entry(text, true);
+    }
+
+    /// A history entry for a step that made a layer.
+    fn history_layer(&mut self, created_by: String) {
+        self.history_entry(created_by, false);
+    }
+
+    fn history_entry(&mut self, created_by: String, empty_layer: bool) {
         self.history.push(HistoryEntry {
             created: None,
             author: None,
-            created_by: text,
+            created_by,
             comment: Some(HISTORY_COMMENT.into()),
-            empty_layer: true,
+            empty_layer,
         });
     }
 }
