@@ -161,7 +161,12 @@ impl Target {
 
 /// An OCI distribution client. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Client {
+    /// For plain-HTTP registries (loopback and insecure ones): no TLS roots are loaded, and a
+    /// redirect to HTTPS is returned to [`Client::send`], which follows it with `tls`.
     pub(crate) http: reqwest::Client,
+    /// For HTTPS, made at the first HTTPS request: loading the system's roots reads every file
+    /// of `SSL_CERT_DIR` when it is set, which a build against a local registry never needs.
+    tls: std::sync::OnceLock<reqwest::Client>,
     pub(crate) config: ClientConfig,
     docker_config: DockerConfig,
     explicit: Mutex<HashMap<String, Credential>>,
@@ -179,19 +184,36 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The settings both HTTP clients share.
+fn http_builder(config: &ClientConfig) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(config.user_agent.clone())
+        .connect_timeout(Duration::from_secs(30))
+        // No total timeout: a big blob takes as long as it takes, but a stalled one fails.
+        .read_timeout(Duration::from_secs(120))
+        .pool_idle_timeout(Duration::from_secs(30))
+}
+
 impl Client {
     /// A client that reads credentials from this docker config.
     pub fn new(config: ClientConfig, docker_config: DockerConfig) -> Result<Self, RequestError> {
-        let http = reqwest::Client::builder()
-            .user_agent(config.user_agent.clone())
-            .connect_timeout(Duration::from_secs(30))
-            // No total timeout: a big blob takes as long as it takes, but a stalled one fails.
-            .read_timeout(Duration::from_secs(120))
-            .pool_idle_timeout(Duration::from_secs(30))
+        let http = http_builder(&config)
+            .tls_built_in_root_certs(false)
+            .tls_built_in_native_certs(false)
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.url().scheme() == "https" {
+                    attempt.stop()
+                } else if attempt.previous().len() >= 10 {
+                    attempt.error("too many redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .map_err(RequestError::Client)?;
         Ok(Self {
             http,
+            tls: std::sync::OnceLock::new(),
             config,
             docker_config,
             explicit: Mutex::new(HashMap::new()),
@@ -200,6 +222,46 @@ impl Client {
             tokens: Mutex::new(HashMap::new()),
             observer: None,
         })
+    }
+
+    /// The client for `url`: the plain one for `http://`, else the TLS one (made now if this
+    /// is the first HTTPS request). Should the TLS client fail to build, the plain one is
+    /// used, and the request fails with the certificate error that explains it.
+    fn client_for(&self, url: &reqwest::Url) -> &reqwest::Client {
+        if url.scheme() == "http" {
+            return &self.http;
+        }
+        self.tls.get_or_init(|| {
+            http_builder(&self.config)
+                .build()
+                .unwrap_or_else(|_| self.http.clone())
+        })
+    }
+
+    /// Executes `request` with the client its scheme needs; a plain-HTTP response that
+    /// redirects to HTTPS (a registry handing blobs to TLS storage) is followed with the TLS
+    /// client, without the registry's credentials.
+    async fn execute(&self, request: reqwest::Request) -> Result<Response, reqwest::Error> {
+        let method = request.method().clone();
+        let mut headers = request.headers().clone();
+        headers.remove(AUTHORIZATION);
+        let response = self.client_for(request.url()).execute(request).await?;
+        let to_https = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| response.url().join(l).ok())
+            .filter(|u| response.status().is_redirection() && u.scheme() == "https");
+        match to_https {
+            Some(location) if method == reqwest::Method::GET || method == reqwest::Method::HEAD => {
+                self.client_for(&location)
+                    .request(method, location)
+                    .headers(headers)
+                    .send()
+                    .await
+            }
+            _ => Ok(response),
+        }
     }
 
     /// A client that reads credentials from `$DOCKER_CONFIG/config.json` or
@@ -352,7 +414,12 @@ impl Client {
                     req
                 }
             };
-            let response = match request.send().await {
+            let response = match async {
+                let request = request.build()?;
+                self.execute(request).await
+            }
+            .await
+            {
                 Ok(r) => r,
                 Err(e) if attempt < self.config.retry.attempts && !e.is_builder() => {
                     tokio::time::sleep(self.config.retry.backoff(attempt)).await;
@@ -412,7 +479,7 @@ impl Client {
             })?;
             let method = request.method().to_string();
             let url = request.url().to_string();
-            let response = match self.http.execute(request).await {
+            let response = match self.execute(request).await {
                 Ok(r) => r,
                 Err(source) => {
                     if attempt < attempts {
