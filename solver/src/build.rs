@@ -315,8 +315,8 @@ impl Engine {
 }
 
 /// When the image was "created", for its config and the history entries it adds:
-/// `SOURCE_DATE_EPOCH` (a build-arg, as in BuildKit) when set, else the Unix epoch. Builds are
-/// reproducible by default: the same inputs give the same image digest on any day.
+/// `SOURCE_DATE_EPOCH` (a build-arg, as in BuildKit) when set, else the Unix epoch, so the day
+/// of a build does not enter its config (file mtimes in RUN layers still do).
 fn created_time(
     build_args: &std::collections::BTreeMap<String, String>,
 ) -> Result<String, BuildError> {
