@@ -11,6 +11,7 @@
 //! symlink on the way is followed only while it stays inside the root.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -508,7 +509,7 @@ fn validate(p: &[char]) -> Result<(), &'static str> {
 }
 
 /// A file's identity as the stat cache compares it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StatKey {
     size: u64,
     mtime_ns: i128,
@@ -529,7 +530,7 @@ impl StatKey {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 struct StatEntry {
     stat: StatKey,
     digest: String,
@@ -538,17 +539,67 @@ struct StatEntry {
 }
 
 /// Remembers file digests by stat, so that an unchanged context is not read again.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 pub struct StatCache {
     entries: HashMap<String, StatEntry>,
-    #[serde(skip)]
     dirty: bool,
+    /// Keys added or changed since the load, in order: a save appends just these when it can.
+    changed: Vec<String>,
+    /// Entry lines of the file as loaded (an appended key is there twice), or `None` when
+    /// nothing valid was loaded.
+    file_lines: Option<usize>,
     /// Files read and hashed since this cache was loaded (the others came from their stat).
-    #[serde(skip)]
     pub hashed_files: u64,
     /// Their bytes.
-    #[serde(skip)]
     pub hashed_bytes: u64,
+}
+
+/// The first line of a stat cache file; a file with another (an older format) is ignored.
+const STAT_CACHE_HEADER: &str = "hoist stat cache v2";
+
+/// Writes one entry line (see [`StatCache::load`]). A name with a newline cannot be a line of
+/// its own: it is left out, and hashed every time.
+fn push_stat_line(text: &mut String, key: &str, e: &StatEntry) {
+    if key.contains('\n') {
+        return;
+    }
+    let k = &e.stat;
+    let _ = writeln!(
+        text,
+        "{} {} {} {} {} {} {} {key}",
+        k.size, k.mtime_ns, k.ctime_ns, k.ino, k.dev, e.recorded_ns, e.digest
+    );
+}
+
+/// One entry line of a stat cache file (see [`StatCache::load`]).
+fn parse_stat_line(line: &str) -> Option<(&str, StatEntry)> {
+    let mut fields = line.splitn(8, ' ');
+    let mut next = || fields.next();
+    let size = next()?.parse().ok()?;
+    let mtime_ns = next()?.parse().ok()?;
+    let ctime_ns = next()?.parse().ok()?;
+    let ino = next()?.parse().ok()?;
+    let dev = next()?.parse().ok()?;
+    let recorded_ns = next()?.parse().ok()?;
+    let digest = next()?;
+    let key = next()?;
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) || key.is_empty() {
+        return None;
+    }
+    Some((
+        key,
+        StatEntry {
+            stat: StatKey {
+                size,
+                mtime_ns,
+                ctime_ns,
+                ino,
+                dev,
+            },
+            digest: digest.to_owned(),
+            recorded_ns,
+        },
+    ))
 }
 
 /// Files whose timestamps are this close to the moment their digest was taken are hashed
@@ -557,13 +608,32 @@ pub struct StatCache {
 const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
 impl StatCache {
-    /// Loads a cache file; a missing or unreadable one is an empty cache (it is only a cache).
+    /// Loads a cache file; a missing or unreadable one is an empty cache (it is only a cache),
+    /// and so is a line that does not parse.
+    ///
+    /// The file is text, a header line and then one entry a line (parsing 5,000 entries of
+    /// JSON took a few milliseconds of every build): `size mtime_ns ctime_ns ino dev
+    /// recorded_ns digest path`, the path last so that it may hold spaces.
     #[must_use]
     pub fn load(path: &Path) -> Self {
-        fs_err::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        let mut cache = Self::default();
+        let Ok(text) = fs_err::read_to_string(path) else {
+            return cache;
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(STAT_CACHE_HEADER) {
+            return cache;
+        }
+        let mut count = 0;
+        for line in lines {
+            count += 1;
+            // A later line of a key wins: saves append changed entries.
+            if let Some((key, entry)) = parse_stat_line(line) {
+                cache.entries.insert(key.to_owned(), entry);
+            }
+        }
+        cache.file_lines = Some(count);
+        cache
     }
 
     /// Writes the cache atomically, if anything changed.
@@ -577,13 +647,33 @@ impl StatCache {
         if let Some(dir) = path.parent() {
             fs_err::create_dir_all(dir)?;
         }
+        // A few changes (a touch, an edit) are appended to the file as it was loaded; the file
+        // is written anew once appended lines would make up half of it.
+        if let Some(lines) = self.file_lines
+            && (lines + self.changed.len()) < 2 * self.entries.len().max(1)
+        {
+            // Starting with a newline ends whatever a killed writer left half-written; the
+            // empty line it may make is skipped on load.
+            let mut text = String::from("\n");
+            for key in &self.changed {
+                if let Some(e) = self.entries.get(key) {
+                    push_stat_line(&mut text, key, e);
+                }
+            }
+            let mut file = fs_err::File::options().append(true).open(path)?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            return Ok(());
+        }
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        fs_err::write(
-            &tmp,
-            serde_json::to_vec(self).map_err(std::io::Error::other)?,
-        )?;
+        let mut text = String::with_capacity(self.entries.len() * 120);
+        text.push_str(STAT_CACHE_HEADER);
+        text.push('\n');
+        for (key, e) in &self.entries {
+            push_stat_line(&mut text, key, e);
+        }
+        fs_err::write(&tmp, text)?;
         fs_err::rename(&tmp, path)?;
         Ok(())
     }
@@ -622,6 +712,7 @@ impl StatCache {
                 recorded_ns,
             },
         );
+        self.changed.push(key.to_owned());
         self.dirty = true;
         Ok(digest)
     }

@@ -123,6 +123,67 @@ fn content_key_depends_on_content_and_mode_not_mtime() {
 }
 
 #[test]
+fn a_saved_stat_cache_spares_the_next_build_every_read() {
+    let d = ctx();
+    fs_err::write(d.path().join("src/with space.go"), "package s\n").unwrap();
+    // Past the racy window (files changed within 2 s of hashing are always read again).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let s = select(d.path(), &["src".into()], &none()).unwrap();
+    let files = s
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .count() as u64;
+    let mut first = StatCache::default();
+    let k1 = content_key(d.path(), &s, &mut first).unwrap();
+    assert_eq!(first.hashed_files, files);
+    let path = d.path().join("stat-cache");
+    first.save(&path).unwrap();
+
+    let mut loaded = StatCache::load(&path);
+    assert_eq!(content_key(d.path(), &s, &mut loaded).unwrap(), k1);
+    assert_eq!(loaded.hashed_files, 0, "the loaded cache read files again");
+
+    // A touched file is read again once; the save appends its new stat, and the next load
+    // knows it (the appended line wins over the old one).
+    let a = d.path().join("src/a.go");
+    let later = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    fs_err::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let size_before = fs_err::metadata(&path).unwrap().len();
+    let s = select(d.path(), &["src".into()], &none()).unwrap();
+    assert_eq!(content_key(d.path(), &s, &mut loaded).unwrap(), k1);
+    assert_eq!(loaded.hashed_files, 1);
+    loaded.save(&path).unwrap();
+    let grown = fs_err::metadata(&path).unwrap().len() - size_before;
+    assert!(
+        grown < 200,
+        "a one-entry save rewrote the file ({grown} bytes more)"
+    );
+    let mut again = StatCache::load(&path);
+    assert_eq!(content_key(d.path(), &s, &mut again).unwrap(), k1);
+    assert_eq!(again.hashed_files, 0, "the appended entry was not used");
+
+    // A damaged line costs only its own entry; a file of another format is an empty cache.
+    let text = fs_err::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[1] = "12 not-a-number 3 4 5 6 abc src/x.go";
+    fs_err::write(&path, lines.join("\n")).unwrap();
+    let mut damaged = StatCache::load(&path);
+    assert_eq!(content_key(d.path(), &s, &mut damaged).unwrap(), k1);
+    assert_eq!(damaged.hashed_files, 1);
+    fs_err::write(&path, "{\"entries\":{}}").unwrap();
+    let mut other = StatCache::load(&path);
+    assert_eq!(content_key(d.path(), &s, &mut other).unwrap(), k1);
+    assert_eq!(other.hashed_files, files);
+}
+
+#[test]
 fn filepath_match_semantics() {
     assert!(component_matches("*.go", "a.go").unwrap());
     assert!(!component_matches("*.go", "a.rs").unwrap());

@@ -310,7 +310,7 @@ impl Engine {
         self.state
             .root
             .join("context-stat")
-            .join(format!("{}.json", key.digest()))
+            .join(format!("{}.v2", key.digest()))
     }
 }
 
