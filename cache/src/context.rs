@@ -271,9 +271,32 @@ fn has_wildcard(path: &str) -> bool {
     path.contains(['*', '?', '['])
 }
 
-/// Resolves a relative path inside `root`, following symlinks only while they stay inside.
-/// `None` when a component does not exist.
-fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, ContextError> {
+/// A path walked through its symlinks by [`follow_links`].
+pub(crate) struct Followed {
+    /// The path reached, relative to the root, `/`-separated.
+    pub(crate) path: String,
+    /// Some component did not exist: the walk stopped there, or (with `keep_going`) kept
+    /// the rest of the path as written.
+    pub(crate) missing: bool,
+}
+
+/// Why [`follow_links`] stopped.
+pub(crate) enum FollowError {
+    /// More than [`MAX_LINKS`] symlinks on the way: a loop, or a chain too deep.
+    TooDeep,
+    Io(std::io::Error),
+}
+
+/// Walks `rel` inside `root` component by component, following every symlink it meets, but
+/// inside the root only: an absolute target restarts at the root and `..` stops there. A
+/// component whose lookup fails with an error `missing_ok` accepts is missing: the walk stops
+/// there, or with `keep_going` takes it as written and goes on.
+pub(crate) fn follow_links(
+    root: &Path,
+    rel: &str,
+    missing_ok: impl Fn(&std::io::Error) -> bool,
+    keep_going: bool,
+) -> Result<Followed, FollowError> {
     let mut pending: Vec<String> = rel
         .split('/')
         .filter(|p| !p.is_empty())
@@ -281,6 +304,7 @@ fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, ContextErr
         .map(str::to_owned)
         .collect();
     let mut resolved: Vec<String> = Vec::new();
+    let mut missing = false;
     let mut links = 0;
     while let Some(part) = pending.pop() {
         match part.as_str() {
@@ -294,31 +318,57 @@ fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, ContextErr
         let candidate = root.join(resolved.join("/")).join(&part);
         let meta = match fs_err::symlink_metadata(&candidate) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ContextError::Io(e)),
+            Err(e) if missing_ok(&e) => {
+                missing = true;
+                resolved.push(part);
+                if keep_going {
+                    continue;
+                }
+                break;
+            }
+            Err(e) => return Err(FollowError::Io(e)),
         };
-        if meta.file_type().is_symlink() {
-            links += 1;
-            if links > MAX_LINKS {
-                return Err(ContextError::LinkLoop {
-                    root: root.to_path_buf(),
-                    path: rel.to_owned(),
-                });
-            }
-            let target = fs_err::read_link(&candidate)?;
-            let target = target.to_string_lossy();
-            if target.starts_with('/') {
-                // An absolute link is read as relative to the context root: it cannot leave it.
-                resolved.clear();
-            }
-            for t in target.split('/').filter(|p| !p.is_empty()).rev() {
-                pending.push(t.to_owned());
-            }
-        } else {
+        if !meta.file_type().is_symlink() {
             resolved.push(part);
+            continue;
+        }
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(FollowError::TooDeep);
+        }
+        let target = fs_err::read_link(&candidate).map_err(FollowError::Io)?;
+        let target = target.to_string_lossy();
+        if target.starts_with('/') {
+            // An absolute link is read as relative to the root: it cannot leave it.
+            resolved.clear();
+        }
+        for t in target.split('/').filter(|p| !p.is_empty()).rev() {
+            pending.push(t.to_owned());
         }
     }
-    Ok(Some(root.join(resolved.join("/"))))
+    Ok(Followed {
+        path: resolved.join("/"),
+        missing,
+    })
+}
+
+/// Resolves a relative path inside `root`, following symlinks only while they stay inside.
+/// `None` when a component does not exist.
+fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, ContextError> {
+    match follow_links(
+        root,
+        rel,
+        |e| e.kind() == std::io::ErrorKind::NotFound,
+        false,
+    ) {
+        Ok(Followed { missing: true, .. }) => Ok(None),
+        Ok(Followed { path, .. }) => Ok(Some(root.join(path))),
+        Err(FollowError::TooDeep) => Err(ContextError::LinkLoop {
+            root: root.to_path_buf(),
+            path: rel.to_owned(),
+        }),
+        Err(FollowError::Io(e)) => Err(ContextError::Io(e)),
+    }
 }
 
 /// Expands a wildcard source into the relative paths it matches, component by component.

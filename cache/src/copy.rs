@@ -13,7 +13,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use crate::context::{Entry, EntryKind, Selection, clean_relative};
+use crate::context::{Entry, EntryKind, FollowError, Selection, clean_relative, follow_links};
 
 /// A file op that failed, with the path it was working on.
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +93,6 @@ pub fn copy_selection(
     Ok(())
 }
 
-/// How many symlinks a destination path may pass through.
-const MAX_LINKS: usize = 40;
-
 /// Resolves a destination path through the image's symlinks, as BuildKit does, but inside the
 /// root: an absolute target restarts at the root, `..` stops there. Returns the clean relative
 /// path to write at; components that do not exist yet are kept as written.
@@ -103,48 +100,19 @@ const MAX_LINKS: usize = 40;
 /// # Errors
 /// [`CopyError::Destination`] when links chain too deep or in a loop.
 pub fn resolve_dest(view: &Path, dest: &str) -> Result<String, CopyError> {
-    let mut pending: std::collections::VecDeque<String> = clean_relative(dest)
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let mut resolved: Vec<String> = Vec::new();
-    let mut links = 0;
-    while let Some(part) = pending.pop_front() {
-        match part.as_str() {
-            "" | "." => continue,
-            ".." => {
-                resolved.pop();
-                continue;
-            }
-            _ => {}
-        }
-        resolved.push(part);
-        let here = view.join(resolved.join("/"));
-        let Ok(meta) = fs_err::symlink_metadata(&here) else {
-            continue;
-        };
-        if !meta.file_type().is_symlink() {
-            continue;
-        }
-        links += 1;
-        if links > MAX_LINKS {
-            return Err(CopyError::Destination {
-                dest: dest.to_owned(),
-                reason: "symlinks in the image on the way chain too deep or in a loop",
-            });
-        }
-        let target = fs_err::read_link(&here).map_err(io_at(&here))?;
-        let target = target.to_string_lossy();
-        resolved.pop();
-        if target.starts_with('/') {
-            resolved.clear();
-        }
-        for (i, t) in target.split('/').filter(|p| !p.is_empty()).enumerate() {
-            pending.insert(i, t.to_owned());
-        }
+    // Any failed lookup means "not there yet" (a file on the way is reported when the
+    // parents are made).
+    match follow_links(view, &clean_relative(dest), |_| true, true) {
+        Ok(followed) => Ok(followed.path),
+        Err(FollowError::TooDeep) => Err(CopyError::Destination {
+            dest: dest.to_owned(),
+            reason: "symlinks in the image on the way chain too deep or in a loop",
+        }),
+        Err(FollowError::Io(source)) => Err(CopyError::Io {
+            path: view.join(clean_relative(dest)),
+            source,
+        }),
     }
-    Ok(resolved.join("/"))
 }
 
 /// Creates a directory in `out` (WORKDIR, `COPY` parents), like `mkdir -p` over the image.
