@@ -245,59 +245,29 @@ impl ApplyError {
     }
 }
 
-/// Splits an `ADD` archive name into components the way Docker cleans it (Go's
-/// `filepath.Clean` under the destination): leading `/` and `.` dropped, `a/..` cancelled; a
-/// `..` that would climb above the destination is refused.
-fn add_components<'a>(raw: &'a [u8], entry: &str) -> Result<Vec<&'a [u8]>, ApplyError> {
+/// Splits an archive name into components: `.` and empty parts dropped, a NUL refused. A
+/// layer (`add` false) refuses absolute names and any `..`; under ADD's rules a leading `/` is
+/// dropped (a `tar -P` name lands under the destination) and `..` climbs back, but never above
+/// the destination.
+fn components<'a>(raw: &'a [u8], entry: &str, add: bool) -> Result<Vec<&'a [u8]>, ApplyError> {
+    let refuse = |reason| ApplyError::UnsafePath {
+        entry: entry.to_string(),
+        reason,
+    };
+    if !add && raw.first() == Some(&b'/') {
+        return Err(refuse("absolute path"));
+    }
     let mut out: Vec<&[u8]> = Vec::new();
     for part in raw.split(|b| *b == b'/') {
         match part {
             b"" | b"." => {}
-            b".." => {
+            b".." if add => {
                 if out.pop().is_none() {
-                    return Err(ApplyError::UnsafePath {
-                        entry: entry.to_string(),
-                        reason: "path climbs out of the destination with '..'",
-                    });
+                    return Err(refuse("path climbs out of the destination with '..'"));
                 }
             }
-            p if p.contains(&0) => {
-                return Err(ApplyError::UnsafePath {
-                    entry: entry.to_string(),
-                    reason: "path contains a NUL byte",
-                });
-            }
-            p => out.push(p),
-        }
-    }
-    Ok(out)
-}
-
-/// Splits an archive name into safe components: `.` and empty parts dropped, `..` and absolute
-/// names refused.
-fn safe_components<'a>(raw: &'a [u8], entry: &str) -> Result<Vec<&'a [u8]>, ApplyError> {
-    if raw.first() == Some(&b'/') {
-        return Err(ApplyError::UnsafePath {
-            entry: entry.to_string(),
-            reason: "absolute path",
-        });
-    }
-    let mut out = Vec::new();
-    for part in raw.split(|b| *b == b'/') {
-        match part {
-            b"" | b"." => {}
-            b".." => {
-                return Err(ApplyError::UnsafePath {
-                    entry: entry.to_string(),
-                    reason: "path contains '..'",
-                });
-            }
-            p if p.contains(&0) => {
-                return Err(ApplyError::UnsafePath {
-                    entry: entry.to_string(),
-                    reason: "path contains a NUL byte",
-                });
-            }
+            b".." => return Err(refuse("path contains '..'")),
+            p if p.contains(&0) => return Err(refuse("path contains a NUL byte")),
             p => out.push(p),
         }
     }
@@ -477,11 +447,7 @@ impl<'fd> Applier<'fd> {
     fn apply_entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<(), ApplyError> {
         let raw = e.path_bytes().into_owned();
         let entry = String::from_utf8_lossy(&raw).into_owned();
-        let parts = if self.add.is_some() {
-            add_components(&raw, &entry)?
-        } else {
-            safe_components(&raw, &entry)?
-        };
+        let parts = components(&raw, &entry, self.add.is_some())?;
         let header = e.header();
         let mut kind = header.entry_type();
         if self.add.is_some() && kind.is_gnu_sparse() {
@@ -682,19 +648,18 @@ impl<'fd> Applier<'fd> {
                     });
                 };
                 let target_entry = String::from_utf8_lossy(&target).into_owned();
-                let tparts = if self.add.is_some() {
-                    // tar -P stores absolute link targets; like the names, they are taken
-                    // relative to the destination.
-                    add_components(&target, &entry).map_err(|_| ApplyError::UnsafePath {
+                // tar -P stores absolute link targets; under ADD's rules they are taken
+                // relative to the destination, like the names.
+                let add = self.add.is_some();
+                let tparts =
+                    components(&target, &entry, add).map_err(|_| ApplyError::UnsafePath {
                         entry: entry.clone(),
-                        reason: "hardlink target climbs out of the destination with '..'",
-                    })?
-                } else {
-                    safe_components(&target, &entry).map_err(|_| ApplyError::UnsafePath {
-                        entry: entry.clone(),
-                        reason: "hardlink target is absolute or contains '..'",
-                    })?
-                };
+                        reason: if add {
+                            "hardlink target climbs out of the destination with '..'"
+                        } else {
+                            "hardlink target is absolute or contains '..'"
+                        },
+                    })?;
                 let Some((tname, tdir)) = tparts.split_last() else {
                     return Err(ApplyError::UnsafePath {
                         entry,
