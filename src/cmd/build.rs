@@ -273,7 +273,13 @@ fn finish(
     outputs: &[Output],
     outcome: &BuildOutcome,
 ) -> anyhow::Result<()> {
-    let store = hoist_cache::ImageStore::open(&engine.state.root)?;
+    // Opened only for an output that reads the image from it (opening makes the layout).
+    let store = match &outcome.manifest {
+        Some(_) if outputs.iter().any(|o| !matches!(o, Output::Local(_))) => {
+            Some(hoist_cache::ImageStore::open(&engine.state.root)?)
+        }
+        _ => None,
+    };
     // An OCI layout needs a name for the image; an untagged build is "latest".
     let names = if args.tags.is_empty() {
         vec!["latest".to_owned()]
@@ -281,13 +287,13 @@ fn finish(
         args.tags.clone()
     };
     for output in outputs {
-        match (output, &outcome.manifest) {
-            (Output::Local(dest), _) => engine
+        match (output, &outcome.manifest, &store) {
+            (Output::Local(dest), _, _) => engine
                 .state
                 .export_rootfs(&outcome.chain, dest)
                 .with_context(|| format!("writing the filesystem to {}", dest.display()))?,
-            (_, Some(manifest)) => output.export(&store, manifest, &names)?,
-            (_, None) => {}
+            (_, Some(manifest), Some(store)) => output.export(store, manifest, &names)?,
+            _ => {}
         }
     }
     if let Some(path) = &args.iidfile {
