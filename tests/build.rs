@@ -6,66 +6,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::Registry;
-
-/// A build context plus a private state root, and the hoist command to use them.
-struct Project {
-    dir: tempfile::TempDir,
-    root: tempfile::TempDir,
-}
-
-impl Project {
-    fn new(dockerfile: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let status =
-            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/busybox-rootfs.sh"))
-                .arg(dir.path().join("rootfs.tar"))
-                .status()
-                .expect("run scripts/busybox-rootfs.sh (needs busybox-static)");
-        assert!(status.success(), "making the busybox rootfs failed");
-        fs_err::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-        Self {
-            dir,
-            root: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn write(&self, rel: &str, content: &str) {
-        fs_err::write(self.path(rel), content).unwrap();
-    }
-
-    fn hoist(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_hoist"))
-            .arg("build")
-            .arg("--root")
-            .arg(self.root.path())
-            .arg("--progress=plain")
-            .args(args)
-            .arg(self.dir.path())
-            .output()
-            .unwrap()
-    }
-
-    /// Builds and exports the root filesystem; returns (stderr, rootfs dir).
-    fn build_to_dir(&self, args: &[&str]) -> (String, tempfile::TempDir) {
-        let dest = tempfile::tempdir().unwrap();
-        let output = format!("type=local,dest={}", dest.path().display());
-        let mut all = vec!["-o", output.as_str()];
-        all.extend_from_slice(args);
-        let out = self.hoist(&all);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "hoist build failed:\n{stderr}");
-        (stderr, dest)
-    }
-}
+use support::{Project, Registry};
 
 /// The names of the steps that ran (not CACHED) in a plain progress log.
 fn steps_that_ran(stderr: &str) -> Vec<String> {

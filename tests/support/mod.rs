@@ -1,11 +1,11 @@
 //! Shared by the end-to-end tests: a real CNCF distribution registry on a free loopback port,
-//! stopped when dropped.
+//! stopped when dropped, and a build context with a busybox rootfs and a private state root.
 // Test support: a panic here is a test failure. Not every test binary uses every helper.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
@@ -70,3 +70,59 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// A build context plus a private state root, and the hoist command to use them.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub root: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new(dockerfile: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/busybox-rootfs.sh"))
+                .arg(dir.path().join("rootfs.tar"))
+                .status()
+                .expect("run scripts/busybox-rootfs.sh (needs busybox-static)");
+        assert!(status.success(), "making the busybox rootfs failed");
+        fs_err::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+        Self {
+            dir,
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        fs_err::write(self.path(rel), content).unwrap();
+    }
+
+    pub fn hoist(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .arg("build")
+            .arg("--root")
+            .arg(self.root.path())
+            .arg("--progress=plain")
+            .args(args)
+            .arg(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Builds and exports the root filesystem; returns (stderr, rootfs dir).
+    pub fn build_to_dir(&self, args: &[&str]) -> (String, tempfile::TempDir) {
+        let dest = tempfile::tempdir().unwrap();
+        let output = format!("type=local,dest={}", dest.path().display());
+        let mut all = vec!["-o", output.as_str()];
+        all.extend_from_slice(args);
+        let out = self.hoist(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "hoist build failed:\n{stderr}");
+        (stderr, dest)
+    }
+}
+

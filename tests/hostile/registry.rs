@@ -1,0 +1,1 @@
+//! Registries that accept connections and never answer, or answer too slowly.
