@@ -1,6 +1,7 @@
 //! One cgroup per RUN: cgroup v2 where the unified hierarchy has the memory and pids
-//! controllers, else v1 `memory`, `pids`, `cpuacct` (for CPU time) and, when limits ask for them,
-//! `cpu` and `cpuset`.
+//! controllers, else v1 `memory`, `pids`, `cpuacct` (for CPU time), `devices` and, when limits
+//! ask for them, `cpu` and `cpuset`. The spec's device rules become a v1 `devices` cgroup or,
+//! on v2, an eBPF program attached to the RUN's cgroup (module [`crate::devices`]).
 //!
 //! Every function takes the cgroup mount root and the caller's own cgroup as parameters, so unit
 //! tests run against fixture directories as well as `/sys/fs/cgroup`.
@@ -41,6 +42,31 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    /// The spec restricts devices, and this v1 host has no devices controller to do it with.
+    #[error(
+        "no devices cgroup controller under {mount_root}: a RUN could open the host's devices; mount the v1 devices controller or use cgroup v2"
+    )]
+    NoDeviceController { mount_root: PathBuf },
+    #[error("device rules of cgroup {path}")]
+    DeviceRules {
+        path: PathBuf,
+        #[source]
+        source: crate::devices::DeviceRuleError,
+    },
+    /// The kernel refused the device filter program; `log` is its verifier's output.
+    #[error("load the device filter for cgroup {path}: {log}")]
+    DeviceProgram {
+        path: PathBuf,
+        log: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attach the device filter to cgroup {path}")]
+    DeviceAttach {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Processes kept appearing in the cgroup after repeated SIGKILLs.
     #[error("cgroup {path} still has processes after kill")]
     KillTimeout { path: PathBuf },
@@ -73,6 +99,7 @@ pub enum Controller {
     Cpuacct,
     Cpu,
     Cpuset,
+    Devices,
 }
 
 impl Controller {
@@ -83,6 +110,7 @@ impl Controller {
             Self::Cpuacct => "cpuacct",
             Self::Cpu => "cpu",
             Self::Cpuset => "cpuset",
+            Self::Devices => "devices",
         }
     }
 }
@@ -150,6 +178,7 @@ impl CgroupRoot {
             Controller::Cpuacct,
             Controller::Cpu,
             Controller::Cpuset,
+            Controller::Devices,
         ] {
             let dir = mount_root.join(controller.name());
             if !dir.join("cgroup.procs").exists() {
@@ -184,6 +213,22 @@ impl CgroupRoot {
         }
     }
 
+    /// The mount root, for errors: the v2 hierarchy, or the parent of the v1 ones.
+    fn mount_root(&self) -> PathBuf {
+        match &self.layout {
+            Layout::V2 { unified, .. } => unified.clone(),
+            Layout::V1 { parents } => parents
+                .first()
+                .and_then(|(c, p)| {
+                    p.ancestors()
+                        .find(|a| a.file_name().is_some_and(|f| f == c.name()))
+                })
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        }
+    }
+
     /// Creates the cgroup `name` and applies `resources`.
     ///
     /// # Errors
@@ -196,6 +241,15 @@ impl CgroupRoot {
         let memory = resources.and_then(|r| r.memory().as_ref());
         let pids = resources.and_then(|r| r.pids().as_ref());
         let cpu = resources.and_then(|r| r.cpu().as_ref());
+        let devices = resources
+            .and_then(|r| r.devices().as_deref())
+            .unwrap_or_default();
+        let device_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CgroupError::DeviceRules { path, source }
+        };
+        let restricts_devices =
+            !crate::devices::allows_everything(devices).map_err(device_err(&self.mount_root()))?;
         let mkdir = |path: &Path| {
             fs_err::create_dir_all(path).map_err(|source| CgroupError::Create {
                 path: path.to_path_buf(),
@@ -226,6 +280,7 @@ impl CgroupRoot {
                 if let Some(p) = pids {
                     write(dir.join("pids.max"), &limit_text(p.limit()))?;
                 }
+                restrict_devices_v2(&dir, devices)?;
                 if let Some(cpu) = cpu {
                     if let Some(quota) = cpu.quota() {
                         let period = cpu.period().unwrap_or(100_000);
@@ -246,6 +301,11 @@ impl CgroupRoot {
             Layout::V1 { parents } => {
                 let wants_cpu = cpu.is_some_and(|c| c.quota().is_some() || c.shares().is_some());
                 let wants_cpuset = cpu.is_some_and(|c| c.cpus().is_some() || c.mems().is_some());
+                if restricts_devices && !parents.iter().any(|(c, _)| *c == Controller::Devices) {
+                    return Err(CgroupError::NoDeviceController {
+                        mount_root: self.mount_root(),
+                    });
+                }
                 let mut cgroup = Cgroup {
                     dirs: Vec::new(),
                     v2: false,
@@ -255,6 +315,7 @@ impl CgroupRoot {
                         Controller::Memory | Controller::Pids | Controller::Cpuacct => true,
                         Controller::Cpu => wants_cpu,
                         Controller::Cpuset => wants_cpuset,
+                        Controller::Devices => restricts_devices,
                     };
                     if !wanted {
                         continue;
@@ -300,6 +361,13 @@ impl CgroupRoot {
                                 if let Some(mems) = cpu.mems() {
                                     write(dir.join("cpuset.mems"), mems)?;
                                 }
+                            }
+                        }
+                        Controller::Devices => {
+                            for (file, line) in
+                                crate::devices::v1_writes(devices).map_err(device_err(&dir))?
+                            {
+                                write(dir.join(file), &line)?;
                             }
                         }
                         Controller::Cpuacct => {}
@@ -351,6 +419,40 @@ impl CgroupRoot {
         }
         Ok(stale)
     }
+}
+
+/// Applies the device `rules` to the v2 cgroup `dir`: an eBPF filter attached to it, which
+/// decides every open and mknod of a device by its processes; nothing when the rules allow
+/// everything.
+///
+/// # Errors
+/// A rule the kernel cannot take, or the kernel refused the program or its attachment.
+pub fn restrict_devices_v2(
+    dir: &Path,
+    rules: &[oci_spec::runtime::LinuxDeviceCgroup],
+) -> Result<(), CgroupError> {
+    let program =
+        crate::devices::ebpf_program(rules).map_err(|source| CgroupError::DeviceRules {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let Some(program) = program else {
+        return Ok(());
+    };
+    let raw: Vec<[u8; 8]> = program.iter().map(|i| i.to_bytes()).collect();
+    let loaded = crate::sys::load_device_program(&raw).map_err(|(source, log)| {
+        CgroupError::DeviceProgram {
+            path: dir.to_path_buf(),
+            log,
+            source,
+        }
+    })?;
+    let attach_err = |source: std::io::Error| CgroupError::DeviceAttach {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let cgroup: std::os::fd::OwnedFd = fs_err::File::open(dir).map_err(attach_err)?.into();
+    crate::sys::attach_device_program(&cgroup, &loaded).map_err(attach_err)
 }
 
 fn limit_text(limit: i64) -> String {
@@ -729,6 +831,46 @@ mod tests {
         assert_eq!(stats.oom_kills, 1);
         assert_eq!(stats.cpu_time, Some(Duration::from_micros(2500)));
         assert_eq!(stats.peak_memory_bytes, Some(4096));
+    }
+
+    fn with_devices(mut resources: LinuxResources) -> LinuxResources {
+        resources.set_devices(Some(crate::devices::docker_default()));
+        resources
+    }
+
+    #[test]
+    fn v1_device_rules_go_to_the_devices_controller() {
+        let fx = v1_fixture();
+        let d = fx.path().join("devices");
+        fs_err::create_dir_all(&d).unwrap();
+        fs_err::write(d.join("cgroup.procs"), "").unwrap();
+        let root = CgroupRoot::detect(fx.path(), SELF_CGROUP, "hoist").unwrap();
+        let cg = root
+            .create("run4", Some(&with_devices(resources())))
+            .unwrap();
+        let dir = d.join("hoist/run4");
+        assert!(cg.dirs().contains(&dir));
+        // A fixture file keeps only the last write of each: deny-all first, the list after.
+        assert_eq!(read(&dir.join("devices.deny")).unwrap(), "a *:* rwm");
+        assert_eq!(read(&dir.join("devices.allow")).unwrap(), "c 10:200 rwm");
+        // Rules that allow everything need no devices cgroup.
+        let mut open = resources();
+        open.set_devices(Some(crate::devices::allow_all()));
+        let cg = root.create("run5", Some(&open)).unwrap();
+        assert!(!cg.dirs().iter().any(|p| p.starts_with(&d)));
+    }
+
+    #[test]
+    fn restricting_devices_without_a_devices_controller_is_an_error() {
+        let fx = v1_fixture();
+        let root = CgroupRoot::detect(fx.path(), SELF_CGROUP, "hoist").unwrap();
+        let err = root
+            .create("run6", Some(&with_devices(resources())))
+            .unwrap_err();
+        assert!(
+            matches!(err, CgroupError::NoDeviceController { ref mount_root } if mount_root == fx.path()),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@
 pub use oci_spec;
 
 pub mod cgroup;
+pub mod devices;
 pub mod init;
 mod mounts;
 mod runc;

@@ -405,6 +405,14 @@ pub fn build_spec(opts: &SpecOptions) -> Result<Spec, BuildSpecError> {
         );
     }
 
+    // Docker's device rules: mknod of anything, but only harmless devices may be opened. An
+    // insecure RUN is privileged, as in BuildKit, and may open every device.
+    resources = resources.devices(if opts.insecure {
+        crate::devices::allow_all()
+    } else {
+        crate::devices::docker_default()
+    });
+
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build().map_err(invalid("linux.resources"))?);

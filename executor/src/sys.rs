@@ -205,3 +205,120 @@ pub(crate) fn ignore_sigchld() -> io::Result<()> {
 pub(crate) fn default_sigchld() -> io::Result<()> {
     set_sigchld(nix::sys::signal::SigHandler::SigDfl)
 }
+
+/// `bpf(2)` commands, program and attach types, and flags used here
+/// (`include/uapi/linux/bpf.h`).
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_PROG_ATTACH: libc::c_int = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// The head of `union bpf_attr` as `BPF_PROG_LOAD` reads it; the kernel requires every
+/// field past those a command uses to be zero, which the zeroed tail provides.
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    tail: [u8; 64],
+}
+
+/// The head of `union bpf_attr` as `BPF_PROG_ATTACH` reads it.
+#[repr(C)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+    tail: [u8; 44],
+}
+
+/// Loads a `BPF_PROG_TYPE_CGROUP_DEVICE` program of raw 8-byte instructions. On failure the
+/// load is repeated with the verifier's log, whose text is returned with the error.
+pub(crate) fn load_device_program(insns: &[[u8; 8]]) -> Result<OwnedFd, (io::Error, String)> {
+    use std::os::fd::FromRawFd;
+    let license = c"Apache-2.0";
+    let count = u32::try_from(insns.len())
+        .map_err(|_| (io::Error::from(io::ErrorKind::InvalidInput), String::new()))?;
+    let load = |log: &mut [u8]| {
+        let attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: count,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: u32::from(!log.is_empty()),
+            log_size: u32::try_from(log.len()).unwrap_or(0),
+            // The kernel refuses a buffer without a log level, even an empty one.
+            log_buf: if log.is_empty() {
+                0
+            } else {
+                log.as_mut_ptr() as u64
+            },
+            kern_version: 0,
+            prog_flags: 0,
+            tail: [0; 64],
+        };
+        // SAFETY: `attr` is a valid BPF_PROG_LOAD attribute whose pointers (instructions,
+        // license, log buffer) are live for the call; the kernel reads the first two and
+        // writes at most `log_size` bytes into the third.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &raw const attr,
+                std::mem::size_of::<ProgLoadAttr>(),
+            )
+        };
+        if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: a successful BPF_PROG_LOAD returns a new descriptor owned by nobody else.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+        }
+    };
+    match load(&mut []) {
+        Ok(fd) => Ok(fd),
+        Err(first) => {
+            let mut log = vec![0u8; 64 * 1024];
+            let _ = load(&mut log);
+            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            Err((
+                first,
+                String::from_utf8_lossy(&log[..end]).trim().to_owned(),
+            ))
+        }
+    }
+}
+
+/// Attaches a device program to the cgroup (v2) directory open as `cgroup`, beside any
+/// programs its ancestors have (a device is allowed only when every one allows it).
+pub(crate) fn attach_device_program(cgroup: &OwnedFd, program: &OwnedFd) -> io::Result<()> {
+    let as_u32 = |fd: &OwnedFd| u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX);
+    let attr = ProgAttachAttr {
+        target_fd: as_u32(cgroup),
+        attach_bpf_fd: as_u32(program),
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        replace_bpf_fd: 0,
+        tail: [0; 44],
+    };
+    // SAFETY: `attr` is a valid BPF_PROG_ATTACH attribute that the kernel only reads; both
+    // descriptors are open for the duration of the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &raw const attr,
+            std::mem::size_of::<ProgAttachAttr>(),
+        )
+    };
+    check(ret as libc::c_int).map(drop)
+}

@@ -64,6 +64,9 @@ both_backends!(
     extra_bind_and_tmpfs_mounts,
     insecure_run_may_mount,
     large_environment_reaches_the_process,
+    a_block_device_node_made_by_mknod_cannot_be_opened,
+    the_allowed_devices_still_work,
+    an_insecure_run_may_open_any_device,
 );
 
 async fn process_is_pid_one_and_host_processes_are_invisible(rig: Rig) {
@@ -648,4 +651,101 @@ async fn large_environment_reaches_the_process(rig: Rig) {
     }
     let out = rig.run_spec(build_spec(&options).unwrap()).await;
     assert_eq!(out.stdout, "100000 100000 100000\n", "{}", out.stderr);
+}
+
+/// A script that makes a node for the host's first loop device and tries to open it for
+/// reading, then for writing: prints what each open said.
+const OPEN_HOST_DISK: &str = "mknod /tmp/disk b 7 0 && echo made; \
+     (exec 3</tmp/disk) 2>&1 && echo read-opened; \
+     (exec 3>>/tmp/disk) 2>&1 && echo write-opened; true";
+
+async fn a_block_device_node_made_by_mknod_cannot_be_opened(rig: Rig) {
+    let out = rig.sh_out(OPEN_HOST_DISK).await;
+    // mknod is allowed (CAP_MKNOD, as under Docker); opening the node is not.
+    assert!(
+        out.stdout.starts_with("made\n"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        !out.stdout.contains("opened"),
+        "a RUN opened the host's /dev/loop0: {}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stdout.matches("Operation not permitted").count(),
+        2,
+        "{}",
+        out.stdout
+    );
+}
+
+async fn the_allowed_devices_still_work(rig: Rig) {
+    let out = rig
+        .sh_out(
+            "head -c 8 /dev/urandom | wc -c; head -c 8 /dev/random | wc -c; \
+             head -c 4 /dev/zero | wc -c; echo x > /dev/null && echo null; \
+             (echo x > /dev/full) 2>&1 | grep -o 'No space left on device'; \
+             mknod /tmp/null2 c 1 3 && echo y > /tmp/null2 && echo own-null; \
+             test -c /dev/ptmx && echo ptmx",
+        )
+        .await;
+    assert_eq!(
+        out.stdout, "8\n8\n4\nnull\nNo space left on device\nown-null\nptmx\n",
+        "{}",
+        out.stderr
+    );
+}
+
+async fn an_insecure_run_may_open_any_device(rig: Rig) {
+    let mut options = rig.options(&["sh", "-c", OPEN_HOST_DISK]);
+    options.insecure = true;
+    let out = rig.run_spec(build_spec(&options).unwrap()).await;
+    assert_eq!(
+        out.stdout, "made\nread-opened\nwrite-opened\n",
+        "{}",
+        out.stderr
+    );
+}
+
+/// The cgroup v2 path, checked on the real kernel: this host runs RUNs under v1 (where the
+/// devices controller is), but its unified hierarchy takes device programs all the same.
+#[test]
+fn the_v2_device_program_denies_a_disk_and_allows_the_short_list() {
+    common::require_root();
+    let unified = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.controllers").exists())
+        .expect("no cgroup v2 hierarchy mounted under /sys/fs/cgroup");
+    let tmp = tempfile::tempdir().unwrap();
+    let cgroup = unified.join(format!("hoist-devices-test-{}", std::process::id()));
+    fs_err::create_dir(&cgroup).unwrap();
+    let result = std::panic::catch_unwind(|| {
+        hoist_executor::cgroup::restrict_devices_v2(
+            &cgroup,
+            &hoist_executor::devices::docker_default(),
+        )
+        .unwrap();
+        let script = format!(
+            "echo $$ > {procs} || exit 9; mknod {disk} b 7 0 && echo made; \
+             (exec 3<{disk}) 2>&1 && echo read-opened; head -c 4 /dev/zero | wc -c",
+            procs = cgroup.join("cgroup.procs").display(),
+            disk = tmp.path().join("disk").display(),
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    // The shell has exited: the cgroup is empty and can go.
+    fs_err::remove_dir(&cgroup).unwrap();
+    let stdout = result.unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0], "made");
+    assert!(lines[1].ends_with("Operation not permitted"), "{stdout}");
+    assert_eq!(lines[2].trim(), "4");
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use hoist_executor::{Executor, ExecutorConfig};
+use hoist_executor::{Backend, Executor, ExecutorConfig};
 use hoist_registry::{Client, ClientConfig};
 use hoist_solver::build::Engine;
 use hoist_solver::worker::State;
@@ -19,6 +19,15 @@ pub(crate) struct EngineArgs {
     /// A registry (host[:port]) spoken to over plain HTTP; localhost and 127.0.0.0/8 always are.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub(crate) insecure_registries: Vec<String>,
+    /// What runs each RUN: `builtin` (hoist's own runtime) or the path of an OCI runtime
+    /// such as runc.
+    #[arg(
+        long,
+        env = "HOIST_RUNTIME",
+        value_name = "builtin|PATH",
+        default_value = "builtin"
+    )]
+    pub(crate) runtime: PathBuf,
 }
 
 impl EngineArgs {
@@ -43,8 +52,19 @@ pub(crate) fn open(args: &EngineArgs, max_parallelism: Option<usize>) -> anyhow:
     let state = State::open(&root)
         .map_err(|e| anyhow::anyhow!(e))
         .with_context(|| format!("opening the state at {}", root.display()))?;
-    let executor = Executor::new(ExecutorConfig::new(root.join("executor")))
-        .context("setting up the sandbox")?;
+    let mut config = ExecutorConfig::new(root.join("executor"));
+    if args.runtime.as_os_str() != "builtin" {
+        if !args.runtime.is_file() {
+            anyhow::bail!(
+                "--runtime {}: no such program; give `builtin` or the path of an OCI runtime such as /usr/sbin/runc",
+                args.runtime.display()
+            );
+        }
+        config.backend = Backend::External {
+            program: args.runtime.clone(),
+        };
+    }
+    let executor = Executor::new(config).context("setting up the sandbox")?;
     let client = Client::with_default_credentials(ClientConfig {
         insecure_registries: args.insecure_registries.clone(),
         resume_dir: Some(root.join("uploads")),

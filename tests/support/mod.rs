@@ -126,3 +126,60 @@ impl Project {
     }
 }
 
+/// A loop device attached to a small file that stands in for one of the host's disks, so
+/// that a test can check whether a sandbox reads or writes "the disk". Detached when dropped.
+pub struct LoopDevice {
+    /// `/dev/loopN`.
+    pub path: PathBuf,
+    pub minor: u32,
+    /// The file behind it.
+    pub backing: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopDevice {
+    /// What the "disk" starts with.
+    pub const MARKER: &'static [u8] = b"HOST-DISK-SECRET-0123456789abcdef";
+
+    pub fn attach() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("disk.img");
+        let mut content = Self::MARKER.to_vec();
+        content.resize(1 << 20, 0);
+        fs_err::write(&backing, content).unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&backing)
+            .output()
+            .expect("run losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let minor = path
+            .to_string_lossy()
+            .trim_start_matches("/dev/loop")
+            .parse()
+            .unwrap();
+        Self {
+            path,
+            minor,
+            backing,
+            _dir: dir,
+        }
+    }
+
+    /// Whether the backing file still holds exactly what it started with.
+    pub fn untouched(&self) -> bool {
+        let data = fs_err::read(&self.backing).unwrap();
+        data.starts_with(Self::MARKER) && data[Self::MARKER.len()..].iter().all(|b| *b == 0)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
