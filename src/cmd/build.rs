@@ -61,7 +61,8 @@ pub(crate) struct BuildArgs {
     /// Write the build's result (digests, pushed names) as JSON to this file.
     #[arg(long)]
     metadata_file: Option<PathBuf>,
-    /// Grant an entitlement: security.insecure allows RUN --security=insecure.
+    /// Grant an entitlement: security.insecure allows RUN --security=insecure, network.host
+    /// allows RUN --network=host. Repeatable, or comma-separated.
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
     /// Run at most this many steps at once (default: the number of CPUs).
@@ -159,6 +160,26 @@ fn parse_bytes(text: &str) -> Option<i64> {
     digits.parse::<i64>().ok()?.checked_mul(1i64 << shift)
 }
 
+/// The entitlements a build may be granted, as BuildKit names them.
+const ENTITLEMENTS: [&str; 2] = ["network.host", "security.insecure"];
+
+/// Whether `--allow` grants `entitlement`; an unknown entitlement is an error rather than
+/// nothing granted.
+fn allowed(grants: &[String], entitlement: &str) -> anyhow::Result<bool> {
+    let mut found = false;
+    for grant in grants.iter().flat_map(|g| g.split(',')) {
+        let grant = grant.trim();
+        if !ENTITLEMENTS.contains(&grant) {
+            bail!(
+                "--allow {grant}: unknown entitlement; expected {}",
+                ENTITLEMENTS.join(" or ")
+            );
+        }
+        found |= grant == entitlement;
+    }
+    Ok(found)
+}
+
 fn key_values(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
     items.iter().map(|kv| key_value(kv, flag)).collect()
 }
@@ -222,7 +243,8 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             },
             labels: key_values(&args.labels, "--label")?,
             ignore_patterns: Vec::new(),
-            allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+            allow_insecure: allowed(&args.allow, "security.insecure")?,
+            allow_network_host: allowed(&args.allow, "network.host")?,
         },
         tags: args.tags.clone(),
         push,

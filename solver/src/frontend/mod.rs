@@ -84,8 +84,11 @@ pub struct BuildOptions {
     pub labels: BTreeMap<String, String>,
     /// `.dockerignore` patterns of the context.
     pub ignore_patterns: Vec<String>,
-    /// Whether `RUN --security=insecure` is granted.
+    /// Whether `RUN --security=insecure` is granted (`--allow security.insecure`).
     pub allow_insecure: bool,
+    /// Whether `RUN --network=host` is granted (`--allow network.host`). The build's own
+    /// `--network host`, the user's explicit choice, needs no grant.
+    pub allow_network_host: bool,
 }
 
 impl Default for BuildOptions {
@@ -99,6 +102,7 @@ impl Default for BuildOptions {
             labels: BTreeMap::new(),
             ignore_patterns: Vec::new(),
             allow_insecure: false,
+            allow_network_host: false,
         }
     }
 }
@@ -854,7 +858,17 @@ impl<'a> Lowering<'a> {
                 match value.as_str() {
                     "default" => NetworkMode::Default,
                     "none" => NetworkMode::None,
-                    "host" => NetworkMode::Host,
+                    // As in BuildKit, a Dockerfile line alone may not put a step in the host's
+                    // network namespace, where it reaches every service on the host's loopback.
+                    "host" if self.opts.allow_network_host => NetworkMode::Host,
+                    "host" => {
+                        return Err(flag_value(
+                            flag,
+                            value,
+                            "the network.host entitlement is not granted to this build; \
+                             grant it with --allow network.host",
+                        ));
+                    }
                     _ => return Err(flag_value(flag, value, "expected default, none or host")),
                 }
             }
@@ -870,7 +884,8 @@ impl<'a> Lowering<'a> {
                         return Err(flag_value(
                             flag,
                             value,
-                            "the security.insecure entitlement is not granted to this build",
+                            "the security.insecure entitlement is not granted to this build; \
+                             grant it with --allow security.insecure",
                         ));
                     }
                     _ => return Err(flag_value(flag, value, "expected sandbox or insecure")),
