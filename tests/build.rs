@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Project, Registry};
+use support::{Project, Registry, mounts_under, processes_running};
 
 /// The names of the steps that ran (not CACHED) in a plain progress log.
 fn steps_that_ran(stderr: &str) -> Vec<String> {
@@ -309,75 +309,10 @@ fn rlimit_hard(flag: &str) -> u64 {
         .unwrap_or(32768)
 }
 
-/// A running build, killed (and reaped) if a test fails before it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `hoist build` with its progress on a pipe and waits until a step has printed `marker`.
-fn start_until(p: &Project, marker: &str) -> (Running, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args(["build", "--progress=plain", "--root"])
-        .arg(p.root.path())
-        .arg(p.dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.ends_with(marker) => return (Running(child), rx),
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the build never printed {marker:?}");
-            }
-        }
-    }
-}
-
-/// Processes whose command line is exactly `args` (sandboxed processes are visible from here).
-fn processes_running(args: &[&str]) -> Vec<u32> {
-    let wanted: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
-    fs_err::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| fs_err::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
-        .collect()
-}
-
-fn mounts_under(root: &Path) -> Vec<String> {
-    let root = root.display().to_string();
-    fs_err::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&root))
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn ctrl_c_stops_the_build_and_leaves_nothing_behind() {
     let p = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo started; sleep 3597\n");
-    let (mut running, _lines) = start_until(&p, "started");
+    let (mut running, _lines) = p.start_until("started", &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while processes_running(&["sleep", "3597"]).is_empty() {
         assert!(Instant::now() < deadline, "the RUN's sleep never started");
@@ -411,7 +346,7 @@ fn kill_9_mid_build_leaves_a_cache_the_next_build_uses() {
     let p = Project::new(
         "FROM scratch\nADD rootfs.tar /\nRUN echo one > /one\nRUN echo started; sleep 3596\n",
     );
-    let (mut running, _lines) = start_until(&p, "started");
+    let (mut running, _lines) = p.start_until("started", &[]);
     running.0.kill().unwrap(); // SIGKILL: no cleanup of its own
     running.0.wait().unwrap();
 

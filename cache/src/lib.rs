@@ -39,8 +39,11 @@
 //!
 //! # State root layout
 //!
-//! `blobs/sha256/<hex>` (content), `ingest/` (blobs being written), `oci-layout` and
-//! `index.json` (the image layout and its names), `snapshots/sha256/<diffID>` (unpacked layers).
+//! `blobs/sha256/<hex>` (content), `oci-layout` and `index.json` (the image layout and its
+//! names), `snapshots/sha256/<diffID>` (unpacked layers), and `tmp/proc-<id>/`, each process's
+//! [`scratch`] area for what it has not finished writing (blobs, snapshots, step trees), which
+//! the next process reclaims when its owner died. A store without a scratch area writes blobs
+//! through `ingest/`.
 //!
 //! Everything takes its root as a parameter; nothing here prints or exits.
 #![forbid(unsafe_code)]
@@ -55,6 +58,7 @@ mod digest;
 mod image;
 pub mod index;
 mod layout;
+pub mod scratch;
 mod snapshot;
 mod store;
 mod tarwriter;

@@ -88,6 +88,9 @@ pub fn spread_directories(dir: &Path) -> std::io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
     root: PathBuf,
+    /// Where snapshots are unpacked until their diffID checked out: beside them unless a
+    /// process's scratch area was given ([`SnapshotStore::with_scratch`]).
+    scratch: Option<PathBuf>,
 }
 
 impl SnapshotStore {
@@ -96,7 +99,16 @@ impl SnapshotStore {
     pub fn new(state_root: &Path) -> Self {
         Self {
             root: state_root.join("snapshots"),
+            scratch: None,
         }
+    }
+
+    /// The same store, unpacking into `dir`, a [`crate::scratch::ScratchArea`] on the same
+    /// filesystem, so that an unpack cut short by a killed process is reclaimed with it.
+    #[must_use]
+    pub fn with_scratch(mut self, dir: &Path) -> Self {
+        self.scratch = Some(dir.to_path_buf());
+        self
     }
 
     /// The directory that holds every snapshot (and their unpacking temp dirs).
@@ -160,12 +172,13 @@ impl SnapshotStore {
             path: parent.clone(),
             source,
         })?;
+        let scratch = self.scratch.as_ref().unwrap_or(&parent);
         let tmp = tempfile::Builder::new()
             .prefix(".unpack-")
-            .tempdir_in(&parent)
+            .tempdir_in(scratch)
             .map_err(|source| SnapshotError::Io {
                 op: "create temp dir in",
-                path: parent.clone(),
+                path: scratch.clone(),
                 source,
             })?;
         let blob = blobs.open(layer.digest())?;

@@ -111,13 +111,29 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    /// Where blobs are written until they are complete: `<root>/ingest` unless a process's
+    /// scratch area was given ([`BlobStore::with_scratch`]).
+    ingest: PathBuf,
 }
 
 impl BlobStore {
     /// A store rooted at `root`; directories are created on first write.
     #[must_use]
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        Self {
+            ingest: root.join("ingest"),
+            root,
+        }
+    }
+
+    /// The same store, writing unfinished blobs into `dir`, a [`crate::scratch::ScratchArea`]
+    /// on the same filesystem, so that a blob left half-written by a killed process is
+    /// reclaimed with that area.
+    #[must_use]
+    pub fn with_scratch(mut self, dir: &Path) -> Self {
+        self.ingest = dir.to_path_buf();
+        self
     }
 
     /// The state root.
@@ -263,14 +279,14 @@ impl BlobStore {
         expected: Option<Digest>,
         expected_size: Option<u64>,
     ) -> Result<BlobWriter, StoreError> {
-        let dir = self.root.join("ingest");
-        fs_err::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
+        let dir = &self.ingest;
+        fs_err::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.clone(),
             source,
         })?;
         let file = tempfile::Builder::new()
             .prefix("blob-")
-            .tempfile_in(&dir)
+            .tempfile_in(dir)
             .map_err(|source| StoreError::CreateTemp {
                 dir: dir.clone(),
                 source,

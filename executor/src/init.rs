@@ -165,8 +165,15 @@ fn zygote_main() -> Result<(), InitError> {
             Ok(fds) => fds,
             Err(_) => continue,
         };
+        let zygote = nix::unistd::getpid();
         if let sys::Forked::Child = sys::fork_single_threaded().map_err(sys_err("fork init"))? {
             drop(socket);
+            // The sandbox dies with its builder: hoist's death closes the socket, which ends
+            // the zygote, whose death kills this init, whose death kills pid 1 (below), and
+            // with it every process of the sandbox's pid namespace.
+            if die_with_parent(zygote).is_err() {
+                sys::exit_immediately(125);
+            }
             let code = serve(&config, &net, &stdout, &stderr, done);
             sys::exit_immediately(code);
         }
@@ -324,6 +331,12 @@ fn init_main(config: &InitConfig, net: &SpareNet) -> Result<InitReport, InitErro
     match sys::fork_single_threaded().map_err(sys_err("fork pid 1"))? {
         sys::Forked::Child => {
             drop(reader);
+            // Pid 1 sees no parent in its own namespace (getppid is 0), so an init that died
+            // before the signal was armed shows up otherwise: the report of mount points,
+            // written on the setup pipe before exec, then fails on the closed pipe.
+            if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err() {
+                sys::exit_immediately(125);
+            }
             let error = match setup_and_exec(config, &writer) {
                 Ok(never) => match never {},
                 Err(e) => e,
@@ -364,6 +377,17 @@ fn init_main(config: &InitConfig, net: &SpareNet) -> Result<InitReport, InitErro
             };
             Ok(InitReport { outcome, created })
         }
+    }
+}
+
+/// Arms SIGKILL for when the parent `parent` dies; fails when it already has (the child was
+/// then reparented before the signal was armed).
+fn die_with_parent(parent: nix::unistd::Pid) -> nix::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    if nix::unistd::getppid() == parent {
+        Ok(())
+    } else {
+        Err(nix::errno::Errno::ESRCH)
     }
 }
 

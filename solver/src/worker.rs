@@ -27,6 +27,7 @@ use std::task::{Context as TaskContext, Poll};
 use hoist_cache::context::{self, ContextError, Selection, StatCache};
 use hoist_cache::copy::{self, CopyOptions};
 use hoist_cache::index::{BlobRecord, CacheIndex, CacheRecord, LayerRecord};
+use hoist_cache::scratch::{self, Reclaimed, ScratchArea};
 use hoist_cache::oci_spec::image::{Descriptor, Digest, MediaType};
 use hoist_cache::{BlobStore, CompressionOptions, DiffOptions, SnapshotStore};
 use hoist_executor::spec::{self, Limits, SpecOptions};
@@ -187,34 +188,45 @@ pub struct State {
     pub blobs: BlobStore,
     pub snapshots: SnapshotStore,
     pub index: CacheIndex,
+    /// This process's scratch area: unfinished step trees, blobs and snapshots.
+    scratch: ScratchArea,
+    /// What opening the state reclaimed from processes that died mid-work.
+    pub reclaimed: Reclaimed,
 }
 
 impl State {
-    /// Opens the state under `root` (creating what is missing).
+    /// Opens the state under `root` (creating what is missing), after reclaiming the
+    /// scratch areas of hoist processes that died without cleaning up.
     ///
     /// # Errors
-    /// The directories or the index cannot be created.
+    /// The directories or the index cannot be created, or debris cannot be removed.
     pub fn open(root: &Path) -> Result<Self, BoxError> {
-        let snapshots = SnapshotStore::new(root);
+        let tmp = root.join("tmp");
         // New snapshots and scratch trees spread over the filesystem (see spread_directories).
-        hoist_cache::spread_directories(&root.join("tmp"))?;
+        hoist_cache::spread_directories(&tmp)?;
+        let reclaimed = scratch::reclaim_stale(&tmp)?;
+        let scratch = ScratchArea::create(&tmp)?;
+        hoist_cache::spread_directories(scratch.dir())?;
+        let snapshots = SnapshotStore::new(root).with_scratch(scratch.dir());
         hoist_cache::spread_directories(&snapshots.dir())?;
         Ok(Self {
             root: root.to_path_buf(),
-            blobs: BlobStore::new(root),
+            blobs: BlobStore::new(root).with_scratch(scratch.dir()),
             snapshots,
             index: CacheIndex::open(&root.join("cache.redb"))?,
+            scratch,
+            reclaimed,
         })
     }
 
     /// A new private scratch directory on the state's filesystem (so it can be renamed into
     /// a snapshot), removed when the guard drops unless it was kept.
     fn scratch(&self) -> Result<tempfile::TempDir, WorkerError> {
-        let base = self.root.join("tmp");
+        let base = self.scratch.dir();
         tempfile::Builder::new()
             .prefix("work-")
-            .tempdir_in(&base)
-            .map_err(io_err("create a scratch dir in", &base))
+            .tempdir_in(base)
+            .map_err(io_err("create a scratch dir in", base))
     }
 
     /// The content store as the registry client sees it, for pulls and pushes.

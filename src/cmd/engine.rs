@@ -52,6 +52,17 @@ pub(crate) fn open(args: &EngineArgs, max_parallelism: Option<usize>) -> anyhow:
     let state = State::open(&root)
         .map_err(|e| anyhow::anyhow!(e))
         .with_context(|| format!("opening the state at {}", root.display()))?;
+    if state.reclaimed.areas > 0 {
+        #[allow(clippy::print_stderr)] // a note for the user, once, before any progress
+        {
+            eprintln!(
+                "reclaimed {} that {} killed hoist process(es) left in {}",
+                crate::cmd::image::human(state.reclaimed.bytes),
+                state.reclaimed.areas,
+                root.join("tmp").display()
+            );
+        }
+    }
     let mut config = ExecutorConfig::new(root.join("executor"));
     if args.runtime.as_os_str() != "builtin" {
         if !args.runtime.is_file() {

@@ -121,7 +121,7 @@ pub(crate) fn save(args: &SaveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     #[allow(clippy::cast_precision_loss)] // a display
     let b = bytes as f64;
     if b >= 1e9 {

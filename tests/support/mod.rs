@@ -113,6 +113,46 @@ impl Project {
             .unwrap()
     }
 
+    /// Starts `hoist build` with its progress on a pipe and waits until a step has printed `marker`.
+    pub fn start_until(
+        &self,
+        marker: &str,
+        args: &[&str],
+    ) -> (Running, std::sync::mpsc::Receiver<String>) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .args(["build", "--progress=plain", "--root"])
+            .arg(self.root.path())
+            .args(args)
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.ends_with(marker) => return (Running(child), rx),
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the build never printed {marker:?}");
+                }
+            }
+        }
+    }
+
     /// Builds and exports the root filesystem; returns (stderr, rootfs dir).
     pub fn build_to_dir(&self, args: &[&str]) -> (String, tempfile::TempDir) {
         let dest = tempfile::tempdir().unwrap();
@@ -182,4 +222,34 @@ impl Drop for LoopDevice {
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
     }
+}
+
+/// A running build, killed (and reaped) if a test fails before it ends.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Processes whose command line is exactly `args` (sandboxed processes are visible from here).
+pub fn processes_running(args: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    fs_err::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs_err::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .collect()
+}
+
+pub fn mounts_under(root: &Path) -> Vec<String> {
+    let root = root.display().to_string();
+    fs_err::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&root))
+        .map(str::to_owned)
+        .collect()
 }
