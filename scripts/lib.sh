@@ -20,6 +20,6 @@ install_missing() {
 
 # What building and testing hoist needs: the CNCF registry, skopeo and umoci to check images,
 # podman and runc to run them, busybox for sandbox rootfs, htpasswd and openssl for registry
-# auth, cmake for zlib-ng.
+# auth. Building hoist needs no C toolchain beyond the machine's gcc (no cmake).
 TEST_PACKAGES=(ca-certificates docker-registry skopeo umoci podman runc busybox-static
-  apache2-utils openssl cmake curl zstd bzip2 xz-utils)
+  apache2-utils openssl curl zstd bzip2 xz-utils)
