@@ -177,6 +177,7 @@ fn independent_stages_run_at_the_same_time() {
             "build",
             "--progress=plain",
             "--max-parallelism=2",
+            "--allow=network.host",
             "-o",
             &output,
             "--root",
