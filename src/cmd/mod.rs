@@ -53,10 +53,29 @@ impl Output {
     /// directory; `type=tar` always writes an OCI layout tar.
     pub(crate) fn parse(spec: &str) -> anyhow::Result<Self> {
         use anyhow::{Context as _, bail};
-        let fields: std::collections::BTreeMap<&str, &str> = spec
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
+        let mut fields = std::collections::BTreeMap::new();
+        for kv in spec.split(',') {
+            let Some((key, value)) = kv.split_once('=') else {
+                bail!("output {spec:?}: {kv:?} is not KEY=VALUE");
+            };
+            if fields.insert(key, value).is_some() {
+                bail!("output {spec:?}: {key} is given twice");
+            }
+        }
+        // Keys that BuildKit knows and hoist does not act on yet (name=, push=,
+        // compression=, …) are refused: ignored, they would leave a build that looks done
+        // and did not do what was asked.
+        let allowed: &[&str] = match fields.get("type").copied() {
+            Some("image" | "registry") => &["type"],
+            _ => &["type", "dest"],
+        };
+        if let Some(key) = fields.keys().find(|k| !allowed.contains(k)) {
+            bail!(
+                "output {spec:?}: {key}= is not supported yet; the keys hoist takes here are {}. \
+                 Name the image with -t and push it with --push",
+                allowed.join(", ")
+            );
+        }
         let dest = || -> anyhow::Result<PathBuf> {
             fields
                 .get("dest")
