@@ -12,10 +12,27 @@ pub struct Platform {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid platform {input:?}: expected os/arch[/variant]")]
+#[error("invalid platform {input:?}: {reason}")]
 pub struct ParsePlatformError {
     pub input: String,
+    pub reason: String,
 }
+
+/// The variants each architecture has, as the OCI image spec and containerd name them; an
+/// architecture missing here has none.
+const VARIANTS: &[(&str, &[&str])] = &[
+    ("amd64", &["v1", "v2", "v3", "v4"]),
+    ("arm", &["v5", "v6", "v7", "v8"]),
+    (
+        "arm64",
+        &[
+            "v8", "v8.0", "v8.1", "v8.2", "v8.3", "v8.4", "v8.5", "v8.6", "v8.7", "v8.8", "v8.9",
+            "v9", "v9.0", "v9.1", "v9.2", "v9.3", "v9.4", "v9.5",
+        ],
+    ),
+    ("riscv64", &["rva20u64", "rva22u64", "rva23u64"]),
+    ("ppc64le", &["power8", "power9", "power10"]),
+];
 
 impl Platform {
     /// The platform of the running host, in Go's naming.
@@ -66,25 +83,36 @@ impl FromStr for Platform {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = input.split('/').collect();
-        let bad = || ParsePlatformError {
+        let bad = |reason: String| ParsePlatformError {
             input: input.to_owned(),
+            reason,
         };
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err(bad());
+        if parts.iter().any(|p| p.is_empty()) || !(2..=3).contains(&parts.len()) {
+            return Err(bad("expected os/arch[/variant]".to_owned()));
         }
-        match parts.as_slice() {
-            [os, arch] => Ok(Self {
-                os: (*os).to_owned(),
-                architecture: normalize_arch(arch).to_owned(),
-                variant: None,
-            }),
-            [os, arch, variant] => Ok(Self {
-                os: (*os).to_owned(),
-                architecture: normalize_arch(arch).to_owned(),
-                variant: Some((*variant).to_owned()),
-            }),
-            _ => Err(bad()),
+        let architecture = normalize_arch(parts[1]).to_owned();
+        let variant = parts.get(2).map(|v| (*v).to_owned());
+        if let Some(v) = &variant {
+            let known = VARIANTS
+                .iter()
+                .find(|(arch, _)| *arch == architecture)
+                .map_or(&[][..], |(_, variants)| *variants);
+            if !known.contains(&v.as_str()) {
+                return Err(bad(if known.is_empty() {
+                    format!("{architecture} has no variants, and {v:?} is not one")
+                } else {
+                    format!(
+                        "{v:?} is not a variant of {architecture}: expected one of {}",
+                        known.join(", ")
+                    )
+                }));
+            }
         }
+        Ok(Self {
+            os: parts[0].to_owned(),
+            architecture,
+            variant,
+        })
     }
 }
 
@@ -124,6 +152,14 @@ mod tests {
         assert_eq!(v7.to_string(), "linux/arm/v7");
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux//v7".parse::<Platform>().is_err());
+        assert!("linux/arm/v7/x".parse::<Platform>().is_err());
+        let err = "linux/amd64/v99".parse::<Platform>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid platform \"linux/amd64/v99\": \"v99\" is not a variant of amd64: expected one of v1, v2, v3, v4"
+        );
+        assert!("linux/386/v2".parse::<Platform>().is_err());
+        assert!("linux/x86_64/v3".parse::<Platform>().is_ok());
         assert_eq!(Platform::host().os, "linux");
     }
 }
