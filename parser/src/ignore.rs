@@ -253,7 +253,8 @@ pub fn parse_ignore_file(text: &str) -> Vec<Pattern> {
 ///
 /// `<Dockerfile>.dockerignore` next to the Dockerfile takes precedence over `.dockerignore` at
 /// the root of the context, as in BuildKit and `docker build`. `dockerfile` is the path of the
-/// Dockerfile; a relative one is taken relative to `context_dir`.
+/// Dockerfile; a relative one is taken relative to `context_dir`. A Dockerfile with no path
+/// (read from standard input) has only the context's `.dockerignore`.
 ///
 /// # Errors
 ///
@@ -261,7 +262,7 @@ pub fn parse_ignore_file(text: &str) -> Vec<Pattern> {
 /// the errors of [`Matcher::new`].
 pub fn read_dockerignore(
     context_dir: &Path,
-    dockerfile: &Path,
+    dockerfile: Option<&Path>,
 ) -> Result<Option<Matcher>, IgnoreError> {
     read_dockerignore_patterns(context_dir, dockerfile)?
         .map(Matcher::new)
@@ -276,11 +277,17 @@ pub fn read_dockerignore(
 /// [`IgnoreError::Read`] when a file exists but cannot be read, [`IgnoreError::NotUtf8`].
 pub fn read_dockerignore_patterns(
     context_dir: &Path,
-    dockerfile: &Path,
+    dockerfile: Option<&Path>,
 ) -> Result<Option<Vec<Pattern>>, IgnoreError> {
-    let mut specific = context_dir.join(dockerfile).into_os_string();
-    specific.push(".dockerignore");
-    for path in [PathBuf::from(specific), context_dir.join(".dockerignore")] {
+    let specific = dockerfile.map(|d| {
+        let mut specific = context_dir.join(d).into_os_string();
+        specific.push(".dockerignore");
+        PathBuf::from(specific)
+    });
+    for path in specific
+        .into_iter()
+        .chain([context_dir.join(".dockerignore")])
+    {
         let bytes = match fs_err::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

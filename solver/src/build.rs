@@ -24,12 +24,22 @@ use crate::progress::ProgressSink;
 use crate::scheduler::{Job, SolveError, Solver, SolverOptions};
 use crate::worker::{BuildWorker, IndexCache, Output, State};
 
+/// The Dockerfile of a build, read by the caller (from a file, or from standard input).
+#[derive(Clone, Debug)]
+pub struct Dockerfile {
+    /// Its text.
+    pub text: String,
+    /// What errors call it (`Dockerfile:3:5`): the path as the user gave it, or `Dockerfile`.
+    pub name: String,
+    /// Where it is, for its own `<path>.dockerignore`; `None` for standard input.
+    pub path: Option<PathBuf>,
+}
+
 /// What to build and where the result goes.
 #[derive(Clone, Debug)]
 pub struct BuildRequest {
     pub context_dir: PathBuf,
-    /// The Dockerfile; relative paths are taken relative to the context.
-    pub dockerfile: PathBuf,
+    pub dockerfile: Dockerfile,
     pub options: BuildOptions,
     /// `-t`: names in the local store (and push targets with `--push`).
     pub tags: Vec<String>,
@@ -63,12 +73,6 @@ pub struct BuildOutcome {
 /// A build that failed, with what the user can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot read the Dockerfile {}: {source}", path.display())]
-    ReadDockerfile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     /// The Dockerfile is invalid; the message names the file, line and column.
     #[error("{0}")]
     Dockerfile(String),
@@ -145,25 +149,15 @@ impl Engine {
         progress: Arc<dyn ProgressSink>,
         cancel: CancellationToken,
     ) -> Result<BuildOutcome, BuildError> {
-        let dockerfile_path = request.context_dir.join(&request.dockerfile);
-        let source = fs_err::read_to_string(&dockerfile_path).map_err(|source| {
-            BuildError::ReadDockerfile {
-                path: dockerfile_path.clone(),
-                source,
-            }
-        })?;
-        let shown = request.dockerfile.display().to_string();
-        let file = hoist_parser::parse(&source).map_err(|e| {
-            BuildError::Dockerfile(e.render(
-                &shown,
-                &source,
-                &hoist_parser::LineIndex::new(&source),
-            ))
+        let source: &str = &request.dockerfile.text;
+        let shown = request.dockerfile.name.clone();
+        let file = hoist_parser::parse(source).map_err(|e| {
+            BuildError::Dockerfile(e.render(&shown, source, &hoist_parser::LineIndex::new(source)))
         })?;
         let mut options = request.options.clone();
         options.ignore_patterns = hoist_parser::ignore::read_dockerignore_patterns(
             &request.context_dir,
-            &request.dockerfile,
+            request.dockerfile.path.as_deref(),
         )?
         .unwrap_or_default()
         .into_iter()
@@ -178,7 +172,7 @@ impl Engine {
             state: Arc::clone(&self.state),
         };
         let plan = {
-            let source = source.clone();
+            let source = source.to_owned();
             let options = options.clone();
             tokio::task::spawn_blocking(move || {
                 frontend::lower(&file, &source, &options, &resolver)

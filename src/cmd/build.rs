@@ -2,8 +2,8 @@
 //! the result printed with the command that runs it.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use hoist_executor::spec::Limits;
 use hoist_registry::Platform;
-use hoist_solver::build::{BuildOutcome, BuildRequest};
+use hoist_solver::build::{BuildOutcome, BuildRequest, Dockerfile};
 use hoist_solver::frontend::BuildOptions;
 use hoist_solver::op::NetworkMode;
 
@@ -21,7 +21,8 @@ use crate::progress;
 
 #[derive(Debug, Args)]
 pub(crate) struct BuildArgs {
-    /// The Dockerfile (default: PATH/Dockerfile).
+    /// The Dockerfile, relative to the working directory as in docker; `-` reads it from
+    /// standard input (default: PATH/Dockerfile).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Name the image; repeatable. With --push, each name is pushed.
@@ -180,6 +181,52 @@ fn allowed(grants: &[String], entitlement: &str) -> anyhow::Result<bool> {
     Ok(found)
 }
 
+/// The Dockerfile as docker finds it: `-f FILE` relative to the working directory, `-f -`
+/// from standard input, else `Dockerfile` in the context.
+fn read_dockerfile(file: Option<&Path>, context: &Path) -> anyhow::Result<Dockerfile> {
+    if file == Some(Path::new("-")) {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the Dockerfile from standard input")?;
+        return Ok(Dockerfile {
+            text,
+            name: "Dockerfile".to_owned(),
+            path: None,
+        });
+    }
+    let (path, name) = match file {
+        Some(f) => (f.to_path_buf(), f.display().to_string()),
+        None => (context.join("Dockerfile"), "Dockerfile".to_owned()),
+    };
+    let text = match fs_err::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.is_some() => {
+            let in_context = context.join(&path);
+            let hint = if path.is_relative() && in_context.is_file() {
+                format!(
+                    "; -f is relative to the working directory, as in docker: did you mean -f {}?",
+                    in_context.display()
+                )
+            } else {
+                String::new()
+            };
+            bail!(
+                "cannot read the Dockerfile {}: no such file{hint}",
+                path.display()
+            );
+        }
+        Err(e) => return Err(e).context("cannot read the Dockerfile"),
+    };
+    // Absolute, so that its own `.dockerignore` is found beside it whatever the context.
+    let path = std::path::absolute(&path).unwrap_or(path);
+    Ok(Dockerfile {
+        text,
+        name,
+        path: Some(path),
+    })
+}
+
 fn key_values(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
     items.iter().map(|kv| key_value(kv, flag)).collect()
 }
@@ -226,10 +273,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .or_insert(epoch);
     }
     let request = BuildRequest {
-        dockerfile: args
-            .file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("Dockerfile")),
+        dockerfile: read_dockerfile(args.file.as_deref(), &args.path)?,
         context_dir: args.path.clone(),
         options: BuildOptions {
             build_args,

@@ -472,20 +472,20 @@ fn dockerfile_specific_ignore_file_wins() {
     let dir = TempDir::new();
     let root = dir.path();
     assert!(
-        read_dockerignore(root, Path::new("Dockerfile"))
+        read_dockerignore(root, Some(Path::new("Dockerfile")))
             .unwrap()
             .is_none()
     );
 
     fs_err::write(root.join(".dockerignore"), "*.log\n").unwrap();
-    let m = read_dockerignore(root, Path::new("Dockerfile"))
+    let m = read_dockerignore(root, Some(Path::new("Dockerfile")))
         .unwrap()
         .unwrap();
     assert!(m.matches("a.log"));
 
     fs_err::create_dir(root.join("build")).unwrap();
     fs_err::write(root.join("build/app.Dockerfile.dockerignore"), "*.tmp\n").unwrap();
-    let m = read_dockerignore(root, Path::new("build/app.Dockerfile"))
+    let m = read_dockerignore(root, Some(Path::new("build/app.Dockerfile")))
         .unwrap()
         .unwrap();
     assert!(m.matches("a.tmp"));
@@ -495,7 +495,7 @@ fn dockerfile_specific_ignore_file_wins() {
     );
 
     // An absolute Dockerfile path works too, and a Dockerfile without its own file falls back.
-    let m = read_dockerignore(root, &root.join("build/other.Dockerfile"))
+    let m = read_dockerignore(root, Some(&root.join("build/other.Dockerfile")))
         .unwrap()
         .unwrap();
     assert!(m.matches("a.log"));
@@ -506,16 +506,16 @@ fn unreadable_and_malformed_ignore_files_are_errors_naming_the_path_or_line() {
     let dir = TempDir::new();
     let root = dir.path();
     fs_err::write(root.join(".dockerignore"), b"ok\n\xff\n").unwrap();
-    let err = read_dockerignore(root, Path::new("Dockerfile")).unwrap_err();
+    let err = read_dockerignore(root, Some(Path::new("Dockerfile"))).unwrap_err();
     assert!(matches!(&err, IgnoreError::NotUtf8 { path } if path == &root.join(".dockerignore")));
 
     fs_err::write(root.join(".dockerignore"), "ok\n[\n").unwrap();
-    let err = read_dockerignore(root, Path::new("Dockerfile")).unwrap_err();
+    let err = read_dockerignore(root, Some(Path::new("Dockerfile"))).unwrap_err();
     assert!(err.to_string().contains("on line 2"), "{err}");
 
     fs_err::remove_file(root.join(".dockerignore")).unwrap();
     fs_err::create_dir(root.join(".dockerignore")).unwrap();
-    let err = read_dockerignore(root, Path::new("Dockerfile")).unwrap_err();
+    let err = read_dockerignore(root, Some(Path::new("Dockerfile"))).unwrap_err();
     assert!(matches!(&err, IgnoreError::Read { path, .. } if path.ends_with(".dockerignore")));
 }
 
