@@ -188,6 +188,79 @@ pub enum RunError {
     },
     #[error("invalid seccomp profile")]
     Seccomp(#[from] crate::seccomp::CompileError),
+    /// One argument or environment string is longer than the kernel passes to a program.
+    #[error(
+        "{what} is {bytes} bytes, over the kernel's limit of {limit} bytes for one argument \
+         (MAX_ARG_STRLEN): put the script in a file (COPY it in, or write it with a heredoc \
+         into a file) and run that"
+    )]
+    ArgumentTooLong {
+        what: String,
+        bytes: usize,
+        limit: usize,
+    },
+    /// The arguments and environment together are more than `execve` takes.
+    #[error(
+        "the command and its environment are {bytes} bytes, over the kernel's limit of {limit} \
+         bytes (ARG_MAX) for what a program is started with: shorten them, or put the script \
+         in a file and run that"
+    )]
+    ArgumentsTooLong { bytes: usize, limit: usize },
+}
+
+/// The most bytes `execve` copies for one argument or environment string, with its NUL
+/// (`MAX_ARG_STRLEN`, 32 pages, in `include/uapi/linux/binfmts.h`).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Refuses a process the kernel would refuse to start (E2BIG), before anything is set up, with
+/// a message that says which part is too long and what the limit is.
+fn check_exec_limits(spec: &Spec) -> Result<(), RunError> {
+    let process = spec.process().as_ref();
+    let args = process
+        .and_then(|p| p.args().as_deref())
+        .unwrap_or_default();
+    let env = process.and_then(|p| p.env().as_deref()).unwrap_or_default();
+    let mut total = 0;
+    for (i, arg) in args.iter().enumerate() {
+        let bytes = arg.len() + 1;
+        if bytes > MAX_ARG_STRLEN {
+            let what = if i + 1 == args.len() && args.len() > 1 {
+                "the command".to_owned()
+            } else {
+                format!("argument {i}")
+            };
+            return Err(RunError::ArgumentTooLong {
+                what,
+                bytes,
+                limit: MAX_ARG_STRLEN,
+            });
+        }
+        total += bytes + std::mem::size_of::<usize>();
+    }
+    for kv in env {
+        let bytes = kv.len() + 1;
+        if bytes > MAX_ARG_STRLEN {
+            let name = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+            return Err(RunError::ArgumentTooLong {
+                what: format!("the environment variable {name}"),
+                bytes,
+                limit: MAX_ARG_STRLEN,
+            });
+        }
+        total += bytes + std::mem::size_of::<usize>();
+    }
+    let limit = nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(2 << 20);
+    if total > limit {
+        return Err(RunError::ArgumentsTooLong {
+            bytes: total,
+            limit,
+        });
+    }
+    Ok(())
 }
 
 fn prepare_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -427,6 +500,7 @@ impl Executor {
         O: AsyncWrite + Unpin + Send + ?Sized,
         E: AsyncWrite + Unpin + Send + ?Sized,
     {
+        check_exec_limits(&request.spec)?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}-{n}", self.owner);
         let dir = self.config.state_dir.join("runs").join(&name);
