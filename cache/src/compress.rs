@@ -368,8 +368,10 @@ impl<W: Write + Send + 'static> LayerWriter<W> {
                 let joined = output
                     .join()
                     .map_err(|_| io::Error::other("layer output thread panicked"))?;
-                run?;
+                // When writing the blob failed (a full disk), compressing stopped only because
+                // the output did: the output's error is the cause the user must see.
                 let (w, digest, blob_size) = joined?;
+                run?;
                 let diff_id = sha256_digest(&hasher.finalize().into());
                 let digest = digest.unwrap_or_else(|| diff_id.clone());
                 Ok((w, diff_id, size, digest, blob_size))

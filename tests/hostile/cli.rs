@@ -1,1 +1,134 @@
 //! Command-line input that must be refused, or read as docker reads it.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use crate::support::Project;
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn output_keys_that_hoist_would_ignore_are_refused() {
+    let p = Project::new("FROM scratch\nADD rootfs.tar /\n");
+    for (spec, key) in [
+        ("type=image,name=127.0.0.1:9/x:1,push=true", "name="),
+        ("type=registry,compression=zstd", "compression="),
+        ("type=local,dest=/tmp/hoist-never,foo=bar", "foo="),
+    ] {
+        let out = p.hoist(&["-o", spec]);
+        let stderr = stderr_of(&out);
+        assert!(!out.status.success(), "-o {spec} was accepted:\n{stderr}");
+        assert!(
+            stderr.contains(key) && stderr.contains("not supported yet"),
+            "-o {spec}: {stderr}"
+        );
+    }
+    let out = p.hoist(&["-o", "type=local,dest"]);
+    assert!(
+        stderr_of(&out).contains("is not KEY=VALUE"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn a_platform_variant_that_does_not_exist_is_refused() {
+    let p = Project::new("FROM scratch\nADD rootfs.tar /\n");
+    let host_arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let platform = format!("linux/{host_arch}/v99");
+    let out = p.hoist(&["--platform", &platform]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "--platform {platform} was accepted");
+    assert!(stderr.contains("\"v99\" is not a variant of"), "{stderr}");
+}
+
+#[test]
+fn dash_f_is_relative_to_the_working_directory() {
+    let p = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo from-context > /which\n");
+    let cwd = tempfile::tempdir().unwrap();
+    fs_err::write(
+        cwd.path().join("alt.Dockerfile"),
+        "FROM scratch\nADD rootfs.tar /\nRUN echo from-cwd > /which\n",
+    )
+    .unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let run = |file: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .current_dir(cwd.path())
+            .args(["build", "--progress=plain", "--root"])
+            .arg(p.root.path())
+            .args(["-f", file, "-o"])
+            .arg(format!("type=local,dest={}", dest.path().display()))
+            .arg(p.dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run("alt.Dockerfile");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        fs_err::read_to_string(dest.path().join("which")).unwrap(),
+        "from-cwd\n"
+    );
+    // A file that is only in the context is not found, and the error says where to look.
+    let out = run("Dockerfile");
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("relative to the working directory")
+            && stderr.contains(&format!("-f {}", p.path("Dockerfile").display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn dash_f_dash_reads_the_dockerfile_from_standard_input() {
+    let p = Project::new("FROM scratch\nRUN this file is not the one\n");
+    let dest = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(["build", "--progress=plain", "--root"])
+        .arg(p.root.path())
+        .args(["-f", "-", "-o"])
+        .arg(format!("type=local,dest={}", dest.path().display()))
+        .arg(p.dir.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"FROM scratch\nADD rootfs.tar /\nRUN echo from-stdin > /which\nRUN false\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    // Errors name it Dockerfile, as BuildKit does for standard input.
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("RUN false (line 4)"), "{stderr}");
+    assert!(stderr.contains("echo from-stdin"), "{stderr}");
+}
+
+#[test]
+fn a_run_line_over_the_kernels_argument_limit_says_so() {
+    // 5 MB of script: more than the kernel passes in one argument, and more than the
+    // sandbox's request size, which used to fail with "Message too long".
+    let script = format!("echo {}", "x".repeat(5 << 20));
+    let p = Project::new(&format!("FROM scratch\nADD rootfs.tar /\nRUN {script}\n"));
+    let out = p.hoist(&[]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    let first = stderr.lines().rev().take(6).collect::<Vec<_>>().join("\n");
+    assert!(stderr.contains("(line 3)"), "{first}");
+    assert!(
+        stderr
+            .contains("over the kernel's limit of 131072 bytes for one argument (MAX_ARG_STRLEN)"),
+        "{first}"
+    );
+    assert!(!stderr.contains("Message too long"), "{first}");
+}

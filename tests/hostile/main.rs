@@ -10,6 +10,7 @@ mod support;
 mod cli;
 mod crash;
 mod devices;
+mod disk;
 mod files;
 mod network;
 mod registry;
