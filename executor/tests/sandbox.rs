@@ -67,6 +67,7 @@ both_backends!(
     a_block_device_node_made_by_mknod_cannot_be_opened,
     the_allowed_devices_still_work,
     an_insecure_run_may_open_any_device,
+    a_32_bit_syscall_is_allowed_as_under_docker,
 );
 
 async fn process_is_pid_one_and_host_processes_are_invisible(rig: Rig) {
@@ -748,4 +749,68 @@ fn the_v2_device_program_denies_a_disk_and_allows_the_short_list() {
     assert_eq!(lines[0], "made");
     assert!(lines[1].ends_with("Operation not permitted"), "{stdout}");
     assert_eq!(lines[2].trim(), "4");
+}
+
+/// A static x86_64 ELF program that calls getpid through the i386 ABI (`int 0x80`, eax = 20,
+/// as 32-bit programs do) and exits 0 when that returned a pid, 1 when it returned an error.
+/// A filter that does not cover i386 kills it instead (SIGSYS).
+fn i386_getpid_program() -> Vec<u8> {
+    let code: &[u8] = &[
+        0xb8, 0x14, 0, 0, 0, // mov eax, 20 (i386 getpid)
+        0xcd, 0x80, // int 0x80
+        0x31, 0xff, // xor edi, edi
+        0x85, 0xc0, // test eax, eax
+        0x7f, 0x05, // jg +5
+        0xbf, 0x01, 0, 0, 0, // mov edi, 1
+        0xb8, 0x3c, 0, 0, 0, // mov eax, 60 (x86_64 exit)
+        0x0f, 0x05, // syscall
+    ];
+    let base: u64 = 0x40_0000;
+    let (header, program_header) = (64u16, 56u16);
+    let entry = base + u64::from(header + program_header);
+    let size = u64::from(header + program_header) + code.len() as u64;
+    let mut elf = Vec::new();
+    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&entry.to_le_bytes());
+    elf.extend_from_slice(&u64::from(header).to_le_bytes()); // program headers follow
+    elf.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    elf.extend_from_slice(&0u32.to_le_bytes());
+    for field in [header, program_header, 1, 0, 0, 0] {
+        elf.extend_from_slice(&field.to_le_bytes());
+    }
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R | X
+    for field in [0, base, base, size, size, 0x1000] {
+        elf.extend_from_slice(&field.to_le_bytes());
+    }
+    elf.extend_from_slice(code);
+    elf
+}
+
+async fn a_32_bit_syscall_is_allowed_as_under_docker(rig: Rig) {
+    use hoist_executor::oci_spec::runtime::MountBuilder;
+    use std::os::unix::fs::PermissionsExt;
+    let host = rig.tmp.path().join("i386");
+    fs_err::create_dir_all(&host).unwrap();
+    let program = host.join("getpid32");
+    fs_err::write(&program, i386_getpid_program()).unwrap();
+    fs_err::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spec = rig.sh("/probe/getpid32; echo exit=$?");
+    let mut mounts = spec.mounts().clone().unwrap();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/probe")
+            .typ("bind")
+            .source(&host)
+            .options(vec!["rbind".to_owned(), "ro".to_owned()])
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    let out = rig.run_spec(spec).await;
+    // 159 would be SIGSYS: the filter killed a 32-bit call that Docker's profile allows.
+    assert_eq!(out.stdout, "exit=0\n", "{}", out.stderr);
 }
