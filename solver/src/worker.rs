@@ -554,21 +554,40 @@ impl BuildWorker {
         Ok(context::select(&self.context_dir, &sources, &matcher)?)
     }
 
-    async fn pull(&self, reference: &str, platform: &str) -> Result<Vec<Layer>, WorkerError> {
+    async fn pull(
+        &self,
+        reference: &str,
+        platform: &str,
+        ctx: &VertexContext,
+    ) -> Result<Vec<Layer>, WorkerError> {
         let parsed: Reference = reference.parse().map_err(|source| WorkerError::Reference {
             reference: reference.to_owned(),
             source,
         })?;
         let platform: Platform = platform.parse().unwrap_or_else(|_| self.platform.clone());
         let store = self.state.registry_store();
-        let resolved = self
-            .registry
-            .pull(&parsed, &platform, store)
-            .await
-            .map_err(|source| WorkerError::Pull {
-                reference: reference.to_owned(),
-                source: Box::new(source),
-            })?;
+        // Each registry event is a line of this step's output, so a pull that waits shows
+        // which manifest or blob it waits for. The observer must be 'static and `ctx` is
+        // borrowed, hence the channel.
+        let (lines, mut pending) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let observer: hoist_registry::Observer = Arc::new(move |event| {
+            let _ = lines.send(format!("{event}\n"));
+        });
+        let pull = hoist_registry::observe(observer, self.registry.pull(&parsed, &platform, store));
+        tokio::pin!(pull);
+        let pulled = loop {
+            tokio::select! {
+                pulled = &mut pull => break pulled,
+                Some(line) = pending.recv() => ctx.log(Stream::Stdout, line.as_bytes()),
+            }
+        };
+        while let Ok(line) = pending.try_recv() {
+            ctx.log(Stream::Stdout, line.as_bytes());
+        }
+        let resolved = pulled.map_err(|source| WorkerError::Pull {
+            reference: reference.to_owned(),
+            source: Box::new(source),
+        })?;
         let state = Arc::clone(&self.state);
         let image = resolved.image.clone();
         tokio::task::spawn_blocking(move || {
@@ -923,7 +942,7 @@ impl Worker for BuildWorker {
                 Op::Source(SourceOp::Image {
                     reference,
                     platform,
-                }) => self.pull(reference, platform).await?,
+                }) => self.pull(reference, platform, ctx).await?,
                 Op::Source(SourceOp::Local {
                     include, exclude, ..
                 }) => {
