@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
-use hoist_cache::context::{self, ContextError, Selection, StatCache};
+use hoist_cache::context::{self, ContextError, Origin, Selection, StatCache};
 use hoist_cache::copy::{self, CopyOptions};
 use hoist_cache::index::{BlobRecord, CacheIndex, CacheRecord, LayerRecord};
 use hoist_cache::scratch::{self, Reclaimed, ScratchArea};
@@ -38,7 +38,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 use crate::graph::{Vertex, VertexDigest};
-use crate::op::{ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
+use crate::op::{CopyFrom, ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
 use crate::progress::{ResourceUsage, Stream};
 use crate::scheduler::{BoxError, BoxFuture, Cache, CacheKey, VertexContext, Worker};
 
@@ -641,6 +641,7 @@ impl BuildWorker {
                     chmod,
                     unpack_archives,
                     exclude,
+                    from,
                     ..
                 } => {
                     let owner = self.owner(&dest_layers, chown.as_deref())?;
@@ -677,7 +678,20 @@ impl BuildWorker {
                             let src_layers = self.state.snapshot_dirs(chain)?;
                             let src_view = View::new(&self.state, &src_layers)?;
                             let matcher = Matcher::new(exclude.iter().map(String::as_str))?;
-                            let selection = context::select(src_view.path(), src, &matcher)?;
+                            // Messages name the stage or image, not the view's internal path.
+                            let origin = match from {
+                                Some(CopyFrom::Image(reference)) => {
+                                    Origin::Image(reference.clone())
+                                }
+                                Some(CopyFrom::Stage(name)) => Origin::Stage(name.clone()),
+                                None => {
+                                    return Err(WorkerError::Internal(
+                                        "a copy from a filesystem names no stage or image",
+                                    ));
+                                }
+                            };
+                            let selection =
+                                context::select_from(src_view.path(), &origin, src, &matcher)?;
                             copy::copy_selection(
                                 src_view.path(),
                                 &selection,
@@ -958,6 +972,13 @@ impl Worker for BuildWorker {
                         }
                         None => Arc::new(self.select_context(include, exclude)?),
                     };
+                    for socket in &selection.skipped {
+                        let warning = format!(
+                            "warning: {:?} is a socket, left out: a layer cannot hold sockets\n",
+                            socket.display().to_string()
+                        );
+                        ctx.log(Stream::Stderr, warning.as_bytes());
+                    }
                     return Ok(Output::Context(selection));
                 }
                 Op::File(op) => {
