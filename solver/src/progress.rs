@@ -88,7 +88,8 @@ pub enum Event {
     /// The work succeeded.
     Finished {
         id: usize,
-        /// Wall time of the work itself, from its start to its end.
+        /// Wall time of the work itself, from its start to its end, plus what computing its
+        /// content key took before it could start (hashing the context files it selects).
         #[serde(rename = "wall_us", with = "micros")]
         wall: Duration,
         #[serde(default, skip_serializing_if = "Option::is_none")]
