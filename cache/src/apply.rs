@@ -16,7 +16,7 @@
 //! (layer.md#whiteouts) and the kernel's overlayfs documentation for the two forms.
 
 use std::collections::HashSet;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timest
 use rustix::io::Errno;
 
 use crate::compress::{Compression, HashingReader, decompress};
+use crate::regular::write_sparse;
 
 /// The xattr overlayfs reads to mark a directory opaque.
 pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -607,14 +608,22 @@ impl<'fd> Applier<'fd> {
                         }
                         break;
                     }
-                    written += n as u64;
-                    file.write_all(&self.buf[..n])
-                        .map_err(|source| ApplyError::Entry {
+                    // Zero blocks become holes: a sparse file that was copied with its holes
+                    // (its tar holds the zeros) does not fill the disk when it is unpacked.
+                    write_sparse(&mut file, written, &self.buf[..n]).map_err(|source| {
+                        ApplyError::Entry {
                             entry: entry.clone(),
                             op: "write file".into(),
                             source,
-                        })?;
+                        }
+                    })?;
+                    written += n as u64;
                 }
+                file.set_len(written).map_err(|source| ApplyError::Entry {
+                    entry: entry.clone(),
+                    op: "write file".into(),
+                    source,
+                })?;
                 set_fd_meta(&file, &meta, &entry)?;
                 rustix::fs::futimens(
                     &file,

@@ -2,70 +2,136 @@
 //! key.
 //!
 //! A step's key depends on exactly the files it selects: their relative paths, types, permission
-//! bits, and bytes (or link targets). Never on mtimes, inode numbers or the session. Hashing
-//! skips files whose stat is unchanged since the last build, with git's rule for "racy" entries:
-//! a file whose mtime or ctime is not safely older than the moment its digest was recorded is
-//! hashed again, because it may have changed within the same timestamp tick.
+//! bits, and bytes (or link targets, or device numbers), and which of them are hardlinks of
+//! each other. Never on mtimes, inode numbers or the session. Hashing skips files whose stat is
+//! unchanged since the last build, with git's rule for "racy" entries: a file whose mtime or
+//! ctime is not safely older than the moment its digest was recorded is hashed again, because it
+//! may have changed within the same timestamp tick.
+//!
+//! Paths are bytes, as on the filesystem: a name that is not UTF-8 is selected, hashed and
+//! copied as it is.
+//!
+//! Special files are never opened. A FIFO or a device node is an entry of its own kind, hashed
+//! by its type and device number and recreated by the copy, as BuildKit's context transfer
+//! (fsutil) sends them as bare headers. A socket cannot be part of a layer: it is left out and
+//! listed in [`Selection::skipped`], so that the caller can warn, as Docker does.
 //!
 //! Source paths resolve inside the context root only: `..` is cleaned away at the root, and a
 //! symlink on the way is followed only while it stays inside the root.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::io::Read as _;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use hoist_parser::ignore::{DirDecision, Matcher};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+
+use crate::regular::{SparseReader, open_regular};
 
 /// How deep symlinks may chain while a source path resolves.
 const MAX_LINKS: usize = 40;
 
+/// Where a COPY's sources are looked up, as messages name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The build context, at this directory.
+    Context(PathBuf),
+    /// A stage of the Dockerfile, by the name or index that `--from` gave.
+    Stage(String),
+    /// An image, by the reference that `--from` gave.
+    Image(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Context(root) => write!(f, "build context {}", root.display()),
+            Self::Stage(name) => write!(f, "stage {name:?}"),
+            Self::Image(reference) => write!(f, "image {reference:?}"),
+        }
+    }
+}
+
+impl Origin {
+    /// What can hide a path that exists, where that applies.
+    fn hiding(&self) -> &'static str {
+        match self {
+            Self::Context(_) => " (it does not exist, or .dockerignore excludes it)",
+            Self::Stage(_) | Self::Image(_) => "",
+        }
+    }
+}
+
 /// Reading a context, or hashing it, failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    #[error("{path:?} not found in build context {}: it does not exist, or .dockerignore excludes it", root.display())]
-    NotFound { root: PathBuf, path: String },
-    #[error("no source files were specified: {pattern:?} matches nothing in build context {}", root.display())]
-    NoMatch { root: PathBuf, pattern: String },
+    #[error("{path:?}: not found in {origin}{}", origin.hiding())]
+    NotFound { origin: Origin, path: String },
+    #[error("no source files were specified: {pattern:?} matches nothing in {origin}")]
+    NoMatch { origin: Origin, pattern: String },
     #[error("invalid source pattern {pattern:?}: {reason}")]
     Pattern {
         pattern: String,
         reason: &'static str,
     },
-    #[error("symlink {path:?} in build context {} leads in a loop or too deep", root.display())]
-    LinkLoop { root: PathBuf, path: String },
+    #[error("symlink {path:?} in {origin} leads in a loop or too deep")]
+    LinkLoop { origin: Origin, path: String },
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
 /// What kind of entry a context path is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     File,
     Dir,
-    Symlink { target: String },
+    Symlink {
+        target: PathBuf,
+    },
+    /// A named pipe: recreated empty, never opened.
+    Fifo,
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// One selected entry of the context.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// The path relative to the context root, `/`-separated, without a leading `/`, as named.
-    pub path: String,
+    /// The path relative to the context root, without a leading `/`, as named.
+    pub path: PathBuf,
     /// Where the bytes are: `path` with any symlink on the way resolved inside the root.
-    pub source: String,
+    pub source: PathBuf,
     /// Where the entry lands relative to the copy's destination (see [`Selection`]).
-    pub dest: String,
+    pub dest: PathBuf,
     pub kind: EntryKind,
     /// Permission bits with setuid, setgid and sticky (`0o7777`).
     pub mode: u32,
     pub size: u64,
     pub mtime: i64,
+    /// A file that an earlier entry of the same source also is (a hardlink): that entry's
+    /// `dest`, which this one links to rather than holding a copy. As in BuildKit's copy,
+    /// hardlinks are kept within one source of a COPY, not across its sources.
+    pub hardlink: Option<PathBuf>,
     /// The stat taken while selecting a regular file, so hashing it needs no second one.
     pub(crate) stat: Option<StatKey>,
+    /// Its link count, to find the hardlinks among the selected files.
+    pub(crate) nlink: u64,
     /// A source named this entry itself (by name or wildcard), rather than a directory around
     /// it: only such a lone file may be copied to a destination file name.
     pub named: bool,
@@ -75,9 +141,33 @@ pub struct Entry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selection {
     pub entries: Vec<Entry>,
+    /// Sockets that the sources reached, left out: a layer cannot hold them.
+    pub skipped: Vec<PathBuf>,
 }
 
-/// Selects the entries that `sources` name under `root`, as COPY does.
+/// Entries by (dest, path) as bytes: the order of the selection, a directory before its
+/// contents.
+type EntryMap = BTreeMap<(Vec<u8>, Vec<u8>), Entry>;
+
+fn bytes(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+/// Selects the entries that `sources` name in the build context at `root`, as COPY does (see
+/// [`select_from`]).
+///
+/// # Errors
+/// As [`select_from`].
+pub fn select(
+    root: &Path,
+    sources: &[String],
+    ignore: &Matcher,
+) -> Result<Selection, ContextError> {
+    select_from(root, &Origin::Context(root.to_path_buf()), sources, ignore)
+}
+
+/// Selects the entries that `sources` name under `root`, which holds `origin` (the name that
+/// messages use), as COPY does.
 ///
 /// - A source without wildcards names one path; a directory brings its contents (not itself),
 ///   so its entries land relative to the destination.
@@ -86,169 +176,212 @@ pub struct Selection {
 ///   its contents.
 /// - `.dockerignore` (`ignore`) and `--exclude` patterns remove entries; a source that is
 ///   excluded counts as missing.
+/// - Files of one source that are hardlinks of each other stay linked ([`Entry::hardlink`]).
 ///
 /// # Errors
 /// [`ContextError::NotFound`] for a missing plain source, [`ContextError::NoMatch`] when no
 /// source matches anything, and I/O errors with their paths.
-pub fn select(
+pub fn select_from(
     root: &Path,
+    origin: &Origin,
     sources: &[String],
     ignore: &Matcher,
 ) -> Result<Selection, ContextError> {
-    let mut entries: BTreeMap<(String, String), Entry> = BTreeMap::new();
+    let mut entries = EntryMap::new();
+    let mut skipped = Vec::new();
     let mut any = false;
     for source in sources {
         let clean = clean_relative(source);
         let matches = if has_wildcard(&clean) {
             glob_paths(root, &clean)?
         } else {
-            vec![clean.clone()]
+            vec![PathBuf::from(&clean)]
         };
         let mut found = false;
+        let mut mine = EntryMap::new();
         for rel in matches {
-            if !rel.is_empty() && ignore.matches(&rel) {
+            if !rel.as_os_str().is_empty() && ignore.matches(&rel.to_string_lossy()) {
                 continue;
             }
-            let Some(resolved) = resolve_in_root(root, &rel)? else {
+            let Some(resolved) = resolve_in_root(root, origin, &rel)? else {
                 continue;
             };
-            let meta = fs_err::metadata(&resolved)?;
+            // Every link on the way was followed inside the root: this is the thing itself.
+            let meta = fs_err::symlink_metadata(&resolved)?;
             found = true;
             let source = resolved
                 .strip_prefix(root)
-                .map(|p| p.to_string_lossy().into_owned())
+                .map(Path::to_path_buf)
                 .unwrap_or_default();
             if meta.is_dir() {
-                walk_dir(&resolved, &source, "", ignore, &mut entries)?;
+                walk_dir(
+                    &resolved,
+                    &source,
+                    Path::new(""),
+                    ignore,
+                    &mut mine,
+                    &mut skipped,
+                )?;
             } else {
-                let name = rel.rsplit('/').next().unwrap_or(&rel).to_owned();
-                let mut entry = entry_for(&resolved, &rel, &name, &meta, None)?;
-                entry.source = source;
-                entry.named = true;
-                entries.insert((entry.dest.clone(), entry.path.clone()), entry);
+                let name = rel.file_name().map_or_else(|| rel.clone(), PathBuf::from);
+                match entry_for(&resolved, &rel, &name, &meta)? {
+                    Some(mut entry) => {
+                        entry.source = source;
+                        entry.named = true;
+                        mine.insert(key_of(&entry), entry);
+                    }
+                    None => skipped.push(rel),
+                }
             }
         }
         if !found && !has_wildcard(&clean) {
             return Err(ContextError::NotFound {
-                root: root.to_path_buf(),
+                origin: origin.clone(),
                 path: source.clone(),
             });
         }
+        link_hardlinks(&mut mine);
+        entries.append(&mut mine);
         any |= found;
     }
     if !any {
         return Err(ContextError::NoMatch {
-            root: root.to_path_buf(),
+            origin: origin.clone(),
             pattern: sources.join(" "),
         });
     }
     Ok(Selection {
         entries: entries.into_values().collect(),
+        skipped,
     })
 }
 
-/// The entry for `abs`, whose (followed) metadata is `meta`; `is_link` says whether `abs`
-/// itself is a symlink, when the caller already knows (else it is looked up).
+impl Entry {
+    /// The (device, inode) of a regular file as selected, to check that what is opened later
+    /// is that file.
+    pub(crate) fn file_id(&self) -> Option<(u64, u64)> {
+        self.stat.as_ref().map(|s| (s.dev, s.ino))
+    }
+}
+
+fn key_of(entry: &Entry) -> (Vec<u8>, Vec<u8>) {
+    (bytes(&entry.dest).to_vec(), bytes(&entry.path).to_vec())
+}
+
+/// Marks each regular file that an earlier entry also is (same device and inode) as a hardlink
+/// of that entry.
+fn link_hardlinks(entries: &mut EntryMap) {
+    let mut first: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    for entry in entries.values_mut() {
+        let Some(stat) = entry.stat.as_ref().filter(|_| entry.nlink > 1) else {
+            continue;
+        };
+        match first.entry((stat.dev, stat.ino)) {
+            std::collections::hash_map::Entry::Occupied(target) => {
+                entry.hardlink = Some(target.get().clone());
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(entry.dest.clone());
+            }
+        }
+    }
+}
+
+/// The entry for `abs`, whose own (not followed) metadata is `meta`; `None` for a socket.
 fn entry_for(
     abs: &Path,
-    rel: &str,
-    dest: &str,
+    rel: &Path,
+    dest: &Path,
     meta: &std::fs::Metadata,
-    is_link: Option<bool>,
-) -> Result<Entry, ContextError> {
-    let is_link = match is_link {
-        Some(known) => known,
-        None => fs_err::symlink_metadata(abs)?.file_type().is_symlink(),
+) -> Result<Option<Entry>, ContextError> {
+    let ft = meta.file_type();
+    let device = || {
+        let dev = meta.rdev();
+        (rustix::fs::major(dev), rustix::fs::minor(dev))
     };
-    let kind = if is_link && !meta.is_file() && !meta.is_dir() {
-        EntryKind::Symlink {
-            target: fs_err::read_link(abs)?.to_string_lossy().into_owned(),
-        }
-    } else if meta.is_dir() {
+    let kind = if ft.is_dir() {
         EntryKind::Dir
-    } else {
+    } else if ft.is_file() {
         EntryKind::File
+    } else if ft.is_symlink() {
+        EntryKind::Symlink {
+            target: fs_err::read_link(abs)?,
+        }
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_char_device() {
+        let (major, minor) = device();
+        EntryKind::CharDevice { major, minor }
+    } else if ft.is_block_device() {
+        let (major, minor) = device();
+        EntryKind::BlockDevice { major, minor }
+    } else {
+        return Ok(None);
     };
-    Ok(Entry {
-        path: rel.to_owned(),
-        source: rel.to_owned(),
-        dest: dest.to_owned(),
+    Ok(Some(Entry {
+        path: rel.to_path_buf(),
+        source: rel.to_path_buf(),
+        dest: dest.to_path_buf(),
         kind,
         mode: meta.mode() & 0o7777,
-        size: if meta.is_file() { meta.len() } else { 0 },
+        size: if ft.is_file() { meta.len() } else { 0 },
         mtime: meta.mtime(),
-        stat: meta.is_file().then(|| StatKey::of(meta)),
+        hardlink: None,
+        stat: ft.is_file().then(|| StatKey::of(meta)),
+        nlink: meta.nlink(),
         named: false,
-    })
+    }))
 }
 
 /// Walks a directory's contents (symlinks inside are kept as symlinks).
 fn walk_dir(
     abs: &Path,
-    rel: &str,
-    dest: &str,
+    rel: &Path,
+    dest: &Path,
     ignore: &Matcher,
-    out: &mut BTreeMap<(String, String), Entry>,
+    out: &mut EntryMap,
+    skipped: &mut Vec<PathBuf>,
 ) -> Result<(), ContextError> {
     let mut children: Vec<_> = fs_err::read_dir(abs)?.collect::<Result<_, _>>()?;
     children.sort_by_key(fs_err::DirEntry::file_name);
     for child in children {
-        let name = child.file_name().to_string_lossy().into_owned();
-        let child_rel = join_rel(rel, &name);
-        let child_dest = join_rel(dest, &name);
-        // fstatat on the open directory: no walk of the whole path per file.
+        let name = child.file_name();
+        let child_rel = rel.join(&name);
+        let child_dest = dest.join(&name);
+        // Patterns are text; a name that is not UTF-8 matches as its lossy form.
+        let rel_text = child_rel.to_string_lossy();
+        // fstatat on the open directory, not following a link: no walk of the whole path.
         let meta = child.metadata()?;
+        let child_abs = child.path();
         if meta.is_dir() {
-            match ignore.dir_decision(&child_rel) {
+            let entry = || {
+                entry_for(&child_abs, &child_rel, &child_dest, &meta)
+                    .map(|e| e.map(|e| (key_of(&e), e)))
+            };
+            match ignore.dir_decision(&rel_text) {
                 DirDecision::Excluded => continue,
                 DirDecision::Included => {
-                    let entry =
-                        entry_for(&child.path(), &child_rel, &child_dest, &meta, Some(false))?;
-                    out.insert((entry.dest.clone(), entry.path.clone()), entry);
-                    walk_dir(&child.path(), &child_rel, &child_dest, ignore, out)?;
+                    out.extend(entry()?);
+                    walk_dir(&child_abs, &child_rel, &child_dest, ignore, out, skipped)?;
                 }
                 DirDecision::MustDescend => {
                     let before = out.len();
-                    walk_dir(&child.path(), &child_rel, &child_dest, ignore, out)?;
+                    walk_dir(&child_abs, &child_rel, &child_dest, ignore, out, skipped)?;
                     if out.len() > before {
-                        let entry =
-                            entry_for(&child.path(), &child_rel, &child_dest, &meta, Some(false))?;
-                        out.insert((entry.dest.clone(), entry.path.clone()), entry);
+                        out.extend(entry()?);
                     }
                 }
             }
-        } else if !ignore.matches(&child_rel) {
-            let entry = if meta.file_type().is_symlink() {
-                Entry {
-                    path: child_rel.clone(),
-                    source: child_rel.clone(),
-                    dest: child_dest.clone(),
-                    kind: EntryKind::Symlink {
-                        target: fs_err::read_link(child.path())?
-                            .to_string_lossy()
-                            .into_owned(),
-                    },
-                    mode: meta.mode() & 0o7777,
-                    size: 0,
-                    mtime: meta.mtime(),
-                    stat: None,
-                    named: false,
+        } else if !ignore.matches(&rel_text) {
+            match entry_for(&child_abs, &child_rel, &child_dest, &meta)? {
+                Some(entry) => {
+                    out.insert(key_of(&entry), entry);
                 }
-            } else {
-                entry_for(&child.path(), &child_rel, &child_dest, &meta, Some(false))?
-            };
-            out.insert((entry.dest.clone(), entry.path.clone()), entry);
+                None => skipped.push(child_rel),
+            }
         }
     }
     Ok(())
-}
-
-fn join_rel(base: &str, name: &str) -> String {
-    if base.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{base}/{name}")
-    }
 }
 
 /// Cleans a source path to a relative one: `/`, `.` and `..` never leave the root.
@@ -273,8 +406,8 @@ fn has_wildcard(path: &str) -> bool {
 
 /// A path walked through its symlinks by [`follow_links`].
 pub(crate) struct Followed {
-    /// The path reached, relative to the root, `/`-separated.
-    pub(crate) path: String,
+    /// The path reached, relative to the root.
+    pub(crate) path: PathBuf,
     /// Some component did not exist: the walk stopped there, or (with `keep_going`) kept
     /// the rest of the path as written.
     pub(crate) missing: bool,
@@ -287,35 +420,40 @@ pub(crate) enum FollowError {
     Io(std::io::Error),
 }
 
+fn join_parts(parts: &[Vec<u8>]) -> PathBuf {
+    PathBuf::from(OsString::from_vec(parts.join(&b'/')))
+}
+
+fn split_parts(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    path.split(|b| *b == b'/').filter(|p| !p.is_empty())
+}
+
 /// Walks `rel` inside `root` component by component, following every symlink it meets, but
 /// inside the root only: an absolute target restarts at the root and `..` stops there. A
 /// component whose lookup fails with an error `missing_ok` accepts is missing: the walk stops
 /// there, or with `keep_going` takes it as written and goes on.
 pub(crate) fn follow_links(
     root: &Path,
-    rel: &str,
+    rel: &Path,
     missing_ok: impl Fn(&std::io::Error) -> bool,
     keep_going: bool,
 ) -> Result<Followed, FollowError> {
-    let mut pending: Vec<String> = rel
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .rev()
-        .map(str::to_owned)
-        .collect();
-    let mut resolved: Vec<String> = Vec::new();
+    let mut pending: Vec<Vec<u8>> = split_parts(bytes(rel)).rev().map(<[u8]>::to_vec).collect();
+    let mut resolved: Vec<Vec<u8>> = Vec::new();
     let mut missing = false;
     let mut links = 0;
     while let Some(part) = pending.pop() {
-        match part.as_str() {
-            "." => continue,
-            ".." => {
+        match part.as_slice() {
+            b"." => continue,
+            b".." => {
                 resolved.pop();
                 continue;
             }
             _ => {}
         }
-        let candidate = root.join(resolved.join("/")).join(&part);
+        let candidate = root
+            .join(join_parts(&resolved))
+            .join(OsStr::from_bytes(&part));
         let meta = match fs_err::symlink_metadata(&candidate) {
             Ok(m) => m,
             Err(e) if missing_ok(&e) => {
@@ -337,24 +475,26 @@ pub(crate) fn follow_links(
             return Err(FollowError::TooDeep);
         }
         let target = fs_err::read_link(&candidate).map_err(FollowError::Io)?;
-        let target = target.to_string_lossy();
-        if target.starts_with('/') {
+        let target = bytes(&target);
+        if target.starts_with(b"/") {
             // An absolute link is read as relative to the root: it cannot leave it.
             resolved.clear();
         }
-        for t in target.split('/').filter(|p| !p.is_empty()).rev() {
-            pending.push(t.to_owned());
-        }
+        pending.extend(split_parts(target).rev().map(<[u8]>::to_vec));
     }
     Ok(Followed {
-        path: resolved.join("/"),
+        path: join_parts(&resolved),
         missing,
     })
 }
 
 /// Resolves a relative path inside `root`, following symlinks only while they stay inside.
 /// `None` when a component does not exist.
-fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, ContextError> {
+fn resolve_in_root(
+    root: &Path,
+    origin: &Origin,
+    rel: &Path,
+) -> Result<Option<PathBuf>, ContextError> {
     match follow_links(
         root,
         rel,
@@ -364,21 +504,21 @@ fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, ContextErr
         Ok(Followed { missing: true, .. }) => Ok(None),
         Ok(Followed { path, .. }) => Ok(Some(root.join(path))),
         Err(FollowError::TooDeep) => Err(ContextError::LinkLoop {
-            root: root.to_path_buf(),
-            path: rel.to_owned(),
+            origin: origin.clone(),
+            path: rel.to_string_lossy().into_owned(),
         }),
         Err(FollowError::Io(e)) => Err(ContextError::Io(e)),
     }
 }
 
 /// Expands a wildcard source into the relative paths it matches, component by component.
-fn glob_paths(root: &Path, pattern: &str) -> Result<Vec<String>, ContextError> {
-    let mut current = vec![String::new()];
+fn glob_paths(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, ContextError> {
+    let mut current = vec![PathBuf::new()];
     for component in pattern.split('/') {
         let mut next = Vec::new();
         for base in &current {
             if !has_wildcard(component) {
-                let candidate = join_rel(base, &unescape(component));
+                let candidate = base.join(unescape(component));
                 if fs_err::symlink_metadata(root.join(&candidate)).is_ok() {
                     next.push(candidate);
                 }
@@ -388,17 +528,18 @@ fn glob_paths(root: &Path, pattern: &str) -> Result<Vec<String>, ContextError> {
             let Ok(read) = fs_err::read_dir(&dir) else {
                 continue;
             };
-            let mut names: Vec<String> = read
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
+            let mut names: Vec<OsString> =
+                read.filter_map(Result::ok).map(|e| e.file_name()).collect();
             names.sort();
             for name in names {
-                if component_matches(component, &name).map_err(|reason| ContextError::Pattern {
-                    pattern: pattern.to_owned(),
-                    reason,
+                // Patterns are text; a name that is not UTF-8 matches as its lossy form.
+                if component_matches(component, &name.to_string_lossy()).map_err(|reason| {
+                    ContextError::Pattern {
+                        pattern: pattern.to_owned(),
+                        reason,
+                    }
                 })? {
-                    next.push(join_rel(base, &name));
+                    next.push(base.join(&name));
                 }
             }
         }
@@ -731,28 +872,33 @@ impl StatCache {
     /// The sha256 (hex) of a file's content, from the cache when its stat proves it unchanged.
     ///
     /// # Errors
-    /// I/O errors naming the path.
+    /// I/O errors naming the path; a path that is not a regular file is one.
     pub fn file_digest(&mut self, abs: &Path, key: &str) -> Result<String, ContextError> {
-        let stat = StatKey::of(&fs_err::metadata(abs)?);
-        self.digest_with_stat(abs, key, stat)
+        let stat = StatKey::of(&fs_err::symlink_metadata(abs)?);
+        self.digest_with_stat(abs, Path::new(key), stat)
     }
 
-    /// As [`StatCache::file_digest`], with the file's stat already taken.
+    /// As [`StatCache::file_digest`], with the file's stat already taken. A key that is not
+    /// UTF-8 has no line in the cache file: such a file is hashed every time.
     fn digest_with_stat(
         &mut self,
         abs: &Path,
-        key: &str,
+        key: &Path,
         stat: StatKey,
     ) -> Result<String, ContextError> {
-        if let Some(hit) = self.entries.get(key)
+        let key = key.to_str();
+        if let Some(hit) = key.and_then(|k| self.entries.get(k))
             && hit.stat == stat
             && hit.recorded_ns - stat.mtime_ns.max(stat.ctime_ns) > RACY_WINDOW_NS
         {
             return Ok(hit.digest.clone());
         }
-        let digest = hash_file(abs)?;
+        let digest = hash_file(abs, (stat.dev, stat.ino))?;
         self.hashed_files += 1;
         self.hashed_bytes += stat.size;
+        let Some(key) = key else {
+            return Ok(digest);
+        };
         let recorded_ns = now_ns();
         self.entries.insert(
             key.to_owned(),
@@ -774,12 +920,19 @@ fn now_ns() -> i128 {
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
-fn hash_file(path: &Path) -> Result<String, ContextError> {
-    let mut file = fs_err::File::open(path)?;
+/// The sha256 of the regular file at `path`, which must be the file `id` (device, inode) that
+/// the selection saw: anything else in its place is an error, and is never opened. Holes are
+/// hashed as the zeros they read as, without reading them.
+fn hash_file(path: &Path, id: (u64, u64)) -> Result<String, ContextError> {
+    let read_err = |source| ContextError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = SparseReader::new(open_regular(path, Some(id)).map_err(read_err)?);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = file.read(&mut buf)?;
+        let n = file.read(&mut buf).map_err(read_err)?;
         if n == 0 {
             break;
         }
@@ -789,8 +942,9 @@ fn hash_file(path: &Path) -> Result<String, ContextError> {
 }
 
 /// The content key of a selection: sha256 over every entry's destination path, source path,
-/// kind, permission bits, and content digest or link target. Sizes are implied by content;
-/// mtimes, owners, inodes and the root's own path are left out on purpose.
+/// permission bits, and kind with what the kind holds: a file's content digest, a link's
+/// target, a device's numbers, or for a hardlink the entry it links to. Sizes are implied by
+/// content; mtimes, owners, inodes and the root's own path are left out on purpose.
 ///
 /// # Errors
 /// I/O errors naming the path.
@@ -802,23 +956,40 @@ pub fn content_key(
     let mut hasher = Sha256::new();
     hasher.update(b"hoist.context.v1\0");
     for entry in &selection.entries {
-        hasher.update(entry.dest.as_bytes());
+        hasher.update(bytes(&entry.dest));
         hasher.update(b"\0");
-        hasher.update(entry.path.as_bytes());
+        hasher.update(bytes(&entry.path));
         hasher.update(b"\0");
         hasher.update(format!("{:o}\0", entry.mode).as_bytes());
+        if let Some(target) = &entry.hardlink {
+            hasher.update(b"hardlink\0");
+            hasher.update(bytes(target));
+            hasher.update(b"\0");
+            continue;
+        }
         match &entry.kind {
             EntryKind::Dir => hasher.update(b"dir\0"),
             EntryKind::Symlink { target } => {
                 hasher.update(b"link\0");
-                hasher.update(target.as_bytes());
+                hasher.update(bytes(target));
                 hasher.update(b"\0");
+            }
+            EntryKind::Fifo => hasher.update(b"fifo\0"),
+            EntryKind::CharDevice { major, minor } => {
+                hasher.update(format!("char\0{major}:{minor}\0").as_bytes());
+            }
+            EntryKind::BlockDevice { major, minor } => {
+                hasher.update(format!("block\0{major}:{minor}\0").as_bytes());
             }
             EntryKind::File => {
                 let abs = root.join(&entry.source);
                 let digest = match &entry.stat {
                     Some(stat) => cache.digest_with_stat(&abs, &entry.source, stat.clone())?,
-                    None => cache.file_digest(&abs, &entry.source)?,
+                    None => cache.digest_with_stat(
+                        &abs,
+                        &entry.source,
+                        StatKey::of(&fs_err::symlink_metadata(&abs)?),
+                    )?,
                 };
                 hasher.update(b"file\0");
                 hasher.update(digest.as_bytes());

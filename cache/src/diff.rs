@@ -13,10 +13,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
-
 use crate::apply::{OVERLAY_OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX};
 use crate::compress::{CompressionOptions, LayerDigests, LayerWriter};
+use crate::regular::{SparseReader, open_regular};
 use crate::store::{BlobStore, StoreError};
 use crate::tarwriter::{TarHeader, TarKind, TarWriter};
 
@@ -364,15 +363,11 @@ impl<W: Write + Send + 'static> Differ<W> {
                     if meta.nlink() > 1 {
                         self.links.insert(key, tar_name.to_vec());
                     }
-                    // O_NOFOLLOW: the tree may change under us; never archive what a
-                    // swapped-in symlink points at.
-                    let fd = rustix::fs::open(
-                        src,
-                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| read_err(e.into()))?;
-                    file = Some(std::fs::File::from(fd));
+                    // The tree may change under us: never archive what a swapped-in symlink
+                    // points at, nor open a FIFO or device put in the file's place. Holes
+                    // read as zeros without a read.
+                    let fd = open_regular(src, Some(key)).map_err(read_err)?;
+                    file = Some(SparseReader::new(fd));
                     TarKind::File { size: meta.len() }
                 }
             }

@@ -58,6 +58,7 @@ mod digest;
 mod image;
 pub mod index;
 mod layout;
+mod regular;
 pub mod scratch;
 mod snapshot;
 mod store;

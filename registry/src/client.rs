@@ -5,6 +5,10 @@
 //! answers a 401 by reading `WWW-Authenticate` and fetching a token once, and retries dropped
 //! connections, 5xx and 429 with exponential backoff (honouring `Retry-After`). Request bodies
 //! are rebuilt for each attempt by the caller's closure, so a streamed body can be retried.
+//!
+//! Every request is also watched for stalls (see the stall module): one that makes no
+//! progress is retried too, but only `stalled_attempts` times per object across all its
+//! requests, and then fails with [`RequestError::Stalled`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,6 +23,7 @@ use serde::Deserialize;
 
 use crate::auth::{Challenge, Credential, CredentialError, DockerConfig, parse_challenge};
 use crate::reference::{Reference, is_loopback_host, strip_port};
+use crate::stall::{Activity, Awaited, Stall, Stalled, UploadBody, Wait, body_stall, watch_reply};
 use crate::{Event, Observer};
 
 /// How often and how patiently to retry.
@@ -26,6 +31,11 @@ use crate::{Event, Observer};
 pub struct RetryPolicy {
     /// Attempts in total, the first included.
     pub attempts: u32,
+    /// Attempts in total for one manifest or blob whose requests stall (see
+    /// [`ClientConfig::stall_timeout`]), counted across all the requests made for it. Each costs
+    /// a whole timeout, so there are fewer than `attempts`: a registry silent three times in a
+    /// row is down, and the user hears so after three minutes, not five.
+    pub stalled_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -34,6 +44,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             attempts: 5,
+            stalled_attempts: 3,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
         }
@@ -66,6 +77,16 @@ pub struct ClientConfig {
     pub monolithic_threshold: u64,
     pub chunk_size: u64,
     pub retry: RetryPolicy,
+    /// How long to wait for a connection (TCP, and TLS where used). 30 s, as Docker's registry
+    /// transport dials.
+    pub connect_timeout: Duration,
+    /// How long a request may go without progress before it counts as stalled: no byte of its
+    /// body taken by the connection, no reply, or no byte of the reply's body arriving. It is
+    /// not a limit on a whole transfer: a blob of any size completes over a slow link as long
+    /// as bytes keep moving. 60 s is long enough for a registry that commits a large blob
+    /// before it answers the final PUT, and short enough that a hung one is noticed. The clock
+    /// starts with the request, so when it is the shorter one it also bounds the connect.
+    pub stall_timeout: Duration,
     pub user_agent: String,
     /// Where upload sessions are journaled, so that a push run again after an interruption
     /// resumes a half-sent blob instead of starting it over. `None` keeps no journal.
@@ -80,6 +101,8 @@ impl Default for ClientConfig {
             monolithic_threshold: 32 << 20,
             chunk_size: 16 << 20,
             retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
             user_agent: concat!("hoist/", env!("CARGO_PKG_VERSION")).to_owned(),
             resume_dir: None,
         }
@@ -121,6 +144,8 @@ pub enum RequestError {
     Credential(#[from] CredentialError),
     #[error("create http client")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Stalled(Box<Stalled>),
 }
 
 /// What a request is for: the registry (for credentials) and the token scopes it needs.
@@ -188,9 +213,9 @@ impl std::fmt::Debug for Client {
 fn http_builder(config: &ClientConfig) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(config.user_agent.clone())
-        .connect_timeout(Duration::from_secs(30))
-        // No total timeout: a big blob takes as long as it takes, but a stalled one fails.
-        .read_timeout(Duration::from_secs(120))
+        .connect_timeout(config.connect_timeout)
+        // No total or read timeout here: a big blob takes as long as it takes, and a stalled
+        // request is caught by the stall module's watch, which also covers uploads.
         .pool_idle_timeout(Duration::from_secs(30))
 }
 
@@ -236,6 +261,95 @@ impl Client {
                 .build()
                 .unwrap_or_else(|_| self.http.clone())
         })
+    }
+
+    /// Executes `request` as [`Client::execute`] does, failing it when it makes no progress for
+    /// the stall timeout (see the stall module); the reply's body fails the same way.
+    async fn execute_watched(&self, mut request: reqwest::Request) -> Result<Response, Failure> {
+        let length = request
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let activity = Activity::new(length);
+        match request.body_mut().take() {
+            Some(body) if body.as_bytes().is_none() => {
+                *request.body_mut() = Some(reqwest::Body::wrap(UploadBody {
+                    inner: body,
+                    activity: Arc::clone(&activity),
+                }));
+            }
+            other => {
+                *request.body_mut() = other;
+                activity.finish();
+            }
+        }
+        let stall = self.config.stall_timeout;
+        let reply = self.execute(request);
+        tokio::pin!(reply);
+        loop {
+            match tokio::time::timeout_at(activity.deadline(stall), &mut reply).await {
+                Ok(Ok(response)) => return Ok(watch_reply(response, stall)),
+                Ok(Err(e)) if e.is_connect() && e.is_timeout() => {
+                    return Err(Failure::Stalled(Stall::Connect));
+                }
+                Ok(Err(e)) => return Err(Failure::Transport(e)),
+                // The body moved since the deadline was set: wait from its last progress.
+                Err(_) if activity.deadline(stall) > tokio::time::Instant::now() => {}
+                Err(_) => return Err(Failure::Stalled(activity.stall())),
+            }
+        }
+    }
+
+    /// The error for a request of `wait` that stalled, on its `attempts`th stall.
+    pub(crate) fn stall_error(
+        &self,
+        host: &str,
+        wait: &Wait,
+        stall: Stall,
+        attempts: u32,
+    ) -> RequestError {
+        RequestError::Stalled(Box::new(Stalled {
+            registry: host.to_owned(),
+            awaited: wait.awaited.clone(),
+            stall,
+            after: self.stall_limit(stall),
+            attempts,
+        }))
+    }
+
+    fn stall_limit(&self, stall: Stall) -> Duration {
+        if stall == Stall::Connect {
+            self.config.connect_timeout
+        } else {
+            self.config.stall_timeout
+        }
+    }
+
+    /// Counts a stall of `wait`: `Ok` with the reason to show when it may be tried again,
+    /// else the error that ends it.
+    pub(crate) fn count_stall(
+        &self,
+        host: &str,
+        wait: &Wait,
+        stall: Stall,
+    ) -> Result<(u32, String), RequestError> {
+        let stalls = wait.stalled();
+        if stalls >= self.config.retry.stalled_attempts.max(1) {
+            return Err(self.stall_error(host, wait, stall, stalls));
+        }
+        let reason = format!(
+            "registry {host} {} while waiting for {}",
+            stall.describe(self.stall_limit(stall)),
+            wait.awaited
+        );
+        Ok((stalls, reason))
+    }
+
+    /// Whether `e` is a stall after which the object must not be tried again.
+    pub(crate) fn stalls_spent(&self, e: &RequestError) -> bool {
+        matches!(e, RequestError::Stalled(s)
+            if s.attempts >= self.config.retry.stalled_attempts.max(1))
     }
 
     /// Executes `request` with the client its scheme needs; a plain-HTTP response that
@@ -293,6 +407,7 @@ impl Client {
         if let Some(observer) = &self.observer {
             observer(event);
         }
+        crate::emit_scoped(event);
     }
 
     /// `http://host` for loopback and insecure registries, else `https://host`.
@@ -382,6 +497,13 @@ impl Client {
             realm: realm.to_owned(),
             message,
         };
+        let wait = Wait::new(Awaited::Token {
+            realm: realm.to_owned(),
+        });
+        let realm_host = reqwest::Url::parse(realm)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_else(|| realm.to_owned());
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -414,18 +536,26 @@ impl Client {
                     req
                 }
             };
-            let response = match async {
-                let request = request.build()?;
-                self.execute(request).await
-            }
-            .await
-            {
+            let request = request.build().map_err(|e| token_err(error_chain(&e)))?;
+            let method = request.method().to_string();
+            let response = match self.execute_watched(request).await {
                 Ok(r) => r,
-                Err(e) if attempt < self.config.retry.attempts && !e.is_builder() => {
+                Err(Failure::Stalled(stall)) => {
+                    let (_, reason) = self.count_stall(&realm_host, &wait, stall)?;
+                    self.emit(&Event::Retrying {
+                        method,
+                        url: realm.to_owned(),
+                        attempt,
+                        reason,
+                    });
                     tokio::time::sleep(self.config.retry.backoff(attempt)).await;
                     continue;
                 }
-                Err(e) => return Err(token_err(error_chain(&e))),
+                Err(Failure::Transport(_)) if attempt < self.config.retry.attempts => {
+                    tokio::time::sleep(self.config.retry.backoff(attempt)).await;
+                    continue;
+                }
+                Err(Failure::Transport(e)) => return Err(token_err(error_chain(&e))),
             };
             let status = response.status();
             if (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
@@ -438,10 +568,23 @@ impl Client {
                 let body = response.text().await.unwrap_or_default();
                 return Err(token_err(format!("{status}: {}", truncate(&body))));
             }
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| token_err(error_chain(&e)))?;
+            let body = match response.bytes().await {
+                Ok(body) => body,
+                Err(e) => match body_stall(&e) {
+                    Some(stall) => {
+                        let (_, reason) = self.count_stall(&realm_host, &wait, stall)?;
+                        self.emit(&Event::Retrying {
+                            method: method.clone(),
+                            url: realm.to_owned(),
+                            attempt,
+                            reason,
+                        });
+                        tokio::time::sleep(self.config.retry.backoff(attempt)).await;
+                        continue;
+                    }
+                    None => return Err(token_err(error_chain(&e))),
+                },
+            };
             let reply: TokenReply =
                 serde_json::from_slice(&body).map_err(|e| token_err(e.to_string()))?;
             return reply
@@ -455,9 +598,13 @@ impl Client {
     /// Sends a request built by `make`, authenticating and (when `retry`) retrying as the module
     /// doc describes. Any status but 401 and the retried ones is returned for the caller to
     /// judge.
+    ///
+    /// A request that stalls counts against `wait`, which is shared by every request made for
+    /// one object; once `stalled_attempts` are spent it fails with [`RequestError::Stalled`].
     pub(crate) async fn send<F>(
         &self,
         target: &Target,
+        wait: &Wait,
         retry: bool,
         make: F,
     ) -> Result<Response, RequestError>
@@ -479,9 +626,23 @@ impl Client {
             })?;
             let method = request.method().to_string();
             let url = request.url().to_string();
-            let response = match self.execute(request).await {
+            let response = match self.execute_watched(request).await {
                 Ok(r) => r,
-                Err(source) => {
+                Err(Failure::Stalled(stall)) => {
+                    let (stalls, reason) = self.count_stall(&target.host, wait, stall)?;
+                    if attempt >= attempts {
+                        return Err(self.stall_error(&target.host, wait, stall, stalls));
+                    }
+                    self.emit(&Event::Retrying {
+                        method,
+                        url,
+                        attempt,
+                        reason,
+                    });
+                    tokio::time::sleep(self.config.retry.backoff(attempt)).await;
+                    continue;
+                }
+                Err(Failure::Transport(source)) => {
                     if attempt < attempts {
                         self.emit(&Event::Retrying {
                             method,
@@ -571,6 +732,12 @@ impl Client {
     }
 }
 
+/// Why a request got no reply.
+enum Failure {
+    Stalled(Stall),
+    Transport(reqwest::Error),
+}
+
 fn retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
     let secs: u64 = value?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs))
@@ -647,6 +814,7 @@ mod tests {
     fn backoff_grows_and_caps() {
         let p = RetryPolicy {
             attempts: 10,
+            stalled_attempts: 3,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
         };

@@ -16,11 +16,18 @@
 //!   localhost, 127.0.0.0/8 and `insecure_registries`, TLS (rustls) elsewhere. Every request is
 //!   authenticated on demand (anonymous, basic, or the bearer-token flow from
 //!   `WWW-Authenticate`) and retried with backoff on dropped connections, 5xx and 429.
+//! - [`Awaited`], [`Stall`]: a registry that stops answering. No request has a total timeout;
+//!   one that makes no progress for [`ClientConfig::stall_timeout`] (or gets no connection
+//!   within [`ClientConfig::connect_timeout`]) is tried again, at most
+//!   [`RetryPolicy::stalled_attempts`] times per manifest or blob, and then fails with
+//!   [`RequestError::Stalled`], which names the registry and what was awaited.
 //! - [`DockerConfig`], [`Credential`]: credentials from `$DOCKER_CONFIG/config.json` or
 //!   `~/.docker/config.json` (`auths`, `credsStore`, `credHelpers`).
 //! - [`BlobStore`] (implemented by [`DirStore`] here and by the content store in `hoist-cache`):
 //!   where blobs come from and go to.
-//! - [`Event`]: progress and retries, reported to an [`Observer`]; the library never prints.
+//! - [`Event`]: progress and retries, reported to an [`Observer`] (the client's, and the one of
+//!   the enclosing [`observe`] scope); the library never prints, but an event's `Display` is
+//!   the line a progress display shows for it.
 //!
 //! Resumable transfers: with [`ClientConfig::resume_dir`] set, each upload session is
 //! journaled; a push that fails mid-blob and is run again asks the registry how much landed
@@ -45,6 +52,7 @@ mod platform;
 mod pull;
 mod push;
 mod reference;
+mod stall;
 mod store;
 
 use std::sync::Arc;
@@ -67,16 +75,21 @@ pub use push::{BlobPush, PushError, PushOptions, PushReport, is_manifest_media_t
 pub use reference::{
     DEFAULT_TAG, DOCKER_HUB, DOCKER_HUB_API_HOST, ParseReferenceError, Reference, is_loopback_host,
 };
+pub use stall::{Awaited, Stall, Stalled};
 pub use store::{BlobReader, BlobStore, BlobWriter, DirStore, StoreError, sha256_digest};
 
 /// Progress of pulls and pushes, for a progress display. Emitted from the tasks doing the work.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
+    /// Pull: a manifest or index was asked for; the reply is pending.
+    ManifestRequested { reference: String },
     /// A reference resolved to a platform manifest.
     Resolved { reference: String, manifest: Digest },
     /// Pull: the store already had the blob.
     BlobPresent { digest: Digest },
+    /// Pull: the download of a blob began; it is pending until [`Event::BlobFetched`].
+    BlobStarted { digest: Digest, size: u64 },
     /// Pull: the blob was downloaded and verified.
     BlobFetched { digest: Digest, size: u64 },
     /// Push: the registry already had the blob.
@@ -112,5 +125,106 @@ pub enum Event {
     },
 }
 
+/// One line for a progress display. Digests are cut to 12 hex digits, as docker shows layers.
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ManifestRequested { reference } => {
+                write!(f, "waiting for the manifest of {reference}")
+            }
+            Self::Resolved {
+                reference,
+                manifest,
+            } => write!(f, "resolved {reference} to {}", short(manifest)),
+            Self::BlobPresent { digest } => write!(f, "{} already present", short(digest)),
+            Self::BlobStarted { digest, size } => {
+                write!(f, "pulling {} ({})", short(digest), human_size(*size))
+            }
+            Self::BlobFetched { digest, size } => {
+                write!(f, "pulled {} ({})", short(digest), human_size(*size))
+            }
+            Self::BlobExists { digest } => write!(f, "{} already in the registry", short(digest)),
+            Self::BlobMounted { digest, from } => {
+                write!(f, "mounted {} from {from}", short(digest))
+            }
+            Self::UploadStarted {
+                digest,
+                size,
+                offset,
+            } => {
+                write!(f, "pushing {} ({})", short(digest), human_size(*size))?;
+                if *offset > 0 {
+                    write!(f, " from byte {offset}")?;
+                }
+                Ok(())
+            }
+            Self::UploadProgress {
+                digest,
+                offset,
+                size,
+            } => write!(
+                f,
+                "pushing {}: {} of {}",
+                short(digest),
+                human_size(*offset),
+                human_size(*size)
+            ),
+            Self::BlobUploaded { digest, size, .. } => {
+                write!(f, "pushed {} ({})", short(digest), human_size(*size))
+            }
+            Self::ManifestPushed { reference, digest } => {
+                write!(f, "pushed manifest {reference} ({})", short(digest))
+            }
+            Self::Retrying {
+                method,
+                url,
+                attempt,
+                reason,
+            } => write!(
+                f,
+                "retrying {method} {url} after attempt {attempt}: {reason}"
+            ),
+        }
+    }
+}
+
+fn short(digest: &Digest) -> String {
+    let hex = digest.digest();
+    let end = hex.len().min(12);
+    format!("{}:{}", digest.algorithm(), &hex[..end])
+}
+
+/// Decimal units, as docker's progress shows sizes.
+fn human_size(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)] // a display
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
 /// Receives [`Event`]s. Called from worker tasks, so it must be quick and thread-safe.
 pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
+
+tokio::task_local! {
+    static SCOPED: Observer;
+}
+
+/// Runs `work` (a pull, a push, a resolve) with `observer` receiving its events, besides the
+/// client's own observer. One client serves many builds at once; this is how each build's
+/// progress gets the events of its own pulls. Events of tasks that `work` spawns are not
+/// included (the client spawns none that emit).
+pub async fn observe<F: std::future::Future>(observer: Observer, work: F) -> F::Output {
+    SCOPED.scope(observer, work).await
+}
+
+/// Calls the observer of the enclosing [`observe`] scope, if any.
+pub(crate) fn emit_scoped(event: &Event) {
+    let _ = SCOPED.try_with(|observer| observer(event));
+}

@@ -18,6 +18,7 @@ use crate::manifest::{
 };
 use crate::platform::Platform;
 use crate::reference::Reference;
+use crate::stall::{Awaited, Stall, Wait, body_stall};
 use crate::store::{BlobStore, Hasher, StoreError};
 use crate::{Event, manifest};
 
@@ -148,59 +149,95 @@ impl Client {
             reference,
             &format!("manifests/{}", reference.manifest_reference()),
         );
-        let response = self
-            .send(&Target::pull(reference), true, |http| {
-                http.get(&url).header(ACCEPT, ACCEPT_MANIFESTS)
-            })
-            .await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            return Err(PullError::ManifestNotFound {
-                reference: reference.to_string(),
-            });
-        }
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(PullError::Status {
-                what: format!("manifest {reference}"),
-                status: status.as_u16(),
-                body: truncate(&body),
-            });
-        }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let served_digest = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
-        {
-            return Err(PullError::ManifestTooLarge {
-                reference: reference.to_string(),
-            });
-        }
-        let mut bytes = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| RequestError::Transport {
-                method: "GET".into(),
-                url: url.clone(),
-                source,
-            })?;
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() > MAX_MANIFEST_BYTES {
+        let target = Target::pull(reference);
+        let wait = Wait::new(Awaited::Manifest {
+            reference: reference.to_string(),
+        });
+        self.emit(&Event::ManifestRequested {
+            reference: reference.to_string(),
+        });
+        let mut attempt = 0;
+        let (content_type, served_digest, bytes) = loop {
+            attempt += 1;
+            let response = self
+                .send(&target, &wait, true, |http| {
+                    http.get(&url).header(ACCEPT, ACCEPT_MANIFESTS)
+                })
+                .await?;
+            let status = response.status();
+            if status == StatusCode::NOT_FOUND {
+                return Err(PullError::ManifestNotFound {
+                    reference: reference.to_string(),
+                });
+            }
+            if !status.is_success() {
+                let body = response.text().await.unwrap_or_default();
+                return Err(PullError::Status {
+                    what: format!("manifest {reference}"),
+                    status: status.as_u16(),
+                    body: truncate(&body),
+                });
+            }
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let served_digest = response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if response
+                .content_length()
+                .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
+            {
                 return Err(PullError::ManifestTooLarge {
                     reference: reference.to_string(),
                 });
             }
-        }
-        let bytes = Bytes::from(bytes);
+            let mut bytes = Vec::new();
+            let mut stream = response.bytes_stream();
+            let mut stalled = None;
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(source) => match body_stall(&source) {
+                        Some(stall) => {
+                            stalled = Some(stall);
+                            break;
+                        }
+                        None => {
+                            return Err(RequestError::Transport {
+                                method: "GET".into(),
+                                url: url.clone(),
+                                source,
+                            }
+                            .into());
+                        }
+                    },
+                };
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > MAX_MANIFEST_BYTES {
+                    return Err(PullError::ManifestTooLarge {
+                        reference: reference.to_string(),
+                    });
+                }
+            }
+            match stalled {
+                None => break (content_type, served_digest, Bytes::from(bytes)),
+                Some(stall) => {
+                    let (_, reason) = self.count_stall(&target.host, &wait, stall)?;
+                    self.emit(&Event::Retrying {
+                        method: "GET".into(),
+                        url: url.clone(),
+                        attempt,
+                        reason,
+                    });
+                    tokio::time::sleep(self.config.retry.backoff(attempt)).await;
+                }
+            }
+        };
         let manifest_err = |source| PullError::Manifest {
             reference: reference.to_string(),
             source,
@@ -380,6 +417,10 @@ impl Client {
         }
         // A bounded channel hands the bytes to a blocking thread that hashes and writes them, so
         // at most a few chunks of the blob are in memory at once.
+        self.emit(&Event::BlobStarted {
+            digest: digest.clone(),
+            size,
+        });
         let (tx, rx) = tokio::sync::mpsc::channel::<ToWriter>(8);
         let writer = tokio::task::spawn_blocking({
             let digest = digest.clone();
@@ -430,6 +471,11 @@ impl Client {
             digest: digest.clone(),
             message: "blob writer failed".into(),
         };
+        let target = Target::pull(reference);
+        let wait = Wait::new(Awaited::Blob {
+            digest: digest.clone(),
+            reference: reference.to_string(),
+        });
         let mut received = 0u64;
         let mut last = String::new();
         for attempt in 1..=attempts {
@@ -444,7 +490,7 @@ impl Client {
             }
             let from = received;
             let response = self
-                .send(&Target::pull(reference), true, |http| {
+                .send(&target, &wait, true, |http| {
                     let request = http.get(&url);
                     if from > 0 {
                         request.header(RANGE, format!("bytes={from}-"))
@@ -489,7 +535,15 @@ impl Client {
                             .map_err(|_| writer_gone())?;
                     }
                     Err(e) => {
-                        dropped = Some(error_chain(&e));
+                        dropped = Some(match body_stall(&e) {
+                            // Counted with the bytes of every attempt, as the resume sees them.
+                            Some(Stall::Body { .. }) => {
+                                let stall = Stall::Body { received };
+                                self.count_stall(&target.host, &wait, stall)?.1
+                            }
+                            Some(stall) => self.count_stall(&target.host, &wait, stall)?.1,
+                            None => error_chain(&e),
+                        });
                         break;
                     }
                 }

@@ -23,6 +23,7 @@ use crate::client::{
 };
 use crate::manifest::{self, MAX_MANIFEST_BYTES, Manifest, ManifestError, parse_manifest};
 use crate::reference::Reference;
+use crate::stall::{Awaited, Wait};
 use crate::store::{BlobStore, StoreError};
 
 /// A push failure, naming the blob, manifest or URL it concerns.
@@ -130,9 +131,22 @@ impl Client {
         target: &Reference,
         digest: &Digest,
     ) -> Result<bool, PushError> {
+        let wait = Wait::new(Awaited::BlobPush {
+            digest: digest.clone(),
+            reference: target.to_string(),
+        });
+        self.has_blob(target, digest, &wait).await
+    }
+
+    async fn has_blob(
+        &self,
+        target: &Reference,
+        digest: &Digest,
+        wait: &Wait,
+    ) -> Result<bool, PushError> {
         let url = self.url(target, &format!("blobs/{digest}"));
         let response = self
-            .send(&Target::push(target), true, |http| http.head(&url))
+            .send(&Target::push(target), wait, true, |http| http.head(&url))
             .await?;
         match response.status() {
             s if s.is_success() => Ok(true),
@@ -243,8 +257,11 @@ impl Client {
         digest: &Digest,
     ) -> Result<(), PushError> {
         let url = self.url(target, &format!("manifests/{tag_or_digest}"));
+        let wait = Wait::new(Awaited::ManifestPush {
+            reference: format!("{}:{tag_or_digest}", target.name()),
+        });
         let response = self
-            .send(&Target::push(target), true, |http| {
+            .send(&Target::push(target), &wait, true, |http| {
                 http.put(&url)
                     .header(CONTENT_TYPE, media_type)
                     .body(bytes.clone())
@@ -304,7 +321,12 @@ impl Client {
             }
             Some(_) => {}
         }
-        if self.blob_exists(target, &digest).await? {
+        // Every request for this blob shares one count of stalls.
+        let wait = Wait::new(Awaited::BlobPush {
+            digest: digest.clone(),
+            reference: target.to_string(),
+        });
+        if self.has_blob(target, &digest, &wait).await? {
             self.emit(&Event::BlobExists { digest });
             return Ok(BlobPush::Exists);
         }
@@ -320,7 +342,7 @@ impl Client {
                 self.url(target, "blobs/uploads/")
             );
             let response = self
-                .send(&Target::push(target).also_pull(from), true, |http| {
+                .send(&Target::push(target).also_pull(from), &wait, true, |http| {
                     http.post(&url).header(CONTENT_LENGTH, 0)
                 })
                 .await?;
@@ -337,7 +359,7 @@ impl Client {
                 StatusCode::ACCEPTED => {
                     let location = self.location(&response, "POST mount", &url)?;
                     if let Some(abandoned) = session.replace(location) {
-                        self.cancel_upload(target, &abandoned).await;
+                        self.cancel_upload(target, &abandoned, &wait).await;
                     }
                 }
                 // Anything else (say, no pull access to the source): try the next source.
@@ -349,7 +371,7 @@ impl Client {
         if session.is_none()
             && let Some(location) = read_journal(journal.as_ref())?
         {
-            match self.upload_status(target, &location).await? {
+            match self.upload_status(target, &location, &wait).await? {
                 Some(landed) if landed <= size => {
                     offset = landed;
                     resumed_from = landed;
@@ -371,11 +393,14 @@ impl Client {
                 tokio::time::sleep(self.config.retry.backoff(attempt - 1)).await;
                 // Ask what landed before the failure; an unknown session starts over.
                 if let Some(location) = session.clone() {
-                    match self.upload_status(target, &location).await {
+                    match self.upload_status(target, &location, &wait).await {
                         Ok(Some(landed)) if landed <= size => offset = landed,
                         Ok(_) => {
                             session = None;
                             offset = 0;
+                        }
+                        Err(PushError::Request(e)) if self.stalls_spent(&e) => {
+                            return Err(e.into());
                         }
                         Err(e) => {
                             last_error = error_chain(&e);
@@ -386,12 +411,15 @@ impl Client {
             }
             let location = match session.clone() {
                 Some(l) => l,
-                None => match self.start_upload(target).await {
+                None => match self.start_upload(target, &wait).await {
                     Ok(l) => {
                         write_journal(journal.as_ref(), &l)?;
                         offset = 0;
                         session = Some(l.clone());
                         l
+                    }
+                    Err(PushError::Request(e)) if self.stalls_spent(&e) => {
+                        return Err(e.into());
                     }
                     Err(e) => {
                         last_error = error_chain(&e);
@@ -400,12 +428,13 @@ impl Client {
                 },
             };
             let step = if offset == 0 && size <= self.config.monolithic_threshold {
-                self.put_whole(target, &location, &digest, size, &store, &mut sent)
+                self.put_whole(target, &wait, &location, &digest, size, &store, &mut sent)
                     .await
                     .map(|()| None)
             } else {
                 self.put_chunks(
                     target,
+                    &wait,
                     &location,
                     &digest,
                     size,
@@ -452,16 +481,18 @@ impl Client {
     }
 
     /// Cancels an upload session; a failure only leaves it for the registry to expire.
-    async fn cancel_upload(&self, target: &Reference, location: &str) {
+    async fn cancel_upload(&self, target: &Reference, location: &str, wait: &Wait) {
         let _ = self
-            .send(&Target::push(target), false, |http| http.delete(location))
+            .send(&Target::push(target), wait, false, |http| {
+                http.delete(location)
+            })
             .await;
     }
 
-    async fn start_upload(&self, target: &Reference) -> Result<String, PushError> {
+    async fn start_upload(&self, target: &Reference, wait: &Wait) -> Result<String, PushError> {
         let url = self.url(target, "blobs/uploads/");
         let response = self
-            .send(&Target::push(target), true, |http| {
+            .send(&Target::push(target), wait, true, |http| {
                 http.post(&url).header(CONTENT_LENGTH, 0)
             })
             .await?;
@@ -484,9 +515,10 @@ impl Client {
         &self,
         target: &Reference,
         location: &str,
+        wait: &Wait,
     ) -> Result<Option<u64>, PushError> {
         let response = self
-            .send(&Target::push(target), true, |http| http.get(location))
+            .send(&Target::push(target), wait, true, |http| http.get(location))
             .await?;
         match response.status() {
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(Some(
@@ -510,9 +542,11 @@ impl Client {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // One upload's state, as put_chunks.
     async fn put_whole(
         &self,
         target: &Reference,
+        wait: &Wait,
         location: &str,
         digest: &Digest,
         size: u64,
@@ -522,14 +556,14 @@ impl Client {
         let url = with_digest_query(location, digest);
         *sent += size;
         let response = self
-            .send(&Target::push(target), false, |http| {
+            .send(&Target::push(target), wait, false, |http| {
                 http.put(&url)
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .header(CONTENT_LENGTH, size)
                     .body(file_body(store.clone(), digest.clone(), 0, size))
             })
             .await
-            .map_err(|e| Step::retry(e, true))?;
+            .map_err(|e| self.step_error(e, true))?;
         self.finish(response, digest, &url, true).await
     }
 
@@ -537,6 +571,7 @@ impl Client {
     async fn put_chunks(
         &self,
         target: &Reference,
+        wait: &Wait,
         location: &str,
         digest: &Digest,
         size: u64,
@@ -552,7 +587,7 @@ impl Client {
             let start = *offset;
             *sent += len;
             let response = self
-                .send(&Target::push(target), false, |http| {
+                .send(&Target::push(target), wait, false, |http| {
                     http.patch(&location)
                         .header(CONTENT_TYPE, "application/octet-stream")
                         .header(CONTENT_LENGTH, len)
@@ -560,7 +595,7 @@ impl Client {
                         .body(file_body(store.clone(), digest.clone(), start, len))
                 })
                 .await
-                .map_err(|e| Step::retry(e, false))?;
+                .map_err(|e| self.step_error(e, false))?;
             let status = response.status();
             if status != StatusCode::ACCEPTED && status != StatusCode::NO_CONTENT {
                 let retryable = status.is_server_error()
@@ -600,11 +635,11 @@ impl Client {
         }
         let url = with_digest_query(&location, digest);
         let response = self
-            .send(&Target::push(target), false, |http| {
+            .send(&Target::push(target), wait, false, |http| {
                 http.put(&url).header(CONTENT_LENGTH, 0)
             })
             .await
-            .map_err(|e| Step::retry(e, false))?;
+            .map_err(|e| self.step_error(e, false))?;
         self.finish(response, digest, &url, false).await
     }
 
@@ -662,6 +697,21 @@ impl Client {
             .map_err(|_| no_location())
     }
 
+    /// A failed request of an upload: tried again (in a new session when `restart`), unless
+    /// it cannot succeed or the blob's stalls are spent.
+    fn step_error(&self, e: RequestError, restart: bool) -> Step {
+        match e {
+            RequestError::Stalled(_) if self.stalls_spent(&e) => Step::Fatal(PushError::Request(e)),
+            RequestError::Transport { .. }
+            | RequestError::Exhausted { .. }
+            | RequestError::Stalled(_) => Step::Retry {
+                message: error_chain(&e),
+                restart,
+            },
+            other => Step::Fatal(PushError::Request(other)),
+        }
+    }
+
     fn journal_path(&self, target: &Reference, digest: &Digest) -> Option<PathBuf> {
         let dir = self.config.resume_dir.as_ref()?;
         let key = format!("{}/{}@{digest}", target.api_host(), target.repository());
@@ -673,18 +723,6 @@ impl Client {
 enum Step {
     Retry { message: String, restart: bool },
     Fatal(PushError),
-}
-
-impl Step {
-    fn retry(e: RequestError, restart: bool) -> Self {
-        match e {
-            RequestError::Transport { .. } | RequestError::Exhausted { .. } => Self::Retry {
-                message: error_chain(&e),
-                restart,
-            },
-            other => Self::Fatal(PushError::Request(other)),
-        }
-    }
 }
 
 /// `Range: 0-N` → N+1 bytes landed.

@@ -33,6 +33,7 @@ fn client_with(
     let mut config = ClientConfig {
         retry: RetryPolicy {
             attempts: 4,
+            stalled_attempts: 3,
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(500),
         },

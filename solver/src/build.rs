@@ -170,6 +170,8 @@ impl Engine {
             client: Arc::clone(&self.registry),
             handle: tokio::runtime::Handle::current(),
             state: Arc::clone(&self.state),
+            progress: Arc::clone(&progress),
+            steps: std::sync::atomic::AtomicUsize::new(0),
         };
         let plan = {
             let source = source.to_owned();
@@ -405,47 +407,100 @@ fn nonzero(n: u64) -> Option<i64> {
     (n != 0).then(|| i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// Resolves base images through the registry for the frontend.
+/// Resolves base images through the registry for the frontend. Each resolution is shown as a
+/// step of its own, as BuildKit shows `[internal] load metadata for REF`, with the registry's
+/// events as its output: a registry that does not answer leaves that step running, saying what
+/// it waits for.
 struct RegistryResolver {
     client: Arc<Client>,
     handle: tokio::runtime::Handle,
     state: Arc<State>,
+    progress: Arc<dyn ProgressSink>,
+    /// Internal steps shown so far.
+    steps: std::sync::atomic::AtomicUsize,
 }
 
 impl ImageResolver for RegistryResolver {
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        use crate::progress::{Event, Stream, internal_id};
         let parsed: Reference = reference.parse().map_err(|e| format!("{e}"))?;
-        self.handle.block_on(async {
-            let resolved = self
-                .client
-                .resolve(&parsed, platform)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let config_desc = resolved.image.config().clone();
-            let store = self.state.registry_store();
-            self.client
-                .fetch_blob(&resolved.reference, &config_desc, store)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let raw = self
-                .state
-                .blobs
-                .read(config_desc.digest())
-                .map_err(|e| error_chain(&e))?;
-            #[derive(serde::Deserialize)]
-            struct Raw {
-                #[serde(default)]
-                config: Option<ImageConfig>,
-                #[serde(default)]
-                history: Vec<HistoryEntry>,
-            }
-            let parsed_config: Raw =
-                serde_json::from_slice(&raw).map_err(|e| format!("invalid image config: {e}"))?;
-            Ok(ResolvedImage {
-                pinned: resolved.reference.to_string(),
-                config: parsed_config.config.unwrap_or_default(),
-                history: parsed_config.history,
-            })
+        let id = internal_id(
+            self.steps
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
+        self.progress.event(Event::Started {
+            id,
+            name: format!("[internal] load metadata for {parsed}"),
+            digest: String::new(),
+            line: None,
+        });
+        let started = std::time::Instant::now();
+        let sink = Arc::clone(&self.progress);
+        let observer: hoist_registry::Observer = Arc::new(move |event| {
+            sink.event(Event::Log {
+                id,
+                stream: Stream::Stdout,
+                data: format!("{event}\n").into_bytes(),
+            });
+        });
+        let resolved = self.handle.block_on(hoist_registry::observe(
+            observer,
+            self.resolve_config(&parsed, platform),
+        ));
+        let wall = started.elapsed();
+        self.progress.event(match &resolved {
+            Ok(_) => Event::Finished {
+                id,
+                wall,
+                usage: None,
+            },
+            Err(error) => Event::Failed {
+                id,
+                error: error.clone(),
+                wall,
+                usage: None,
+            },
+        });
+        resolved
+    }
+}
+
+impl RegistryResolver {
+    /// The image's manifest, then its config, read into the state's store.
+    async fn resolve_config(
+        &self,
+        parsed: &Reference,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, String> {
+        let resolved = self
+            .client
+            .resolve(parsed, platform)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let config_desc = resolved.image.config().clone();
+        let store = self.state.registry_store();
+        self.client
+            .fetch_blob(&resolved.reference, &config_desc, store)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let raw = self
+            .state
+            .blobs
+            .read(config_desc.digest())
+            .map_err(|e| error_chain(&e))?;
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            config: Option<ImageConfig>,
+            #[serde(default)]
+            history: Vec<HistoryEntry>,
+        }
+        let parsed_config: Raw =
+            serde_json::from_slice(&raw).map_err(|e| format!("invalid image config: {e}"))?;
+        Ok(ResolvedImage {
+            pinned: resolved.reference.to_string(),
+            config: parsed_config.config.unwrap_or_default(),
+            history: parsed_config.history,
         })
     }
 }

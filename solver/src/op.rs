@@ -116,6 +116,15 @@ pub struct FileOp {
 /// destination's `/etc/passwd` and `/etc/group` when the op runs.
 pub type Chown = Option<String>;
 
+/// What a `COPY --from` names, as written (after expansion).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyFrom {
+    /// A stage, by name or index.
+    Stage(String),
+    /// An image, by reference.
+    Image(String),
+}
+
 /// One file action. Input 0 of the vertex is the destination filesystem; `Copy` reads from the
 /// input at `src_input`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -137,6 +146,10 @@ pub enum FileAction {
         link: bool,
         /// `--parents`: keep the source's parent directories.
         parents: bool,
+        /// What `--from` named, for messages only (`None`: the build context). Not part of
+        /// the digest: the name of a stage does not change what is copied.
+        #[serde(skip)]
+        from: Option<CopyFrom>,
     },
     Mkdir {
         path: String,

@@ -13,6 +13,11 @@
 //! renderers split lines themselves. The [`json`] helpers encode one event per line; a log chunk
 //! that is valid UTF-8 is a JSON string, any other chunk is `{"hex": "…"}`, so no byte is lost.
 //!
+//! Work that is not a vertex is shown as a step too: resolving a base image's metadata while the
+//! Dockerfile is lowered (BuildKit's `[internal] load metadata for REF`). Such a step's id comes
+//! from [`internal_id`], counted down from `usize::MAX` so that it never meets a vertex's, and
+//! its digest is empty.
+//!
 //! [`VertexId::index`]: crate::graph::VertexId::index
 
 use std::sync::Mutex;
@@ -20,6 +25,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+/// The id of the `n`th internal step of a build (see the module doc).
+#[must_use]
+pub const fn internal_id(n: usize) -> usize {
+    usize::MAX - n
+}
 
 /// Which output stream of a process a log chunk comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,7 +88,8 @@ pub enum Event {
     /// The work succeeded.
     Finished {
         id: usize,
-        /// Wall time of the work itself, from its start to its end.
+        /// Wall time of the work itself, from its start to its end, plus what computing its
+        /// content key took before it could start (hashing the context files it selects).
         #[serde(rename = "wall_us", with = "micros")]
         wall: Duration,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
-use hoist_cache::context::{self, ContextError, Selection, StatCache};
+use hoist_cache::context::{self, ContextError, Origin, Selection, StatCache};
 use hoist_cache::copy::{self, CopyOptions};
 use hoist_cache::index::{BlobRecord, CacheIndex, CacheRecord, LayerRecord};
 use hoist_cache::scratch::{self, Reclaimed, ScratchArea};
@@ -38,7 +38,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 use crate::graph::{Vertex, VertexDigest};
-use crate::op::{ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
+use crate::op::{CopyFrom, ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
 use crate::progress::{ResourceUsage, Stream};
 use crate::scheduler::{BoxError, BoxFuture, Cache, CacheKey, VertexContext, Worker};
 
@@ -554,21 +554,40 @@ impl BuildWorker {
         Ok(context::select(&self.context_dir, &sources, &matcher)?)
     }
 
-    async fn pull(&self, reference: &str, platform: &str) -> Result<Vec<Layer>, WorkerError> {
+    async fn pull(
+        &self,
+        reference: &str,
+        platform: &str,
+        ctx: &VertexContext,
+    ) -> Result<Vec<Layer>, WorkerError> {
         let parsed: Reference = reference.parse().map_err(|source| WorkerError::Reference {
             reference: reference.to_owned(),
             source,
         })?;
         let platform: Platform = platform.parse().unwrap_or_else(|_| self.platform.clone());
         let store = self.state.registry_store();
-        let resolved = self
-            .registry
-            .pull(&parsed, &platform, store)
-            .await
-            .map_err(|source| WorkerError::Pull {
-                reference: reference.to_owned(),
-                source: Box::new(source),
-            })?;
+        // Each registry event is a line of this step's output, so a pull that waits shows
+        // which manifest or blob it waits for. The observer must be 'static and `ctx` is
+        // borrowed, hence the channel.
+        let (lines, mut pending) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let observer: hoist_registry::Observer = Arc::new(move |event| {
+            let _ = lines.send(format!("{event}\n"));
+        });
+        let pull = hoist_registry::observe(observer, self.registry.pull(&parsed, &platform, store));
+        tokio::pin!(pull);
+        let pulled = loop {
+            tokio::select! {
+                pulled = &mut pull => break pulled,
+                Some(line) = pending.recv() => ctx.log(Stream::Stdout, line.as_bytes()),
+            }
+        };
+        while let Ok(line) = pending.try_recv() {
+            ctx.log(Stream::Stdout, line.as_bytes());
+        }
+        let resolved = pulled.map_err(|source| WorkerError::Pull {
+            reference: reference.to_owned(),
+            source: Box::new(source),
+        })?;
         let state = Arc::clone(&self.state);
         let image = resolved.image.clone();
         tokio::task::spawn_blocking(move || {
@@ -622,6 +641,7 @@ impl BuildWorker {
                     chmod,
                     unpack_archives,
                     exclude,
+                    from,
                     ..
                 } => {
                     let owner = self.owner(&dest_layers, chown.as_deref())?;
@@ -658,7 +678,20 @@ impl BuildWorker {
                             let src_layers = self.state.snapshot_dirs(chain)?;
                             let src_view = View::new(&self.state, &src_layers)?;
                             let matcher = Matcher::new(exclude.iter().map(String::as_str))?;
-                            let selection = context::select(src_view.path(), src, &matcher)?;
+                            // Messages name the stage or image, not the view's internal path.
+                            let origin = match from {
+                                Some(CopyFrom::Image(reference)) => {
+                                    Origin::Image(reference.clone())
+                                }
+                                Some(CopyFrom::Stage(name)) => Origin::Stage(name.clone()),
+                                None => {
+                                    return Err(WorkerError::Internal(
+                                        "a copy from a filesystem names no stage or image",
+                                    ));
+                                }
+                            };
+                            let selection =
+                                context::select_from(src_view.path(), &origin, src, &matcher)?;
                             copy::copy_selection(
                                 src_view.path(),
                                 &selection,
@@ -923,7 +956,7 @@ impl Worker for BuildWorker {
                 Op::Source(SourceOp::Image {
                     reference,
                     platform,
-                }) => self.pull(reference, platform).await?,
+                }) => self.pull(reference, platform, ctx).await?,
                 Op::Source(SourceOp::Local {
                     include, exclude, ..
                 }) => {
@@ -939,6 +972,13 @@ impl Worker for BuildWorker {
                         }
                         None => Arc::new(self.select_context(include, exclude)?),
                     };
+                    for socket in &selection.skipped {
+                        let warning = format!(
+                            "warning: {:?} is a socket, left out: a layer cannot hold sockets\n",
+                            socket.display().to_string()
+                        );
+                        ctx.log(Stream::Stderr, warning.as_bytes());
+                    }
                     return Ok(Output::Context(selection));
                 }
                 Op::File(op) => {

@@ -28,6 +28,31 @@ pub(crate) struct EngineArgs {
         default_value = "builtin"
     )]
     pub(crate) runtime: PathBuf,
+    /// How long a registry may leave a connection attempt or a request without progress
+    /// before it is tried again (and, after three such tries, given up): 90, 90s, 2m or 500ms.
+    /// A transfer that keeps moving is never cut (default: 30s to connect, 60s otherwise).
+    #[arg(long, env = "HOIST_REGISTRY_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    pub(crate) registry_timeout: Option<std::time::Duration>,
+}
+
+/// `90`, `90s`, `1.5s`, `500ms` or `2m`.
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((text, "s"), |at| text.split_at(at));
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => return Err(format!("unknown unit {unit:?}: use ms, s or m")),
+    };
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .and_then(|n| std::time::Duration::try_from_secs_f64(n * scale).ok())
+        .ok_or_else(|| format!("{text:?} is not a positive duration such as 60s"))
 }
 
 impl EngineArgs {
@@ -76,12 +101,17 @@ pub(crate) fn open(args: &EngineArgs, max_parallelism: Option<usize>) -> anyhow:
         };
     }
     let executor = Executor::new(config).context("setting up the sandbox")?;
-    let client = Client::with_default_credentials(ClientConfig {
+    let mut registry = ClientConfig {
         insecure_registries: args.insecure_registries.clone(),
         resume_dir: Some(root.join("uploads")),
         ..ClientConfig::default()
-    })
-    .context("setting up the registry client")?;
+    };
+    if let Some(timeout) = args.registry_timeout {
+        registry.connect_timeout = timeout;
+        registry.stall_timeout = timeout;
+    }
+    let client =
+        Client::with_default_credentials(registry).context("setting up the registry client")?;
     Ok(Engine::new(
         Arc::new(state),
         Arc::new(executor),

@@ -68,7 +68,11 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
     let platform = platform(args.platform.as_deref())?;
     runtime()?.block_on(async {
         let engine = engine::open(&args.engine, None)?;
-        let descriptor = hoist_solver::image::pull(&engine, &args.image, &platform).await?;
+        let descriptor = hoist_registry::observe(
+            progress(),
+            hoist_solver::image::pull(&engine, &args.image, &platform),
+        )
+        .await?;
         let name: Reference = args.image.parse()?;
         writeln!(std::io::stdout().lock(), "{name}@{}", descriptor.digest())?;
         Ok(ExitCode::SUCCESS)
@@ -78,9 +82,24 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn push(args: &PushArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let engine = engine::open(&args.engine, None)?;
-        let pinned = hoist_solver::image::push(&engine, &args.name, args.target.as_deref()).await?;
+        let pinned = hoist_registry::observe(
+            progress(),
+            hoist_solver::image::push(&engine, &args.name, args.target.as_deref()),
+        )
+        .await?;
         writeln!(std::io::stdout().lock(), "{pinned}")?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The registry's events as lines on stderr, as `docker pull` shows its layers, so that a pull
+/// or push that waits says for which manifest or blob.
+fn progress() -> hoist_registry::Observer {
+    std::sync::Arc::new(|event| {
+        #[allow(clippy::print_stderr)] // progress goes to stderr; stdout is for the result
+        {
+            eprintln!("{event}");
+        }
     })
 }
 

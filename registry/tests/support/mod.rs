@@ -647,3 +647,262 @@ impl Drop for FaultyProxy {
         self.task.abort();
     }
 }
+
+/// A "registry" that accepts connections and never answers, holding each one open; it counts
+/// the connections. Stopped when dropped.
+pub struct SilentRegistry {
+    pub port: u16,
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentRegistry {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(sock);
+            }
+        });
+        Self {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SilentRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How the scripted registry serves a blob, or takes an upload.
+#[derive(Clone, Copy, Debug)]
+pub enum Serve {
+    /// Whole and at once.
+    Whole,
+    /// The headers and the first `n` bytes of the body, then nothing, the connection held open.
+    StallAfter(usize),
+    /// `piece` bytes every `every`, to the end.
+    Dribble { piece: usize, every: Duration },
+}
+
+/// A minimal registry on a loopback port for the paths that a real one cannot be made to take:
+/// it serves one image from a store (manifest by any tag, blobs by digest) and takes monolithic
+/// uploads, each blob served or read as its [`Serve`] says (whole unless named). It records
+/// every request line. Stopped when dropped.
+pub struct ScriptedRegistry {
+    pub port: u16,
+    pub requests: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Script {
+    store: Arc<DirStore>,
+    manifest: Descriptor,
+    serve: Vec<(Digest, Serve)>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ScriptedRegistry {
+    pub async fn start(
+        store: Arc<DirStore>,
+        manifest: Descriptor,
+        serve: Vec<(Digest, Serve)>,
+    ) -> Self {
+        // A small receive buffer, so that an upload read slowly is seen as slow by the sender
+        // instead of vanishing into the kernel's buffers.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 << 10).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(64).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let script = Arc::new(Script {
+            store,
+            manifest,
+            serve,
+            requests: requests.clone(),
+        });
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(serve_scripted(sock, script.clone()));
+            }
+        });
+        Self {
+            port,
+            requests,
+            task,
+        }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// How many requests had this method and a path containing `part`.
+    pub fn count(&self, method: &str, part: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with(&format!("{method} ")) && r.contains(part))
+            .count()
+    }
+}
+
+impl Drop for ScriptedRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_scripted(sock: tokio::net::TcpStream, script: Arc<Script>) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut reader = BufReader::new(sock);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).await? == 0 {
+            return Ok(());
+        }
+        let request_line = request_line.trim_end().to_owned();
+        let mut content_length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        script.requests.lock().unwrap().push(request_line.clone());
+        let mut parts = request_line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_owned();
+        let path = parts.next().unwrap_or("/").to_owned();
+        let serve_of = |digest: &str| {
+            script
+                .serve
+                .iter()
+                .find(|(d, _)| d.as_ref() == digest)
+                .map_or(Serve::Whole, |(_, s)| *s)
+        };
+        let query_digest = path
+            .split_once("digest=")
+            .map(|(_, d)| d.split('&').next().unwrap_or("").replace("%3A", ":"));
+
+        // An upload's body, read as its blob's Serve says; then 201.
+        if method == "PUT" && path.contains("/blobs/uploads/") {
+            let digest = query_digest.unwrap_or_default();
+            let mut body = vec![0u8; content_length];
+            match serve_of(&digest) {
+                Serve::Whole => reader.read_exact(&mut body).await.map(drop)?,
+                Serve::StallAfter(n) => {
+                    reader
+                        .read_exact(&mut body[..n.min(content_length)])
+                        .await?;
+                    std::future::pending::<()>().await;
+                }
+                Serve::Dribble { piece, every } => {
+                    let mut at = 0;
+                    while at < content_length {
+                        let end = (at + piece).min(content_length);
+                        reader.read_exact(&mut body[at..end]).await?;
+                        at = end;
+                        tokio::time::sleep(every).await;
+                    }
+                }
+            }
+            let status = if sha256_digest(&body).as_ref() == digest {
+                "201 Created"
+            } else {
+                "400 Bad Request"
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nlocation: /v2/hoist/blobs/{digest}\r\ndocker-content-digest: {digest}\r\ncontent-length: 0\r\n\r\n"
+            );
+            reader.get_mut().write_all(reply.as_bytes()).await?;
+            continue;
+        }
+        let mut body = vec![0u8; content_length];
+        reader.read_exact(&mut body).await?;
+        let (head, bytes, serve) = if path == "/v2/" {
+            ("200 OK", Vec::new(), Serve::Whole)
+        } else if method == "POST" && path.contains("/blobs/uploads/") {
+            let reply = "HTTP/1.1 202 Accepted\r\nlocation: /v2/hoist/blobs/uploads/session\r\ncontent-length: 0\r\n\r\n";
+            reader.get_mut().write_all(reply.as_bytes()).await?;
+            continue;
+        } else if method == "PUT" && path.contains("/manifests/") {
+            let digest = sha256_digest(&body);
+            let reply = format!(
+                "HTTP/1.1 201 Created\r\ndocker-content-digest: {digest}\r\ncontent-length: 0\r\n\r\n"
+            );
+            reader.get_mut().write_all(reply.as_bytes()).await?;
+            continue;
+        } else if path.contains("/manifests/") {
+            let bytes = read_blob(&script.store, script.manifest.digest());
+            ("200 OK", bytes, serve_of(script.manifest.digest().as_ref()))
+        } else if let Some((_, digest)) = path.split_once("/blobs/") {
+            match digest.parse::<Digest>() {
+                Ok(d) if script.store.blob_path(&d).exists() => {
+                    if method == "HEAD" {
+                        ("404 Not Found", Vec::new(), Serve::Whole)
+                    } else {
+                        ("200 OK", read_blob(&script.store, &d), serve_of(digest))
+                    }
+                }
+                _ => ("404 Not Found", Vec::new(), Serve::Whole),
+            }
+        } else {
+            ("404 Not Found", Vec::new(), Serve::Whole)
+        };
+        let content_type = if path.contains("/manifests/") {
+            format!(
+                "content-type: {}\r\ndocker-content-digest: {}\r\n",
+                script.manifest.media_type(),
+                script.manifest.digest()
+            )
+        } else {
+            String::new()
+        };
+        let header = format!(
+            "HTTP/1.1 {head}\r\n{content_type}content-length: {}\r\n\r\n",
+            bytes.len()
+        );
+        let sock = reader.get_mut();
+        sock.write_all(header.as_bytes()).await?;
+        if method == "HEAD" {
+            continue;
+        }
+        match serve {
+            Serve::Whole => sock.write_all(&bytes).await?,
+            Serve::StallAfter(n) => {
+                sock.write_all(&bytes[..n.min(bytes.len())]).await?;
+                sock.flush().await?;
+                std::future::pending::<()>().await;
+            }
+            Serve::Dribble { piece, every } => {
+                for chunk in bytes.chunks(piece.max(1)) {
+                    sock.write_all(chunk).await?;
+                    sock.flush().await?;
+                    tokio::time::sleep(every).await;
+                }
+            }
+        }
+    }
+}

@@ -31,7 +31,7 @@ pub use config::{HealthConfig, HistoryEntry, ImageConfig};
 pub use error::{FrontendError, FrontendErrorKind};
 
 use crate::graph::{Graph, Location, VertexId};
-use crate::op::{ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
+use crate::op::{CopyFrom, ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
 
 /// The default shell of shell-form RUN, CMD and ENTRYPOINT on Linux.
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
@@ -1085,12 +1085,15 @@ impl<'a> Lowering<'a> {
 
         let mut inputs = vec![state.root];
         if !src.is_empty() {
+            let mut copy_from = None;
             let src_vertex = match flags.get("from") {
                 Some(flag) => {
                     let from = flag_text(Some(flag))?.unwrap_or_default();
                     if let Some(dep) = self.stage_ref(&from, index) {
+                        copy_from = Some(CopyFrom::Stage(from));
                         self.lower_stage(dep)?.root
                     } else {
+                        copy_from = Some(CopyFrom::Image(from.clone()));
                         let platform = state.platform.clone();
                         let resolved =
                             self.resolver.resolve(&from, &platform).map_err(|message| {
@@ -1130,6 +1133,7 @@ impl<'a> Lowering<'a> {
                 exclude,
                 link,
                 parents,
+                from: copy_from,
             });
         }
         state.root = self.graph.add(

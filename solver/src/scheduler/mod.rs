@@ -715,13 +715,14 @@ impl<R: Clone + Send + Sync + 'static> Solver<R> {
         };
         let (nodes, root_index) = nodes_of(graph, &roots);
 
-        let keys = content_keys(&build, &nodes).await?;
+        let (keys, key_times) = content_keys(&build, &nodes).await?;
         let mut results: Vec<Option<R>> = vec![None; nodes.len()];
         let mut cached = 0;
         if !no_cache {
             cached = lookups(&build, &nodes, &keys, &mut results).await?;
         }
-        let (ran, late_hits) = runs(&build, &nodes, &keys, &root_index, &mut results).await?;
+        let (ran, late_hits) =
+            runs(&build, &nodes, &keys, &key_times, &root_index, &mut results).await?;
         cached += late_hits;
         if cancel.is_cancelled() {
             return Err(SolveError::Cancelled);
@@ -775,25 +776,35 @@ fn nodes_of(graph: &Graph, roots: &[VertexId]) -> (Vec<Node>, Vec<usize>) {
     (nodes, root_index)
 }
 
-/// Step 1: content keys for all vertices at once, then cache keys inputs first.
+/// Step 1: content keys for all vertices at once, then cache keys inputs first. Also returns how
+/// long each vertex's content key took: that work (hashing a context's files) is the vertex's
+/// own, and counts in its wall time if it runs.
 async fn content_keys<R: Clone + Send + Sync + 'static>(
     build: &BuildCtx<R>,
     nodes: &[Node],
-) -> Result<Vec<CacheKey>, SolveError> {
+) -> Result<(Vec<CacheKey>, Vec<Duration>), SolveError> {
     let mut set = JoinSet::new();
     let mut task_node = HashMap::new();
     for (i, node) in nodes.iter().enumerate() {
         let worker = Arc::clone(&build.worker);
         let vertex = Arc::clone(&node.vertex);
         let cancel = build.cancel.clone();
-        let handle = set.spawn(async move { worker.content_key(&vertex, &cancel).await });
+        let handle = set.spawn(async move {
+            let started = Instant::now();
+            let key = worker.content_key(&vertex, &cancel).await;
+            (key, started.elapsed())
+        });
         task_node.insert(handle.id(), i);
     }
     let mut content: Vec<Option<String>> = vec![None; nodes.len()];
+    let mut took = vec![Duration::ZERO; nodes.len()];
     let mut first = FirstFailure { failure: None };
     while let Some(joined) = set.join_next_with_id().await {
         let (i, result) = match joined {
-            Ok((task, result)) => (task_node[&task], result.map_err(WorkerError::from)),
+            Ok((task, (result, elapsed))) => {
+                took[task_node[&task]] = elapsed;
+                (task_node[&task], result.map_err(WorkerError::from))
+            }
             Err(err) => (task_node[&err.id()], Err(worker_error(Panicked))),
         };
         match result {
@@ -811,7 +822,7 @@ async fn content_keys<R: Clone + Send + Sync + 'static>(
             &inputs,
         ));
     }
-    Ok(keys)
+    Ok((keys, took))
 }
 
 /// Step 2: every key looked up at once; hits are reported and kept. Returns the hit count.
@@ -857,6 +868,7 @@ async fn runs<R: Clone + Send + Sync + 'static>(
     build: &BuildCtx<R>,
     nodes: &[Node],
     keys: &[CacheKey],
+    key_times: &[Duration],
     roots: &[usize],
     results: &mut [Option<R>],
 ) -> Result<(usize, usize), SolveError> {
@@ -893,6 +905,7 @@ async fn runs<R: Clone + Send + Sync + 'static>(
             Arc::clone(&node.vertex),
             Arc::clone(&node.info),
             keys[i],
+            key_times[i],
             inputs,
         ));
         task_node.insert(handle.id(), i);
@@ -963,12 +976,14 @@ fn finish<R>(build: &BuildCtx<R>, first: FirstFailure) -> Result<(), SolveError>
 }
 
 /// One build's run of one vertex: joins or starts the computation of its key, waits for it,
-/// and reports how it ended.
+/// and reports how it ended. The wall time reported includes `key_time`, what computing the
+/// vertex's content key took before it could run.
 async fn run_vertex<R: Clone + Send + Sync + 'static>(
     build: BuildCtx<R>,
     vertex: Arc<Vertex>,
     info: Arc<VertexInfo>,
     key: CacheKey,
+    key_time: Duration,
     inputs: Vec<R>,
 ) -> Outcome<R> {
     let shared = &build.shared;
@@ -988,7 +1003,7 @@ async fn run_vertex<R: Clone + Send + Sync + 'static>(
     match &outcome {
         Outcome::Ran { wall, usage, .. } => build.sink.event(Event::Finished {
             id: info.id,
-            wall: *wall,
+            wall: key_time + *wall,
             usage: *usage,
         }),
         Outcome::Cached(_) => build.sink.event(info.cached()),
@@ -999,7 +1014,7 @@ async fn run_vertex<R: Clone + Send + Sync + 'static>(
                 build.sink.event(Event::Failed {
                     id: info.id,
                     error: error_chain(error),
-                    wall: *wall,
+                    wall: key_time + *wall,
                     usage: *usage,
                 });
             } else if started.load(Ordering::SeqCst) {
