@@ -7,7 +7,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{Project, Registry, mounts_under, processes_running};
@@ -570,5 +570,91 @@ fn copy_destinations_follow_image_symlinks_and_created_directories_take_the_owne
     assert_eq!(
         fs_err::read_to_string(root.join("pwd")).unwrap(),
         "/target/real/wd\n"
+    );
+}
+
+/// A Dockerfile of `n` layer-making RUN steps after the base, each leaving `/f<i>`.
+fn deep_dockerfile(n: usize) -> String {
+    let mut text = String::from("FROM scratch\nADD rootfs.tar /\n");
+    for i in 1..=n {
+        text.push_str(&format!("RUN echo {i} > /f{i}\n"));
+    }
+    text
+}
+
+fn hoist_run(p: &Project, image: &str, script: &str, env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .arg("run")
+        .arg("--root")
+        .arg(p.root.path())
+        .args(["--rm", image, "sh", "-c", script])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn two_hundred_layer_making_steps_build_and_run() {
+    // Past about 38 layers the overlay options outgrow the kernel's one page; BuildKit builds
+    // such files, and so must hoist.
+    let p = Project::new(&deep_dockerfile(200));
+    let out = p.hoist(&["-t", "deep:200"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{}",
+        &stderr[stderr.len().saturating_sub(3000)..]
+    );
+    let out = hoist_run(
+        &p,
+        "deep:200",
+        "cat /f1 /f100 /f200; ls / | grep -c '^f'",
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n100\n200\n200\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn layers_past_the_overlay_limit_are_merged_and_the_result_is_the_same() {
+    // The limit lowered to 12 layers: RUN steps, COPY --from views and hoist run all see the
+    // lowest layers merged into one, with every file and deletion in place.
+    let mut dockerfile = deep_dockerfile(30);
+    dockerfile.push_str("RUN rm /f3 && test ! -e /f3 && cat /f30 > /seen\n");
+    dockerfile.push_str("FROM scratch\nCOPY --from=0 / /\n");
+    let p = Project::new(&dockerfile);
+    let limit = [("HOIST_OVERLAY_MAX_LAYERS", "12")];
+    let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(["build", "--progress=plain", "-t", "merged:1", "--root"])
+        .arg(p.root.path())
+        .arg(p.dir.path())
+        .envs(limit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{}",
+        &stderr[stderr.len().saturating_sub(3000)..]
+    );
+    let merged = fs_err::read_dir(p.root.path().join("snapshots/merged"))
+        .map(Iterator::count)
+        .unwrap_or(0);
+    assert!(merged > 0, "no layers were merged");
+    let out = hoist_run(
+        &p,
+        "merged:1",
+        "cat /f1 /f29 /seen; test -e /f3 || echo f3-gone",
+        &limit,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n29\n30\nf3-gone\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

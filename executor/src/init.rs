@@ -43,7 +43,7 @@ use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, PosixRlimitType, Spec};
 use serde::{Deserialize, Serialize};
 
-use crate::mounts::{overlay_options, parse_mount_options, secure_join};
+use crate::mounts::{parse_mount_options, secure_join};
 use crate::spec::capability_mask;
 use crate::sys;
 
@@ -829,21 +829,14 @@ fn setup_and_exec(config: &InitConfig, pipe: &OwnedFd) -> Result<Never, InitErro
                 lowerdirs.insert(0, layer);
                 root = merged;
             }
-            let data =
-                overlay_options(&lowerdirs, &rootfs.upperdir, &rootfs.workdir).map_err(|e| {
-                    InitError::Sys {
-                        what: "overlay options".into(),
-                        source: std::io::Error::other(error_chain(&e)),
-                    }
-                })?;
-            mount(
-                Some("overlay"),
-                &root,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(data.as_str()),
-            )
-            .map_err(sys_err(format!("mount overlay rootfs: {data}")))?;
+            let overlay = crate::overlay::Overlay {
+                lowerdirs: &lowerdirs,
+                upper: Some((&rootfs.upperdir, &rootfs.workdir)),
+            };
+            crate::overlay::mount(&root, &overlay).map_err(|e| InitError::Sys {
+                what: "mount the rootfs".into(),
+                source: std::io::Error::other(error_chain(&e)),
+            })?;
         }
         None => {
             mount(

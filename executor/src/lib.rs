@@ -47,6 +47,7 @@ pub mod cgroup;
 pub mod devices;
 pub mod init;
 mod mounts;
+pub mod overlay;
 mod runc;
 mod runtime;
 pub mod seccomp;
@@ -55,7 +56,7 @@ mod sys;
 mod upper;
 pub mod user;
 
-pub use mounts::{OverlayOptionsError, SecureJoinError};
+pub use mounts::SecureJoinError;
 pub use runtime::{
     Backend, Executor, ExecutorConfig, ExitStatus, NewExecutorError, Rootfs, RunError, RunOutcome,
     RunRequest,

@@ -1,5 +1,5 @@
-//! Mount helpers that need no privilege: option parsing, safe resolution of paths inside a
-//! rootfs, and the overlay option string. The init program does the mounting itself.
+//! Mount helpers that need no privilege: option parsing and safe resolution of paths inside a
+//! rootfs. The init program does the mounting itself (the overlay through [`crate::overlay`]).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -172,60 +172,6 @@ pub(crate) fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, SecureJoi
     Ok(out)
 }
 
-/// Error from building the overlayfs mount options of a rootfs.
-#[derive(Debug, thiserror::Error)]
-pub enum OverlayOptionsError {
-    /// overlayfs separates its options with commas and lowerdirs with colons.
-    #[error("overlay path {path} contains a comma or colon")]
-    BadPath { path: PathBuf },
-    /// A rootfs needs at least one lowerdir.
-    #[error("overlay rootfs has no lowerdir")]
-    NoLowerdir,
-}
-
-/// The overlayfs mount data for `lowerdirs` (topmost first), `upperdir` and `workdir`.
-pub(crate) fn overlay_options(
-    lowerdirs: &[PathBuf],
-    upperdir: &Path,
-    workdir: &Path,
-) -> Result<String, OverlayOptionsError> {
-    if lowerdirs.is_empty() {
-        return Err(OverlayOptionsError::NoLowerdir);
-    }
-    let text = |p: &Path| -> Result<String, OverlayOptionsError> {
-        let s = p.to_string_lossy();
-        if s.contains([',', ':']) {
-            return Err(OverlayOptionsError::BadPath {
-                path: p.to_path_buf(),
-            });
-        }
-        Ok(s.into_owned())
-    };
-    let lower = lowerdirs
-        .iter()
-        .map(|p| text(p))
-        .collect::<Result<Vec<_>, _>>()?
-        .join(":");
-    // index=off and no xino keep the upperdir free of overlay bookkeeping beyond whiteouts and
-    // opaque markers, so it reads as a plain layer diff. `volatile` skips the sync of the
-    // whole upper filesystem that unmounting does otherwise: pid 1's exit unmounts the overlay
-    // with its mount namespace, and before its parent learns of the exit, `ovl_sync_fs` writes
-    // back everything dirty on the upper's filesystem, the RUN's or not. Measured on this VM
-    // (unmount time, ext4): 3.6 to 5.6 ms after creating one file; 180 to 240 ms with 256 MB
-    // of unrelated dirty data on the filesystem (a layer being written by a parallel step);
-    // 0.2 to 0.3 ms with `volatile`, either way. Its price is two more directories in the
-    // workdir at mount time (about 0.5 ms on this VM's journal-less ext4, where allocating an
-    // inode is slow; the startup bench, whose filesystem is nearly clean, is that much slower
-    // with it). The upperdir is read back right after the RUN, and a crash before that
-    // discards the RUN anyway. overlayfs then refuses this workdir for another mount, which is
-    // never wanted: every RUN gets a fresh one.
-    Ok(format!(
-        "lowerdir={lower},upperdir={},workdir={},index=off,xino=off,volatile",
-        text(upperdir)?,
-        text(workdir)?
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,28 +214,6 @@ mod tests {
         assert!(matches!(
             secure_join(&root, Path::new("/loop/x")),
             Err(SecureJoinError::TooManyLinks { .. })
-        ));
-    }
-
-    #[test]
-    fn overlay_options_order_and_validation() {
-        let opts = overlay_options(
-            &["/l/top".into(), "/l/base".into()],
-            Path::new("/u"),
-            Path::new("/w"),
-        )
-        .unwrap();
-        assert_eq!(
-            opts,
-            "lowerdir=/l/top:/l/base,upperdir=/u,workdir=/w,index=off,xino=off,volatile"
-        );
-        assert!(matches!(
-            overlay_options(&["/a:b".into()], Path::new("/u"), Path::new("/w")),
-            Err(OverlayOptionsError::BadPath { .. })
-        ));
-        assert!(matches!(
-            overlay_options(&[], Path::new("/u"), Path::new("/w")),
-            Err(OverlayOptionsError::NoLowerdir)
         ));
     }
 }

@@ -7,12 +7,11 @@
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MntFlags;
 use oci_spec::runtime::RootBuilder;
 use tokio::io::AsyncWrite;
 
 use crate::cgroup::Cgroup;
-use crate::mounts::overlay_options;
 use crate::runtime::{ExitStatus, RunError, RunGuard, RunOutcome, RunRequest, outcome_from};
 
 /// runc's own state directory for hoist's containers.
@@ -73,23 +72,13 @@ where
 {
     let root = dir.join("rootfs");
     let rootfs = &request.rootfs;
-    let data =
-        overlay_options(&rootfs.lowerdirs, &rootfs.upperdir, &rootfs.workdir).map_err(|e| {
-            RunError::External {
-                program: program.to_path_buf(),
-                message: e.to_string(),
-            }
-        })?;
-    nix::mount::mount(
-        Some("overlay"),
-        &root,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(data.as_str()),
-    )
-    .map_err(|e| RunError::Prepare {
-        path: root.clone(),
-        source: e.into(),
+    let overlay = crate::overlay::Overlay {
+        lowerdirs: &rootfs.lowerdirs,
+        upper: Some((&rootfs.upperdir, &rootfs.workdir)),
+    };
+    crate::overlay::mount(&root, &overlay).map_err(|e| RunError::Overlay {
+        target: root.clone(),
+        source: e,
     })?;
     let created = missing_mount_points(&root, request);
 

@@ -188,6 +188,12 @@ pub enum RunError {
     },
     #[error("invalid seccomp profile")]
     Seccomp(#[from] crate::seccomp::CompileError),
+    #[error("mount the rootfs at {target}")]
+    Overlay {
+        target: PathBuf,
+        #[source]
+        source: crate::overlay::OverlayError,
+    },
     /// One argument or environment string is longer than the kernel passes to a program.
     #[error(
         "{what} is {bytes} bytes, over the kernel's limit of {limit} bytes for one argument \

@@ -27,8 +27,8 @@ use std::task::{Context as TaskContext, Poll};
 use hoist_cache::context::{self, ContextError, Origin, Selection, StatCache};
 use hoist_cache::copy::{self, CopyOptions};
 use hoist_cache::index::{BlobRecord, CacheIndex, CacheRecord, LayerRecord};
-use hoist_cache::scratch::{self, Reclaimed, ScratchArea};
 use hoist_cache::oci_spec::image::{Descriptor, Digest, MediaType};
+use hoist_cache::scratch::{self, Reclaimed, ScratchArea};
 use hoist_cache::{BlobStore, CompressionOptions, DiffOptions, SnapshotStore};
 use hoist_executor::spec::{self, Limits, SpecOptions};
 use hoist_executor::{Executor, Rootfs, RunRequest};
@@ -167,6 +167,12 @@ pub enum WorkerError {
         #[source]
         source: io::Error,
     },
+    #[error("mount a read-only view at {}", target.display())]
+    View {
+        target: PathBuf,
+        #[source]
+        source: hoist_executor::overlay::OverlayError,
+    },
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("cancelled")]
@@ -235,8 +241,12 @@ impl State {
         Arc::new(StoreAdapter(self.blobs.clone()))
     }
 
+    /// The snapshot directories of `chain`, topmost first, as an overlay stacks them. A chain
+    /// deeper than this kernel's overlayfs takes (see [`hoist_executor::overlay::fits`]) has
+    /// its lowest layers merged into one snapshot, made once and kept under
+    /// `snapshots/merged/` by their diffIDs, instead of failing to mount.
     fn snapshot_dirs(&self, chain: &[Layer]) -> Result<Vec<PathBuf>, WorkerError> {
-        chain
+        let dirs: Vec<PathBuf> = chain
             .iter()
             .rev()
             .map(|l| {
@@ -244,7 +254,52 @@ impl State {
                     .get(&l.diff_id)
                     .ok_or(WorkerError::Internal("a snapshot of the chain is missing"))
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        if fits_in_overlay(&dirs) {
+            return Ok(dirs);
+        }
+        // Keep as many of the top layers as fit beside the merged one.
+        let mut keep = dirs.len() - 1;
+        loop {
+            let merged = self.merged_path(&chain[..chain.len() - keep]);
+            let mut candidate = dirs[..keep].to_vec();
+            candidate.push(merged);
+            if keep == 0 || fits_in_overlay(&candidate) {
+                self.merge(&chain[..chain.len() - keep])?;
+                return Ok(candidate);
+            }
+            keep -= 1;
+        }
+    }
+
+    /// Where the merged snapshot of `layers` (bottom first) lives.
+    fn merged_path(&self, layers: &[Layer]) -> PathBuf {
+        let ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_ref()).collect();
+        let key = hoist_cache::sha256_of(ids.join("\n").as_bytes());
+        self.root
+            .join("snapshots/merged")
+            .join(key.to_string().trim_start_matches("sha256:"))
+    }
+
+    /// Makes the merged snapshot of `layers` unless it exists: their filesystem, flattened
+    /// (no whiteouts), which serves as the lowest lowerdir in their place.
+    fn merge(&self, layers: &[Layer]) -> Result<(), WorkerError> {
+        let target = self.merged_path(layers);
+        if target.is_dir() {
+            return Ok(());
+        }
+        let scratch = self.scratch()?;
+        let fs = scratch.path().join("fs");
+        self.export_rootfs(layers, &fs)?;
+        if let Some(parent) = target.parent() {
+            fs_err::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        match fs_err::rename(&fs, &target) {
+            Ok(()) => Ok(()),
+            // Another build merged the same layers first.
+            Err(_) if target.is_dir() => Ok(()),
+            Err(e) => Err(io_err("rename into place", &target)(e)),
+        }
     }
 
     /// Prepares a sandboxed process over a snapshot chain: the user resolved in the image, the
@@ -1041,6 +1096,27 @@ impl AsyncWrite for LogSink<'_> {
     }
 }
 
+/// Whether an overlay of `lowerdirs` can be mounted here, with room to spare for what the
+/// sandbox adds to a RUN's rootfs (a layer of mount-point stubs, an upperdir and a workdir).
+/// `HOIST_OVERLAY_MAX_LAYERS` lowers the limit, so that tests reach the merging of layers
+/// without building hundreds of them.
+fn fits_in_overlay(lowerdirs: &[PathBuf]) -> bool {
+    use hoist_executor::overlay::{Overlay, fits};
+    let spare = PathBuf::from("/".repeat(200));
+    let cap = std::env::var("HOIST_OVERLAY_MAX_LAYERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if cap.is_some_and(|cap| lowerdirs.len() > cap) {
+        return false;
+    }
+    let mut with_stub = lowerdirs.to_vec();
+    with_stub.push(spare.clone());
+    fits(&Overlay {
+        lowerdirs: &with_stub,
+        upper: Some((&spare, &spare)),
+    })
+}
+
 /// A read-only merged view of a chain: the single snapshot itself, an empty directory, or a
 /// read-only overlay mount of several (unmounted on drop).
 struct View {
@@ -1069,18 +1145,17 @@ impl View {
                 let scratch = state.scratch()?;
                 let target = scratch.path().join("view");
                 fs_err::create_dir(&target).map_err(io_err("create", &target))?;
-                let lower: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
-                let options = format!("lowerdir={}", lower.join(":"));
-                let options = std::ffi::CString::new(options)
-                    .map_err(|_| WorkerError::Internal("a snapshot path holds a NUL byte"))?;
-                rustix::mount::mount(
-                    "overlay",
+                hoist_executor::overlay::mount(
                     &target,
-                    "overlay",
-                    rustix::mount::MountFlags::RDONLY,
-                    options.as_c_str(),
+                    &hoist_executor::overlay::Overlay {
+                        lowerdirs: many,
+                        upper: None,
+                    },
                 )
-                .map_err(|e| io_err("mount a read-only view at", &target)(e.into()))?;
+                .map_err(|source| WorkerError::View {
+                    target: target.clone(),
+                    source,
+                })?;
                 Ok(Self {
                     path: target,
                     mounted: true,
