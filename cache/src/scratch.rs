@@ -30,7 +30,10 @@ pub enum ScratchError {
     },
 }
 
-fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> ScratchError + 'p {
+fn io_err<'p>(
+    op: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> ScratchError + 'p {
     move |source| ScratchError::Io {
         op,
         path: path.to_path_buf(),

@@ -69,7 +69,7 @@ pub use manifest::{
     ManifestError, OCI_INDEX, OCI_MANIFEST, detect_media_type, is_image_manifest, is_index,
     parse_manifest,
 };
-pub use platform::{ParsePlatformError, Platform};
+pub use platform::Platform;
 pub use pull::{BlobFetch, FetchedManifest, PullError, ResolvedImage};
 pub use push::{BlobPush, PushError, PushOptions, PushReport, is_manifest_media_type};
 pub use reference::{

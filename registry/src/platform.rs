@@ -1,9 +1,10 @@
 //! Platform selection from image indexes and manifest lists.
 
 use std::fmt;
-use std::str::FromStr;
 
-/// A target platform: `os/architecture[/variant]` with Go's names (`linux/arm64/v8`).
+/// A target platform: `os/architecture[/variant]` with Go's names (`linux/arm64/v8`). Users'
+/// platforms are parsed and checked by the build (`hoist_solver::platform`); this one selects
+/// from an index.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Platform {
     pub os: String,
@@ -11,30 +12,16 @@ pub struct Platform {
     pub variant: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("invalid platform {input:?}: {reason}")]
-pub struct ParsePlatformError {
-    pub input: String,
-    pub reason: String,
-}
-
-/// The variants each architecture has, as the OCI image spec and containerd name them; an
-/// architecture missing here has none.
-const VARIANTS: &[(&str, &[&str])] = &[
-    ("amd64", &["v1", "v2", "v3", "v4"]),
-    ("arm", &["v5", "v6", "v7", "v8"]),
-    (
-        "arm64",
-        &[
-            "v8", "v8.0", "v8.1", "v8.2", "v8.3", "v8.4", "v8.5", "v8.6", "v8.7", "v8.8", "v8.9",
-            "v9", "v9.0", "v9.1", "v9.2", "v9.3", "v9.4", "v9.5",
-        ],
-    ),
-    ("riscv64", &["rva20u64", "rva22u64", "rva23u64"]),
-    ("ppc64le", &["power8", "power9", "power10"]),
-];
-
 impl Platform {
+    /// `os/architecture[/variant]`, with the architecture in Go's naming (`x86_64` is `amd64`).
+    pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
+        Self {
+            os: os.to_owned(),
+            architecture: normalize_arch(architecture).to_owned(),
+            variant: variant.map(str::to_owned),
+        }
+    }
+
     /// The platform of the running host, in Go's naming.
     pub fn host() -> Self {
         let architecture = normalize_arch(std::env::consts::ARCH).to_owned();
@@ -78,44 +65,6 @@ impl fmt::Display for Platform {
     }
 }
 
-impl FromStr for Platform {
-    type Err = ParsePlatformError;
-
-    fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = input.split('/').collect();
-        let bad = |reason: String| ParsePlatformError {
-            input: input.to_owned(),
-            reason,
-        };
-        if parts.iter().any(|p| p.is_empty()) || !(2..=3).contains(&parts.len()) {
-            return Err(bad("expected os/arch[/variant]".to_owned()));
-        }
-        let architecture = normalize_arch(parts[1]).to_owned();
-        let variant = parts.get(2).map(|v| (*v).to_owned());
-        if let Some(v) = &variant {
-            let known = VARIANTS
-                .iter()
-                .find(|(arch, _)| *arch == architecture)
-                .map_or(&[][..], |(_, variants)| *variants);
-            if !known.contains(&v.as_str()) {
-                return Err(bad(if known.is_empty() {
-                    format!("{architecture} has no variants, and {v:?} is not one")
-                } else {
-                    format!(
-                        "{v:?} is not a variant of {architecture}: expected one of {}",
-                        known.join(", ")
-                    )
-                }));
-            }
-        }
-        Ok(Self {
-            os: parts[0].to_owned(),
-            architecture,
-            variant,
-        })
-    }
-}
-
 fn normalize_arch(arch: &str) -> &str {
     match arch {
         "x86_64" | "x86-64" => "amd64",
@@ -141,25 +90,16 @@ mod tests {
     }
 
     #[test]
-    fn parse_and_match() {
-        let p: Platform = "linux/arm64".parse().unwrap();
+    fn match_by_os_arch_and_variant() {
+        let p = Platform::new("linux", "arm64", None);
         assert!(p.matches(&entry(Arch::ARM64, None)));
         assert!(p.matches(&entry(Arch::ARM64, Some("v8"))));
         assert!(!p.matches(&entry(Arch::Amd64, None)));
-        let v7: Platform = "linux/arm/v7".parse().unwrap();
+        let v7 = Platform::new("linux", "arm", Some("v7"));
         assert!(v7.matches(&entry(Arch::ARM, Some("v7"))));
         assert!(!v7.matches(&entry(Arch::ARM, Some("v6"))));
         assert_eq!(v7.to_string(), "linux/arm/v7");
-        assert!("linux".parse::<Platform>().is_err());
-        assert!("linux//v7".parse::<Platform>().is_err());
-        assert!("linux/arm/v7/x".parse::<Platform>().is_err());
-        let err = "linux/amd64/v99".parse::<Platform>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid platform \"linux/amd64/v99\": \"v99\" is not a variant of amd64: expected one of v1, v2, v3, v4"
-        );
-        assert!("linux/386/v2".parse::<Platform>().is_err());
-        assert!("linux/x86_64/v3".parse::<Platform>().is_ok());
         assert_eq!(Platform::host().os, "linux");
+        assert_eq!(Platform::new("linux", "x86_64", None).architecture, "amd64");
     }
 }

@@ -295,7 +295,7 @@ async fn manifest_list_of_docker_manifests_selects_the_platform() {
         .unwrap();
     assert_eq!(&report.manifest_digest, list.digest());
 
-    let arm64: Platform = "linux/arm64".parse().unwrap();
+    let arm64 = Platform::new("linux", "arm64", None);
     let resolved = c.resolve(&target, &arm64).await.unwrap();
     assert_eq!(&resolved.manifest.digest, arm.manifest.digest());
     assert_eq!(
@@ -304,7 +304,7 @@ async fn manifest_list_of_docker_manifests_selects_the_platform() {
     );
     assert_eq!(resolved.index.as_ref().unwrap().digest, *list.digest());
     assert_eq!(resolved.reference.digest(), Some(list.digest()));
-    let amd64: Platform = "linux/amd64".parse().unwrap();
+    let amd64 = Platform::new("linux", "amd64", None);
     let (_d2, dst) = store();
     let pulled = c.pull(&target, &amd64, dst.clone()).await.unwrap();
     assert_eq!(&pulled.manifest.digest, amd.manifest.digest());
@@ -319,7 +319,7 @@ async fn manifest_list_of_docker_manifests_selects_the_platform() {
         assert_eq!(&host.manifest.digest, amd.manifest.digest());
     }
     let err = c
-        .resolve(&target, &"linux/s390x".parse().unwrap())
+        .resolve(&target, &Platform::new("linux", "s390x", None))
         .await
         .unwrap_err();
     assert!(matches!(err, PullError::NoMatchingPlatform { .. }), "{err}");

@@ -7,21 +7,21 @@
 //! later makes content concrete (a context source by the hash of the files it selects, an image
 //! by its manifest digest). The frontend also builds the target stage's image config and
 //! history ([`frontend::ImageConfig`]). The [`scheduler`] walks the graph on tokio, asks the
-//! cache for each key, and runs misses through the executor (RUN), the cache's file ops
-//! (COPY/ADD) or the registry (FROM).
+//! cache for each key, and runs misses through a [`scheduler::Worker`] (the `hoist-worker`
+//! crate runs RUN in the sandbox, COPY/ADD through the cache's file ops, FROM through the
+//! registry). This crate depends on the parser only.
 #![forbid(unsafe_code)]
 
-pub mod build;
 pub mod frontend;
 pub mod graph;
-pub mod image;
 pub mod op;
+pub mod platform;
 pub mod progress;
 pub mod scheduler;
-pub mod worker;
 
 pub use frontend::{BuildOptions, BuildPlan, FrontendError, ImageResolver, lower};
 pub use graph::{Graph, Vertex, VertexDigest, VertexId};
 pub use op::Op;
+pub use platform::Platform;
 pub use progress::{Event, ProgressSink};
 pub use scheduler::{Cache, CacheKey, Job, SolveError, Solver, Worker};

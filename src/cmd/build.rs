@@ -10,10 +10,10 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use hoist_executor::spec::Limits;
-use hoist_registry::Platform;
-use hoist_solver::build::{BuildOutcome, BuildRequest, Dockerfile};
+use hoist_solver::Platform;
 use hoist_solver::frontend::BuildOptions;
 use hoist_solver::op::NetworkMode;
+use hoist_worker::{BuildOutcome, BuildRequest, Dockerfile};
 
 use crate::cmd::engine::{self, EngineArgs};
 use crate::cmd::{Output, key_value};
@@ -334,7 +334,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn finish(
-    engine: &hoist_solver::build::Engine,
+    engine: &hoist_worker::Engine,
     args: &BuildArgs,
     outputs: &[Output],
     outcome: &BuildOutcome,

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use clap::Args;
 use hoist_executor::{Backend, Executor, ExecutorConfig};
 use hoist_registry::{Client, ClientConfig};
-use hoist_solver::build::Engine;
-use hoist_solver::worker::State;
+use hoist_worker::Engine;
+use hoist_worker::State;
 
 #[derive(Debug, Args)]
 pub(crate) struct EngineArgs {

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use hoist_registry::{Platform, Reference};
+use hoist_registry::Reference;
+use hoist_solver::Platform;
 
 use crate::cmd::Output;
 use crate::cmd::engine::{self, EngineArgs};
@@ -70,7 +71,7 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
         let engine = engine::open(&args.engine, None)?;
         let descriptor = hoist_registry::observe(
             progress(),
-            hoist_solver::image::pull(&engine, &args.image, &platform),
+            hoist_worker::image::pull(&engine, &args.image, &platform),
         )
         .await?;
         let name: Reference = args.image.parse()?;
@@ -84,7 +85,7 @@ pub(crate) fn push(args: &PushArgs) -> anyhow::Result<ExitCode> {
         let engine = engine::open(&args.engine, None)?;
         let pinned = hoist_registry::observe(
             progress(),
-            hoist_solver::image::push(&engine, &args.name, args.target.as_deref()),
+            hoist_worker::image::push(&engine, &args.name, args.target.as_deref()),
         )
         .await?;
         writeln!(std::io::stdout().lock(), "{pinned}")?;

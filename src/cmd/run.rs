@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 use hoist_executor::spec::NetworkMode;
-use hoist_registry::Platform;
-use hoist_solver::image::RunOptions;
+use hoist_solver::Platform;
+use hoist_worker::image::RunOptions;
 
 use crate::cmd::engine::{self, EngineArgs};
 use crate::cmd::key_value;
@@ -64,7 +64,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let engine = engine::open(&args.engine, None)?;
         let mut stdout = tokio::io::stdout();
         let mut stderr = tokio::io::stderr();
-        let code = hoist_solver::image::run(
+        let code = hoist_worker::image::run(
             &engine,
             &args.image,
             &Platform::host(),

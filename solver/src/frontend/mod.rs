@@ -21,11 +21,11 @@ mod gofmt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use crate::platform::Platform;
 use hoist_parser::shell::{Env, Lexer};
 use hoist_parser::{
     Command, CopyInstruction, Dockerfile, Flag, Heredoc, Instruction, LineIndex, Span, Spanned,
 };
-use hoist_registry::Platform;
 
 pub use config::{HealthConfig, HistoryEntry, ImageConfig};
 pub use error::{FrontendError, FrontendErrorKind};

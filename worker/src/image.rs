@@ -9,12 +9,13 @@ use hoist_cache::oci_spec::image::Descriptor;
 use hoist_cache::{Image, ImageStore};
 use hoist_executor::ExitStatus;
 use hoist_executor::spec;
-use hoist_registry::{Platform, PushOptions, Reference};
+use hoist_registry::{PushOptions, Reference};
+use hoist_solver::Platform;
 use tokio::io::AsyncWrite;
 
-use crate::build::Engine;
-use crate::frontend::ImageConfig;
-use crate::worker::Sandboxed;
+use crate::Engine;
+use crate::Sandboxed;
+use hoist_solver::frontend::ImageConfig;
 
 /// An image operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,7 @@ pub enum ImageOpError {
     #[error("image {reference} has no command: give one after the image name")]
     NoCommand { reference: String },
     #[error(transparent)]
-    Sandbox(#[from] crate::worker::WorkerError),
+    Sandbox(#[from] crate::WorkerError),
     #[error("the sandbox failed: {0}")]
     Run(#[from] hoist_executor::RunError),
 }
@@ -71,7 +72,7 @@ pub async fn pull(
     let store = engine.state.registry_store();
     let resolved = engine
         .registry
-        .pull(&parsed, platform, store)
+        .pull(&parsed, &crate::source::registry_platform(platform), store)
         .await
         .map_err(|source| ImageOpError::Pull {
             reference: reference.to_owned(),

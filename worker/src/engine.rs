@@ -14,15 +14,16 @@ use hoist_cache::context::StatCache;
 use hoist_cache::oci_spec::image::{Descriptor, Digest, ImageConfiguration};
 use hoist_cache::{DockerConfigExtras, Healthcheck, ImageStore, MediaTypes};
 use hoist_executor::Executor;
-use hoist_registry::{Client, Platform, PushOptions, Reference};
+use hoist_registry::{Client, PushOptions, Reference};
+use hoist_solver::Platform;
 use tokio_util::sync::CancellationToken;
 
-use crate::frontend::{
+use crate::{BuildWorker, IndexCache, Output, State};
+use hoist_solver::frontend::{
     self, BuildOptions, HistoryEntry, ImageConfig, ImageResolver, ResolvedImage,
 };
-use crate::progress::ProgressSink;
-use crate::scheduler::{Job, SolveError, Solver, SolverOptions};
-use crate::worker::{BuildWorker, IndexCache, Output, State};
+use hoist_solver::progress::ProgressSink;
+use hoist_solver::scheduler::{Job, SolveError, Solver, SolverOptions};
 
 /// The Dockerfile of a build, read by the caller (from a file, or from standard input).
 #[derive(Clone, Debug)]
@@ -60,7 +61,7 @@ pub struct BuildOutcome {
     /// The image manifest; `None` when the build had no output that needs one.
     pub manifest: Option<Descriptor>,
     /// The built filesystem's layers, bottom first (for `-o type=local`).
-    pub chain: Arc<Vec<crate::worker::Layer>>,
+    pub chain: Arc<Vec<crate::Layer>>,
     pub config_digest: Digest,
     /// Each pushed tag, pinned: `REF@sha256:…`.
     pub pushed: Vec<String>,
@@ -83,7 +84,7 @@ pub enum BuildError {
     #[error("assembling the image: {0}")]
     Image(#[from] hoist_cache::ImageError),
     #[error("compressing the image's layers: {0}")]
-    Layers(#[from] crate::worker::WorkerError),
+    Layers(#[from] crate::WorkerError),
     #[error("naming the image in the local store: {0}")]
     Store(#[from] hoist_cache::LayoutError),
     #[error("invalid tag {tag:?}: {source}")]
@@ -189,7 +190,6 @@ impl Engine {
             state: Arc::clone(&self.state),
             executor: Arc::clone(&self.executor),
             registry: Arc::clone(&self.registry),
-            platform: options.target_platform.clone(),
             context_dir: request.context_dir.clone(),
             proxy_env: plan.proxy_env.clone(),
             diff_options: BuildWorker::default_diff_options(),
@@ -358,7 +358,7 @@ fn image_config(
     config: &ImageConfig,
     author: Option<&str>,
     history: &[HistoryEntry],
-    chain: &[crate::worker::Layer],
+    chain: &[crate::Layer],
     platform: &Platform,
     created: &str,
 ) -> Result<(ImageConfiguration, DockerConfigExtras), BuildError> {
@@ -422,7 +422,7 @@ struct RegistryResolver {
 
 impl ImageResolver for RegistryResolver {
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
-        use crate::progress::{Event, Stream, internal_id};
+        use hoist_solver::progress::{Event, Stream, internal_id};
         let parsed: Reference = reference.parse().map_err(|e| format!("{e}"))?;
         let id = internal_id(
             self.steps
@@ -474,7 +474,7 @@ impl RegistryResolver {
     ) -> Result<ResolvedImage, String> {
         let resolved = self
             .client
-            .resolve(parsed, platform)
+            .resolve(parsed, &crate::source::registry_platform(platform))
             .await
             .map_err(|e| error_chain(&e))?;
         let config_desc = resolved.image.config().clone();

@@ -1,0 +1,112 @@
+//! What can go wrong in a vertex's work.
+
+// A step fails once per build and its error carries the causes by value; boxing each
+// variant would only add noise on the slow path.
+#![allow(clippy::result_large_err)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use hoist_cache::context::ContextError;
+use hoist_cache::copy::{self};
+use hoist_cache::oci_spec::image::Digest;
+
+/// A vertex's work failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("process \"{command}\" did not complete successfully: {status}\n{tail}")]
+    Exec {
+        command: String,
+        status: String,
+        tail: String,
+    },
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Copy(#[from] copy::CopyError),
+    #[error("invalid --exclude pattern: {0}")]
+    Exclude(#[from] hoist_parser::ignore::IgnoreError),
+    #[error("cannot resolve user {user:?} in the image: {source}")]
+    User {
+        user: String,
+        #[source]
+        source: hoist_executor::user::ResolveUserError,
+    },
+    #[error("pulling {reference}: {source}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: Box<hoist_registry::PullError>,
+    },
+    #[error("the platform of {reference}: {source}")]
+    Platform {
+        reference: String,
+        #[source]
+        source: hoist_solver::platform::ParsePlatformError,
+    },
+    #[error("invalid image reference {reference:?}: {source}")]
+    Reference {
+        reference: String,
+        #[source]
+        source: hoist_registry::ParseReferenceError,
+    },
+    #[error("unpacking {layer}: {source}")]
+    Snapshot {
+        layer: Digest,
+        #[source]
+        source: hoist_cache::SnapshotError,
+    },
+    #[error("making a layer from {}: {source}", path.display())]
+    Diff {
+        path: PathBuf,
+        #[source]
+        source: hoist_cache::DiffError,
+    },
+    #[error("the snapshot of layer {layer} is gone from the state root; rebuild with --no-cache")]
+    SnapshotGone { layer: Digest },
+    #[error(
+        "the snapshot {} of layer {layer} was changed on disk (it now hashes to {now}); rebuild with --no-cache",
+        path.display()
+    )]
+    SnapshotChanged {
+        path: PathBuf,
+        layer: Digest,
+        now: Digest,
+    },
+    #[error(transparent)]
+    Index(#[from] hoist_cache::index::IndexError),
+    #[error("ADD: {0}")]
+    Archive(#[from] hoist_cache::archive::ArchiveError),
+    #[error("the sandbox failed: {0}")]
+    Run(#[from] hoist_executor::RunError),
+    #[error("building the sandbox spec: {0}")]
+    Spec(#[from] hoist_executor::spec::BuildSpecError),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mount a read-only view at {}", target.display())]
+    View {
+        target: PathBuf,
+        #[source]
+        source: hoist_executor::overlay::OverlayError,
+    },
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+pub(crate) fn io_err<'p>(
+    op: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(io::Error) -> WorkerError + 'p {
+    move |source| WorkerError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}

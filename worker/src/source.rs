@@ -1,0 +1,135 @@
+//! Source ops: the build context, selected and hashed, and base images, pulled and unpacked.
+
+// A step fails once per build and its error carries the causes by value; boxing each
+// variant would only add noise on the slow path.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use hoist_cache::context::{self, Selection};
+use hoist_cache::oci_spec::image::Digest;
+use hoist_parser::ignore::Matcher;
+use hoist_registry::Reference;
+
+use hoist_solver::progress::Stream;
+use hoist_solver::scheduler::VertexContext;
+
+use crate::error::WorkerError;
+use crate::{BuildWorker, Layer};
+
+impl BuildWorker {
+    pub(crate) fn select_context(
+        &self,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<Selection, WorkerError> {
+        let sources: Vec<String> = if include.is_empty() {
+            vec![".".to_owned()]
+        } else {
+            include.to_vec()
+        };
+        let matcher = Matcher::new(exclude.iter().map(String::as_str))?;
+        Ok(context::select(&self.context_dir, &sources, &matcher)?)
+    }
+
+    pub(crate) async fn pull(
+        &self,
+        reference: &str,
+        platform: &str,
+        ctx: &VertexContext,
+    ) -> Result<Vec<Layer>, WorkerError> {
+        let parsed: Reference = reference.parse().map_err(|source| WorkerError::Reference {
+            reference: reference.to_owned(),
+            source,
+        })?;
+        let platform = platform
+            .parse::<hoist_solver::Platform>()
+            .map(|p| registry_platform(&p))
+            .map_err(|source| WorkerError::Platform {
+                reference: reference.to_owned(),
+                source,
+            })?;
+        let store = self.state.registry_store();
+        // Each registry event is a line of this step's output, so a pull that waits shows
+        // which manifest or blob it waits for. The observer must be 'static and `ctx` is
+        // borrowed, hence the channel.
+        let (lines, mut pending) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let observer: hoist_registry::Observer = Arc::new(move |event| {
+            let _ = lines.send(format!("{event}\n"));
+        });
+        let pull = hoist_registry::observe(observer, self.registry.pull(&parsed, &platform, store));
+        tokio::pin!(pull);
+        let pulled = loop {
+            tokio::select! {
+                pulled = &mut pull => break pulled,
+                Some(line) = pending.recv() => ctx.log(Stream::Stdout, line.as_bytes()),
+            }
+        };
+        while let Ok(line) = pending.try_recv() {
+            ctx.log(Stream::Stdout, line.as_bytes());
+        }
+        let resolved = pulled.map_err(|source| WorkerError::Pull {
+            reference: reference.to_owned(),
+            source: Box::new(source),
+        })?;
+        let state = Arc::clone(&self.state);
+        let image = resolved.image.clone();
+        tokio::task::spawn_blocking(move || {
+            let config_bytes = state
+                .blobs
+                .read(image.config().digest())
+                .map_err(|_| WorkerError::Internal("the pulled config blob is missing"))?;
+            let diff_ids = diff_ids_of(&config_bytes);
+            if diff_ids.len() != image.layers().len() {
+                return Err(WorkerError::Internal(
+                    "the image's config and manifest disagree on its layers",
+                ));
+            }
+            let mut chain = Vec::new();
+            for (layer, diff_id) in image.layers().iter().zip(diff_ids) {
+                state
+                    .snapshots
+                    .unpack(&state.blobs, layer, &diff_id)
+                    .map_err(|source| WorkerError::Snapshot {
+                        layer: layer.digest().clone(),
+                        source,
+                    })?;
+                chain.push(Layer {
+                    diff_id,
+                    blob: Some(layer.clone()),
+                });
+            }
+            Ok(chain)
+        })
+        .await
+        .map_err(|_| WorkerError::Internal("the unpack task panicked"))?
+    }
+}
+
+/// The config's `rootfs.diff_ids`.
+pub(crate) fn diff_ids_of(config: &[u8]) -> Vec<Digest> {
+    #[derive(serde::Deserialize)]
+    struct Rootfs {
+        #[serde(default)]
+        diff_ids: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: Rootfs,
+    }
+    serde_json::from_slice::<Config>(config)
+        .map(|c| {
+            c.rootfs
+                .diff_ids
+                .iter()
+                .filter_map(|d| d.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The registry's view of a build's platform, for choosing from an image index.
+#[must_use]
+pub fn registry_platform(p: &hoist_solver::Platform) -> hoist_registry::Platform {
+    hoist_registry::Platform::new(&p.os, &p.architecture, p.variant.as_deref())
+}

@@ -1,0 +1,418 @@
+//! The state root: snapshots, blobs, the cache index and this process's scratch area; the
+//! sandbox request of a RUN over a snapshot chain; layers made from directories; exports
+//! that read the snapshots.
+
+// A step fails once per build and its error carries the causes by value; boxing each
+// variant would only add noise on the slow path.
+#![allow(clippy::result_large_err)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hoist_cache::index::{BlobRecord, CacheIndex};
+use hoist_cache::oci_spec::image::{Descriptor, Digest, MediaType};
+use hoist_cache::scratch::{self, Reclaimed, ScratchArea};
+use hoist_cache::{BlobStore, CompressionOptions, DiffOptions, SnapshotStore};
+use hoist_executor::spec::{self, Limits, SpecOptions};
+use hoist_executor::{Executor, Rootfs, RunRequest};
+
+use hoist_solver::scheduler::BoxError;
+
+use crate::error::{WorkerError, io_err};
+use crate::store::StoreAdapter;
+
+/// `PATH` for a process whose image sets none (Docker's default).
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A process to run in the sandbox, for [`State::sandbox_request`].
+#[derive(Debug)]
+pub struct Sandboxed<'a> {
+    pub args: Vec<String>,
+    /// `K=V`, in order; Docker's default `PATH` is added when none is set.
+    pub env: Vec<String>,
+    pub cwd: &'a str,
+    /// As written in USER (`name[:group]` or `uid[:gid]`); empty means root.
+    pub user: &'a str,
+    pub hostname: &'a str,
+    pub network: spec::NetworkMode,
+    /// `RUN --security=insecure`.
+    pub insecure: bool,
+    /// Snapshot directories, topmost first.
+    pub lowerdirs: Vec<PathBuf>,
+    /// cgroup limits (`hoist build --memory`, `--cpu-quota`, …).
+    pub limits: Limits,
+}
+
+/// One layer of a result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub diff_id: Digest,
+    /// The compressed blob in the content store: known for a pulled layer; made for a built
+    /// one only when an image is exported or pushed ([`State::layer_blobs`]).
+    pub blob: Option<Descriptor>,
+}
+
+/// The state root's layout, shared by every build of a process.
+#[derive(Debug)]
+pub struct State {
+    pub root: PathBuf,
+    pub blobs: BlobStore,
+    pub snapshots: SnapshotStore,
+    pub index: CacheIndex,
+    /// This process's scratch area: unfinished step trees, blobs and snapshots.
+    scratch: ScratchArea,
+    /// What opening the state reclaimed from processes that died mid-work.
+    pub reclaimed: Reclaimed,
+}
+
+impl State {
+    /// Opens the state under `root` (creating what is missing), after reclaiming the
+    /// scratch areas of hoist processes that died without cleaning up.
+    ///
+    /// # Errors
+    /// The directories or the index cannot be created, or debris cannot be removed.
+    pub fn open(root: &Path) -> Result<Self, BoxError> {
+        let tmp = root.join("tmp");
+        // New snapshots and scratch trees spread over the filesystem (see spread_directories).
+        hoist_cache::spread_directories(&tmp)?;
+        let reclaimed = scratch::reclaim_stale(&tmp)?;
+        let scratch = ScratchArea::create(&tmp)?;
+        hoist_cache::spread_directories(scratch.dir())?;
+        let snapshots = SnapshotStore::new(root).with_scratch(scratch.dir());
+        hoist_cache::spread_directories(&snapshots.dir())?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            blobs: BlobStore::new(root).with_scratch(scratch.dir()),
+            snapshots,
+            index: CacheIndex::open(&root.join("cache.redb"))?,
+            scratch,
+            reclaimed,
+        })
+    }
+
+    /// A new private scratch directory on the state's filesystem (so it can be renamed into
+    /// a snapshot), removed when the guard drops unless it was kept.
+    pub(crate) fn scratch(&self) -> Result<tempfile::TempDir, WorkerError> {
+        let base = self.scratch.dir();
+        tempfile::Builder::new()
+            .prefix("work-")
+            .tempdir_in(base)
+            .map_err(io_err("create a scratch dir in", base))
+    }
+
+    /// The content store as the registry client sees it, for pulls and pushes.
+    #[must_use]
+    pub fn registry_store(&self) -> Arc<dyn hoist_registry::BlobStore> {
+        Arc::new(StoreAdapter(self.blobs.clone()))
+    }
+
+    /// The snapshot directories of `chain`, topmost first, as an overlay stacks them. A chain
+    /// deeper than this kernel's overlayfs takes (see [`hoist_executor::overlay::fits`]) has
+    /// its lowest layers merged into one snapshot, made once and kept under
+    /// `snapshots/merged/` by their diffIDs, instead of failing to mount.
+    pub(crate) fn snapshot_dirs(&self, chain: &[Layer]) -> Result<Vec<PathBuf>, WorkerError> {
+        let dirs: Vec<PathBuf> = chain
+            .iter()
+            .rev()
+            .map(|l| {
+                self.snapshots
+                    .get(&l.diff_id)
+                    .ok_or(WorkerError::Internal("a snapshot of the chain is missing"))
+            })
+            .collect::<Result<_, _>>()?;
+        if fits_in_overlay(&dirs) {
+            return Ok(dirs);
+        }
+        // Keep as many of the top layers as fit beside the merged one.
+        let mut keep = dirs.len() - 1;
+        loop {
+            let merged = self.merged_path(&chain[..chain.len() - keep]);
+            let mut candidate = dirs[..keep].to_vec();
+            candidate.push(merged);
+            if keep == 0 || fits_in_overlay(&candidate) {
+                self.merge(&chain[..chain.len() - keep])?;
+                return Ok(candidate);
+            }
+            keep -= 1;
+        }
+    }
+
+    /// Where the merged snapshot of `layers` (bottom first) lives.
+    pub(crate) fn merged_path(&self, layers: &[Layer]) -> PathBuf {
+        let ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_ref()).collect();
+        let key = hoist_cache::sha256_of(ids.join("\n").as_bytes());
+        self.root
+            .join("snapshots/merged")
+            .join(key.to_string().trim_start_matches("sha256:"))
+    }
+
+    /// Makes the merged snapshot of `layers` unless it exists: their filesystem, flattened
+    /// (no whiteouts), which serves as the lowest lowerdir in their place.
+    pub(crate) fn merge(&self, layers: &[Layer]) -> Result<(), WorkerError> {
+        let target = self.merged_path(layers);
+        if target.is_dir() {
+            return Ok(());
+        }
+        let scratch = self.scratch()?;
+        let fs = scratch.path().join("fs");
+        self.export_rootfs(layers, &fs)?;
+        if let Some(parent) = target.parent() {
+            fs_err::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        match fs_err::rename(&fs, &target) {
+            Ok(()) => Ok(()),
+            // Another build merged the same layers first.
+            Err(_) if target.is_dir() => Ok(()),
+            Err(e) => Err(io_err("rename into place", &target)(e)),
+        }
+    }
+
+    /// Prepares a sandboxed process over a snapshot chain: the user resolved in the image, the
+    /// Spec with Docker's defaults, and a scratch dir holding a fresh upperdir and workdir. The
+    /// scratch dir (returned) removes itself when dropped, unless its upperdir was renamed away.
+    ///
+    /// # Errors
+    /// An unknown user, or a spec or scratch dir that cannot be made.
+    pub fn sandbox_request(
+        &self,
+        executor: &Executor,
+        run: Sandboxed<'_>,
+    ) -> Result<(RunRequest, tempfile::TempDir), WorkerError> {
+        let user_spec = if run.user.is_empty() {
+            "root"
+        } else {
+            run.user
+        };
+        let user =
+            hoist_executor::user::resolve_user(&run.lowerdirs, user_spec).map_err(|source| {
+                WorkerError::User {
+                    user: user_spec.to_owned(),
+                    source,
+                }
+            })?;
+        let mut env = run.env;
+        if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+            env.push(DEFAULT_PATH.to_owned());
+        }
+        let spec = spec::build_spec(&SpecOptions {
+            args: run.args,
+            env,
+            cwd: PathBuf::from(run.cwd),
+            user,
+            hostname: run.hostname.to_owned(),
+            network: run.network,
+            etc_files: executor.etc_files(run.hostname)?,
+            limits: run.limits,
+            insecure: run.insecure,
+        })?;
+        let scratch = self.scratch()?;
+        let upperdir = scratch.path().join("upper");
+        let workdir = scratch.path().join("work");
+        for d in [&upperdir, &workdir] {
+            fs_err::create_dir(d).map_err(io_err("create", d))?;
+        }
+        let request = RunRequest {
+            spec,
+            rootfs: Rootfs {
+                lowerdirs: run.lowerdirs,
+                upperdir,
+                workdir,
+            },
+            timeout: None,
+        };
+        Ok((request, scratch))
+    }
+
+    /// Turns a directory of changes into a layer: its diffID (the sha256 of its tar; nothing
+    /// is compressed or stored yet), then the directory is renamed into place as the snapshot
+    /// of that diffID.
+    pub(crate) fn commit_layer(
+        &self,
+        dir: &Path,
+        source_date_epoch: Option<i64>,
+    ) -> Result<Layer, WorkerError> {
+        let diff_id = hoist_cache::upperdir_diff_id(dir, source_date_epoch).map_err(|source| {
+            WorkerError::Diff {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })?;
+        let target = self
+            .snapshots
+            .path(&diff_id)
+            .map_err(|source| WorkerError::Snapshot {
+                layer: diff_id.clone(),
+                source,
+            })?;
+        if !target.is_dir() {
+            if let Some(parent) = target.parent() {
+                fs_err::create_dir_all(parent).map_err(io_err("create", parent))?;
+            }
+            match fs_err::rename(dir, &target) {
+                Ok(()) => {}
+                // Another build made the same layer first: theirs is as good as ours.
+                Err(_) if target.is_dir() => {}
+                Err(e) => return Err(io_err("rename into place", &target)(e)),
+            }
+        }
+        Ok(Layer {
+            diff_id,
+            blob: None,
+        })
+    }
+
+    /// Writes the filesystem of `chain` into `dest` (`-o type=local`) without compressing: a
+    /// built layer's tar is streamed from its snapshot into the apply, a pulled layer is
+    /// applied from its blob, and each is checked against its diffID on the way.
+    ///
+    /// # Errors
+    /// A snapshot is gone, or reading or writing fails.
+    pub fn export_rootfs(&self, chain: &[Layer], dest: &Path) -> Result<(), WorkerError> {
+        fs_err::create_dir_all(dest).map_err(io_err("create", dest))?;
+        let apply = |reader: &mut dyn io::Read, layer: &Layer| {
+            hoist_cache::apply_layer(
+                reader,
+                dest,
+                &hoist_cache::ApplyOptions {
+                    whiteouts: hoist_cache::WhiteoutMode::Remove,
+                    expected_diff_id: Some(layer.diff_id.clone()),
+                    lower_dirs: Vec::new(),
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| WorkerError::Io {
+                op: "write the filesystem into",
+                path: dest.to_path_buf(),
+                source: io::Error::other(e),
+            })
+        };
+        for layer in chain {
+            if let Some(blob) = &layer.blob {
+                // A pulled layer: its own blob is the layer (a tar of its snapshot made here
+                // would not be byte-identical to the one its diffID names).
+                let mut reader = self
+                    .blobs
+                    .open(blob.digest())
+                    .map_err(|e| WorkerError::Io {
+                        op: "open the layer blob of",
+                        path: dest.to_path_buf(),
+                        source: io::Error::other(e),
+                    })?;
+                apply(&mut reader, layer)?;
+                continue;
+            }
+            let dir =
+                self.snapshots
+                    .get(&layer.diff_id)
+                    .ok_or_else(|| WorkerError::SnapshotGone {
+                        layer: layer.diff_id.clone(),
+                    })?;
+            let (mut reader, writer) = io::pipe().map_err(io_err("make a pipe for", &dir))?;
+            let walked = dir.clone();
+            let tar = std::thread::spawn(move || {
+                let options = DiffOptions {
+                    compression: CompressionOptions::new(hoist_cache::Compression::None),
+                    source_date_epoch: None,
+                };
+                hoist_cache::diff_upperdir(&walked, writer, &options).map(|_| ())
+            });
+            let applied = apply(&mut reader, layer);
+            // Closing the read end unblocks the tar side if the apply stopped early.
+            drop(reader);
+            // The tar side's error explains an apply that saw a cut stream, so it goes first.
+            tar.join()
+                .map_err(|_| WorkerError::Internal("the layer tar thread panicked"))?
+                .map_err(|source| WorkerError::Diff {
+                    path: dir.clone(),
+                    source,
+                })?;
+            applied?;
+        }
+        Ok(())
+    }
+
+    /// The compressed blob of every layer of `chain`, bottom first, for a manifest. A built
+    /// layer's blob is made from its snapshot the first time an image needs it, and remembered
+    /// in the index, so exporting or pushing it again costs nothing.
+    ///
+    /// # Errors
+    /// A snapshot is gone or no longer hashes to its diffID, or storing the blob fails.
+    pub fn layer_blobs(
+        &self,
+        chain: &[Layer],
+        options: &DiffOptions,
+    ) -> Result<Vec<Descriptor>, WorkerError> {
+        let media_type = match options.compression.compression {
+            hoist_cache::Compression::Gzip => MediaType::ImageLayerGzip,
+            hoist_cache::Compression::Zstd => MediaType::ImageLayerZstd,
+            hoist_cache::Compression::None => MediaType::ImageLayer,
+        };
+        chain
+            .iter()
+            .map(|layer| {
+                if let Some(blob) = &layer.blob {
+                    return Ok(blob.clone());
+                }
+                let diff_id = layer.diff_id.to_string();
+                if let Some(known) = self.index.get_blob(&diff_id, media_type.as_ref())?
+                    && let Ok(digest) = known.digest.parse::<Digest>()
+                    && self.blobs.has(&digest)
+                {
+                    return Ok(Descriptor::new(media_type.clone(), known.size, digest));
+                }
+                let dir = self.snapshots.get(&layer.diff_id).ok_or_else(|| {
+                    WorkerError::SnapshotGone {
+                        layer: layer.diff_id.clone(),
+                    }
+                })?;
+                let digests = hoist_cache::store_upperdir_layer(&self.blobs, &dir, options)
+                    .map_err(|source| WorkerError::Diff {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                if digests.diff_id != layer.diff_id {
+                    return Err(WorkerError::SnapshotChanged {
+                        path: dir,
+                        layer: layer.diff_id.clone(),
+                        now: digests.diff_id,
+                    });
+                }
+                self.index.put_blob(
+                    &diff_id,
+                    &BlobRecord {
+                        digest: digests.digest.to_string(),
+                        size: digests.size,
+                        media_type: media_type.to_string(),
+                    },
+                )?;
+                Ok(Descriptor::new(
+                    media_type.clone(),
+                    digests.size,
+                    digests.digest,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Whether an overlay of `lowerdirs` can be mounted here, with room to spare for what the
+/// sandbox adds to a RUN's rootfs (a layer of mount-point stubs, an upperdir and a workdir).
+/// `HOIST_OVERLAY_MAX_LAYERS` lowers the limit, so that tests reach the merging of layers
+/// without building hundreds of them.
+pub(crate) fn fits_in_overlay(lowerdirs: &[PathBuf]) -> bool {
+    use hoist_executor::overlay::{Overlay, fits};
+    let spare = PathBuf::from("/".repeat(200));
+    let cap = std::env::var("HOIST_OVERLAY_MAX_LAYERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if cap.is_some_and(|cap| lowerdirs.len() > cap) {
+        return false;
+    }
+    let mut with_stub = lowerdirs.to_vec();
+    with_stub.push(spare.clone());
+    fits(&Overlay {
+        lowerdirs: &with_stub,
+        upper: Some((&spare, &spare)),
+    })
+}

@@ -1,0 +1,209 @@
+//! The worker: each vertex's content key and work, dispatched by op kind to the modules
+//! [`crate::source`], [`crate::exec`] and [`crate::file`].
+
+// A step fails once per build and its error carries the causes by value; boxing each
+// variant would only add noise on the slow path.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use hoist_cache::context::{self, Selection, StatCache};
+use hoist_cache::{CompressionOptions, DiffOptions};
+use hoist_executor::Executor;
+use hoist_executor::spec::Limits;
+use hoist_registry::Client;
+use tokio_util::sync::CancellationToken;
+
+use hoist_solver::graph::{Vertex, VertexDigest};
+use hoist_solver::op::{Op, SourceOp};
+use hoist_solver::progress::Stream;
+use hoist_solver::scheduler::{BoxError, BoxFuture, VertexContext, Worker};
+
+use crate::error::WorkerError;
+use crate::{Layer, State};
+
+/// What a vertex produced.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A filesystem: its layers, bottom first.
+    Chain(Arc<Vec<Layer>>),
+    /// Files of the build context, for the COPY that selected them.
+    Context(Arc<Selection>),
+}
+
+impl Output {
+    pub(crate) fn chain(&self) -> Result<&[Layer], WorkerError> {
+        match self {
+            Self::Chain(layers) => Ok(layers),
+            Self::Context(_) => Err(WorkerError::Internal(
+                "a filesystem input is the build context",
+            )),
+        }
+    }
+}
+
+/// What keying a context selection took, for the progress log of "load build context".
+#[derive(Clone, Copy, Debug)]
+pub struct ContextSummary {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files read and hashed (new or changed since the last build); the others were known
+    /// by their stat.
+    pub hashed_files: u64,
+    pub hashed_bytes: u64,
+    pub took: std::time::Duration,
+}
+
+impl std::fmt::Display for ContextSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        #[allow(clippy::cast_precision_loss)] // a human-readable size
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        write!(
+            f,
+            "{} files, {:.1} MiB; {} read and hashed ({:.1} MiB), the rest unchanged since they were last hashed; {:.3}s",
+            self.files,
+            mib(self.bytes),
+            self.hashed_files,
+            mib(self.hashed_bytes),
+            self.took.as_secs_f64()
+        )
+    }
+}
+
+/// Does the work of one build's vertices.
+pub struct BuildWorker {
+    pub state: Arc<State>,
+    pub executor: Arc<Executor>,
+    pub registry: Arc<Client>,
+    /// The build context directory.
+    pub context_dir: PathBuf,
+    /// Proxy build-args, given to every RUN but part of no key.
+    pub proxy_env: Vec<(String, String)>,
+    pub diff_options: DiffOptions,
+    /// cgroup limits of every RUN of the build.
+    pub limits: Limits,
+    pub stat_cache: Arc<Mutex<StatCache>>,
+    /// Context selections made while computing content keys, by vertex digest, so that the
+    /// source's run uses the very files that were hashed instead of walking the context again.
+    pub selections: Mutex<HashMap<VertexDigest, (Arc<Selection>, ContextSummary)>>,
+}
+
+impl std::fmt::Debug for BuildWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildWorker")
+            .field("context_dir", &self.context_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BuildWorker {
+    /// Default layer options: gzip at the default level.
+    #[must_use]
+    pub fn default_diff_options() -> DiffOptions {
+        DiffOptions {
+            compression: CompressionOptions::default(),
+            source_date_epoch: None,
+        }
+    }
+}
+
+impl Worker for BuildWorker {
+    type Output = Output;
+
+    fn content_key<'a>(
+        &'a self,
+        vertex: &'a Vertex,
+        _cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Option<String>, BoxError>> {
+        Box::pin(async move {
+            let Op::Source(SourceOp::Local {
+                include, exclude, ..
+            }) = &vertex.op
+            else {
+                return Ok(None);
+            };
+            let started = std::time::Instant::now();
+            let selection = Arc::new(self.select_context(include, exclude)?);
+            let root = self.context_dir.clone();
+            let cache = Arc::clone(&self.stat_cache);
+            let hashed = Arc::clone(&selection);
+            let (key, hashed_files, hashed_bytes) = tokio::task::spawn_blocking(move || {
+                let mut cache = cache
+                    .lock()
+                    .map_err(|_| WorkerError::Internal("stat cache lock"))?;
+                let (files, bytes) = (cache.hashed_files, cache.hashed_bytes);
+                let key = context::content_key(&root, &hashed, &mut cache)?;
+                Ok::<_, WorkerError>((key, cache.hashed_files - files, cache.hashed_bytes - bytes))
+            })
+            .await
+            .map_err(|_| WorkerError::Internal("the hashing task panicked"))??;
+            let files = selection
+                .entries
+                .iter()
+                .filter(|e| e.kind == context::EntryKind::File);
+            let summary = ContextSummary {
+                files: files.clone().count() as u64,
+                bytes: files.map(|e| e.size).sum(),
+                hashed_files,
+                hashed_bytes,
+                took: started.elapsed(),
+            };
+            if let Ok(mut selections) = self.selections.lock() {
+                selections.insert(vertex.digest, (selection, summary));
+            }
+            Ok(Some(key))
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        vertex: &'a Vertex,
+        inputs: &'a [Output],
+        ctx: &'a VertexContext,
+    ) -> BoxFuture<'a, Result<Output, BoxError>> {
+        Box::pin(async move {
+            let chain = match &vertex.op {
+                Op::Source(SourceOp::Scratch) => Vec::new(),
+                Op::Source(SourceOp::Image {
+                    reference,
+                    platform,
+                }) => self.pull(reference, platform, ctx).await?,
+                Op::Source(SourceOp::Local {
+                    include, exclude, ..
+                }) => {
+                    let hashed = self
+                        .selections
+                        .lock()
+                        .ok()
+                        .and_then(|s| s.get(&vertex.digest).cloned());
+                    let selection = match hashed {
+                        Some((selection, summary)) => {
+                            ctx.log(Stream::Stdout, format!("{summary}\n").as_bytes());
+                            selection
+                        }
+                        None => Arc::new(self.select_context(include, exclude)?),
+                    };
+                    for socket in &selection.skipped {
+                        let warning = format!(
+                            "warning: {:?} is a socket, left out: a layer cannot hold sockets\n",
+                            socket.display().to_string()
+                        );
+                        ctx.log(Stream::Stderr, warning.as_bytes());
+                    }
+                    return Ok(Output::Context(selection));
+                }
+                Op::File(op) => {
+                    // File ops are plain blocking file system work.
+                    tokio::task::block_in_place(|| self.file_op(op, inputs))?
+                }
+                Op::Exec(exec) => self.exec(exec, inputs, ctx).await?,
+                Op::Merge(_) => {
+                    return Err(WorkerError::Internal("merge ops are not produced yet").into());
+                }
+            };
+            Ok(Output::Chain(Arc::new(chain)))
+        })
+    }
+}
