@@ -13,7 +13,7 @@ use hoist_executor::spec::Limits;
 use hoist_solver::Platform;
 use hoist_solver::frontend::BuildOptions;
 use hoist_solver::op::NetworkMode;
-use hoist_worker::{BuildOutcome, BuildRequest, Dockerfile};
+use hoist_worker::{BuildOutcome, BuildRequest, Dockerfile, LocalContext};
 
 use crate::cmd::engine::{self, EngineArgs};
 use crate::cmd::{Output, key_value};
@@ -272,9 +272,12 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .entry("SOURCE_DATE_EPOCH".to_owned())
             .or_insert(epoch);
     }
+    if !args.path.is_dir() {
+        bail!("build context {} is not a directory", args.path.display());
+    }
     let request = BuildRequest {
         dockerfile: read_dockerfile(args.file.as_deref(), &args.path)?,
-        context_dir: args.path.clone(),
+        context: Arc::new(LocalContext::new(&args.path, &args.engine.root())),
         options: BuildOptions {
             build_args,
             target: args.target.clone(),
@@ -303,12 +306,6 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             || args.metadata_file.is_some(),
         limits: limits(&args)?,
     };
-    if !request.context_dir.is_dir() {
-        bail!(
-            "build context {} is not a directory",
-            request.context_dir.display()
-        );
-    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

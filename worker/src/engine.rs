@@ -7,10 +7,9 @@
 // variant would only add noise on the slow path.
 #![allow(clippy::result_large_err)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use hoist_cache::context::StatCache;
 use hoist_cache::oci_spec::image::{Descriptor, Digest, ImageConfiguration};
 use hoist_cache::{DockerConfigExtras, Healthcheck, ImageStore, MediaTypes};
 use hoist_executor::Executor;
@@ -18,6 +17,7 @@ use hoist_registry::{Client, PushOptions, Reference};
 use hoist_solver::Platform;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::ContextSource;
 use crate::{BuildWorker, IndexCache, Output, State};
 use hoist_solver::frontend::{
     self, BuildOptions, HistoryEntry, ImageConfig, ImageResolver, ResolvedImage,
@@ -39,7 +39,8 @@ pub struct Dockerfile {
 /// What to build and where the result goes.
 #[derive(Clone, Debug)]
 pub struct BuildRequest {
-    pub context_dir: PathBuf,
+    /// The build context: a local directory, or (for `hoist serve`) an uploaded tree.
+    pub context: Arc<dyn ContextSource>,
     pub dockerfile: Dockerfile,
     pub options: BuildOptions,
     /// `-t`: names in the local store (and push targets with `--push`).
@@ -156,14 +157,9 @@ impl Engine {
             BuildError::Dockerfile(e.render(&shown, source, &hoist_parser::LineIndex::new(source)))
         })?;
         let mut options = request.options.clone();
-        options.ignore_patterns = hoist_parser::ignore::read_dockerignore_patterns(
-            &request.context_dir,
-            request.dockerfile.path.as_deref(),
-        )?
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| p.text)
-        .collect();
+        options.ignore_patterns = request
+            .context
+            .ignore_patterns(request.dockerfile.path.as_deref())?;
 
         // Lowering resolves base images; it is synchronous, so it runs on a blocking thread
         // that drives the registry calls on this runtime.
@@ -190,16 +186,12 @@ impl Engine {
             state: Arc::clone(&self.state),
             executor: Arc::clone(&self.executor),
             registry: Arc::clone(&self.registry),
-            context_dir: request.context_dir.clone(),
+            context: Arc::clone(&request.context),
             proxy_env: plan.proxy_env.clone(),
             diff_options: BuildWorker::default_diff_options(),
             limits: request.limits,
-            stat_cache: Arc::new(Mutex::new(StatCache::load(
-                &self.stat_cache_path(&request.context_dir),
-            ))),
             selections: Mutex::default(),
         });
-        let stat_cache = Arc::clone(&worker.stat_cache);
         let solution = self
             .solver
             .solve(Job {
@@ -211,10 +203,7 @@ impl Engine {
                 no_cache: request.no_cache,
             })
             .await?;
-        if let Ok(cache) = stat_cache.lock() {
-            // Only a cache: failing to save it costs a rehash next time, nothing more.
-            let _ = cache.save(&self.stat_cache_path(&request.context_dir));
-        }
+        request.context.finish();
         let Some(Output::Chain(chain)) = solution.results.first() else {
             return Err(BuildError::Internal(
                 "the build produced no filesystem".into(),
@@ -298,15 +287,6 @@ impl Engine {
             cached: solution.cached,
             unused_build_args: plan.unused_build_args,
         })
-    }
-
-    fn stat_cache_path(&self, context: &Path) -> PathBuf {
-        let abs = std::fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
-        let key = hoist_cache::sha256_of(abs.as_os_str().as_encoded_bytes());
-        self.state
-            .root
-            .join("context-stat")
-            .join(format!("{}.v2", key.digest()))
     }
 }
 

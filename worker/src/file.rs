@@ -65,7 +65,7 @@ impl BuildWorker {
                                 )?;
                             } else {
                                 copy::copy_selection(
-                                    &self.context_dir,
+                                    self.context.root(),
                                     selection,
                                     dest,
                                     dest_view.path(),
@@ -148,7 +148,7 @@ impl BuildWorker {
     ) -> Result<(), WorkerError> {
         let mut plain = Selection::default();
         for entry in &selection.entries {
-            let path = self.context_dir.join(&entry.source);
+            let path = self.context.root().join(&entry.source);
             let archive = if entry.kind == context::EntryKind::File {
                 hoist_cache::archive::detect_archive(&path)?
             } else {
@@ -169,7 +169,7 @@ impl BuildWorker {
             }
         }
         if !plain.entries.is_empty() {
-            copy::copy_selection(&self.context_dir, &plain, dest, dest_view, out_dir, opts)?;
+            copy::copy_selection(self.context.root(), &plain, dest, dest_view, out_dir, opts)?;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@
 //! # Principal types
 //!
 //! - [`Engine`]: one per process, shared by every build it runs. A build request goes in
-//!   ([`BuildRequest`]: the Dockerfile's text, the context, options), progress events come out
+//!   ([`BuildRequest`]: the Dockerfile's text, a [`ContextSource`], options), progress events come out
 //!   through a [`hoist_solver::ProgressSink`], a [`tokio_util::sync::CancellationToken`]
 //!   stops it, and a [`BuildOutcome`] or a [`BuildError`] comes back.
 //! - [`State`]: the state root: blobs, snapshots, the cache index, this process's scratch
@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod context;
 pub mod engine;
 pub mod error;
 pub mod exec;
@@ -43,6 +44,7 @@ pub mod store;
 pub mod worker;
 
 pub use cache::IndexCache;
+pub use context::{ContextSource, LocalContext};
 pub use engine::{BuildError, BuildOutcome, BuildRequest, Dockerfile, Engine};
 pub use error::WorkerError;
 pub use state::{Layer, Sandboxed, State};

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use hoist_cache::context::{self, Selection};
+use hoist_cache::context::Selection;
 use hoist_cache::oci_spec::image::Digest;
 use hoist_parser::ignore::Matcher;
 use hoist_registry::Reference;
@@ -29,7 +29,7 @@ impl BuildWorker {
             include.to_vec()
         };
         let matcher = Matcher::new(exclude.iter().map(String::as_str))?;
-        Ok(context::select(&self.context_dir, &sources, &matcher)?)
+        Ok(self.context.select(&sources, &matcher)?)
     }
 
     pub(crate) async fn pull(

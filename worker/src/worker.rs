@@ -6,10 +6,9 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use hoist_cache::context::{self, Selection, StatCache};
+use hoist_cache::context::{self, Selection};
 use hoist_cache::{CompressionOptions, DiffOptions};
 use hoist_executor::Executor;
 use hoist_executor::spec::Limits;
@@ -21,6 +20,7 @@ use hoist_solver::op::{Op, SourceOp};
 use hoist_solver::progress::Stream;
 use hoist_solver::scheduler::{BoxError, BoxFuture, VertexContext, Worker};
 
+use crate::context::ContextSource;
 use crate::error::WorkerError;
 use crate::{Layer, State};
 
@@ -77,14 +77,12 @@ pub struct BuildWorker {
     pub state: Arc<State>,
     pub executor: Arc<Executor>,
     pub registry: Arc<Client>,
-    /// The build context directory.
-    pub context_dir: PathBuf,
+    pub context: Arc<dyn ContextSource>,
     /// Proxy build-args, given to every RUN but part of no key.
     pub proxy_env: Vec<(String, String)>,
     pub diff_options: DiffOptions,
     /// cgroup limits of every RUN of the build.
     pub limits: Limits,
-    pub stat_cache: Arc<Mutex<StatCache>>,
     /// Context selections made while computing content keys, by vertex digest, so that the
     /// source's run uses the very files that were hashed instead of walking the context again.
     pub selections: Mutex<HashMap<VertexDigest, (Arc<Selection>, ContextSummary)>>,
@@ -93,7 +91,7 @@ pub struct BuildWorker {
 impl std::fmt::Debug for BuildWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BuildWorker")
-            .field("context_dir", &self.context_dir)
+            .field("context", &self.context)
             .finish_non_exhaustive()
     }
 }
@@ -126,19 +124,12 @@ impl Worker for BuildWorker {
             };
             let started = std::time::Instant::now();
             let selection = Arc::new(self.select_context(include, exclude)?);
-            let root = self.context_dir.clone();
-            let cache = Arc::clone(&self.stat_cache);
+            let context = Arc::clone(&self.context);
             let hashed = Arc::clone(&selection);
-            let (key, hashed_files, hashed_bytes) = tokio::task::spawn_blocking(move || {
-                let mut cache = cache
-                    .lock()
-                    .map_err(|_| WorkerError::Internal("stat cache lock"))?;
-                let (files, bytes) = (cache.hashed_files, cache.hashed_bytes);
-                let key = context::content_key(&root, &hashed, &mut cache)?;
-                Ok::<_, WorkerError>((key, cache.hashed_files - files, cache.hashed_bytes - bytes))
-            })
-            .await
-            .map_err(|_| WorkerError::Internal("the hashing task panicked"))??;
+            let (key, read) = tokio::task::spawn_blocking(move || context.content_key(&hashed))
+                .await
+                .map_err(|_| WorkerError::Internal("the hashing task panicked"))?
+                .map_err(WorkerError::Context)?;
             let files = selection
                 .entries
                 .iter()
@@ -146,8 +137,8 @@ impl Worker for BuildWorker {
             let summary = ContextSummary {
                 files: files.clone().count() as u64,
                 bytes: files.map(|e| e.size).sum(),
-                hashed_files,
-                hashed_bytes,
+                hashed_files: read.files,
+                hashed_bytes: read.bytes,
                 took: started.elapsed(),
             };
             if let Ok(mut selections) = self.selections.lock() {
