@@ -928,7 +928,9 @@ fn hash_file(path: &Path, id: (u64, u64)) -> Result<String, ContextError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = SparseReader::new(open_regular(path, Some(id)).map_err(read_err)?);
+    let file = open_regular(path, Some(id)).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    let mut file = SparseReader::new(file, &meta);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {

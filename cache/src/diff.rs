@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::apply::{OVERLAY_OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX};
 use crate::compress::{CompressionOptions, LayerDigests, LayerWriter};
-use crate::regular::{SparseReader, open_regular};
+use crate::regular::{SparseReader, open_owned};
 use crate::store::{BlobStore, StoreError};
 use crate::tarwriter::{TarHeader, TarKind, TarWriter};
 
@@ -363,11 +363,10 @@ impl<W: Write + Send + 'static> Differ<W> {
                     if meta.nlink() > 1 {
                         self.links.insert(key, tar_name.to_vec());
                     }
-                    // The tree may change under us: never archive what a swapped-in symlink
-                    // points at, nor open a FIFO or device put in the file's place. Holes
-                    // read as zeros without a read.
-                    let fd = open_regular(src, Some(key)).map_err(read_err)?;
-                    file = Some(SparseReader::new(fd));
+                    // Never archive what a swapped-in symlink points at, nor wait on a FIFO
+                    // put in the file's place. Holes read as zeros without a read.
+                    let fd = open_owned(src, Some(key)).map_err(read_err)?;
+                    file = Some(SparseReader::new(fd, meta));
                     TarKind::File { size: meta.len() }
                 }
             }

@@ -228,20 +228,41 @@ pub fn append_empty_layer_history(config: &mut ImageConfiguration, history: Hist
 /// # Errors
 /// The value cannot be serialized.
 pub fn canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
-    fn sort(v: serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(map) => {
-                let mut entries: Vec<_> = map.into_iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sort(v))).collect())
-            }
-            serde_json::Value::Array(a) => {
-                serde_json::Value::Array(a.into_iter().map(sort).collect())
-            }
-            other => other,
+    serde_json::to_vec(&sorted(serde_json::to_value(value)?))
+}
+
+/// `v` with the keys of every object in order. It takes the value over, so a large document is
+/// not copied to be sorted.
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
         }
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(sorted).collect())
+        }
+        other => other,
     }
-    serde_json::to_vec(&sort(serde_json::to_value(value)?))
+}
+
+/// Counts and hashes what is written, to learn a document's digest without keeping its bytes.
+struct HashingSink {
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl io::Write for HashingSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        sha2::Digest::update(&mut self.hasher, buf);
+        self.size += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes `config` (plus Docker extras: Healthcheck, OnBuild, Shell) into the store as
@@ -278,9 +299,25 @@ pub fn write_config(
             }
         }
     }
-    let config_bytes = canonical_json(&value).map_err(json_err)?;
-    let (config_digest, config_size) = store.put(&config_bytes)?;
-    Ok(Descriptor::new(media.config(), config_size, config_digest))
+    // A Dockerfile of many ENV or LABEL lines makes a config of hundreds of megabytes: its
+    // bytes are never held whole. One pass hashes them; a second writes them, only when the
+    // store lacks them (a cached rebuild writes nothing), and the store checks the digest.
+    let value = sorted(value);
+    let mut sink = HashingSink {
+        hasher: sha2::Sha256::default(),
+        size: 0,
+    };
+    serde_json::to_writer(&mut sink, &value).map_err(json_err)?;
+    let config_digest = crate::digest::sha256_digest(&sha2::Digest::finalize(sink.hasher).into());
+    if !store.has(&config_digest) {
+        let mut writer = store.writer(&config_digest)?;
+        let mut buffered = io::BufWriter::new(&mut writer);
+        serde_json::to_writer(&mut buffered, &value).map_err(json_err)?;
+        io::Write::flush(&mut buffered).map_err(|e| json_err(serde_json::Error::io(e)))?;
+        drop(buffered);
+        writer.commit()?;
+    }
+    Ok(Descriptor::new(media.config(), sink.size, config_digest))
 }
 
 /// Writes `config` (plus Docker extras) and a manifest over `layers` into the store. Returns the

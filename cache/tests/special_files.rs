@@ -169,6 +169,38 @@ fn fifos_and_devices_are_copied_as_nodes_and_go_through_a_layer() {
 }
 
 #[test]
+fn a_file_swapped_for_a_fifo_after_selection_is_an_error_not_a_hang() {
+    // Between the walk and the read, a regular file becomes a FIFO: it must not be opened.
+    let d = tempfile::tempdir().unwrap();
+    fs_err::write(d.path().join("f"), "regular when selected\n").unwrap();
+    let s = sel(d.path(), &["f"]).unwrap();
+    fs_err::remove_file(d.path().join("f")).unwrap();
+    mknod(&d.path().join("f"), rustix::fs::FileType::Fifo, 0, 0);
+    let root = d.path().to_path_buf();
+    let (keyed, copied) = within(60, "reading a FIFO swapped in after selection", move || {
+        let keyed = content_key(&root, &s, &mut StatCache::default()).map(drop);
+        let view = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let copied = copy_selection(
+            &root,
+            &s,
+            "/f",
+            view.path(),
+            out.path(),
+            CopyOptions::default(),
+        );
+        (
+            keyed.map_err(|e| e.to_string()),
+            copied.map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e))),
+        )
+    });
+    let keyed = keyed.unwrap_err();
+    assert!(keyed.contains("/f"), "the error names no path: {keyed}");
+    let copied = copied.unwrap_err();
+    assert!(copied.contains("found a FIFO"), "{copied}");
+}
+
+#[test]
 fn a_socket_is_left_out_and_reported() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("dir");

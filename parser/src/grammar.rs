@@ -103,26 +103,27 @@ pub fn parse(source: &str) -> Result<Dockerfile, ParseError> {
             })?;
             for marker in markers {
                 let body_start = lines.offset();
-                let mut content = String::new();
-                let mut terminated = false;
+                // The body is every line before the terminator, whole: one slice of the source,
+                // copied once at its final size.
+                let mut body_end = None;
                 for body_line in lines.by_ref() {
                     let mut candidate = trim_newline(body_line.text);
                     if marker.chomp {
                         candidate = candidate.trim_start_matches('\t');
                     }
                     if candidate == marker.name {
-                        terminated = true;
+                        body_end = Some(body_line.start);
                         span.end = body_line.start + trim_newline(body_line.text).len();
                         break;
                     }
-                    content.push_str(body_line.text);
                 }
-                if !terminated {
+                let Some(body_end) = body_end else {
                     return Err(ParseError::new(
                         ParseErrorKind::UnterminatedHeredoc { name: marker.name },
                         Span::new(span.start, source.len()),
                     ));
-                }
+                };
+                let content = source[body_start..body_end].to_owned();
                 docs.push(Heredoc {
                     name: marker.name,
                     fd: marker.fd,
@@ -792,14 +793,11 @@ impl Reader<'_> {
     }
 }
 
-/// Splits `name=value` at the first `=`, reusing the word's allocation for the name.
-fn split_at_equals(mut word: String) -> (String, Option<String>) {
-    match word.find('=') {
-        Some(eq) => {
-            let value = word[eq + 1..].to_owned();
-            word.truncate(eq);
-            (word, Some(value))
-        }
+/// Splits `name=value` at the first `=`. Each part is copied at its own size: a name that kept
+/// the whole word's buffer would hold on to a long value's bytes for the life of the AST.
+fn split_at_equals(word: String) -> (String, Option<String>) {
+    match word.split_once('=') {
+        Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
         None => (word, None),
     }
 }

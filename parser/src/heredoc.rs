@@ -92,8 +92,10 @@ pub fn marker(word: &str) -> Result<Option<Marker>, String> {
 /// Strips leading tabs from every line of a `<<-` heredoc body.
 #[must_use]
 pub fn chomp(content: &str) -> String {
-    content
-        .split_inclusive('\n')
-        .map(|line| line.trim_start_matches('\t'))
-        .collect()
+    // Sized for the body up front: a long one is not regrown piece by piece.
+    let mut out = String::with_capacity(content.len());
+    for line in content.split_inclusive('\n') {
+        out.push_str(line.trim_start_matches('\t'));
+    }
+    out
 }

@@ -25,9 +25,10 @@ impl VertexDigest {
     pub fn compute(op: &Op, inputs: &[VertexDigest]) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(b"hoist.vertex.v1\0");
-        // Serializing these plain data types cannot fail; an empty encoding would still be
-        // deterministic, so there is nothing to recover from.
-        hasher.update(serde_json::to_vec(op).unwrap_or_default());
+        // The encoding streams into the hash: an op may carry a RUN script or a heredoc file of
+        // many megabytes, which is not worth a second copy. Serializing these plain data types
+        // into a hasher cannot fail.
+        let _ = serde_json::to_writer(HashWriter(&mut hasher), op);
         for input in inputs {
             hasher.update(input.0);
         }
@@ -38,6 +39,20 @@ impl VertexDigest {
     #[must_use]
     pub fn hex(&self) -> String {
         hex::encode(self.0)
+    }
+}
+
+/// Feeds what is written into a hash.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -236,6 +251,64 @@ mod tests {
         assert_eq!(
             d,
             VertexDigest::compute(&Op::Source(SourceOp::Scratch), &[])
+        );
+    }
+
+    #[test]
+    fn digests_keep_their_pinned_values() {
+        // The values the encoding gave when cache keys were first written to state roots: a
+        // change of encoding (field order, escaping, how the bytes reach the hash) shows here
+        // before it turns every user's cache cold.
+        use crate::op::{CopyFrom, FileAction, FileOp};
+        let scratch = VertexDigest::compute(&Op::Source(SourceOp::Scratch), &[]);
+        let exec = Op::Exec(ExecOp {
+            args: vec!["/bin/sh".into(), "-c".into(), "echo \"hi\" > /x".into()],
+            env: vec![
+                ("PATH".into(), "/usr/bin:/bin".into()),
+                ("A".into(), "\u{e9}\u{1}".into()),
+            ],
+            cwd: "/work".into(),
+            user: "1000:1000".into(),
+            network: NetworkMode::None,
+            privileged: false,
+            mounts: vec![],
+        });
+        let file = Op::File(FileOp {
+            actions: vec![
+                FileAction::Mkfile {
+                    path: "/f".into(),
+                    mode: 0o644,
+                    data: "line\n".repeat(3),
+                    chown: None,
+                },
+                FileAction::Copy {
+                    src_input: 1,
+                    src: vec!["a".into(), "b*".into()],
+                    dest: "/d/".into(),
+                    chown: Some("1:2".into()),
+                    chmod: Some(0o755),
+                    unpack_archives: true,
+                    exclude: vec!["*.md".into()],
+                    link: false,
+                    parents: true,
+                    // Named for messages only: not part of the pinned digest below.
+                    from: Some(CopyFrom::Stage("builder".into())),
+                },
+            ],
+        });
+        let exec = VertexDigest::compute(&exec, &[scratch]);
+        let file = VertexDigest::compute(&file, &[exec, scratch]);
+        assert_eq!(
+            scratch.hex(),
+            "83cbc936203a138c70ce2792709107c793d47b3e67e67e20f0d5dde2ba07ffa0"
+        );
+        assert_eq!(
+            exec.hex(),
+            "5ec1b77ee3a9878bce9ec7c323094b6fa1b352277d63023a882654e6bc2c72f2"
+        );
+        assert_eq!(
+            file.hex(),
+            "90d32361ae22a4a83b11014fbc95198e20782c1e03e02e884cab14caf02e5250"
         );
     }
 }

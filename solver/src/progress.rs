@@ -15,8 +15,9 @@
 //!
 //! Work that is not a vertex is shown as a step too: resolving a base image's metadata while the
 //! Dockerfile is lowered (BuildKit's `[internal] load metadata for REF`). Such a step's id comes
-//! from [`internal_id`], counted down from `usize::MAX` so that it never meets a vertex's, and
-//! its digest is empty.
+//! from [`internal_id`], counted down from `u32::MAX`: no graph has that many vertices, and every
+//! JSON reader holds such a number exactly (JavaScript's would round `usize::MAX`). Its digest
+//! is empty.
 //!
 //! [`VertexId::index`]: crate::graph::VertexId::index
 
@@ -29,7 +30,7 @@ use tokio::sync::mpsc;
 /// The id of the `n`th internal step of a build (see the module doc).
 #[must_use]
 pub const fn internal_id(n: usize) -> usize {
-    usize::MAX - n
+    (u32::MAX as usize).saturating_sub(n)
 }
 
 /// Which output stream of a process a log chunk comes from.
@@ -330,6 +331,18 @@ mod tests {
             !done.contains("cpu_system_us"),
             "absent usage is left out: {done}"
         );
+    }
+
+    #[test]
+    fn internal_step_ids_stay_apart_and_exact_in_json() {
+        let ids = [internal_id(0), internal_id(1)];
+        assert_ne!(ids[0], ids[1]);
+        for id in ids {
+            // What a JavaScript reader does with the number: a double.
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+            let read_back = serde_json::from_str::<f64>(&id.to_string()).unwrap() as usize;
+            assert_eq!(read_back, id);
+        }
     }
 
     #[test]

@@ -170,7 +170,7 @@ impl Engine {
             progress: Arc::clone(&progress),
             steps: std::sync::atomic::AtomicUsize::new(0),
         };
-        let plan = {
+        let mut plan = {
             let source = source.to_owned();
             let options = options.clone();
             tokio::task::spawn_blocking(move || {
@@ -212,13 +212,13 @@ impl Engine {
 
         let created = created_time(&options.build_args)?;
         let (config, extras) = image_config(
-            &plan.config,
-            plan.author.as_deref(),
-            &plan.history,
+            std::mem::take(&mut plan.config),
+            plan.author.take(),
+            std::mem::take(&mut plan.history),
             chain,
             &options.target_platform,
             &created,
-        )?;
+        );
         if !(request.write_image || request.push || !request.tags.is_empty()) {
             let config =
                 hoist_cache::write_config(&self.state.blobs, &config, &extras, request.media)?;
@@ -333,54 +333,42 @@ fn rfc3339(secs: i64) -> String {
     )
 }
 
-/// The image config: the frontend's runtime config plus rootfs, history and platform.
+/// The image config: the frontend's runtime config plus rootfs, history and platform. Takes
+/// the plan's config and history over: their strings move into the image rather than copy.
 fn image_config(
-    config: &ImageConfig,
-    author: Option<&str>,
-    history: &[HistoryEntry],
+    mut config: ImageConfig,
+    author: Option<String>,
+    history: Vec<HistoryEntry>,
     chain: &[crate::Layer],
     platform: &Platform,
     created: &str,
-) -> Result<(ImageConfiguration, DockerConfigExtras), BuildError> {
-    let history: Vec<HistoryEntry> = history
-        .iter()
-        .map(|h| HistoryEntry {
-            created: h.created.clone().or_else(|| Some(created.to_owned())),
-            ..h.clone()
-        })
-        .collect();
-    let mut value = serde_json::json!({
-        "created": created,
-        "architecture": platform.architecture,
-        "os": platform.os,
-        "config": config,
-        "rootfs": {
-            "type": "layers",
-            "diff_ids": chain.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>(),
-        },
-        "history": history,
-    });
-    if let Some(variant) = &platform.variant {
-        value["variant"] = serde_json::Value::String(variant.clone());
-    }
-    if let Some(author) = author {
-        value["author"] = serde_json::Value::String(author.to_owned());
-    }
-    let image: ImageConfiguration = serde_json::from_value(value)
-        .map_err(|e| BuildError::Internal(format!("the image config does not serialize: {e}")))?;
+) -> (ImageConfiguration, DockerConfigExtras) {
     let extras = DockerConfigExtras {
-        healthcheck: config.healthcheck.as_ref().map(|h| Healthcheck {
-            test: h.test.clone(),
+        healthcheck: config.healthcheck.take().map(|h| Healthcheck {
+            test: h.test,
             interval: nonzero(h.interval),
             timeout: nonzero(h.timeout),
             start_period: nonzero(h.start_period),
             start_interval: nonzero(h.start_interval),
             retries: nonzero(h.retries),
         }),
-        on_build: config.on_build.clone(),
-        shell: config.shell.clone(),
+        on_build: std::mem::take(&mut config.on_build),
+        shell: std::mem::take(&mut config.shell),
     };
-    Ok((image, extras))
+    let mut image = ImageConfiguration::default();
+    image.set_created(Some(created.to_owned()));
+    image.set_author(author);
+    image.set_architecture(platform.architecture.as_str().into());
+    image.set_os(platform.os.as_str().into());
+    image.set_variant(platform.variant.clone());
+    image.set_config(Some(config.into_oci()));
+    image
+        .rootfs_mut()
+        .set_diff_ids(chain.iter().map(|l| l.diff_id.to_string()).collect());
+    image.set_history(Some(
+        history.into_iter().map(|h| h.into_oci(created)).collect(),
+    ));
+    (image, extras)
 }
 
 fn nonzero(n: u64) -> Option<i64> {

@@ -296,7 +296,11 @@ impl Lexer {
 
     /// Expands `word` into one string.
     pub fn process_word(&self, word: &str, env: &dyn Env) -> Result<String, ExpandError> {
-        self.process_word_with_matches(word, env).map(|e| e.value)
+        // Without the words: splitting a heredoc of many megabytes into words nobody reads would
+        // cost more memory than the text itself.
+        let mut expander = Expander::new(self, env, word);
+        expander.split = false;
+        expander.run().map(|(value, _)| value)
     }
 
     /// Expands `word` into one string and reports the variables it read.
@@ -330,14 +334,27 @@ impl Lexer {
 /// So in word-splitting mode a word loses what came before such an expression: `ab${x:-y}`
 /// splits into `y`, not `aby`. That is a BuildKit bug, but it is what `EXPOSE` and friends do
 /// under `docker build`, so the shared buffer is kept (it lives in [`Expander::word_buf`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Words {
     words: Vec<String>,
     in_word: bool,
+    /// Whether words are collected at all; when not, only the expanded string is wanted.
+    split: bool,
 }
 
 impl Words {
+    const fn new(split: bool) -> Self {
+        Self {
+            words: Vec::new(),
+            in_word: false,
+            split,
+        }
+    }
+
     fn add_char(&mut self, buf: &mut String, c: char) {
+        if !self.split {
+            return;
+        }
         if c.is_whitespace() {
             if self.in_word && !buf.is_empty() {
                 self.words.push(std::mem::take(buf));
@@ -349,19 +366,25 @@ impl Words {
     }
 
     fn add_raw_char(&mut self, buf: &mut String, c: char) {
-        buf.push(c);
-        self.in_word = true;
+        if self.split {
+            buf.push(c);
+            self.in_word = true;
+        }
     }
 
     fn add_str(&mut self, buf: &mut String, s: &str) {
-        for c in s.chars() {
-            self.add_char(buf, c);
+        if self.split {
+            for c in s.chars() {
+                self.add_char(buf, c);
+            }
         }
     }
 
     fn add_raw_str(&mut self, buf: &mut String, s: &str) {
-        buf.push_str(s);
-        self.in_word = true;
+        if self.split {
+            buf.push_str(s);
+            self.in_word = true;
+        }
     }
 
     fn finish(mut self, buf: &mut String) -> Vec<String> {
@@ -383,6 +406,8 @@ struct Expander<'a> {
     raw_escapes: bool,
     /// The word in progress, shared by all scans (see [`Words`]).
     word_buf: String,
+    /// Whether to split into words as well as expand.
+    split: bool,
     depth: usize,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
@@ -406,6 +431,7 @@ impl<'a> Expander<'a> {
             },
             raw_escapes: lexer.raw_escapes,
             word_buf: String::new(),
+            split: true,
             depth: 0,
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
@@ -452,9 +478,15 @@ impl<'a> Expander<'a> {
     }
 
     fn scan_inner(&mut self, stop: Option<char>) -> Result<Scanned, ExpandError> {
-        let mut result = String::new();
+        // The whole word is usually about as long expanded as written: sized for it, a long
+        // one is not regrown (and copied) many times over.
+        let mut result = if stop.is_none() {
+            String::with_capacity(self.src.len() - self.pos)
+        } else {
+            String::new()
+        };
         self.word_buf.clear();
-        let mut words = Words::default();
+        let mut words = Words::new(self.split);
         let quotes = !self.lexer.skip_process_quotes;
         while let Some(c) = self.peek() {
             let at = self.pos;

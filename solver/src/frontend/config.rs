@@ -119,6 +119,48 @@ impl ImageConfig {
             })
             .collect()
     }
+
+    /// The OCI form of this config, for the image. The strings move rather than copy: a
+    /// Dockerfile of many or long ENV and LABEL lines makes a config of many megabytes. Empty
+    /// fields are left out, as this type's JSON leaves them out. Docker's extras (Healthcheck,
+    /// OnBuild, Shell) have no place in the OCI type: take them out first.
+    #[must_use]
+    pub fn into_oci(self) -> oci_spec::image::Config {
+        let mut oci = oci_spec::image::Config::default();
+        oci.set_user(non_empty(self.user));
+        oci.set_exposed_ports(non_empty_list(self.exposed_ports.into_iter().collect()));
+        oci.set_env(non_empty_list(self.env));
+        oci.set_entrypoint(self.entrypoint);
+        oci.set_cmd(self.cmd);
+        oci.set_volumes(non_empty_list(self.volumes.into_iter().collect()));
+        oci.set_working_dir(non_empty(self.working_dir));
+        oci.set_labels((!self.labels.is_empty()).then(|| self.labels.into_iter().collect()));
+        oci.set_stop_signal(non_empty(self.stop_signal));
+        oci
+    }
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn non_empty_list(list: Vec<String>) -> Option<Vec<String>> {
+    (!list.is_empty()).then_some(list)
+}
+
+impl HistoryEntry {
+    /// The OCI form of this entry, dated `created` unless it has a date (a base image's
+    /// entries keep theirs).
+    #[must_use]
+    pub fn into_oci(self, created: &str) -> oci_spec::image::History {
+        let mut oci = oci_spec::image::History::default();
+        oci.set_created(Some(self.created.unwrap_or_else(|| created.to_owned())));
+        oci.set_author(self.author);
+        oci.set_created_by(Some(self.created_by));
+        oci.set_comment(self.comment);
+        oci.set_empty_layer(self.empty_layer.then_some(true));
+        oci
+    }
 }
 
 /// Docker writes sets such as `ExposedPorts` as objects with empty values.

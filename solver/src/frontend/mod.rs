@@ -17,8 +17,10 @@
 mod config;
 mod error;
 mod gofmt;
+mod scope;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use crate::platform::Platform;
@@ -29,6 +31,7 @@ use hoist_parser::{
 
 pub use config::{HealthConfig, HistoryEntry, ImageConfig};
 pub use error::{FrontendError, FrontendErrorKind};
+use scope::{EnvList, Scope, StageArgs};
 
 use crate::graph::{Graph, Location, VertexId};
 use crate::op::{CopyFrom, ExecOp, FileAction, FileOp, NetworkMode, Op, SourceOp};
@@ -223,10 +226,16 @@ struct Lowering<'a> {
     resolver: &'a dyn ImageResolver,
     index: LineIndex,
     stages: Vec<StageDef<'a>>,
+    /// Stage names to their indices.
+    stage_names: HashMap<String, usize>,
     lowered: Vec<Option<Lowered>>,
     in_progress: Vec<bool>,
-    /// Global ARGs with their values (a build-arg, else the default).
-    globals: Vec<(String, Option<String>)>,
+    /// Global ARGs with their values (a build-arg, else the default); the last declaration of
+    /// a name counts.
+    globals: HashMap<String, Option<String>>,
+    /// What FROM lines and global ARG defaults expand against: the platform ARGs, then the
+    /// global ARGs that have a value.
+    global_scope: HashMap<String, String>,
     used_args: BTreeSet<String>,
     graph: Graph,
     order: Vec<String>,
@@ -247,14 +256,17 @@ impl<'a> Lowering<'a> {
             resolver,
             index: LineIndex::new(source),
             stages: Vec::new(),
+            stage_names: HashMap::new(),
             lowered: Vec::new(),
             in_progress: Vec::new(),
-            globals: Vec::new(),
+            globals: HashMap::new(),
+            global_scope: HashMap::new(),
             used_args: BTreeSet::new(),
             graph: Graph::new(),
             order: Vec::new(),
             context: None,
         };
+        lowering.global_scope = lowering.platform_args().into_iter().collect();
         let mut rest = file.instructions.as_slice();
         // Global ARGs, before the first FROM.
         while let Some((first, tail)) = rest.split_first() {
@@ -269,13 +281,15 @@ impl<'a> Lowering<'a> {
                             }
                             None => match &decl.default {
                                 Some(d) => {
-                                    let scope = lowering.global_scope();
-                                    Some(lowering.expand(d, &scope, decl.span)?)
+                                    Some(lowering.expand(d, &lowering.global_scope, decl.span)?)
                                 }
                                 None => None,
                             },
                         };
-                        lowering.globals.push((decl.name.clone(), value));
+                        if let Some(v) = &value {
+                            lowering.global_scope.insert(decl.name.clone(), v.clone());
+                        }
+                        lowering.globals.insert(decl.name.clone(), value);
                     }
                 }
                 other => {
@@ -307,11 +321,7 @@ impl<'a> Lowering<'a> {
                             from.args[2].span,
                         ));
                     }
-                    if lowering
-                        .stages
-                        .iter()
-                        .any(|s| s.name.as_deref() == Some(&name))
-                    {
+                    if lowering.stage_names.contains_key(&name) {
                         return Err(FrontendError::new(
                             FrontendErrorKind::DuplicateStage { name },
                             from.args[2].span,
@@ -326,6 +336,11 @@ impl<'a> Lowering<'a> {
                     ));
                 }
             };
+            if let Some(name) = &name {
+                lowering
+                    .stage_names
+                    .insert(name.clone(), lowering.stages.len());
+            }
             lowering.stages.push(StageDef {
                 name,
                 from,
@@ -372,19 +387,6 @@ impl<'a> Lowering<'a> {
             })
     }
 
-    /// The scope of FROM lines and global ARG defaults: the global ARGs and the predefined
-    /// platform ARGs.
-    fn global_scope(&self) -> Scope {
-        let mut scope = Scope::default();
-        scope.args.extend(self.platform_args());
-        scope.args.extend(
-            self.globals
-                .iter()
-                .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))),
-        );
-        scope
-    }
-
     fn platform_args(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for (prefix, p) in [
@@ -402,7 +404,7 @@ impl<'a> Lowering<'a> {
         out
     }
 
-    fn expand(&self, word: &str, scope: &Scope, span: Span) -> Result<String, FrontendError> {
+    fn expand(&self, word: &str, scope: &dyn Env, span: Span) -> Result<String, FrontendError> {
         Lexer::new(self.escape)
             .process_word(word, scope)
             .map_err(expand_error(word, span))
@@ -411,7 +413,7 @@ impl<'a> Lowering<'a> {
     fn expand_words(
         &self,
         word: &str,
-        scope: &Scope,
+        scope: &dyn Env,
         span: Span,
     ) -> Result<Vec<String>, FrontendError> {
         Lexer::new(self.escape)
@@ -437,19 +439,23 @@ impl<'a> Lowering<'a> {
     /// stage index.
     fn stage_ref(&self, name: &str, before: usize) -> Option<usize> {
         let lower = name.to_ascii_lowercase();
-        if let Some(i) = self.stages[..before]
-            .iter()
-            .position(|s| s.name.as_deref() == Some(&lower))
-        {
+        if let Some(&i) = self.stage_names.get(&lower).filter(|&&i| i < before) {
             return Some(i);
         }
         name.parse::<usize>().ok().filter(|&i| i < before)
     }
 
-    fn lower_stage(&mut self, index: usize) -> Result<Lowered, FrontendError> {
-        if let Some(done) = &self.lowered[index] {
-            return Ok(done.clone());
-        }
+    /// The stage at `index`, lowered on first use. Lowered stages are lent, not copied: only a
+    /// stage built FROM another copies that one's config and history.
+    fn lower_stage(&mut self, index: usize) -> Result<&Lowered, FrontendError> {
+        let lowered = match self.lowered[index].take() {
+            Some(done) => done,
+            None => self.lower_new_stage(index)?,
+        };
+        Ok(self.lowered[index].insert(lowered))
+    }
+
+    fn lower_new_stage(&mut self, index: usize) -> Result<Lowered, FrontendError> {
         if self.in_progress[index] {
             return Err(FrontendError::new(
                 FrontendErrorKind::Cycle {
@@ -464,12 +470,12 @@ impl<'a> Lowering<'a> {
         let label = self.stage_label(index);
 
         // FROM: expanded with the global scope only.
-        let scope = self.global_scope();
+        let scope = &self.global_scope;
         let flags = check_flags(&from.flags, "FROM", &["platform"], &[])?;
         let platform = match flags.get("platform") {
             Some(flag) => {
                 let raw = flag.value.clone().unwrap_or_default();
-                let value = self.expand(&raw, &scope, flag.span)?;
+                let value = self.expand(&raw, scope, flag.span)?;
                 value.parse::<Platform>().map_err(|_| {
                     FrontendError::new(FrontendErrorKind::Platform { value }, flag.span)
                 })?
@@ -477,16 +483,21 @@ impl<'a> Lowering<'a> {
             None => self.opts.target_platform.clone(),
         };
         let image_word = &from.args[0];
-        let base_name = self.expand(&image_word.value, &scope, image_word.span)?;
+        let base_name = self.expand(&image_word.value, scope, image_word.span)?;
         let mut state = if let Some(dep) = self.stage_ref(&base_name, index) {
             let base = self.lower_stage(dep)?;
             // A stage built on another keeps its platform unless FROM names one.
             let platform = if flags.contains_key("platform") {
                 platform
             } else {
-                base.platform
+                base.platform.clone()
             };
-            StageState::from_base(base.root, base.config, base.history, platform)
+            StageState::from_base(
+                base.root,
+                base.config.clone(),
+                base.history.clone(),
+                platform,
+            )
         } else if base_name.eq_ignore_ascii_case("scratch") {
             let root = self.graph.add(
                 Op::Source(SourceOp::Scratch),
@@ -526,8 +537,8 @@ impl<'a> Lowering<'a> {
         };
 
         // Every Linux stage has a PATH, as in BuildKit: a base without one gets the default.
-        if state.platform.os != "windows" && state.config.env_get("PATH").is_none() {
-            state.config.env_set("PATH", DEFAULT_PATH);
+        if state.platform.os != "windows" && state.env.get("PATH").is_none() {
+            state.env.set("PATH", DEFAULT_PATH);
         }
 
         // Triggers of the base run first, then are gone from the child's config.
@@ -541,17 +552,9 @@ impl<'a> Lowering<'a> {
             self.dispatch(&mut state, index, &step, instruction)?;
         }
 
-        let lowered = Lowered {
-            root: state.root,
-            config: state.config,
-            author: state.author,
-            history: state.history,
-            platform: state.platform,
-        };
         self.in_progress[index] = false;
-        self.lowered[index] = Some(lowered.clone());
         self.order.push(label);
-        Ok(lowered)
+        Ok(state.finish())
     }
 
     fn run_trigger(
@@ -615,7 +618,6 @@ impl<'a> Lowering<'a> {
         at: Option<Span>,
     ) -> Result<(), FrontendError> {
         let span = at.unwrap_or_else(|| instruction.span());
-        let text = text.to_owned();
         match instruction {
             Instruction::Arg(arg) => {
                 check_flags(&arg.flags, "ARG", &[], &[])?;
@@ -625,9 +627,7 @@ impl<'a> Lowering<'a> {
                         Some(v.clone())
                     } else if let Some(d) = &decl.default {
                         Some(self.expand(d, &state.scope(), decl.span)?)
-                    } else if let Some((_, v)) =
-                        self.globals.iter().rev().find(|(k, _)| *k == decl.name)
-                    {
+                    } else if let Some(v) = self.globals.get(&decl.name) {
                         v.clone()
                     } else {
                         self.platform_args()
@@ -640,7 +640,7 @@ impl<'a> Lowering<'a> {
                         Some(v) => format!("{}={v}", decl.name),
                         None => decl.name.clone(),
                     });
-                    state.declare_arg(&decl.name, value);
+                    state.args.declare(&decl.name, value);
                 }
                 state.history_config(format!("ARG {}", commit.join(" ")));
             }
@@ -655,14 +655,18 @@ impl<'a> Lowering<'a> {
                 }
                 let mut commit = String::from("ENV");
                 for (k, v) in &pairs {
-                    state.config.env_set(k, v);
+                    state.env.set(k, v);
                     let _ = write!(commit, " {k}={v}");
                 }
                 state.history_config(commit);
             }
             Instruction::Label(label) => {
                 check_flags(&label.flags, "LABEL", &[], &[])?;
-                let scope = state.scope();
+                // Borrowed field by field: the loop below writes to the config meanwhile.
+                let scope = Scope {
+                    env: &state.env,
+                    args: &state.args,
+                };
                 let mut commit = String::from("LABEL");
                 for pair in &label.pairs {
                     let key = self.expand(&pair.key, &scope, pair.span)?;
@@ -694,7 +698,11 @@ impl<'a> Lowering<'a> {
             }
             Instruction::Expose(e) => {
                 check_flags(&e.flags, "EXPOSE", &[], &[])?;
-                let scope = state.scope();
+                // Borrowed field by field: the loop below writes to the config meanwhile.
+                let scope = Scope {
+                    env: &state.env,
+                    args: &state.args,
+                };
                 let mut listed = Vec::new();
                 for port in &e.ports {
                     for word in self.expand_words(&port.value, &scope, port.span)? {
@@ -717,7 +725,11 @@ impl<'a> Lowering<'a> {
             }
             Instruction::Volume(v) => {
                 check_flags(&v.flags, "VOLUME", &[], &[])?;
-                let scope = state.scope();
+                // Borrowed field by field: the loop below writes to the config meanwhile.
+                let scope = Scope {
+                    env: &state.env,
+                    args: &state.args,
+                };
                 let mut listed = Vec::new();
                 for word in &v.paths.words {
                     let path = self.expand(&word.value, &scope, word.span)?;
@@ -807,12 +819,12 @@ impl<'a> Lowering<'a> {
                 check_flags(&o.flags, "ONBUILD", &[], &[])?;
                 state.config.on_build.push(o.expression.clone());
             }
-            Instruction::Run(run) => self.run(state, step, run, &text, span)?,
+            Instruction::Run(run) => self.run(state, step, run, text, span)?,
             Instruction::Copy(copy) => {
-                self.copy(state, index, step, CopyLike::Copy(copy), &text, span)?;
+                self.copy(state, index, step, CopyLike::Copy(copy), text, span)?;
             }
             Instruction::Add(add) => {
-                self.copy(state, index, step, CopyLike::Add(add), &text, span)?;
+                self.copy(state, index, step, CopyLike::Add(add), text, span)?;
             }
             Instruction::From(_) => {
                 // Stages are split at FROM before dispatch; a FROM here is a trigger's.
@@ -910,13 +922,13 @@ impl<'a> Lowering<'a> {
             }
         };
         // The image ENV, then the ARGs in scope that no ENV shadows.
-        let mut env = state.config.env_pairs();
-        for (k, v) in &state.args {
+        let mut env = state.env.pairs();
+        for (k, v) in state.args.iter() {
+            // Declared names are unique, so only the ENV can shadow one.
             if let Some(v) = v
-                && state.config.env_get(k).is_none()
-                && !env.iter().any(|(ek, _)| ek == k)
+                && !state.env.contains(k)
             {
-                env.push((k.clone(), v.clone()));
+                env.push((k.to_owned(), v.to_owned()));
             }
         }
         // History lists every ARG of the stage with the value the command sees (an ENV of the
@@ -1206,13 +1218,13 @@ fn instruction_text(raw: &str) -> String {
         .unwrap_or("")
         .trim_end_matches(['\\', '`', ' ', '\t']);
     let mut words = first.split_whitespace();
-    let keyword = words.next().unwrap_or("").to_ascii_uppercase();
-    let rest: Vec<&str> = words.collect();
-    if rest.is_empty() {
-        keyword
-    } else {
-        format!("{keyword} {}", rest.join(" "))
+    let mut text = String::with_capacity(first.len());
+    text.push_str(&words.next().unwrap_or("").to_ascii_uppercase());
+    for word in words {
+        text.push(' ');
+        text.push_str(word);
     }
+    text
 }
 
 enum CopyLike<'a> {
@@ -1223,12 +1235,15 @@ enum CopyLike<'a> {
 /// The state of a stage while its instructions apply.
 struct StageState {
     root: VertexId,
+    /// The image config; its `env` stays empty while the stage lowers, in [`Self::env`].
     config: ImageConfig,
     author: Option<String>,
     history: Vec<HistoryEntry>,
     platform: Platform,
+    /// The image ENV, indexed by name.
+    env: EnvList,
     /// ARGs declared in this stage, with their values.
-    args: Vec<(String, Option<String>)>,
+    args: StageArgs,
     /// Whether this stage set CMD (so a later ENTRYPOINT keeps it).
     cmd_set: bool,
 }
@@ -1236,37 +1251,40 @@ struct StageState {
 impl StageState {
     fn from_base(
         root: VertexId,
-        config: ImageConfig,
+        mut config: ImageConfig,
         history: Vec<HistoryEntry>,
         platform: Platform,
     ) -> Self {
+        let env = EnvList::new(std::mem::take(&mut config.env));
         Self {
             root,
             config,
             author: None,
             history,
             platform,
-            args: Vec::new(),
+            env,
+            args: StageArgs::default(),
             cmd_set: false,
         }
     }
 
-    fn declare_arg(&mut self, name: &str, value: Option<String>) {
-        match self.args.iter_mut().find(|(k, _)| k == name) {
-            Some(slot) => slot.1 = value,
-            None => self.args.push((name.to_owned(), value)),
+    fn finish(self) -> Lowered {
+        let mut config = self.config;
+        config.env = self.env.into_entries();
+        Lowered {
+            root: self.root,
+            config,
+            author: self.author,
+            history: self.history,
+            platform: self.platform,
         }
     }
 
     /// The variables words expand against: ENV first, then the declared ARGs.
-    fn scope(&self) -> Scope {
+    fn scope(&self) -> Scope<'_> {
         Scope {
-            env: self.config.env_pairs(),
-            args: self
-                .args
-                .iter()
-                .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
-                .collect(),
+            env: &self.env,
+            args: &self.args,
         }
     }
 
@@ -1315,36 +1333,6 @@ impl StageState {
             comment: Some(HISTORY_COMMENT.into()),
             empty_layer,
         });
-    }
-}
-
-/// Variables in scope for word expansion: the image ENV wins over an ARG of the same name.
-#[derive(Default)]
-struct Scope {
-    env: Vec<(String, String)>,
-    args: Vec<(String, String)>,
-}
-
-impl Env for Scope {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .or_else(|| self.args.iter().rev().find(|(k, _)| k == key))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> = self
-            .env
-            .iter()
-            .chain(&self.args)
-            .map(|(k, _)| k.as_str())
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        keys
     }
 }
 
@@ -1534,7 +1522,7 @@ fn expose_ports(word: &str) -> Result<Vec<String>, String> {
 fn run_script(
     cmd: &str,
     heredocs: &[Heredoc],
-    scope: &Scope,
+    scope: &dyn Env,
     escape: char,
 ) -> Result<String, FrontendError> {
     if heredocs.is_empty() {
@@ -1563,14 +1551,15 @@ fn heredoc_word(word: &str) -> Option<&str> {
     Some(rest.trim_matches(['"', '\'']))
 }
 
-fn heredoc_content(doc: &Heredoc, scope: &Scope, escape: char) -> Result<String, FrontendError> {
+fn heredoc_content(doc: &Heredoc, scope: &dyn Env, escape: char) -> Result<String, FrontendError> {
+    // A body may be many megabytes: it is copied once, by the chomp or the expansion.
     let content = if doc.chomp {
-        hoist_parser::heredoc::chomp(&doc.content)
+        Cow::Owned(hoist_parser::heredoc::chomp(&doc.content))
     } else {
-        doc.content.clone()
+        Cow::Borrowed(doc.content.as_str())
     };
     if !doc.expand {
-        return Ok(content);
+        return Ok(content.into_owned());
     }
     Lexer::new(escape)
         .skip_process_quotes(true)
