@@ -956,6 +956,7 @@ fn setup_and_exec(config: &InitConfig, pipe: &OwnedFd) -> Result<Never, InitErro
         install_seccomp(config)?;
     }
 
+    sys::default_signals().map_err(sys_err("reset signal dispositions"))?;
     let env = process.env().clone().unwrap_or_default();
     let args = process.args().clone().unwrap_or_default();
     let Some(program) = args.first() else {

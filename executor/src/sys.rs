@@ -206,6 +206,25 @@ pub(crate) fn default_sigchld() -> io::Result<()> {
     set_sigchld(nix::sys::signal::SigHandler::SigDfl)
 }
 
+/// Gives every signal its default action and unblocks them all, as a process started by a
+/// shell or by runc finds them. The hoist binary ignores SIGPIPE (as every Rust program does),
+/// and an ignored signal stays ignored across `execve`: left so, `yes | head` in a RUN would
+/// never end.
+pub(crate) fn default_signals() -> io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: SIG_DFL runs no code in this process, so no handler can observe inconsistent
+        // state.
+        unsafe { nix::sys::signal::sigaction(signal, &default) }.map_err(io::Error::from)?;
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(io::Error::from)
+}
+
 /// `bpf(2)` commands, program and attach types, and flags used here
 /// (`include/uapi/linux/bpf.h`).
 const BPF_PROG_LOAD: libc::c_int = 5;

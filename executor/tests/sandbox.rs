@@ -68,6 +68,7 @@ both_backends!(
     the_allowed_devices_still_work,
     an_insecure_run_may_open_any_device,
     a_32_bit_syscall_is_allowed_as_under_docker,
+    signals_start_at_their_default_actions,
 );
 
 async fn process_is_pid_one_and_host_processes_are_invisible(rig: Rig) {
@@ -813,4 +814,23 @@ async fn a_32_bit_syscall_is_allowed_as_under_docker(rig: Rig) {
     let out = rig.run_spec(spec).await;
     // 159 would be SIGSYS: the filter killed a 32-bit call that Docker's profile allows.
     assert_eq!(out.stdout, "exit=0\n", "{}", out.stderr);
+}
+
+async fn signals_start_at_their_default_actions(rig: Rig) {
+    // An ignored SIGPIPE (the hoist binary's own) made `yes | head` run forever.
+    let request = RunRequest {
+        spec: rig.sh("grep -E '^Sig(Ign|Blk):' /proc/self/status; yes | head -c 4"),
+        rootfs: rig.rootfs(),
+        timeout: Some(Duration::from_secs(20)),
+    };
+    let out = rig.run_request(request).await;
+    assert!(!out.outcome.timed_out, "yes | head did not end");
+    let mask = |name: &str| {
+        let line = out.stdout.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split('\t').nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{}", out.stdout);
+    // Bit n is signal n + 1; signals from 32 on are the C library's own.
+    assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{}", out.stdout);
+    assert!(out.stdout.ends_with("y\ny\n"), "{}{}", out.stdout, out.stderr);
 }
