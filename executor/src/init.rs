@@ -44,43 +44,9 @@ use oci_spec::runtime::{LinuxNamespaceType, Mount, PosixRlimitType, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::mounts::{parse_mount_options, secure_join};
+use crate::protocol::{INIT_ENV, InitConfig, InitOutcome, InitReport};
 use crate::spec::capability_mask;
 use crate::sys;
-
-/// Environment variable that marks a process as the executor's init.
-pub(crate) const INIT_ENV: &str = "_HOIST_EXECUTOR_INIT";
-
-/// What the runtime hands the init program on its stdin.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct InitConfig {
-    pub(crate) spec: Spec,
-    /// Host path of the directory the rootfs is assembled on.
-    pub(crate) root: PathBuf,
-    /// The overlay for `root`; `None` means `root` already is the rootfs.
-    pub(crate) overlay: Option<crate::Rootfs>,
-    /// Files to write to in order to join the RUN's cgroup, before anything else
-    /// ([`crate::cgroup::Cgroup::join_files`]).
-    pub(crate) cgroup_join: Vec<PathBuf>,
-    /// Compiled seccomp filters, installed in order, last thing before `execve`.
-    pub(crate) seccomp: Vec<Vec<crate::seccomp::Instruction>>,
-}
-
-/// How pid 1 ended, written by the init for the runtime.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum InitOutcome {
-    Exited(i32),
-    Signaled(i32),
-    SetupFailed(String),
-}
-
-/// What the init reports once pid 1 has ended.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct InitReport {
-    pub(crate) outcome: InitOutcome,
-    /// Mount points that setup had to create in the rootfs (relative to it), for the runtime to
-    /// remove from the upperdir so they do not show up as changes.
-    pub(crate) created: Vec<PathBuf>,
-}
 
 /// A message from pid 1 to the init over the setup pipe.
 #[derive(Debug, Serialize, Deserialize)]
@@ -131,7 +97,7 @@ fn zygote_main() -> Result<(), InitError> {
         ready: false,
     };
     net.refill()?;
-    let mut buf = vec![0u8; crate::runtime::ZYGOTE_MESSAGE_MAX];
+    let mut buf = vec![0u8; crate::protocol::ZYGOTE_MESSAGE_MAX];
     loop {
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; REQUEST_FDS]);
         let (len, fds) = {

@@ -29,6 +29,9 @@
 //! - [`RunOutcome`]: [`ExitStatus`], OOM kill with its limit, timeout, peak memory, CPU time and
 //!   the upperdir. The upperdir holds exactly the RUN's changes: mount points that setup had to
 //!   create are removed again (module `upper`).
+//! - `protocol` (private): what the runtime sends the re-executed init and what the init
+//!   reports back, shared by both and depending on neither; `run` (private): the request,
+//!   outcome, errors and cleanup guard of one RUN, shared by both backends.
 //! - [`init`]: the container init of the built-in runtime. The hoist binary is re-executed once
 //!   per [`Executor`] as a single-threaded *zygote* (as `runc init` re-executes runc), which
 //!   forks one init per RUN; so the multithreaded caller never runs code between `fork` and
@@ -48,6 +51,8 @@ pub mod devices;
 pub mod init;
 mod mounts;
 pub mod overlay;
+mod protocol;
+mod run;
 mod runc;
 mod runtime;
 pub mod seccomp;
@@ -57,7 +62,6 @@ mod upper;
 pub mod user;
 
 pub use mounts::SecureJoinError;
-pub use runtime::{
-    Backend, Executor, ExecutorConfig, ExitStatus, NewExecutorError, Rootfs, RunError, RunOutcome,
-    RunRequest,
-};
+pub use protocol::Rootfs;
+pub use run::{ExitStatus, RunError, RunOutcome, RunRequest};
+pub use runtime::{Backend, Executor, ExecutorConfig, NewExecutorError};

@@ -12,23 +12,22 @@ use oci_spec::runtime::RootBuilder;
 use tokio::io::AsyncWrite;
 
 use crate::cgroup::Cgroup;
-use crate::runtime::{ExitStatus, RunError, RunGuard, RunOutcome, RunRequest, outcome_from};
+use crate::run::{
+    ExitStatus, ExternalContainer, RunError, RunGuard, RunOutcome, RunRequest, outcome_from,
+};
 
 /// runc's own state directory for hoist's containers.
 fn runc_root(state_dir: &Path) -> PathBuf {
     state_dir.join("runc")
 }
 
-/// Deletes the container `name`, killing whatever runs in it; errors mean it is already gone.
-pub(crate) fn force_delete(program: &Path, state_dir: &Path, name: &str) {
-    let _ = std::process::Command::new(program)
-        .arg("--root")
-        .arg(runc_root(state_dir))
-        .args(["delete", "--force", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+/// The runc container `name` of a hoist state dir.
+pub(crate) fn container(program: &Path, state_dir: &Path, name: &str) -> ExternalContainer {
+    ExternalContainer {
+        program: program.to_path_buf(),
+        root: runc_root(state_dir),
+        name: name.to_owned(),
+    }
 }
 
 /// Mount points of `spec` missing from the rootfs at `root`, with their missing parents,
@@ -124,7 +123,7 @@ where
         })?;
     let child_out = child.stdout.take();
     let child_err = child.stderr.take();
-    let timed_out = crate::runtime::stream_with_timeout(
+    let timed_out = crate::run::stream_with_timeout(
         child_out,
         child_err,
         stdout,
@@ -139,7 +138,7 @@ where
         source,
     })?;
     let stats = guard.cgroup.as_ref().map(Cgroup::stats).unwrap_or_default();
-    force_delete(program, state_dir, name);
+    container(program, state_dir, name).delete();
     let _ = nix::mount::umount2(&root, MntFlags::MNT_DETACH);
     let status = match status.code() {
         Some(code) if code > 128 && code <= 128 + 64 => ExitStatus::Signaled(code - 128),

@@ -3,7 +3,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::runtime::Rootfs;
+use crate::protocol::Rootfs;
 
 /// Whether `path` is a mount point in this process's mount namespace.
 pub(crate) fn is_mount_point(path: &Path) -> bool {

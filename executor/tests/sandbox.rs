@@ -832,5 +832,10 @@ async fn signals_start_at_their_default_actions(rig: Rig) {
     assert_eq!(mask("SigBlk:"), 0, "{}", out.stdout);
     // Bit n is signal n + 1; signals from 32 on are the C library's own.
     assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{}", out.stdout);
-    assert!(out.stdout.ends_with("y\ny\n"), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.ends_with("y\ny\n"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
 }
