@@ -64,6 +64,12 @@ pub enum FrontendErrorKind {
         instruction: &'static str,
         what: &'static str,
     },
+    /// A flag hoist does not implement yet: refused at its line rather than ignored.
+    #[error("{what} is not supported yet: {hint}")]
+    NotImplemented {
+        what: &'static str,
+        hint: &'static str,
+    },
     #[error("circular dependency between stages through {name:?}")]
     Cycle { name: String },
     #[error("cannot resolve base image {reference:?}: {message}")]

@@ -855,9 +855,9 @@ impl<'a> Lowering<'a> {
         )?;
         if let Some(mount) = flags.get("mount") {
             return Err(FrontendError::new(
-                FrontendErrorKind::Unsupported {
-                    instruction: "RUN --mount",
-                    what: "mount",
+                FrontendErrorKind::NotImplemented {
+                    what: "RUN --mount",
+                    hint: "COPY what the step needs into the image, or build without the mount",
                 },
                 mount.span,
             ));
@@ -1038,7 +1038,17 @@ impl<'a> Lowering<'a> {
             None => None,
         };
         let link = flags.contains_key("link");
-        let parents = flags.contains_key("parents");
+        // Taken into the key and the history but never acted on, it would copy without the
+        // parent directories and say it had kept them.
+        if let Some(flag) = flags.get("parents") {
+            return Err(FrontendError::new(
+                FrontendErrorKind::NotImplemented {
+                    what: "COPY --parents",
+                    hint: "copy each source to its full destination path instead",
+                },
+                flag.span,
+            ));
+        }
         let exclude: Vec<String> = flags
             .get_all("exclude")
             .map(|f| self.expand(f.value.as_deref().unwrap_or(""), &scope, f.span))
@@ -1144,7 +1154,8 @@ impl<'a> Lowering<'a> {
                 unpack_archives: is_add,
                 exclude,
                 link,
-                parents,
+                // Refused above until it is implemented; kept in the op (and its key).
+                parents: false,
                 from: copy_from,
             });
         }
@@ -1157,9 +1168,6 @@ impl<'a> Lowering<'a> {
         // As BuildKit writes it: the flags that shape the files, the sources (heredocs last),
         // the destination as written; not --from, --link or --exclude.
         let mut created_by = String::from(name);
-        if parents {
-            created_by.push_str(" --parents");
-        }
         if let Some(c) = &chown {
             let _ = write!(created_by, " --chown={c}");
         }

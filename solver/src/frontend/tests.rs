@@ -539,6 +539,16 @@ mod copy {
         assert!(err.contains("expected an octal mode"), "{err}");
         let err = plan_err("FROM alpine\nRUN --security=insecure x\n");
         assert!(err.contains("entitlement"), "{err}");
+        let err = plan_err("FROM alpine\nCOPY --parents a/b /x/\n");
+        assert!(
+            err.starts_with("Dockerfile:2:6: COPY --parents is not supported yet"),
+            "{err}"
+        );
+        let err = plan_err("FROM alpine\nRUN --mount=type=cache,target=/c true\n");
+        assert!(
+            err.starts_with("Dockerfile:2:5: RUN --mount is not supported yet"),
+            "{err}"
+        );
         let err = plan_err("FROM alpine\nCOPY onlyone\n");
         assert!(err.contains("at least two arguments"), "{err}");
     }
