@@ -34,6 +34,8 @@ enum Command {
     Images(cmd::image::ImagesArgs),
     /// Export an image: OCI layout (dir or tar), docker tar, or root filesystem.
     Save(cmd::image::SaveArgs),
+    /// Print a build's complete log: the newest build's, or BUILD's, or one step's output.
+    Logs(cmd::logs::LogsArgs),
     /// Parse a Dockerfile and print its syntax tree.
     Parse(cmd::parse::ParseArgs),
     /// Tools for looking inside hoist.
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Push(args) => cmd::image::push(&args),
         Command::Images(args) => cmd::image::images(&args),
         Command::Save(args) => cmd::image::save(&args),
+        Command::Logs(args) => cmd::logs::run(&args),
         Command::Parse(args) => cmd::parse::run(&args),
         Command::Debug { command } => cmd::debug::run(command),
     };

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write};
 use std::time::{Duration, Instant};
 
-use hoist_solver::progress::{Event, ResourceUsage, Stream, json};
-use tokio::sync::mpsc::UnboundedReceiver;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hoist_solver::progress::{Event, ProgressSink, ResourceUsage, StepNumbers, Stream, json};
 
 /// `--progress`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,14 +56,116 @@ impl From<Stream> for StreamKey {
     }
 }
 
-/// Consumes events until the channel closes, writing them to stderr (progress goes to stderr,
+/// The most output the display queue holds before it leaves chunks out (they are in the
+/// build's log, which `hoist logs` prints whole).
+const DISPLAY_BUDGET: usize = 8 << 20;
+
+/// Events on their way to the renderer. A build never waits for the display: when the
+/// renderer falls behind a step that prints fast, output beyond [`DISPLAY_BUDGET`] is left out
+/// of the display, and a line says how much and where to read it. Every other event is kept.
+#[derive(Debug, Default)]
+pub(crate) struct DisplayQueue {
+    state: Mutex<QueueState>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    events: VecDeque<Event>,
+    log_bytes: usize,
+    /// Bytes left out, by step id, not yet reported.
+    skipped: HashMap<usize, u64>,
+    build: String,
+    numbers: StepNumbers,
+    closed: bool,
+}
+
+impl QueueState {
+    fn push(&mut self, event: Event) {
+        if let Event::Log { data, .. } = &event {
+            self.log_bytes += data.len();
+        }
+        self.events.push_back(event);
+    }
+
+    /// Reports what was left out of step `id`, before its next event.
+    fn report_skipped(&mut self, id: usize, number: Option<usize>) {
+        if let Some(bytes) = self.skipped.remove(&id) {
+            let note = format!(
+                "[{bytes} bytes of output are not shown here: the display fell behind; \
+                 `hoist logs {} {}` prints all of it]\n",
+                self.build,
+                number.unwrap_or(0)
+            );
+            self.push(Event::Log {
+                id,
+                stream: Stream::Stderr,
+                data: note.into_bytes(),
+            });
+        }
+    }
+}
+
+impl DisplayQueue {
+    /// No more events will come: the renderer ends once it has drawn what is queued.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn next(&self) -> Option<Event> {
+        loop {
+            {
+                let mut state = self.lock();
+                if let Some(event) = state.events.pop_front() {
+                    if let Event::Log { data, .. } = &event {
+                        state.log_bytes -= data.len();
+                    }
+                    return Some(event);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            // A push between the check and this wait leaves a permit, so none is missed.
+            self.ready.notified().await;
+        }
+    }
+}
+
+impl ProgressSink for DisplayQueue {
+    fn event(&self, event: Event) {
+        let mut state = self.lock();
+        let number = state.numbers.of(&event);
+        match (&event, event.id()) {
+            (Event::Build { build }, _) => build.clone_into(&mut state.build),
+            (Event::Log { data, .. }, Some(id))
+                if state.log_bytes + data.len() > DISPLAY_BUDGET =>
+            {
+                *state.skipped.entry(id).or_default() += data.len() as u64;
+                return;
+            }
+            (_, Some(id)) => state.report_skipped(id, number),
+            (_, None) => {}
+        }
+        state.push(event);
+        drop(state);
+        self.ready.notify_one();
+    }
+}
+
+/// Consumes events until the queue closes, writing them to stderr (progress goes to stderr,
 /// as with `docker build`, so stdout stays free for the image id).
-pub(crate) async fn render(mode: Mode, mut events: UnboundedReceiver<Event>) {
+pub(crate) async fn render(mode: Mode, events: Arc<DisplayQueue>) {
     let mut renderer = Renderer::new(mode.resolve(), Box::new(std::io::stderr()));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
-            event = events.recv() => match event {
+            event = events.next() => match event {
                 Some(event) => renderer.event(&event),
                 None => break,
             },
@@ -75,7 +179,7 @@ struct Renderer {
     mode: Mode,
     out: Box<dyn Write + Send>,
     steps: BTreeMap<usize, Step>,
-    next_number: usize,
+    numbers: StepNumbers,
     /// Lines of the live area drawn last time (tty), to be erased before the next draw.
     drawn: usize,
     start: Instant,
@@ -87,24 +191,21 @@ impl Renderer {
             mode,
             out,
             steps: BTreeMap::new(),
-            next_number: 1,
+            numbers: StepNumbers::default(),
             drawn: 0,
             start: Instant::now(),
         }
     }
 
-    fn step(&mut self, id: usize, name: &str) -> &mut Step {
-        let number = &mut self.next_number;
-        self.steps.entry(id).or_insert_with(|| {
-            let n = *number;
-            *number += 1;
-            Step {
-                number: n,
-                name: name.to_owned(),
-                started: Instant::now(),
-                partial: BTreeMap::new(),
-                done: false,
-            }
+    /// The step of `event`, shown first now when the event is its first showing.
+    fn step(&mut self, event: &Event, id: usize, name: &str) -> &mut Step {
+        let n = self.numbers.of(event).unwrap_or(0);
+        self.steps.entry(id).or_insert_with(|| Step {
+            number: n,
+            name: name.to_owned(),
+            started: Instant::now(),
+            partial: BTreeMap::new(),
+            done: false,
         })
     }
 
@@ -117,12 +218,17 @@ impl Renderer {
         }
         self.erase();
         match event {
+            Event::Build { build } => {
+                self.line(&format!(
+                    "#0 build {build} (its complete log: hoist logs {build})"
+                ));
+            }
             Event::Started { id, name, .. } => {
-                let n = self.step(*id, name).number;
+                let n = self.step(event, *id, name).number;
                 self.line(&format!("#{n} {name}"));
             }
             Event::Cached { id, name, .. } => {
-                let step = self.step(*id, name);
+                let step = self.step(event, *id, name);
                 step.done = true;
                 let n = step.number;
                 self.line(&format!("#{n} {name}"));
@@ -148,7 +254,7 @@ impl Renderer {
                 usage,
             } => {
                 self.flush_partial(*id);
-                let n = self.step(*id, "").number;
+                let n = self.step(event, *id, "").number;
                 if let Some(step) = self.steps.get_mut(id) {
                     step.done = true;
                 }

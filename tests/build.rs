@@ -658,3 +658,99 @@ fn layers_past_the_overlay_limit_are_merged_and_the_result_is_the_same() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The peak resident memory of process `pid` so far (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = fs_err::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+#[test]
+fn a_run_that_prints_a_gibibyte_keeps_hoist_small_and_all_of_it_in_the_log() {
+    const LINE: &str = "0123456789abcdefghijklmnopqrstuvwxyz-hoist-prints-a-gibibyte";
+    const TOTAL: u64 = 1 << 30;
+    let p = Project::new(&format!(
+        "FROM scratch\nADD rootfs.tar /\nRUN yes {LINE} | head -c {TOTAL}\n"
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(["build", "--progress=json", "--root"])
+        .arg(p.root.path())
+        .arg(p.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stderr = child.stderr.take().unwrap();
+    let drain = std::thread::spawn(move || {
+        // Everything the renderer wrote, kept only as far as the build id and a short tail.
+        let mut head = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match std::io::Read::read(&mut stderr, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if head.len() < 4096 {
+                        head.extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    let mut peak = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        peak = peak.max(peak_rss(pid).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let head = drain.join().unwrap();
+    assert!(status.success(), "{head}");
+    assert!(
+        peak < 100 << 20,
+        "hoist's peak RSS was {} MiB while a RUN printed 1 GiB",
+        peak >> 20
+    );
+    // The build's id is the first event; the RUN is step 4 (FROM, context, ADD, RUN).
+    let build = head
+        .split("\"build\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no build id in {head}"))
+        .to_owned();
+    let mut logs = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(["logs", "--root"])
+        .arg(p.root.path())
+        .args([build.as_str(), "4"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = std::io::BufReader::with_capacity(1 << 20, logs.stdout.take().unwrap());
+    let mut total = 0u64;
+    for line in std::io::BufRead::split(reader, b'\n') {
+        let line = line.unwrap();
+        total += line.len() as u64 + 1;
+        if total <= TOTAL {
+            assert_eq!(line, LINE.as_bytes(), "line ending at byte {total}");
+        } else {
+            // The last line is cut where `head -c` stopped, and has no newline.
+            assert!(LINE.as_bytes().starts_with(&line));
+            total -= 1;
+        }
+    }
+    assert!(logs.wait().unwrap().success());
+    assert_eq!(
+        total, TOTAL,
+        "the log holds {total} of the RUN's {TOTAL} bytes"
+    );
+}

@@ -55,10 +55,13 @@ pub struct ResourceUsage {
     pub cpu_system_us: Option<u64>,
 }
 
-/// One thing that happened to one vertex of a build.
+/// One thing that happened to one vertex of a build (or, for [`Event::Build`], to the build).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// The build began, under this id: `hoist logs ID` prints its complete log. First of all
+    /// its events.
+    Build { build: String },
     /// A worker began the vertex's work. Sent once per vertex and build, also to a build that
     /// joins work another build started (with that work's output so far replayed after it).
     Started {
@@ -110,16 +113,40 @@ pub enum Event {
 }
 
 impl Event {
-    /// The vertex the event is about.
+    /// The vertex the event is about; `None` for [`Event::Build`].
     #[must_use]
-    pub fn id(&self) -> usize {
+    pub fn id(&self) -> Option<usize> {
         match self {
+            Self::Build { .. } => None,
             Self::Started { id, .. }
             | Self::Cached { id, .. }
             | Self::Log { id, .. }
             | Self::Finished { id, .. }
             | Self::Failed { id, .. }
-            | Self::Canceled { id } => *id,
+            | Self::Canceled { id } => Some(*id),
+        }
+    }
+}
+
+/// The numbers a build shows its steps by (`#1`, `#2`, …), in the order the steps first show
+/// up: with a start, a cache hit, or a failure before any start. Every renderer and the
+/// build's log number them alike, so `hoist logs BUILD 4` is the step shown as `#4`.
+#[derive(Debug, Default)]
+pub struct StepNumbers {
+    numbers: std::collections::HashMap<usize, usize>,
+}
+
+impl StepNumbers {
+    /// The number of the event's step: given now when the event is the step's first showing,
+    /// `None` for an event of a step not yet shown (or of the build itself).
+    pub fn of(&mut self, event: &Event) -> Option<usize> {
+        let id = event.id()?;
+        let next = self.numbers.len() + 1;
+        match event {
+            Event::Started { .. } | Event::Cached { .. } | Event::Failed { .. } => {
+                Some(*self.numbers.entry(id).or_insert(next))
+            }
+            _ => self.numbers.get(&id).copied(),
         }
     }
 }

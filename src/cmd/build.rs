@@ -13,6 +13,7 @@ use hoist_executor::spec::Limits;
 use hoist_solver::Platform;
 use hoist_solver::frontend::BuildOptions;
 use hoist_solver::op::NetworkMode;
+use hoist_solver::progress::ProgressSink;
 use hoist_worker::{BuildOutcome, BuildRequest, Dockerfile, LocalContext};
 
 use crate::cmd::engine::{self, EngineArgs};
@@ -312,8 +313,8 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async {
         let engine = engine::open(&args.engine, args.max_parallelism)?;
-        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let renderer = tokio::spawn(progress::render(args.progress, receiver));
+        let events = Arc::new(progress::DisplayQueue::default());
+        let renderer = tokio::spawn(progress::render(args.progress, Arc::clone(&events)));
         let cancel = tokio_util::sync::CancellationToken::new();
         let on_interrupt = cancel.clone();
         tokio::spawn(async move {
@@ -321,8 +322,15 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
                 on_interrupt.cancel();
             }
         });
-        let result = engine.build(&request, Arc::new(events), cancel).await;
-        // The sender is gone with the build: the renderer drains what is left and ends.
+        let result = engine
+            .build(
+                &request,
+                Arc::clone(&events) as Arc<dyn ProgressSink>,
+                cancel,
+            )
+            .await;
+        // The renderer draws what is left and ends.
+        events.close();
         let _ = renderer.await;
         let outcome = result.map_err(anyhow::Error::from)?;
         finish(&engine, &args, &outputs, &outcome)?;

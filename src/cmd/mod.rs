@@ -5,6 +5,7 @@ pub(crate) mod build;
 pub(crate) mod debug;
 pub(crate) mod engine;
 pub(crate) mod image;
+pub(crate) mod logs;
 pub(crate) mod parse;
 pub(crate) mod run;
 

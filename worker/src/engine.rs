@@ -59,6 +59,8 @@ pub struct BuildRequest {
 /// What a build produced.
 #[derive(Clone, Debug)]
 pub struct BuildOutcome {
+    /// The build's id, under which its complete log is kept (`hoist logs ID`).
+    pub build: String,
     /// The image manifest; `None` when the build had no output that needs one.
     pub manifest: Option<Descriptor>,
     /// The built filesystem's layers, bottom first (for `-o type=local`).
@@ -100,6 +102,8 @@ pub enum BuildError {
         #[source]
         source: Box<hoist_registry::PushError>,
     },
+    #[error("keep the build's log")]
+    Log(#[from] crate::logs::LogError),
     #[error("{0}")]
     Internal(String),
 }
@@ -147,6 +151,28 @@ impl Engine {
     /// Dockerfile line and output tail), or a failed push.
     pub async fn build(
         &self,
+        request: &BuildRequest,
+        progress: Arc<dyn ProgressSink>,
+        cancel: CancellationToken,
+    ) -> Result<BuildOutcome, BuildError> {
+        // Every event goes through the build's log first, so the whole output can be read
+        // back afterwards (`hoist logs`), whatever the renderer kept.
+        let log = Arc::new(crate::logs::LogStore::new(&self.state.root).start(progress)?);
+        log.event(hoist_solver::progress::Event::Build {
+            build: log.build().to_owned(),
+        });
+        let progress: Arc<dyn ProgressSink> = Arc::clone(&log) as Arc<dyn ProgressSink>;
+        let result = self
+            .build_logged(log.build(), request, progress, cancel)
+            .await;
+        // A log that could not be written costs the log, not the build.
+        let _ = log.finish();
+        result
+    }
+
+    async fn build_logged(
+        &self,
+        build: &str,
         request: &BuildRequest,
         progress: Arc<dyn ProgressSink>,
         cancel: CancellationToken,
@@ -223,6 +249,7 @@ impl Engine {
             let config =
                 hoist_cache::write_config(&self.state.blobs, &config, &extras, request.media)?;
             return Ok(BuildOutcome {
+                build: build.to_owned(),
                 manifest: None,
                 chain: Arc::clone(chain),
                 config_digest: config.digest().clone(),
@@ -279,6 +306,7 @@ impl Engine {
             }
         }
         Ok(BuildOutcome {
+            build: build.to_owned(),
             manifest: Some(manifest),
             chain: Arc::clone(chain),
             config_digest,

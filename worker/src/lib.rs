@@ -38,6 +38,7 @@ pub mod error;
 pub mod exec;
 pub mod file;
 pub mod image;
+pub mod logs;
 pub mod source;
 pub mod state;
 pub mod store;

@@ -18,7 +18,8 @@
 //!
 //! **Sharing.** In-flight work is keyed by cache key in the solver. A build that needs a key
 //! another build is computing joins that computation instead of starting its own; it gets the
-//! `Started` event and all output so far replayed, then the rest live. Right before running, a
+//! `Started` event and the output so far replayed (the last [`REPLAY_BYTES`] of it, after a
+//! line that says how much came before), then the rest live. Right before running, a
 //! computation looks its key up once more, so a build that missed just before another build
 //! recorded the same key still reuses it. Within one build the graph has already merged
 //! identical vertices, so each runs at most once.
@@ -522,8 +523,13 @@ impl Subscriber {
     }
 }
 
-/// Sends one computation's progress to every build that waits for it, and keeps its output
-/// for builds that join late.
+/// How much of a computation's output is kept for builds that join it late. The whole of it
+/// goes to each waiting build's sink as it comes (which keeps it, on disk); what is kept here
+/// must not grow with a step that prints gigabytes.
+pub const REPLAY_BYTES: usize = 1 << 20;
+
+/// Sends one computation's progress to every build that waits for it, and keeps the tail of
+/// its output for builds that join late.
 #[derive(Default)]
 struct Fanout {
     state: Mutex<FanoutState>,
@@ -532,7 +538,11 @@ struct Fanout {
 #[derive(Default)]
 struct FanoutState {
     started: bool,
-    logs: Vec<(Stream, Vec<u8>)>,
+    /// The last chunks, at most [`REPLAY_BYTES`] (or one chunk, if larger) in all.
+    logs: std::collections::VecDeque<(Stream, Vec<u8>)>,
+    kept_bytes: usize,
+    /// Bytes of output no longer kept.
+    dropped_bytes: u64,
     subscribers: Vec<Subscriber>,
 }
 
@@ -554,6 +564,17 @@ impl Fanout {
         let mut state = lock(&self.state);
         if state.started {
             sub.start();
+            if state.dropped_bytes > 0 {
+                sub.sink.event(Event::Log {
+                    id: sub.info.id,
+                    stream: Stream::Stderr,
+                    data: format!(
+                        "[hoist: this step was already running; its first {} bytes of output are not shown]\n",
+                        state.dropped_bytes
+                    )
+                    .into_bytes(),
+                });
+            }
             for (stream, data) in &state.logs {
                 sub.sink.event(Event::Log {
                     id: sub.info.id,
@@ -586,7 +607,14 @@ impl Fanout {
                 data: data.to_vec(),
             });
         }
-        state.logs.push((stream, data.to_vec()));
+        state.logs.push_back((stream, data.to_vec()));
+        state.kept_bytes += data.len();
+        while state.kept_bytes > REPLAY_BYTES && state.logs.len() > 1 {
+            if let Some((_, old)) = state.logs.pop_front() {
+                state.kept_bytes -= old.len();
+                state.dropped_bytes += old.len() as u64;
+            }
+        }
     }
 }
 

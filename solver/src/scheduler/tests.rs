@@ -131,6 +131,17 @@ impl Fake {
                 self.cleaned_up.fetch_add(1, Ordering::SeqCst);
                 Err(FakeError("stopped".into()).into())
             }
+            // Prints N MiB, then waits at the gate like "gate".
+            "flood" => {
+                let n: usize = arg(2).parse()?;
+                for _ in 0..n {
+                    ctx.log(Stream::Stdout, &big_chunk(&arg(1)));
+                }
+                ctx.log(Stream::Stdout, b"flooded\n");
+                self.started.add_permits(1);
+                self.gate.acquire().await?.forget();
+                Ok(Value::Str(arg(1)))
+            }
             "gate" => {
                 ctx.log(Stream::Stdout, format!("{} waiting\n", arg(1)).as_bytes());
                 self.started.add_permits(1);
@@ -289,13 +300,14 @@ fn job<'g>(
 fn of(events: &[Event], v: VertexId) -> Vec<Event> {
     events
         .iter()
-        .filter(|e| e.id() == v.index())
+        .filter(|e| e.id() == Some(v.index()))
         .cloned()
         .collect()
 }
 
 fn kind(e: &Event) -> &'static str {
     match e {
+        Event::Build { .. } => "build",
         Event::Started { .. } => "started",
         Event::Cached { .. } => "cached",
         Event::Log { .. } => "log",
@@ -478,6 +490,76 @@ async fn identical_work_in_concurrent_builds_runs_once() {
     assert!(
         rest.iter()
             .any(|e| matches!(e, Event::Finished { id, .. } if *id == gate_b.index()))
+    );
+}
+
+/// A shared computation keeps only the tail of its output for builds that join late: a step
+/// that prints gigabytes must not hold them in memory. The joiner is told what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_joiner_gets_the_tail_of_the_output_and_a_note_of_the_rest() {
+    let solver = solver(4);
+    let worker = Fake::new();
+    let mut ga = Graph::new();
+    let a = ga.add(exec("flood x 8"), vec![], "[a 1/1] flood", None);
+    let mut gb = Graph::new();
+    let b = gb.add(exec("flood x 8"), vec![], "[b 1/1] flood", None);
+    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+    let build_a = tokio::spawn({
+        let (solver, worker) = (solver.clone(), Arc::clone(&worker));
+        async move {
+            let mut j = job(&ga, &[a], &worker, Arc::new(tx_a));
+            j.no_cache = true;
+            solver.solve(j).await
+        }
+    });
+    // A's build got every byte as it came.
+    let seen_a = until(
+        &mut rx_a,
+        |e| matches!(e, Event::Log { data, .. } if data == b"flooded\n"),
+    )
+    .await;
+    let bytes = |events: &[Event]| -> usize {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Log { data, .. } => data.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    assert_eq!(bytes(&seen_a), 8 * (1 << 20) + b"flooded\n".len());
+    let build_b = tokio::spawn({
+        let (solver, worker) = (solver.clone(), Arc::clone(&worker));
+        async move {
+            let mut j = job(&gb, &[b], &worker, Arc::new(tx_b));
+            j.no_cache = true;
+            solver.solve(j).await
+        }
+    });
+    let replay = until(
+        &mut rx_b,
+        |e| matches!(e, Event::Log { data, .. } if data == b"flooded\n"),
+    )
+    .await;
+    worker.gate.add_permits(1);
+    within("build a", build_a).await.unwrap().unwrap();
+    within("build b", build_b).await.unwrap().unwrap();
+    assert_eq!(worker.runs_of("flood x 8"), 1);
+    let note = replay.iter().find_map(|e| match e {
+        Event::Log { data, .. } if data.starts_with(b"[hoist:") => {
+            Some(String::from_utf8_lossy(data).into_owned())
+        }
+        _ => None,
+    });
+    let note = note.expect("no note of the output the joiner missed");
+    // Kept: what fits in REPLAY_BYTES from the end (here the final line: the last 1 MiB chunk
+    // with it would not fit); missed: everything before, 8 MiB.
+    assert!(note.contains(&format!("first {} bytes", 8 << 20)), "{note}");
+    assert!(
+        bytes(&replay) <= REPLAY_BYTES + note.len(),
+        "{}",
+        bytes(&replay)
     );
 }
 
