@@ -158,3 +158,64 @@ fn a_busybox_base_image_round_trips_and_runs() {
         "{pushed}"
     );
 }
+
+/// `hoist` with `args`, in a mount namespace of its own where `/sys/fs/cgroup` is an empty
+/// tmpfs: a machine without cgroup controllers, or a container that does not expose them.
+fn hoist_without_cgroups(root: &Path, args: &[&str]) -> Output {
+    let script = format!(
+        "mount -t tmpfs none /sys/fs/cgroup && exec {} \"$@\"",
+        env!("CARGO_BIN_EXE_hoist")
+    );
+    Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "hoist",
+        ])
+        .args(args)
+        .env("HOIST_ROOT", root)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn pull_and_push_need_no_sandbox_and_no_build_index() {
+    let registry = Registry::start();
+    let p = support::Project::new("FROM scratch\nADD rootfs.tar /\nCMD [\"true\"]\n");
+    let image = format!("{}/plain/base:1", registry.addr);
+    ok(&hoist(
+        p.root.path(),
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            &image,
+            "--push",
+            p.dir.path().to_str().unwrap(),
+        ],
+    ));
+    // The namespace really has no cgroups: a build there cannot set up its sandbox.
+    let fresh = tempfile::tempdir().unwrap();
+    let build = hoist_without_cgroups(
+        fresh.path(),
+        &["build", "--progress=plain", p.dir.path().to_str().unwrap()],
+    );
+    assert!(!build.status.success(), "a build ran without cgroups");
+    let fresh = tempfile::tempdir().unwrap();
+    let pulled = ok(&hoist_without_cgroups(fresh.path(), &["pull", &image]));
+    assert!(pulled.contains("@sha256:"), "{pulled}");
+    let copy = format!("{}/plain/copy:1", registry.addr);
+    let pushed = ok(&hoist_without_cgroups(
+        fresh.path(),
+        &["push", &image, &copy],
+    ));
+    assert!(pushed.starts_with(&format!("{copy}@sha256:")), "{pushed}");
+    assert!(
+        !fresh.path().join("cache.redb").exists(),
+        "pull or push opened the build index"
+    );
+}

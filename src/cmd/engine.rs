@@ -71,8 +71,9 @@ impl EngineArgs {
     }
 }
 
-/// Opens the state, the sandbox and the registry client.
-pub(crate) fn open(args: &EngineArgs, max_parallelism: Option<usize>) -> anyhow::Result<Engine> {
+/// Opens the state and the registry client: what pulls and pushes need (no sandbox, and the
+/// cache index stays closed).
+pub(crate) fn open_store(args: &EngineArgs) -> anyhow::Result<(State, Client)> {
     let root = args.root();
     let state = State::open(&root)
         .map_err(|e| anyhow::anyhow!(e))
@@ -88,7 +89,24 @@ pub(crate) fn open(args: &EngineArgs, max_parallelism: Option<usize>) -> anyhow:
             );
         }
     }
-    let mut config = ExecutorConfig::new(root.join("executor"));
+    let mut registry = ClientConfig {
+        insecure_registries: args.insecure_registries.clone(),
+        resume_dir: Some(root.join("uploads")),
+        ..ClientConfig::default()
+    };
+    if let Some(timeout) = args.registry_timeout {
+        registry.connect_timeout = timeout;
+        registry.stall_timeout = timeout;
+    }
+    let client =
+        Client::with_default_credentials(registry).context("setting up the registry client")?;
+    Ok((state, client))
+}
+
+/// Opens the state, the sandbox and the registry client.
+pub(crate) fn open(args: &EngineArgs, max_parallelism: Option<usize>) -> anyhow::Result<Engine> {
+    let (state, client) = open_store(args)?;
+    let mut config = ExecutorConfig::new(args.root().join("executor"));
     if args.runtime.as_os_str() != "builtin" {
         if !args.runtime.is_file() {
             anyhow::bail!(
@@ -101,17 +119,6 @@ pub(crate) fn open(args: &EngineArgs, max_parallelism: Option<usize>) -> anyhow:
         };
     }
     let executor = Executor::new(config).context("setting up the sandbox")?;
-    let mut registry = ClientConfig {
-        insecure_registries: args.insecure_registries.clone(),
-        resume_dir: Some(root.join("uploads")),
-        ..ClientConfig::default()
-    };
-    if let Some(timeout) = args.registry_timeout {
-        registry.connect_timeout = timeout;
-        registry.stall_timeout = timeout;
-    }
-    let client =
-        Client::with_default_credentials(registry).context("setting up the registry client")?;
     Ok(Engine::new(
         Arc::new(state),
         Arc::new(executor),

@@ -68,10 +68,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
     let platform = platform(args.platform.as_deref())?;
     runtime()?.block_on(async {
-        let engine = engine::open(&args.engine, None)?;
+        let (state, client) = engine::open_store(&args.engine)?;
         let descriptor = hoist_registry::observe(
             progress(),
-            hoist_worker::image::pull(&engine, &args.image, &platform),
+            hoist_worker::image::pull(&state, &client, &args.image, &platform),
         )
         .await?;
         let name: Reference = args.image.parse()?;
@@ -82,10 +82,10 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) fn push(args: &PushArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let engine = engine::open(&args.engine, None)?;
+        let (state, client) = engine::open_store(&args.engine)?;
         let pinned = hoist_registry::observe(
             progress(),
-            hoist_worker::image::push(&engine, &args.name, args.target.as_deref()),
+            hoist_worker::image::push(&state, &client, &args.name, args.target.as_deref()),
         )
         .await?;
         writeln!(std::io::stdout().lock(), "{pinned}")?;

@@ -27,7 +27,7 @@ impl Cache<Output> for IndexCache {
         _vertex: &'a Vertex,
     ) -> BoxFuture<'a, Result<Option<Output>, BoxError>> {
         Box::pin(async move {
-            let Some(record) = self.state.index.get(&key.to_string())? else {
+            let Some(record) = self.state.index()?.get(&key.to_string())? else {
                 return Ok(None);
             };
             let mut chain = Vec::new();
@@ -85,7 +85,7 @@ impl Cache<Output> for IndexCache {
                     .collect(),
                 took_ms: 0,
             };
-            self.state.index.put(&key.to_string(), &record)?;
+            self.state.index()?.put(&key.to_string(), &record)?;
             Ok(())
         })
     }

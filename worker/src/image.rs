@@ -9,12 +9,11 @@ use hoist_cache::oci_spec::image::Descriptor;
 use hoist_cache::{Image, ImageStore};
 use hoist_executor::ExitStatus;
 use hoist_executor::spec;
-use hoist_registry::{PushOptions, Reference};
+use hoist_registry::{Client, PushOptions, Reference};
 use hoist_solver::Platform;
 use tokio::io::AsyncWrite;
 
-use crate::Engine;
-use crate::Sandboxed;
+use crate::{Engine, Sandboxed, State};
 use hoist_solver::frontend::ImageConfig;
 
 /// An image operation that failed.
@@ -59,19 +58,20 @@ fn parse(reference: &str) -> Result<Reference, ImageOpError> {
     })
 }
 
-/// Pulls an image into the content store and names it in the local store.
+/// Pulls an image into the content store and names it in the local store. It needs the
+/// content store and the registry only: no sandbox and no cache index.
 ///
 /// # Errors
 /// The reference is invalid, or the pull fails (the message says why).
 pub async fn pull(
-    engine: &Engine,
+    state: &State,
+    registry: &Client,
     reference: &str,
     platform: &Platform,
 ) -> Result<Descriptor, ImageOpError> {
     let parsed = parse(reference)?;
-    let store = engine.state.registry_store();
-    let resolved = engine
-        .registry
+    let store = state.registry_store();
+    let resolved = registry
         .pull(&parsed, &crate::source::registry_platform(platform), store)
         .await
         .map_err(|source| ImageOpError::Pull {
@@ -80,37 +80,37 @@ pub async fn pull(
         })?;
     // The layers and config are in the store; the platform's manifest goes there too, so the
     // local name points at something complete.
-    engine
-        .state
+    state
         .blobs
         .put(&resolved.manifest.bytes)
         .map_err(hoist_cache::LayoutError::from)?;
     let descriptor = resolved.manifest.descriptor();
-    let images = ImageStore::open(&engine.state.root)?;
+    let images = ImageStore::open(&state.root)?;
     images.tag(&parsed.to_string(), &descriptor)?;
     Ok(descriptor)
 }
 
 /// Pushes a locally named image to `target` (the same name when `None`). Returns the pushed
-/// reference pinned to its digest.
+/// reference pinned to its digest. Like [`pull`], it needs the content store and the registry
+/// only: no sandbox and no cache index.
 ///
 /// # Errors
 /// The name is unknown locally, or the push fails.
 pub async fn push(
-    engine: &Engine,
+    state: &State,
+    registry: &Client,
     name: &str,
     target: Option<&str>,
 ) -> Result<String, ImageOpError> {
     let source = parse(name)?;
-    let images = ImageStore::open(&engine.state.root)?;
+    let images = ImageStore::open(&state.root)?;
     let descriptor = images.resolve(&source.to_string())?;
     let target_ref = parse(target.unwrap_or(name))?;
-    let report = engine
-        .registry
+    let report = registry
         .push(
             &target_ref,
             &descriptor,
-            engine.state.registry_store(),
+            state.registry_store(),
             &PushOptions::default(),
         )
         .await
@@ -155,7 +155,7 @@ where
     let images = ImageStore::open(&engine.state.root)?;
     let descriptor = match images.resolve(&parsed.to_string()) {
         Ok(d) => d,
-        Err(_) => pull(engine, reference, platform).await?,
+        Err(_) => pull(&engine.state, &engine.registry, reference, platform).await?,
     };
     let image = Image::load(&engine.state.blobs, &descriptor)?;
     let mut lowerdirs = engine

@@ -59,7 +59,9 @@ pub struct State {
     pub root: PathBuf,
     pub blobs: BlobStore,
     pub snapshots: SnapshotStore,
-    pub index: CacheIndex,
+    /// The cache index, opened when a build first needs it: pulls and pushes never do.
+    index: std::sync::OnceLock<CacheIndex>,
+    index_opening: std::sync::Mutex<()>,
     /// This process's scratch area: unfinished step trees, blobs and snapshots.
     scratch: ScratchArea,
     /// What opening the state reclaimed from processes that died mid-work.
@@ -85,10 +87,31 @@ impl State {
             root: root.to_path_buf(),
             blobs: BlobStore::new(root).with_scratch(scratch.dir()),
             snapshots,
-            index: CacheIndex::open(&root.join("cache.redb"))?,
+            index: std::sync::OnceLock::new(),
+            index_opening: std::sync::Mutex::new(()),
             scratch,
             reclaimed,
         })
+    }
+
+    /// The cache index (`cache.redb`), opened on first use.
+    ///
+    /// # Errors
+    /// The index cannot be opened or created.
+    pub fn index(&self) -> Result<&CacheIndex, hoist_cache::index::IndexError> {
+        if let Some(index) = self.index.get() {
+            return Ok(index);
+        }
+        // One opener at a time: the database cannot be opened twice in one process.
+        let _opening = self
+            .index_opening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(index) = self.index.get() {
+            return Ok(index);
+        }
+        let index = CacheIndex::open(&self.root.join("cache.redb"))?;
+        Ok(self.index.get_or_init(|| index))
     }
 
     /// A new private scratch directory on the state's filesystem (so it can be renamed into
@@ -355,7 +378,7 @@ impl State {
                     return Ok(blob.clone());
                 }
                 let diff_id = layer.diff_id.to_string();
-                if let Some(known) = self.index.get_blob(&diff_id, media_type.as_ref())?
+                if let Some(known) = self.index()?.get_blob(&diff_id, media_type.as_ref())?
                     && let Ok(digest) = known.digest.parse::<Digest>()
                     && self.blobs.has(&digest)
                 {
@@ -378,7 +401,7 @@ impl State {
                         now: digests.diff_id,
                     });
                 }
-                self.index.put_blob(
+                self.index()?.put_blob(
                     &diff_id,
                     &BlobRecord {
                         digest: digests.digest.to_string(),
