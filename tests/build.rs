@@ -124,14 +124,15 @@ fn a_changed_build_arg_invalidates_from_its_first_use() {
 #[test]
 fn a_failing_run_names_its_line_exit_code_and_output() {
     let p = Project::new(
-        "FROM scratch\nADD rootfs.tar /\nRUN echo preparing\nRUN echo boom >&2; exit 3\nRUN echo never\n",
+        "FROM scratch\nADD rootfs.tar /\nRUN echo preparing\n  RUN echo boom >&2; exit 3\nRUN echo never\n",
     );
     let out = p.hoist(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Line and column of the instruction, which is indented by two.
     assert!(
-        stderr.contains("line 4"),
-        "no Dockerfile line in:\n{stderr}"
+        stderr.contains("RUN echo boom >&2; exit 3 (line 4:3) failed"),
+        "no Dockerfile line and column in:\n{stderr}"
     );
     assert!(stderr.contains("exit code: 3"), "{stderr}");
     assert!(stderr.contains("boom"), "{stderr}");
@@ -388,7 +389,7 @@ fn resource_limits_reach_every_run() {
         "a RUN over --memory succeeded:\n{stderr}"
     );
     assert!(
-        stderr.contains("(line 3)") && stderr.contains("memory limit of 33554432 bytes"),
+        stderr.contains("(line 3:1)") && stderr.contains("memory limit of 33554432 bytes"),
         "the failure does not name the line and the limit:\n{stderr}"
     );
     // Under a limit it fits in, the same step runs.

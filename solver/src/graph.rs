@@ -79,6 +79,8 @@ impl Serialize for VertexDigest {
 pub struct Location {
     /// 1-based line of the instruction.
     pub line: usize,
+    /// 1-based column (in characters) where the instruction starts.
+    pub column: usize,
     pub span: Span,
 }
 

@@ -151,6 +151,21 @@ impl StepNumbers {
     }
 }
 
+/// An error and its causes on one line (`what failed: why: the root cause`), as progress
+/// events carry a failure: the one place a library flattens an error chain, because events are
+/// data for renderers and remote clients, not errors.
+#[must_use]
+pub fn error_text(err: &(dyn std::error::Error + '_)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Where a build's events go. Called from the scheduler's tasks, possibly at once from several
 /// threads; it must not block (hand the event to a channel or a buffer and return).
 pub trait ProgressSink: Send + Sync {

@@ -110,7 +110,7 @@ fn dash_f_dash_reads_the_dockerfile_from_standard_input() {
     // Errors name it Dockerfile, as BuildKit does for standard input.
     let stderr = stderr_of(&out);
     assert!(!out.status.success());
-    assert!(stderr.contains("RUN false (line 4)"), "{stderr}");
+    assert!(stderr.contains("RUN false (line 4:1)"), "{stderr}");
     assert!(stderr.contains("echo from-stdin"), "{stderr}");
 }
 
@@ -124,7 +124,7 @@ fn a_run_line_over_the_kernels_argument_limit_says_so() {
     let stderr = stderr_of(&out);
     assert!(!out.status.success());
     let first = stderr.lines().rev().take(6).collect::<Vec<_>>().join("\n");
-    assert!(stderr.contains("(line 3)"), "{first}");
+    assert!(stderr.contains("(line 3:1)"), "{first}");
     assert!(
         stderr
             .contains("over the kernel's limit of 131072 bytes for one argument (MAX_ARG_STRLEN)"),

@@ -23,7 +23,7 @@ use hoist_solver::frontend::{
     self, BuildOptions, HistoryEntry, ImageConfig, ImageResolver, ResolvedImage,
 };
 use hoist_solver::progress::ProgressSink;
-use hoist_solver::scheduler::{Job, SolveError, Solver, SolverOptions};
+use hoist_solver::scheduler::{BoxError, Job, SolveError, Solver, SolverOptions};
 
 /// The Dockerfile of a build, read by the caller (from a file, or from standard input).
 #[derive(Clone, Debug)]
@@ -84,19 +84,19 @@ pub enum BuildError {
     Ignore(#[from] hoist_parser::ignore::IgnoreError),
     #[error(transparent)]
     Solve(#[from] SolveError),
-    #[error("assembling the image: {0}")]
+    #[error("assembling the image")]
     Image(#[from] hoist_cache::ImageError),
-    #[error("compressing the image's layers: {0}")]
+    #[error("compressing the image's layers")]
     Layers(#[from] crate::WorkerError),
-    #[error("naming the image in the local store: {0}")]
+    #[error("naming the image in the local store")]
     Store(#[from] hoist_cache::LayoutError),
-    #[error("invalid tag {tag:?}: {source}")]
+    #[error("invalid tag {tag:?}")]
     Tag {
         tag: String,
         #[source]
         source: hoist_registry::ParseReferenceError,
     },
-    #[error("pushing {tag}: {source}")]
+    #[error("pushing {tag}")]
     Push {
         tag: String,
         #[source]
@@ -417,7 +417,7 @@ struct RegistryResolver {
 }
 
 impl ImageResolver for RegistryResolver {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, BoxError> {
         use hoist_solver::progress::{Event, Stream, internal_id};
         let parsed: Reference = reference.parse().map_err(|e| format!("{e}"))?;
         let id = internal_id(
@@ -452,7 +452,7 @@ impl ImageResolver for RegistryResolver {
             },
             Err(error) => Event::Failed {
                 id,
-                error: error.clone(),
+                error: hoist_solver::progress::error_text(error.as_ref()),
                 wall,
                 usage: None,
             },
@@ -467,23 +467,17 @@ impl RegistryResolver {
         &self,
         parsed: &Reference,
         platform: &Platform,
-    ) -> Result<ResolvedImage, String> {
+    ) -> Result<ResolvedImage, BoxError> {
         let resolved = self
             .client
             .resolve(parsed, &crate::source::registry_platform(platform))
-            .await
-            .map_err(|e| error_chain(&e))?;
+            .await?;
         let config_desc = resolved.image.config().clone();
         let store = self.state.registry_store();
         self.client
             .fetch_blob(&resolved.reference, &config_desc, store)
-            .await
-            .map_err(|e| error_chain(&e))?;
-        let raw = self
-            .state
-            .blobs
-            .read(config_desc.digest())
-            .map_err(|e| error_chain(&e))?;
+            .await?;
+        let raw = self.state.blobs.read(config_desc.digest())?;
         #[derive(serde::Deserialize)]
         struct Raw {
             #[serde(default)]
@@ -492,7 +486,10 @@ impl RegistryResolver {
             history: Vec<HistoryEntry>,
         }
         let parsed_config: Raw =
-            serde_json::from_slice(&raw).map_err(|e| format!("invalid image config: {e}"))?;
+            serde_json::from_slice(&raw).map_err(|source| ResolveError::Config {
+                digest: config_desc.digest().to_string(),
+                source,
+            })?;
         Ok(ResolvedImage {
             pinned: resolved.reference.to_string(),
             config: parsed_config.config.unwrap_or_default(),
@@ -501,15 +498,15 @@ impl RegistryResolver {
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+/// A base image's config that is not one.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("the image config {digest} is not valid JSON for an image config")]
+    Config {
+        digest: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 #[cfg(test)]

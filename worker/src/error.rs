@@ -24,39 +24,39 @@ pub enum WorkerError {
     Context(#[from] ContextError),
     #[error(transparent)]
     Copy(#[from] copy::CopyError),
-    #[error("invalid --exclude pattern: {0}")]
+    #[error("invalid --exclude pattern")]
     Exclude(#[from] hoist_parser::ignore::IgnoreError),
-    #[error("cannot resolve user {user:?} in the image: {source}")]
+    #[error("cannot resolve user {user:?} in the image")]
     User {
         user: String,
         #[source]
         source: hoist_executor::user::ResolveUserError,
     },
-    #[error("pulling {reference}: {source}")]
+    #[error("pulling {reference}")]
     Pull {
         reference: String,
         #[source]
         source: Box<hoist_registry::PullError>,
     },
-    #[error("the platform of {reference}: {source}")]
+    #[error("the platform of {reference}")]
     Platform {
         reference: String,
         #[source]
         source: hoist_solver::platform::ParsePlatformError,
     },
-    #[error("invalid image reference {reference:?}: {source}")]
+    #[error("invalid image reference {reference:?}")]
     Reference {
         reference: String,
         #[source]
         source: hoist_registry::ParseReferenceError,
     },
-    #[error("unpacking {layer}: {source}")]
+    #[error("unpacking {layer}")]
     Snapshot {
         layer: Digest,
         #[source]
         source: hoist_cache::SnapshotError,
     },
-    #[error("making a layer from {}: {source}", path.display())]
+    #[error("making a layer from {}", path.display())]
     Diff {
         path: PathBuf,
         #[source]
@@ -75,13 +75,13 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     Index(#[from] hoist_cache::index::IndexError),
-    #[error("ADD: {0}")]
+    #[error("ADD")]
     Archive(#[from] hoist_cache::archive::ArchiveError),
-    #[error("the sandbox failed: {0}")]
+    #[error("the sandbox failed")]
     Run(#[from] hoist_executor::RunError),
-    #[error("building the sandbox spec: {0}")]
+    #[error("building the sandbox spec")]
     Spec(#[from] hoist_executor::spec::BuildSpecError),
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,

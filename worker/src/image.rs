@@ -19,19 +19,19 @@ use hoist_solver::frontend::ImageConfig;
 /// An image operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageOpError {
-    #[error("invalid image reference {reference:?}: {source}")]
+    #[error("invalid image reference {reference:?}")]
     Reference {
         reference: String,
         #[source]
         source: hoist_registry::ParseReferenceError,
     },
-    #[error("pulling {reference}: {source}")]
+    #[error("pulling {reference}")]
     Pull {
         reference: String,
         #[source]
         source: Box<hoist_registry::PullError>,
     },
-    #[error("pushing {reference}: {source}")]
+    #[error("pushing {reference}")]
     Push {
         reference: String,
         #[source]
@@ -47,7 +47,7 @@ pub enum ImageOpError {
     NoCommand { reference: String },
     #[error(transparent)]
     Sandbox(#[from] crate::WorkerError),
-    #[error("the sandbox failed: {0}")]
+    #[error("the sandbox failed")]
     Run(#[from] hoist_executor::RunError),
 }
 

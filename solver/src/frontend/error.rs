@@ -72,8 +72,15 @@ pub enum FrontendErrorKind {
     },
     #[error("circular dependency between stages through {name:?}")]
     Cycle { name: String },
-    #[error("cannot resolve base image {reference:?}: {message}")]
-    Resolve { reference: String, message: String },
+    #[error(
+        "cannot resolve base image {reference:?}: {}",
+        crate::progress::error_text(cause.as_ref())
+    )]
+    Resolve {
+        reference: String,
+        /// Why, with its causes (not a `source`: this error is shown as one located message).
+        cause: crate::scheduler::BoxError,
+    },
     #[error("invalid ONBUILD trigger {trigger:?} inherited from {from}: {message}")]
     Trigger {
         trigger: String,

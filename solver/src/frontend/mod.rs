@@ -126,8 +126,12 @@ pub trait ImageResolver {
     /// Resolves a reference for a platform.
     ///
     /// # Errors
-    /// A message saying why the image cannot be had.
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String>;
+    /// Why the image cannot be had, with its causes.
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, crate::scheduler::BoxError>;
 }
 
 /// The result of lowering: the graph and what the target stage produces.
@@ -422,10 +426,8 @@ impl<'a> Lowering<'a> {
     }
 
     fn location(&self, span: Span) -> Option<Location> {
-        Some(Location {
-            line: self.index.line(span.start),
-            span,
-        })
+        let (line, column) = self.index.line_col(self.source, span.start);
+        Some(Location { line, column, span })
     }
 
     fn stage_label(&self, index: usize) -> String {
@@ -515,11 +517,11 @@ impl<'a> Lowering<'a> {
             let resolved = self
                 .resolver
                 .resolve(&base_name, &platform)
-                .map_err(|message| {
+                .map_err(|cause| {
                     FrontendError::new(
                         FrontendErrorKind::Resolve {
                             reference: base_name.clone(),
-                            message,
+                            cause,
                         },
                         image_word.span,
                     )
@@ -1118,11 +1120,11 @@ impl<'a> Lowering<'a> {
                         copy_from = Some(CopyFrom::Image(from.clone()));
                         let platform = state.platform.clone();
                         let resolved =
-                            self.resolver.resolve(&from, &platform).map_err(|message| {
+                            self.resolver.resolve(&from, &platform).map_err(|cause| {
                                 FrontendError::new(
                                     FrontendErrorKind::Resolve {
                                         reference: from.clone(),
-                                        message,
+                                        cause,
                                     },
                                     flag.span,
                                 )

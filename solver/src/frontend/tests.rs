@@ -15,7 +15,11 @@ struct FakeResolver {
 }
 
 impl ImageResolver for FakeResolver {
-    fn resolve(&self, reference: &str, _platform: &Platform) -> Result<ResolvedImage, String> {
+    fn resolve(
+        &self,
+        reference: &str,
+        _platform: &Platform,
+    ) -> Result<ResolvedImage, crate::scheduler::BoxError> {
         self.asked.borrow_mut().push(reference.to_owned());
         if reference.contains("missing") {
             return Err("manifest unknown".into());

@@ -295,7 +295,7 @@ pub enum SolveError {
 }
 
 fn describe_failure(phase: Phase, name: &str, location: Option<&Location>) -> String {
-    let at = location.map_or_else(String::new, |l| format!(" (line {})", l.line));
+    let at = location.map_or_else(String::new, |l| format!(" (line {}:{})", l.line, l.column));
     match phase {
         Phase::ContentKey => format!("cannot compute the cache key of {name}{at}"),
         Phase::CacheLookup => format!("cache lookup for {name}{at} failed"),
@@ -681,7 +681,7 @@ impl FirstFailure {
         phase: Phase,
         err: WorkerError,
     ) {
-        let text = error_chain(&err);
+        let text = crate::progress::error_text(&err);
         if self.fail(build, info, phase, err) {
             build.sink.event(Event::Failed {
                 id: info.id,
@@ -1041,7 +1041,7 @@ async fn run_vertex<R: Clone + Send + Sync + 'static>(
             if !build.cancel.is_cancelled() {
                 build.sink.event(Event::Failed {
                     id: info.id,
-                    error: error_chain(error),
+                    error: crate::progress::error_text(error),
                     wall: key_time + *wall,
                     usage: *usage,
                 });
@@ -1267,18 +1267,6 @@ impl<R: Clone + Send + Sync + 'static> Drop for Waiter<R> {
             self.flight.cancel.cancel();
         }
     }
-}
-
-/// An error and its causes on one line, as progress shows it.
-fn error_chain(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Locks a mutex; a panic elsewhere while holding it leaves plain data that is still usable.

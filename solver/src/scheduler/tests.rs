@@ -271,6 +271,7 @@ fn local(name: &str) -> Op {
 fn at(line: usize) -> Option<Location> {
     Some(Location {
         line,
+        column: 1,
         span: Span::default(),
     })
 }
@@ -769,7 +770,7 @@ async fn the_first_error_cancels_a_running_sibling_and_names_its_vertex() {
     assert_eq!(location.as_ref().map(|l| l.line), Some(7));
     assert_eq!(*phase, Phase::Run);
     assert_eq!(*digest, g.vertex(failing).digest);
-    assert_eq!(err.to_string(), "[b 1/1] RUN false (line 7) failed");
+    assert_eq!(err.to_string(), "[b 1/1] RUN false (line 7:1) failed");
     assert_eq!(source.to_string(), "boom");
     assert!(source.downcast_ref::<FakeError>().is_some());
     assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "boom");
@@ -922,7 +923,7 @@ async fn a_panicking_worker_fails_its_vertex() {
         .solve(job(&g, &[p], &worker, Arc::new(Recorder::new())))
         .await
         .unwrap_err();
-    assert_eq!(err.to_string(), "[x 1/1] RUN crash (line 2) failed");
+    assert_eq!(err.to_string(), "[x 1/1] RUN crash (line 2:1) failed");
     assert_eq!(
         std::error::Error::source(&err).unwrap().to_string(),
         "the worker panicked"
@@ -987,7 +988,7 @@ async fn a_cache_lookup_failure_names_the_vertex() {
         .solve(job(&g, &[v], &worker, Arc::new(Recorder::new())))
         .await
         .unwrap_err();
-    assert_eq!(err.to_string(), "cache lookup for one (line 1) failed");
+    assert_eq!(err.to_string(), "cache lookup for one (line 1:1) failed");
     assert_eq!(worker.total_runs(), 0);
 }
 
