@@ -566,3 +566,50 @@ mod copy {
         );
     }
 }
+
+/// A fixed Dockerfile's digests and cache keys, as literal values: a change of how ops are
+/// lowered or encoded, or of how keys are made, turns every user's cache cold, so it must show
+/// here and come with a new version tag (`hoist.vertex.v1`, `hoist.cachekey.v1`).
+#[test]
+fn a_fixed_dockerfile_keeps_its_pinned_digests_and_cache_keys() {
+    use crate::scheduler::CacheKey;
+    let amd64: Platform = "linux/amd64".parse().unwrap();
+    let options = BuildOptions {
+        target_platform: amd64.clone(),
+        build_platform: amd64,
+        ..BuildOptions::default()
+    };
+    let p = plan_with(
+        "FROM alpine AS base\nARG V=1\nWORKDIR /src\nCOPY app /src/app\nRUN make V=$V\n\
+         FROM scratch\nCOPY --from=base /src/out /out\n",
+        &options,
+        &FakeResolver::default(),
+    )
+    .unwrap();
+    // Content keys as a worker gives them: a context hash for the source that selects `app`,
+    // the manifest digest for the image.
+    let mut keys = std::collections::HashMap::new();
+    for id in p.graph.reachable(&[p.root]) {
+        let v = p.graph.vertex(id);
+        let content = match &v.op {
+            Op::Source(crate::op::SourceOp::Local { .. }) => Some(format!("{:0>64}", "c0ffee")),
+            Op::Source(crate::op::SourceOp::Image { reference, .. }) => {
+                reference.split('@').nth(1).map(str::to_owned)
+            }
+            _ => None,
+        };
+        let inputs: Vec<CacheKey> = v.inputs.iter().map(|i| keys[i]).collect();
+        keys.insert(
+            id,
+            CacheKey::compute(&v.digest, content.as_deref(), &inputs),
+        );
+    }
+    assert_eq!(
+        p.graph.vertex(p.root).digest.hex(),
+        "2ddcb1faf89d31964bcb555ebb3492994b7861d036fb07a51de0e76393c57b0c"
+    );
+    assert_eq!(
+        keys[&p.root].hex(),
+        "b5e6b1d5076c8ae8b543cc0489293e4bf0682e12a769a1e349ba480cb48c7130"
+    );
+}
