@@ -173,7 +173,10 @@ fn a_50_mb_heredoc_builds_in_bounded_memory() {
     );
     assert_built(&finished);
     let written = fs_err::read(dest.path().join("big.txt")).unwrap();
-    assert!(written == body.as_bytes(), "big.txt is not the heredoc's body");
+    assert!(
+        written == body.as_bytes(),
+        "big.txt is not the heredoc's body"
+    );
     assert_rss_within_limit(&finished, "a 50 MB COPY heredoc");
 }
 
