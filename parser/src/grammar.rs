@@ -84,7 +84,7 @@ pub fn parse(source: &str) -> Result<Dockerfile, ParseError> {
                 message: format!(
                     "empty continuation line found in: {}; empty continuation lines will become \
                      errors in a future release",
-                    logical.text
+                    logical.text()
                 ),
                 span,
             });
@@ -94,11 +94,12 @@ pub fn parse(source: &str) -> Result<Dockerfile, ParseError> {
             line: &logical,
             escape: directives.escape(),
         };
-        let whole = 0..logical.text.len();
+        let whole = 0..logical.text().len();
         let mut instruction = reader.instruction(whole, false)?;
         let mut span = Span::new(text_start, end);
-        if let Some(docs) = heredocs_of(&mut instruction).filter(|_| logical.text.contains("<<")) {
-            let markers = heredoc::markers(&logical.text).map_err(|message| {
+        if let Some(docs) = heredocs_of(&mut instruction).filter(|_| logical.text().contains("<<"))
+        {
+            let markers = heredoc::markers(logical.text()).map_err(|message| {
                 ParseError::new(ParseErrorKind::HeredocDelimiter { message }, span)
             })?;
             for marker in markers {
@@ -271,24 +272,44 @@ fn trim_continuation(text: &str, escape: char) -> (&str, bool) {
 /// A logical line: the pieces of one or more physical lines, joined, with a map back to the
 /// source.
 #[derive(Default)]
-struct Logical {
-    text: String,
+struct Logical<'s> {
+    /// The text while it is one piece: a slice of the source, not a copy (most instructions
+    /// are one line, and a line may be many megabytes long).
+    single: &'s str,
+    /// The text of two or more pieces, joined.
+    joined: String,
     /// `(offset in text, offset in source)` where each piece starts.
     pieces: Vec<(usize, usize)>,
 }
 
-impl Logical {
+impl<'s> Logical<'s> {
     fn clear(&mut self) {
-        self.text.clear();
+        self.single = "";
+        self.joined.clear();
         self.pieces.clear();
     }
 
-    fn push(&mut self, piece: &str, source_start: usize) {
+    fn text(&self) -> &str {
+        if self.pieces.len() > 1 {
+            &self.joined
+        } else {
+            self.single
+        }
+    }
+
+    fn push(&mut self, piece: &'s str, source_start: usize) {
         if piece.is_empty() {
             return;
         }
-        self.pieces.push((self.text.len(), source_start));
-        self.text.push_str(piece);
+        self.pieces.push((self.text().len(), source_start));
+        match self.pieces.len() {
+            1 => self.single = piece,
+            2 => {
+                self.joined.push_str(self.single);
+                self.joined.push_str(piece);
+            }
+            _ => self.joined.push_str(piece),
+        }
     }
 
     /// The source offset of a byte of the logical text.
@@ -302,7 +323,7 @@ impl Logical {
     /// The source span of a range of the logical text.
     fn span(&self, range: Range<usize>) -> Span {
         if range.is_empty() {
-            let at = if range.start >= self.text.len() && range.start > 0 {
+            let at = if range.start >= self.text().len() && range.start > 0 {
                 self.source_offset(range.start - 1) + 1
             } else {
                 self.source_offset(range.start)
@@ -323,13 +344,13 @@ fn is_split_space(c: char) -> bool {
 
 /// Reads instructions out of a logical line.
 struct Reader<'a> {
-    line: &'a Logical,
+    line: &'a Logical<'a>,
     escape: char,
 }
 
 impl Reader<'_> {
     fn text(&self, range: Range<usize>) -> &str {
-        self.line.text.get(range).unwrap_or("")
+        self.line.text().get(range).unwrap_or("")
     }
 
     fn spanned(&self, value: String, range: Range<usize>) -> Spanned<String> {
@@ -652,23 +673,26 @@ impl Reader<'_> {
 
     /// Words as BuildKit's `parseWords` reads them for ARG, ENV and LABEL: split at unquoted
     /// whitespace, with quotes and escapes kept in the words. Returns each word's range.
-    fn quoted_words(&self, range: Range<usize>) -> Vec<(String, Range<usize>)> {
+    ///
+    /// A word is its text as written, less an escape character at the very end (which escapes
+    /// nothing and is dropped), so it is returned as a slice of the line: a value of many
+    /// megabytes is copied once, into the AST, at its size.
+    fn quoted_words(&self, range: Range<usize>) -> Vec<(&str, Range<usize>)> {
         let text = self.text(range.clone());
         let mut words = Vec::new();
-        let mut word = String::new();
         let mut word_start = None;
+        // Where the text of the word in progress ends so far.
+        let mut word_end = 0;
         let mut quote: Option<char> = None;
         let mut blank_ok = false;
         let mut chars = text.char_indices().peekable();
+        let word = |start: usize, end: usize| text.get(start..end.max(start)).unwrap_or("");
         while let Some((i, c)) = chars.next() {
             let start = *word_start.get_or_insert(i);
             match quote {
                 None if c.is_whitespace() => {
-                    if blank_ok || !word.is_empty() {
-                        words.push((
-                            std::mem::take(&mut word),
-                            range.start + start..range.start + i,
-                        ));
+                    if blank_ok || word_end > start {
+                        words.push((word(start, word_end), range.start + start..range.start + i));
                     }
                     word_start = None;
                     blank_ok = false;
@@ -681,13 +705,12 @@ impl Reader<'_> {
                         blank_ok = true;
                     }
                     if c == self.escape {
-                        let Some((_, next)) = chars.next() else {
+                        let Some((j, next)) = chars.next() else {
                             continue;
                         };
-                        word.push(c);
-                        word.push(next);
+                        word_end = j + next.len_utf8();
                     } else {
-                        word.push(c);
+                        word_end = i + c.len_utf8();
                     }
                 }
                 Some(q) => {
@@ -695,22 +718,21 @@ impl Reader<'_> {
                         quote = None;
                     }
                     if c == self.escape && q != '\'' {
-                        let Some((_, next)) = chars.next() else {
+                        let Some((j, next)) = chars.next() else {
                             quote = None;
                             continue;
                         };
-                        word.push(c);
-                        word.push(next);
+                        word_end = j + next.len_utf8();
                     } else {
-                        word.push(c);
+                        word_end = i + c.len_utf8();
                     }
                 }
             }
         }
         if let Some(start) = word_start
-            && (blank_ok || !word.is_empty())
+            && (blank_ok || word_end > start)
         {
-            words.push((word, range.start + start..range.end));
+            words.push((word(start, word_end), range.start + start..range.end));
         }
         words
     }
@@ -761,15 +783,17 @@ impl Reader<'_> {
         }
         words
             .into_iter()
-            .map(|(word, r)| match split_at_equals(word) {
-                (key, Some(value)) => Ok(KeyValue {
-                    key,
-                    value,
+            .map(|(word, r)| match word.split_once('=') {
+                Some((key, value)) => Ok(KeyValue {
+                    key: key.to_owned(),
+                    value: value.to_owned(),
                     legacy: false,
                     span: self.line.span(r),
                 }),
-                (word, None) => Err(ParseError::new(
-                    ParseErrorKind::MissingEquals { found: word },
+                None => Err(ParseError::new(
+                    ParseErrorKind::MissingEquals {
+                        found: word.to_owned(),
+                    },
                     self.line.span(r),
                 )),
             })
@@ -793,12 +817,11 @@ impl Reader<'_> {
     }
 }
 
-/// Splits `name=value` at the first `=`. Each part is copied at its own size: a name that kept
-/// the whole word's buffer would hold on to a long value's bytes for the life of the AST.
-fn split_at_equals(word: String) -> (String, Option<String>) {
+/// Splits `name=value` at the first `=`.
+fn split_at_equals(word: &str) -> (String, Option<String>) {
     match word.split_once('=') {
         Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
-        None => (word, None),
+        None => (word.to_owned(), None),
     }
 }
 

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use hoist_cache::oci_spec::image::{Descriptor, Digest, ImageConfiguration};
+use hoist_cache::oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageManifest};
 use hoist_cache::{DockerConfigExtras, Healthcheck, ImageStore, MediaTypes};
 use hoist_executor::Executor;
 use hoist_registry::{Client, PushOptions, Reference};
@@ -277,8 +277,23 @@ impl Engine {
             request.media,
             None,
         )?;
-        let image = hoist_cache::Image::load(&self.state.blobs, &manifest)?;
-        let config_digest = image.manifest.config().digest().clone();
+        drop(config);
+        // The manifest alone names the config: loading the image would read back and parse a
+        // config that may be hundreds of megabytes.
+        let config_digest = {
+            let raw = self
+                .state
+                .blobs
+                .read(manifest.digest())
+                .map_err(hoist_cache::ImageError::from)?;
+            let parsed: ImageManifest =
+                serde_json::from_slice(&raw).map_err(|source| hoist_cache::ImageError::Json {
+                    what: "manifest",
+                    digest: manifest.digest().to_string(),
+                    source,
+                })?;
+            parsed.config().digest().clone()
+        };
 
         let store = ImageStore::open(&self.state.root)?;
         let mut pushed = Vec::new();

@@ -20,6 +20,7 @@
 //!
 //! Errors are [`ExpandError`]s with the byte offset of the problem in the word.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
@@ -301,6 +302,22 @@ impl Lexer {
         let mut expander = Expander::new(self, env, word);
         expander.split = false;
         expander.run().map(|(value, _)| value)
+    }
+
+    /// Expands `word` into one string, as [`Self::process_word`] does, but borrows it when
+    /// nothing in it can change: no `$`, quote, escape character or leading byte order mark.
+    /// A long literal value is then not copied.
+    pub fn process_word_cow<'w>(
+        &self,
+        word: &'w str,
+        env: &dyn Env,
+    ) -> Result<Cow<'w, str>, ExpandError> {
+        let special = |c: char| matches!(c, '$' | '\'' | '"' | '\u{feff}') || c == self.escape;
+        if word.contains(special) {
+            self.process_word(word, env).map(Cow::Owned)
+        } else {
+            Ok(Cow::Borrowed(word))
+        }
     }
 
     /// Expands `word` into one string and reports the variables it read.

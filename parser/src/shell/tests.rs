@@ -710,3 +710,39 @@ fn names_end_where_go_says_letters_and_digits_end() {
     assert!(unicode::is_letter('ª') && unicode::is_letter('日') && !unicode::is_letter('\u{2167}'));
     assert!(unicode::is_digit('٣') && !unicode::is_digit('½') && !unicode::is_digit('²'));
 }
+
+#[test]
+fn a_literal_word_is_borrowed_and_anything_that_can_change_is_expanded() {
+    let env = env();
+    let lexer = Lexer::new('\\');
+    let literal = "plain text with spaces, <<EOF and é";
+    assert!(matches!(
+        lexer.process_word_cow(literal, &env).unwrap(),
+        Cow::Borrowed(w) if w == literal
+    ));
+    for word in [
+        "$NAME",
+        "a${NAME}b",
+        "'quoted $NAME'",
+        "\"dq\"",
+        "esc\\ aped",
+        "\u{feff}bom",
+        "$",
+        "'",
+    ] {
+        assert_eq!(
+            lexer.process_word_cow(word, &env).map(Cow::into_owned),
+            lexer.process_word(word, &env),
+            "{word:?}"
+        );
+    }
+    let backtick = Lexer::new('`');
+    assert_eq!(
+        backtick.process_word_cow("a`$b", &env).unwrap(),
+        backtick.process_word("a`$b", &env).unwrap()
+    );
+    assert!(matches!(
+        backtick.process_word_cow("a\\b", &env).unwrap(),
+        Cow::Borrowed("a\\b")
+    ));
+}

@@ -414,6 +414,18 @@ impl<'a> Lowering<'a> {
             .map_err(expand_error(word, span))
     }
 
+    /// As [`Self::expand`], but borrows a word in which nothing can expand.
+    fn expand_cow<'w>(
+        &self,
+        word: &'w str,
+        scope: &dyn Env,
+        span: Span,
+    ) -> Result<Cow<'w, str>, FrontendError> {
+        Lexer::new(self.escape)
+            .process_word_cow(word, scope)
+            .map_err(expand_error(word, span))
+    }
+
     fn expand_words(
         &self,
         word: &str,
@@ -589,8 +601,8 @@ impl<'a> Lowering<'a> {
             // Spans of a trigger point into the trigger text, not the Dockerfile: report
             // problems at the FROM line that inherited it.
             let step = format!("[{label} onbuild]");
-            let text = instruction_text(instruction.span().slice(trigger));
-            self.dispatch_at(state, index, &step, instruction, &text, Some(span))
+            let raw = instruction.span().slice(trigger);
+            self.dispatch_at(state, index, &step, instruction, raw, Some(span))
                 .map_err(|e| trigger_error(e.kind.to_string()))?;
         }
         Ok(())
@@ -603,12 +615,13 @@ impl<'a> Lowering<'a> {
         step: &str,
         instruction: &Instruction,
     ) -> Result<(), FrontendError> {
-        let text = instruction_text(instruction.span().slice(self.source));
-        self.dispatch_at(state, index, step, instruction, &text, None)
+        let raw = instruction.span().slice(self.source);
+        self.dispatch_at(state, index, step, instruction, raw, None)
     }
 
-    /// Applies one instruction, summarized as `text`. `at` overrides where vertices say they
-    /// come from (for ONBUILD triggers, whose text is not part of this Dockerfile).
+    /// Applies one instruction, written as `raw`. `at` overrides where vertices say they come
+    /// from (for ONBUILD triggers, whose text is not part of this Dockerfile). Only the steps
+    /// that make a vertex summarize `raw` into their name: an instruction may be megabytes long.
     #[allow(clippy::too_many_lines)] // one arm per instruction reads best side by side
     fn dispatch_at(
         &mut self,
@@ -616,7 +629,7 @@ impl<'a> Lowering<'a> {
         index: usize,
         step: &str,
         instruction: &Instruction,
-        text: &str,
+        raw: &str,
         at: Option<Span>,
     ) -> Result<(), FrontendError> {
         let span = at.unwrap_or_else(|| instruction.span());
@@ -652,15 +665,13 @@ impl<'a> Lowering<'a> {
                 let mut pairs = Vec::new();
                 for pair in &env.pairs {
                     let key = self.expand(&pair.key, &scope, pair.span)?;
-                    let value = self.expand(&pair.value, &scope, pair.span)?;
+                    let value = self.expand_cow(&pair.value, &scope, pair.span)?;
                     pairs.push((key, value));
                 }
-                let mut commit = String::from("ENV");
                 for (k, v) in &pairs {
                     state.env.set(k, v);
-                    let _ = write!(commit, " {k}={v}");
                 }
-                state.history_config(commit);
+                state.history_config(pairs_line("ENV", &pairs));
             }
             Instruction::Label(label) => {
                 check_flags(&label.flags, "LABEL", &[], &[])?;
@@ -669,14 +680,17 @@ impl<'a> Lowering<'a> {
                     env: &state.env,
                     args: &state.args,
                 };
-                let mut commit = String::from("LABEL");
+                let mut pairs = Vec::new();
                 for pair in &label.pairs {
                     let key = self.expand(&pair.key, &scope, pair.span)?;
-                    let value = self.expand(&pair.value, &scope, pair.span)?;
-                    let _ = write!(commit, " {key}={value}");
-                    state.config.labels.insert(key, value);
+                    let value = self.expand_cow(&pair.value, &scope, pair.span)?;
+                    pairs.push((key, value));
                 }
-                state.history_config(commit);
+                state.history_config(pairs_line("LABEL", &pairs));
+                state
+                    .config
+                    .labels
+                    .extend(pairs.into_iter().map(|(k, v)| (k, v.into_owned())));
             }
             Instruction::Maintainer(m) => {
                 check_flags(&m.flags, "MAINTAINER", &[], &[])?;
@@ -772,7 +786,7 @@ impl<'a> Lowering<'a> {
                         }],
                     }),
                     vec![state.root],
-                    format!("{step} {text}"),
+                    format!("{step} {}", instruction_text(raw)),
                     self.location(span),
                 );
                 state.history_layer(created_by);
@@ -821,12 +835,14 @@ impl<'a> Lowering<'a> {
                 check_flags(&o.flags, "ONBUILD", &[], &[])?;
                 state.config.on_build.push(o.expression.clone());
             }
-            Instruction::Run(run) => self.run(state, step, run, text, span)?,
+            Instruction::Run(run) => self.run(state, step, run, &instruction_text(raw), span)?,
             Instruction::Copy(copy) => {
-                self.copy(state, index, step, CopyLike::Copy(copy), text, span)?;
+                let text = instruction_text(raw);
+                self.copy(state, index, step, CopyLike::Copy(copy), &text, span)?;
             }
             Instruction::Add(add) => {
-                self.copy(state, index, step, CopyLike::Add(add), text, span)?;
+                let text = instruction_text(raw);
+                self.copy(state, index, step, CopyLike::Add(add), &text, span)?;
             }
             Instruction::From(_) => {
                 // Stages are split at FROM before dispatch; a FROM here is a trigger's.
@@ -1235,6 +1251,23 @@ fn instruction_text(raw: &str) -> String {
         text.push_str(word);
     }
     text
+}
+
+/// `ENV k=v k2=v2` as history records it, sized up front: a value may be megabytes long.
+fn pairs_line(keyword: &str, pairs: &[(String, Cow<'_, str>)]) -> String {
+    let len = pairs
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum::<usize>();
+    let mut line = String::with_capacity(keyword.len() + len);
+    line.push_str(keyword);
+    for (k, v) in pairs {
+        line.push(' ');
+        line.push_str(k);
+        line.push('=');
+        line.push_str(v);
+    }
+    line
 }
 
 enum CopyLike<'a> {

@@ -83,7 +83,10 @@ impl EnvList {
 
     /// Sets `key`, replacing its first `K=V` entry in place, or appending one.
     pub(super) fn set(&mut self, key: &str, value: &str) {
-        let entry = format!("{key}={value}");
+        let mut entry = String::with_capacity(key.len() + 1 + value.len());
+        entry.push_str(key);
+        entry.push('=');
+        entry.push_str(value);
         match self.index.get(key).and_then(|slot| slot.first_value) {
             Some(at) => self.entries[at] = entry,
             None => self.push(entry),
