@@ -20,6 +20,7 @@ install_missing() {
 
 # What building and testing hoist needs: the CNCF registry, skopeo and umoci to check images,
 # podman and runc to run them, busybox for sandbox rootfs, htpasswd and openssl for registry
-# auth. Building hoist needs no C toolchain beyond the machine's gcc (no cmake).
+# auth, GNU time for the peak memory of hoist in the hostile scale tests. Building hoist needs
+# no C toolchain beyond the machine's gcc (no cmake).
 TEST_PACKAGES=(ca-certificates docker-registry skopeo umoci podman runc busybox-static
-  apache2-utils openssl curl zstd bzip2 xz-utils)
+  apache2-utils openssl curl zstd bzip2 xz-utils time)
