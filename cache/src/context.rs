@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use hoist_parser::ignore::{DirDecision, Matcher};
+use hoist_parser::pathmatch::{PathPattern, PatternError};
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
@@ -78,7 +79,7 @@ pub enum ContextError {
     #[error("invalid source pattern {pattern:?}: {reason}")]
     Pattern {
         pattern: String,
-        reason: &'static str,
+        reason: PatternError,
     },
     #[error("symlink {path:?} in {origin} leads in a loop or too deep")]
     LinkLoop { origin: Origin, path: String },
@@ -519,21 +520,31 @@ fn resolve_in_root(
     }
 }
 
-/// Expands a wildcard source into the relative paths it matches, component by component.
+/// Expands a wildcard source into the relative paths it matches, component by component, each
+/// wildcard component matched with Go's `filepath.Match` against the names of a directory.
 fn glob_paths(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, ContextError> {
     let mut current = vec![PathBuf::new()];
     for component in pattern.split('/') {
         let mut next = Vec::new();
-        for base in &current {
-            if !has_wildcard(component) {
-                let candidate = base.join(unescape(component));
+        if !has_wildcard(component) {
+            let name = unescape(component);
+            for base in &current {
+                let candidate = base.join(&name);
                 if fs_err::symlink_metadata(root.join(&candidate)).is_ok() {
                     next.push(candidate);
                 }
-                continue;
             }
-            let dir = root.join(base);
-            let Ok(read) = fs_err::read_dir(&dir) else {
+            current = next;
+            continue;
+        }
+        // Compiled before any directory is read: a malformed pattern is an error even where
+        // nothing is there to match it.
+        let matcher = PathPattern::new(component).map_err(|reason| ContextError::Pattern {
+            pattern: pattern.to_owned(),
+            reason,
+        })?;
+        for base in &current {
+            let Ok(read) = fs_err::read_dir(root.join(base)) else {
                 continue;
             };
             let mut names: Vec<OsString> =
@@ -541,12 +552,7 @@ fn glob_paths(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, ContextError> 
             names.sort();
             for name in names {
                 // Patterns are text; a name that is not UTF-8 matches as its lossy form.
-                if component_matches(component, &name.to_string_lossy()).map_err(|reason| {
-                    ContextError::Pattern {
-                        pattern: pattern.to_owned(),
-                        reason,
-                    }
-                })? {
+                if matcher.matches(&name.to_string_lossy()) {
                     next.push(base.join(&name));
                 }
             }
@@ -569,142 +575,6 @@ fn unescape(component: &str) -> String {
         }
     }
     out
-}
-
-/// Go's `filepath.Match` for one path component: `*`, `?`, `[…]` with ranges and `^`
-/// negation, and `\` escapes.
-///
-/// # Errors
-/// A reason when the pattern is malformed.
-pub fn component_matches(pattern: &str, name: &str) -> Result<bool, &'static str> {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // Iterative matching with one backtrack point for the last `*`, as filepath.Match does.
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    loop {
-        if pi < p.len() {
-            match p[pi] {
-                '*' => {
-                    star = Some((pi, ni));
-                    pi += 1;
-                    continue;
-                }
-                '?' if ni < n.len() => {
-                    pi += 1;
-                    ni += 1;
-                    continue;
-                }
-                '[' if ni < n.len() => {
-                    let (matched, len) = class_matches(&p[pi..], n[ni])?;
-                    if matched {
-                        pi += len;
-                        ni += 1;
-                        continue;
-                    }
-                }
-                '\\' => {
-                    let Some(&c) = p.get(pi + 1) else {
-                        return Err("pattern ends with an escape character");
-                    };
-                    if ni < n.len() && n[ni] == c {
-                        pi += 2;
-                        ni += 1;
-                        continue;
-                    }
-                }
-                c if ni < n.len() && c == n[ni] && c != '?' && c != '[' => {
-                    pi += 1;
-                    ni += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        } else if ni == n.len() {
-            return Ok(true);
-        }
-        match star {
-            Some((sp, sn)) if sn < n.len() => {
-                star = Some((sp, sn + 1));
-                pi = sp + 1;
-                ni = sn + 1;
-            }
-            _ => {
-                // Validate the rest of the pattern so malformed classes are errors, as in Go.
-                validate(&p[pi.min(p.len())..])?;
-                return Ok(false);
-            }
-        }
-    }
-}
-
-/// Matches a `[…]` class at the start of `p` against `c`; returns the class's length.
-fn class_matches(p: &[char], c: char) -> Result<(bool, usize), &'static str> {
-    let mut i = 1;
-    let negated = p.get(i) == Some(&'^');
-    if negated {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    loop {
-        let Some(&ch) = p.get(i) else {
-            return Err("character class opened with [ is never closed with ]");
-        };
-        if ch == ']' && !first {
-            i += 1;
-            break;
-        }
-        first = false;
-        let (lo, used) = class_char(&p[i..])?;
-        i += used;
-        let hi = if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|&x| x != ']') {
-            let (hi, used) = class_char(&p[i + 1..])?;
-            i += 1 + used;
-            hi
-        } else {
-            lo
-        };
-        if hi < lo {
-            return Err("character class range runs backwards");
-        }
-        if (lo..=hi).contains(&c) {
-            matched = true;
-        }
-    }
-    Ok((matched != negated, i))
-}
-
-/// One character of a class, as Go's `getEsc`: an unescaped `-` or `]` here is malformed.
-fn class_char(p: &[char]) -> Result<(char, usize), &'static str> {
-    match p.first() {
-        Some('\\') => p
-            .get(1)
-            .map(|&c| (c, 2))
-            .ok_or("pattern ends with an escape character"),
-        Some('-' | ']') | None => Err("character class is malformed"),
-        Some(&c) => Ok((c, 1)),
-    }
-}
-
-fn validate(p: &[char]) -> Result<(), &'static str> {
-    let mut i = 0;
-    while i < p.len() {
-        match p[i] {
-            '\\' => {
-                if i + 1 >= p.len() {
-                    return Err("pattern ends with an escape character");
-                }
-                i += 2;
-            }
-            '[' => {
-                let (_, len) = class_matches(&p[i..], '\0')?;
-                i += len;
-            }
-            _ => i += 1,
-        }
-    }
-    Ok(())
 }
 
 /// A file's identity as the stat cache compares it.

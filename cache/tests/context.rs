@@ -329,15 +329,76 @@ fn the_content_key_of_a_fixed_selection_is_pinned() {
     assert_eq!((first.files_read, again.files_read), (5, 1));
 }
 
+/// Wildcard sources match each path component with Go's `filepath.Match` (the parser's
+/// `pathmatch`), as BuildKit's COPY does.
 #[test]
-fn filepath_match_semantics() {
-    assert!(component_matches("*.go", "a.go").unwrap());
-    assert!(!component_matches("*.go", "a.rs").unwrap());
-    assert!(component_matches("[a-c]?", "b1").unwrap());
-    assert!(component_matches("[^a-c]x", "dx").unwrap());
-    assert!(component_matches("\\*", "*").unwrap());
-    assert!(component_matches("[]", "x").is_err());
-    assert!(component_matches("a[", "b").is_err());
+fn wildcard_sources_follow_filepath_match_per_component() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    fs_err::create_dir_all(r.join("dir/sub")).unwrap();
+    for name in [
+        "a.go",
+        "b.go",
+        "c.rs",
+        "*",
+        "x]",
+        "v1",
+        "v2",
+        "v9",
+        ".hidden",
+        "dir/a.go",
+        "dir/sub/b.go",
+    ] {
+        fs_err::write(r.join(name), name).unwrap();
+    }
+    let names = |pattern: &str| {
+        let s = select(r, &[pattern.into()], &none())
+            .unwrap_or_else(|e| panic!("source {pattern:?}: {e}"));
+        (pattern.to_owned(), dests(&s))
+    };
+    let rows: &[(&str, &[&str])] = &[
+        // `*` and `?` never cross a `/`.
+        ("*.go", &["a.go", "b.go"]),
+        ("?.go", &["a.go", "b.go"]),
+        ("*/*.go", &["a.go"]),
+        ("*/*/*.go", &["b.go"]),
+        // Classes, ranges, negation.
+        ("v[12]", &["v1", "v2"]),
+        ("v[1-2]", &["v1", "v2"]),
+        ("v[^1-2]", &["v9"]),
+        ("[.]*", &[".hidden"]),
+        // Escapes, and a class, name a wildcard character itself; `]` is literal.
+        ("\\*", &["*"]),
+        ("[*]", &["*"]),
+        ("x]*", &["x]"]),
+    ];
+    for (pattern, expected) in rows {
+        let expected: Vec<String> = expected.iter().map(|e| (*e).to_owned()).collect();
+        assert_eq!(names(pattern), ((*pattern).to_owned(), expected));
+    }
+    assert!(matches!(
+        select(r, &["v[3-8]".into()], &none()),
+        Err(ContextError::NoMatch { .. })
+    ));
+}
+
+/// A malformed wildcard is an error that names the source, wherever it is: also in a
+/// directory that does not exist, where no name was there to match it against.
+#[test]
+fn a_malformed_wildcard_source_is_an_error_naming_it() {
+    let d = ctx();
+    for source in ["v[", "src/[]", "[z-a]*", "*\\", "nowhere/[", "nowhere/*/a["] {
+        let e = select(d.path(), &[source.into()], &none()).unwrap_err();
+        assert!(
+            matches!(&e, ContextError::Pattern { pattern, .. } if pattern == source),
+            "source {source:?}: {e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("invalid source pattern {source:?}: ")),
+            "{e}"
+        );
+    }
 }
 
 mod copying {
