@@ -26,8 +26,11 @@ use std::io::Read as _;
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use hoist_parser::ignore::{DirDecision, Matcher};
+use hoist_parser::pathmatch::{PathPattern, PatternError};
+use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
 use crate::regular::{SparseReader, open_regular};
@@ -76,12 +79,18 @@ pub enum ContextError {
     #[error("invalid source pattern {pattern:?}: {reason}")]
     Pattern {
         pattern: String,
-        reason: &'static str,
+        reason: PatternError,
     },
     #[error("symlink {path:?} in {origin} leads in a loop or too deep")]
     LinkLoop { origin: Origin, path: String },
     #[error("reading {}", path.display())]
     Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("saving the context's stat cache at {}", path.display())]
+    Save {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -511,21 +520,31 @@ fn resolve_in_root(
     }
 }
 
-/// Expands a wildcard source into the relative paths it matches, component by component.
+/// Expands a wildcard source into the relative paths it matches, component by component, each
+/// wildcard component matched with Go's `filepath.Match` against the names of a directory.
 fn glob_paths(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, ContextError> {
     let mut current = vec![PathBuf::new()];
     for component in pattern.split('/') {
         let mut next = Vec::new();
-        for base in &current {
-            if !has_wildcard(component) {
-                let candidate = base.join(unescape(component));
+        if !has_wildcard(component) {
+            let name = unescape(component);
+            for base in &current {
+                let candidate = base.join(&name);
                 if fs_err::symlink_metadata(root.join(&candidate)).is_ok() {
                     next.push(candidate);
                 }
-                continue;
             }
-            let dir = root.join(base);
-            let Ok(read) = fs_err::read_dir(&dir) else {
+            current = next;
+            continue;
+        }
+        // Compiled before any directory is read: a malformed pattern is an error even where
+        // nothing is there to match it.
+        let matcher = PathPattern::new(component).map_err(|reason| ContextError::Pattern {
+            pattern: pattern.to_owned(),
+            reason,
+        })?;
+        for base in &current {
+            let Ok(read) = fs_err::read_dir(root.join(base)) else {
                 continue;
             };
             let mut names: Vec<OsString> =
@@ -533,12 +552,7 @@ fn glob_paths(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, ContextError> 
             names.sort();
             for name in names {
                 // Patterns are text; a name that is not UTF-8 matches as its lossy form.
-                if component_matches(component, &name.to_string_lossy()).map_err(|reason| {
-                    ContextError::Pattern {
-                        pattern: pattern.to_owned(),
-                        reason,
-                    }
-                })? {
+                if matcher.matches(&name.to_string_lossy()) {
                     next.push(base.join(&name));
                 }
             }
@@ -563,144 +577,8 @@ fn unescape(component: &str) -> String {
     out
 }
 
-/// Go's `filepath.Match` for one path component: `*`, `?`, `[…]` with ranges and `^`
-/// negation, and `\` escapes.
-///
-/// # Errors
-/// A reason when the pattern is malformed.
-pub fn component_matches(pattern: &str, name: &str) -> Result<bool, &'static str> {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // Iterative matching with one backtrack point for the last `*`, as filepath.Match does.
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    loop {
-        if pi < p.len() {
-            match p[pi] {
-                '*' => {
-                    star = Some((pi, ni));
-                    pi += 1;
-                    continue;
-                }
-                '?' if ni < n.len() => {
-                    pi += 1;
-                    ni += 1;
-                    continue;
-                }
-                '[' if ni < n.len() => {
-                    let (matched, len) = class_matches(&p[pi..], n[ni])?;
-                    if matched {
-                        pi += len;
-                        ni += 1;
-                        continue;
-                    }
-                }
-                '\\' => {
-                    let Some(&c) = p.get(pi + 1) else {
-                        return Err("pattern ends with an escape character");
-                    };
-                    if ni < n.len() && n[ni] == c {
-                        pi += 2;
-                        ni += 1;
-                        continue;
-                    }
-                }
-                c if ni < n.len() && c == n[ni] && c != '?' && c != '[' => {
-                    pi += 1;
-                    ni += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        } else if ni == n.len() {
-            return Ok(true);
-        }
-        match star {
-            Some((sp, sn)) if sn < n.len() => {
-                star = Some((sp, sn + 1));
-                pi = sp + 1;
-                ni = sn + 1;
-            }
-            _ => {
-                // Validate the rest of the pattern so malformed classes are errors, as in Go.
-                validate(&p[pi.min(p.len())..])?;
-                return Ok(false);
-            }
-        }
-    }
-}
-
-/// Matches a `[…]` class at the start of `p` against `c`; returns the class's length.
-fn class_matches(p: &[char], c: char) -> Result<(bool, usize), &'static str> {
-    let mut i = 1;
-    let negated = p.get(i) == Some(&'^');
-    if negated {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    loop {
-        let Some(&ch) = p.get(i) else {
-            return Err("character class opened with [ is never closed with ]");
-        };
-        if ch == ']' && !first {
-            i += 1;
-            break;
-        }
-        first = false;
-        let (lo, used) = class_char(&p[i..])?;
-        i += used;
-        let hi = if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|&x| x != ']') {
-            let (hi, used) = class_char(&p[i + 1..])?;
-            i += 1 + used;
-            hi
-        } else {
-            lo
-        };
-        if hi < lo {
-            return Err("character class range runs backwards");
-        }
-        if (lo..=hi).contains(&c) {
-            matched = true;
-        }
-    }
-    Ok((matched != negated, i))
-}
-
-/// One character of a class, as Go's `getEsc`: an unescaped `-` or `]` here is malformed.
-fn class_char(p: &[char]) -> Result<(char, usize), &'static str> {
-    match p.first() {
-        Some('\\') => p
-            .get(1)
-            .map(|&c| (c, 2))
-            .ok_or("pattern ends with an escape character"),
-        Some('-' | ']') | None => Err("character class is malformed"),
-        Some(&c) => Ok((c, 1)),
-    }
-}
-
-fn validate(p: &[char]) -> Result<(), &'static str> {
-    let mut i = 0;
-    while i < p.len() {
-        match p[i] {
-            '\\' => {
-                if i + 1 >= p.len() {
-                    return Err("pattern ends with an escape character");
-                }
-                i += 2;
-            }
-            '[' => {
-                let (_, len) = class_matches(&p[i..], '\0')?;
-                i += len;
-            }
-            _ => i += 1,
-        }
-    }
-    Ok(())
-}
-
 /// A file's identity as the stat cache compares it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct StatKey {
     size: u64,
     mtime_ns: i128,
@@ -725,13 +603,23 @@ impl StatKey {
 struct StatEntry {
     stat: StatKey,
     digest: String,
-    /// When the digest was taken (ns since the epoch).
+    /// When the digest was taken (ns since the epoch): just before the file was opened.
     recorded_ns: i128,
 }
 
 /// Remembers file digests by stat, so that an unchanged context is not read again.
+///
+/// One cache serves every content key of its context at once (two COPY sources of a build,
+/// or two builds in one process): it is locked to look a selection's stats up and to record
+/// what was hashed, never while a file is read.
 #[derive(Debug, Default)]
 pub struct StatCache {
+    known: Mutex<Known>,
+}
+
+/// What a [`StatCache`] holds behind its lock.
+#[derive(Debug, Default)]
+struct Known {
     entries: HashMap<String, StatEntry>,
     dirty: bool,
     /// Keys added or changed since the load, in order: a save appends just these when it can.
@@ -739,10 +627,6 @@ pub struct StatCache {
     /// Entry lines of the file as loaded (an appended key is there twice), or `None` when
     /// nothing valid was loaded.
     file_lines: Option<usize>,
-    /// Files read and hashed since this cache was loaded (the others came from their stat).
-    pub hashed_files: u64,
-    /// Their bytes.
-    pub hashed_bytes: u64,
 }
 
 /// The first line of a stat cache file; a file with another (an older format) is ignored.
@@ -798,45 +682,26 @@ fn parse_stat_line(line: &str) -> Option<(&str, StatEntry)> {
 /// change made in the same tick. Two seconds covers FAT's 2 s tick.
 const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
-impl StatCache {
-    /// Loads a cache file; a missing or unreadable one is an empty cache (it is only a cache),
-    /// and so is a line that does not parse.
-    ///
-    /// The file is text, a header line and then one entry a line (parsing 5,000 entries of
-    /// JSON took a few milliseconds of every build): `size mtime_ns ctime_ns ino dev
-    /// recorded_ns digest path`, the path last so that it may hold spaces.
-    #[must_use]
-    pub fn load(path: &Path) -> Self {
-        let mut cache = Self::default();
-        let Ok(text) = fs_err::read_to_string(path) else {
-            return cache;
-        };
-        let mut lines = text.lines();
-        if lines.next() != Some(STAT_CACHE_HEADER) {
-            return cache;
-        }
-        let mut count = 0;
-        for line in lines {
-            count += 1;
-            // A later line of a key wins: saves append changed entries.
-            if let Some((key, entry)) = parse_stat_line(line) {
-                cache.entries.insert(key.to_owned(), entry);
-            }
-        }
-        cache.file_lines = Some(count);
-        cache
+impl Known {
+    /// The digest recorded for `key`, when `stat` proves the file unchanged since. A key that
+    /// is not UTF-8 has no line in the cache file, and so is never known.
+    fn lookup(&self, key: Option<&str>, stat: &StatKey) -> Option<&str> {
+        let hit = self.entries.get(key?)?;
+        (hit.stat == *stat && hit.recorded_ns - stat.mtime_ns.max(stat.ctime_ns) > RACY_WINDOW_NS)
+            .then_some(hit.digest.as_str())
     }
 
-    /// Writes the cache atomically, if anything changed.
-    ///
-    /// # Errors
-    /// I/O errors naming the path.
-    pub fn save(&self, path: &Path) -> Result<(), ContextError> {
+    fn record(&mut self, key: &str, entry: StatEntry) {
+        self.entries.insert(key.to_owned(), entry);
+        self.changed.push(key.to_owned());
+        self.dirty = true;
+    }
+
+    /// The text a save writes, and whether it is appended to the file as loaded; `None` when
+    /// nothing changed.
+    fn to_save(&self) -> Option<(String, bool)> {
         if !self.dirty {
-            return Ok(());
-        }
-        if let Some(dir) = path.parent() {
-            fs_err::create_dir_all(dir)?;
+            return None;
         }
         // A few changes (a touch, an edit) are appended to the file as it was loaded; the file
         // is written anew once appended lines would make up half of it.
@@ -851,21 +716,90 @@ impl StatCache {
                     push_stat_line(&mut text, key, e);
                 }
             }
-            let mut file = fs_err::File::options().append(true).open(path)?;
-            std::io::Write::write_all(&mut file, text.as_bytes())?;
-            return Ok(());
+            return Some((text, true));
         }
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
         let mut text = String::with_capacity(self.entries.len() * 120);
         text.push_str(STAT_CACHE_HEADER);
         text.push('\n');
         for (key, e) in &self.entries {
             push_stat_line(&mut text, key, e);
         }
-        fs_err::write(&tmp, text)?;
-        fs_err::rename(&tmp, path)?;
+        Some((text, false))
+    }
+}
+
+impl StatCache {
+    /// Loads a cache file; a missing or unreadable one is an empty cache (it is only a cache),
+    /// and so is a line that does not parse.
+    ///
+    /// The file is text, a header line and then one entry a line (parsing 5,000 entries of
+    /// JSON took a few milliseconds of every build): `size mtime_ns ctime_ns ino dev
+    /// recorded_ns digest path`, the path last so that it may hold spaces.
+    #[must_use]
+    pub fn load(path: &Path) -> Self {
+        let mut known = Known::default();
+        let Ok(text) = fs_err::read_to_string(path) else {
+            return Self::default();
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(STAT_CACHE_HEADER) {
+            return Self::default();
+        }
+        let mut count = 0;
+        for line in lines {
+            count += 1;
+            // A later line of a key wins: saves append changed entries.
+            if let Some((key, entry)) = parse_stat_line(line) {
+                known.entries.insert(key.to_owned(), entry);
+            }
+        }
+        known.file_lines = Some(count);
+        Self {
+            known: Mutex::new(known),
+        }
+    }
+
+    /// The lock is held only for lookups and records, which cannot panic half-way through a
+    /// change; a poisoned lock (a panic elsewhere on that thread) still holds a sound cache.
+    fn lock(&self) -> MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes the cache, if anything changed: new entries are appended to the file as it was
+    /// loaded, or the whole cache replaces it atomically, through a temporary file of its own
+    /// (hoist processes that share a state root may save the same cache at once).
+    ///
+    /// # Errors
+    /// I/O errors naming the path.
+    pub fn save(&self, path: &Path) -> Result<(), ContextError> {
+        // The text is made under the lock; the file is written without it.
+        let Some((text, append)) = self.lock().to_save() else {
+            return Ok(());
+        };
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        fs_err::create_dir_all(dir)?;
+        if append {
+            let mut file = fs_err::File::options().append(true).open(path)?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            return Ok(());
+        }
+        let failed = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source: std::io::Error| ContextError::Save { path, source }
+        };
+        let mut prefix = OsString::from(".");
+        prefix.push(path.file_name().unwrap_or(OsStr::new("stat-cache")));
+        prefix.push(".");
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(failed(dir))?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(failed(tmp.path()))?;
+        tmp.persist(path).map_err(|e| failed(path)(e.error))?;
         Ok(())
     }
 
@@ -873,43 +807,21 @@ impl StatCache {
     ///
     /// # Errors
     /// I/O errors naming the path; a path that is not a regular file is one.
-    pub fn file_digest(&mut self, abs: &Path, key: &str) -> Result<String, ContextError> {
+    pub fn file_digest(&self, abs: &Path, key: &str) -> Result<String, ContextError> {
         let stat = StatKey::of(&fs_err::symlink_metadata(abs)?);
-        self.digest_with_stat(abs, Path::new(key), stat)
-    }
-
-    /// As [`StatCache::file_digest`], with the file's stat already taken. A key that is not
-    /// UTF-8 has no line in the cache file: such a file is hashed every time.
-    fn digest_with_stat(
-        &mut self,
-        abs: &Path,
-        key: &Path,
-        stat: StatKey,
-    ) -> Result<String, ContextError> {
-        let key = key.to_str();
-        if let Some(hit) = key.and_then(|k| self.entries.get(k))
-            && hit.stat == stat
-            && hit.recorded_ns - stat.mtime_ns.max(stat.ctime_ns) > RACY_WINDOW_NS
-        {
-            return Ok(hit.digest.clone());
+        if let Some(digest) = self.lock().lookup(Some(key), &stat) {
+            return Ok(digest.to_owned());
         }
-        let digest = hash_file(abs, (stat.dev, stat.ino))?;
-        self.hashed_files += 1;
-        self.hashed_bytes += stat.size;
-        let Some(key) = key else {
-            return Ok(digest);
-        };
-        let recorded_ns = now_ns();
-        self.entries.insert(
-            key.to_owned(),
+        let mut buf = vec![0u8; HASH_BUF];
+        let (digest, recorded_ns) = hash_file(abs, (stat.dev, stat.ino), &mut buf)?;
+        self.lock().record(
+            key,
             StatEntry {
                 stat,
                 digest: digest.clone(),
                 recorded_ns,
             },
         );
-        self.changed.push(key.to_owned());
-        self.dirty = true;
         Ok(digest)
     }
 }
@@ -920,27 +832,151 @@ fn now_ns() -> i128 {
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
-/// The sha256 of the regular file at `path`, which must be the file `id` (device, inode) that
-/// the selection saw: anything else in its place is an error, and is never opened. Holes are
-/// hashed as the zeros they read as, without reading them.
-fn hash_file(path: &Path, id: (u64, u64)) -> Result<String, ContextError> {
+/// The read buffer of one hashing thread.
+const HASH_BUF: usize = 256 * 1024;
+
+/// The sha256 (hex) of the regular file at `path`, and the moment just before it was opened,
+/// which the stat cache records: a change made while the file is read is then within the racy
+/// window of the next build, whatever the filesystem's timestamp tick. The file must be the
+/// file `id` (device, inode) that the selection saw: anything else in its place is an error,
+/// and is never opened. Holes are hashed as the zeros they read as, without reading them.
+fn hash_file(path: &Path, id: (u64, u64), buf: &mut [u8]) -> Result<(String, i128), ContextError> {
     let read_err = |source| ContextError::Read {
         path: path.to_path_buf(),
         source,
     };
+    let recorded_ns = now_ns();
     let file = open_regular(path, Some(id)).map_err(read_err)?;
     let meta = file.metadata().map_err(read_err)?;
     let mut file = SparseReader::new(file, &meta);
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = file.read(&mut buf).map_err(read_err)?;
+        let n = file.read(buf).map_err(read_err)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok((hex::encode(hasher.finalize()), recorded_ns))
+}
+
+/// A selection's content key, and what computing it read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentKey {
+    /// `sha256:` and the hex digest.
+    pub key: String,
+    /// Files read and hashed: new, changed, or changed too recently to trust their stat. The
+    /// others were known by their stat.
+    pub files_read: u64,
+    /// Their bytes (their sizes as selected).
+    pub bytes_read: u64,
+}
+
+/// A selected file that its stat does not vouch for: it is read.
+struct Miss<'s> {
+    abs: PathBuf,
+    source: &'s Path,
+    stat: StatKey,
+}
+
+/// The digest of every selected regular file (by entry index; `None` for other entries and
+/// for hardlinks): known ones from the cache, the others read in parallel, with the cache
+/// locked only to look them up and to record them.
+fn file_digests(
+    root: &Path,
+    selection: &Selection,
+    cache: &StatCache,
+    read: &mut ContentKey,
+) -> Result<Vec<Option<String>>, ContextError> {
+    let entries = &selection.entries;
+    let mut stats = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if entry.kind != EntryKind::File || entry.hardlink.is_some() {
+            continue;
+        }
+        let stat = match &entry.stat {
+            Some(stat) => stat.clone(),
+            None => StatKey::of(&fs_err::symlink_metadata(root.join(&entry.source))?),
+        };
+        stats.push((i, stat));
+    }
+
+    let mut digests = vec![None; entries.len()];
+    let mut misses: Vec<Miss<'_>> = Vec::new();
+    // Entries whose digest is a miss's (by index): a file that two sources select is read once.
+    let mut waiting: Vec<(usize, usize)> = Vec::new();
+    {
+        let known = cache.lock();
+        let mut first: HashMap<(&Path, &StatKey), usize> = HashMap::new();
+        for (i, stat) in &stats {
+            let source = entries[*i].source.as_path();
+            if let Some(digest) = known.lookup(source.to_str(), stat) {
+                digests[*i] = Some(digest.to_owned());
+                continue;
+            }
+            let miss = *first.entry((source, stat)).or_insert_with(|| {
+                misses.push(Miss {
+                    abs: root.join(source),
+                    source,
+                    stat: stat.clone(),
+                });
+                misses.len() - 1
+            });
+            waiting.push((*i, miss));
+        }
+    }
+
+    let hash = |buf: &mut Vec<u8>, miss: &Miss<'_>| {
+        hash_file(&miss.abs, (miss.stat.dev, miss.stat.ino), buf)
+    };
+    // One file is read on this thread: no hop to the pool for the common one-file change.
+    let hashed: Vec<_> = if misses.len() > 1 {
+        misses
+            .par_iter()
+            .map_init(|| vec![0u8; HASH_BUF], hash)
+            .collect()
+    } else {
+        let mut buf = vec![0u8; HASH_BUF];
+        misses.iter().map(|miss| hash(&mut buf, miss)).collect()
+    };
+
+    let mut read_digests = Vec::with_capacity(misses.len());
+    let mut failed = None;
+    {
+        let mut known = cache.lock();
+        for (miss, result) in misses.iter().zip(hashed) {
+            match result {
+                Ok((digest, recorded_ns)) => {
+                    read.files_read += 1;
+                    read.bytes_read += miss.stat.size;
+                    if let Some(key) = miss.source.to_str() {
+                        known.record(
+                            key,
+                            StatEntry {
+                                stat: miss.stat.clone(),
+                                digest: digest.clone(),
+                                recorded_ns,
+                            },
+                        );
+                    }
+                    read_digests.push(Some(digest));
+                }
+                Err(e) => {
+                    // The first failure in selection order is the one reported, as if the
+                    // files had been read one by one.
+                    failed.get_or_insert(e);
+                    read_digests.push(None);
+                }
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    for (i, miss) in waiting {
+        digests[i].clone_from(&read_digests[miss]);
+    }
+    Ok(digests)
 }
 
 /// The content key of a selection: sha256 over every entry's destination path, source path,
@@ -948,16 +984,26 @@ fn hash_file(path: &Path, id: (u64, u64)) -> Result<String, ContextError> {
 /// target, a device's numbers, or for a hardlink the entry it links to. Sizes are implied by
 /// content; mtimes, owners, inodes and the root's own path are left out on purpose.
 ///
+/// Files are read in parallel (rayon), and only those whose stat the cache does not vouch
+/// for; the cache is not locked while they are read, so other keys of the same context are
+/// computed meanwhile.
+///
 /// # Errors
 /// I/O errors naming the path.
 pub fn content_key(
     root: &Path,
     selection: &Selection,
-    cache: &mut StatCache,
-) -> Result<String, ContextError> {
+    cache: &StatCache,
+) -> Result<ContentKey, ContextError> {
+    let mut out = ContentKey {
+        key: String::new(),
+        files_read: 0,
+        bytes_read: 0,
+    };
+    let digests = file_digests(root, selection, cache, &mut out)?;
     let mut hasher = Sha256::new();
     hasher.update(b"hoist.context.v1\0");
-    for entry in &selection.entries {
+    for (entry, digest) in selection.entries.iter().zip(digests) {
         hasher.update(bytes(&entry.dest));
         hasher.update(b"\0");
         hasher.update(bytes(&entry.path));
@@ -984,20 +1030,12 @@ pub fn content_key(
                 hasher.update(format!("block\0{major}:{minor}\0").as_bytes());
             }
             EntryKind::File => {
-                let abs = root.join(&entry.source);
-                let digest = match &entry.stat {
-                    Some(stat) => cache.digest_with_stat(&abs, &entry.source, stat.clone())?,
-                    None => cache.digest_with_stat(
-                        &abs,
-                        &entry.source,
-                        StatKey::of(&fs_err::symlink_metadata(&abs)?),
-                    )?,
-                };
                 hasher.update(b"file\0");
-                hasher.update(digest.as_bytes());
+                hasher.update(digest.unwrap_or_default().as_bytes());
                 hasher.update(b"\0");
             }
         }
     }
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    out.key = format!("sha256:{}", hex::encode(hasher.finalize()));
+    Ok(out)
 }

@@ -91,12 +91,12 @@ fn paths_cannot_leave_the_context() {
 fn content_key_depends_on_content_and_mode_not_mtime() {
     let d = ctx();
     let cache_path = d.path().join("stat-cache.json");
-    let key = |cache: &mut StatCache| {
+    let key = |cache: &StatCache| {
         let s = select(d.path(), &["src".into()], &none()).unwrap();
-        content_key(d.path(), &s, cache).unwrap()
+        content_key(d.path(), &s, cache).unwrap().key
     };
-    let mut cache = StatCache::default();
-    let k1 = key(&mut cache);
+    let cache = StatCache::default();
+    let k1 = key(&cache);
     // touch: same content, new mtime
     let f = d.path().join("src/a.go");
     let t = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
@@ -106,7 +106,7 @@ fn content_key_depends_on_content_and_mode_not_mtime() {
         .unwrap()
         .set_modified(t)
         .unwrap();
-    assert_eq!(key(&mut cache), k1, "a touch keeps the key");
+    assert_eq!(key(&cache), k1, "a touch keeps the key");
     // same size edit with the old mtime put back: still detected (ctime and content)
     let old = fs_err::metadata(&f).unwrap().modified().unwrap();
     fs_err::write(&f, "package A\n").unwrap();
@@ -116,13 +116,13 @@ fn content_key_depends_on_content_and_mode_not_mtime() {
         .unwrap()
         .set_modified(old)
         .unwrap();
-    let k2 = key(&mut cache);
+    let k2 = key(&cache);
     assert_ne!(k2, k1, "an edit with the mtime put back changes the key");
     fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
-    assert_ne!(key(&mut cache), k2, "a mode change changes the key");
+    assert_ne!(key(&cache), k2, "a mode change changes the key");
     cache.save(&cache_path).unwrap();
-    let mut loaded = StatCache::load(&cache_path);
-    assert_eq!(key(&mut loaded), key(&mut cache));
+    let loaded = StatCache::load(&cache_path);
+    assert_eq!(key(&loaded), key(&cache));
 }
 
 #[test]
@@ -137,15 +137,17 @@ fn a_saved_stat_cache_spares_the_next_build_every_read() {
         .iter()
         .filter(|e| e.kind == EntryKind::File)
         .count() as u64;
-    let mut first = StatCache::default();
-    let k1 = content_key(d.path(), &s, &mut first).unwrap();
-    assert_eq!(first.hashed_files, files);
+    let first = StatCache::default();
+    let k1 = content_key(d.path(), &s, &first).unwrap();
+    assert_eq!(k1.files_read, files);
+    let k1 = k1.key;
     let path = d.path().join("stat-cache");
     first.save(&path).unwrap();
 
-    let mut loaded = StatCache::load(&path);
-    assert_eq!(content_key(d.path(), &s, &mut loaded).unwrap(), k1);
-    assert_eq!(loaded.hashed_files, 0, "the loaded cache read files again");
+    let loaded = StatCache::load(&path);
+    let k = content_key(d.path(), &s, &loaded).unwrap();
+    assert_eq!(k.key, k1);
+    assert_eq!(k.files_read, 0, "the loaded cache read files again");
 
     // A touched file is read again once; the save appends its new stat, and the next load
     // knows it (the appended line wins over the old one).
@@ -160,17 +162,19 @@ fn a_saved_stat_cache_spares_the_next_build_every_read() {
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let size_before = fs_err::metadata(&path).unwrap().len();
     let s = select(d.path(), &["src".into()], &none()).unwrap();
-    assert_eq!(content_key(d.path(), &s, &mut loaded).unwrap(), k1);
-    assert_eq!(loaded.hashed_files, 1);
+    let k = content_key(d.path(), &s, &loaded).unwrap();
+    assert_eq!(k.key, k1);
+    assert_eq!(k.files_read, 1);
     loaded.save(&path).unwrap();
     let grown = fs_err::metadata(&path).unwrap().len() - size_before;
     assert!(
         grown < 200,
         "a one-entry save rewrote the file ({grown} bytes more)"
     );
-    let mut again = StatCache::load(&path);
-    assert_eq!(content_key(d.path(), &s, &mut again).unwrap(), k1);
-    assert_eq!(again.hashed_files, 0, "the appended entry was not used");
+    let again = StatCache::load(&path);
+    let k = content_key(d.path(), &s, &again).unwrap();
+    assert_eq!(k.key, k1);
+    assert_eq!(k.files_read, 0, "the appended entry was not used");
 
     // A damaged line costs only its own entry; a file of another format is an empty cache.
     // (The damaged line is chosen by name: the file's order is a hash map's, and an entry
@@ -188,24 +192,213 @@ fn a_saved_stat_cache_spares_the_next_build_every_read() {
         .collect();
     assert!(lines.contains(&"12 not-a-number 3 4 5 6 abc src/with space.go"));
     fs_err::write(&path, lines.join("\n")).unwrap();
-    let mut damaged = StatCache::load(&path);
-    assert_eq!(content_key(d.path(), &s, &mut damaged).unwrap(), k1);
-    assert_eq!(damaged.hashed_files, 1);
+    let damaged = StatCache::load(&path);
+    let k = content_key(d.path(), &s, &damaged).unwrap();
+    assert_eq!(k.key, k1);
+    assert_eq!(k.files_read, 1);
     fs_err::write(&path, "{\"entries\":{}}").unwrap();
-    let mut other = StatCache::load(&path);
-    assert_eq!(content_key(d.path(), &s, &mut other).unwrap(), k1);
-    assert_eq!(other.hashed_files, files);
+    let other = StatCache::load(&path);
+    let k = content_key(d.path(), &s, &other).unwrap();
+    assert_eq!(k.key, k1);
+    assert_eq!(k.files_read, files);
 }
 
+/// Two hoist processes that share a state root save the stat cache of one context to one
+/// path, at the end of their builds, maybe at the same moment: both saves must succeed and
+/// leave a whole file, never one's half-written text or a missing temporary file.
 #[test]
-fn filepath_match_semantics() {
-    assert!(component_matches("*.go", "a.go").unwrap());
-    assert!(!component_matches("*.go", "a.rs").unwrap());
-    assert!(component_matches("[a-c]?", "b1").unwrap());
-    assert!(component_matches("[^a-c]x", "dx").unwrap());
-    assert!(component_matches("\\*", "*").unwrap());
-    assert!(component_matches("[]", "x").is_err());
-    assert!(component_matches("a[", "b").is_err());
+fn two_stat_caches_saved_to_one_path_at_once_both_succeed_and_leave_a_whole_file() {
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..200 {
+        fs_err::write(d.path().join(format!("f{i:03}")), format!("{i}\n")).unwrap();
+    }
+    // Past the racy window, so that a loaded cache vouches for every file.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let s = select(d.path(), &[".".into()], &none()).unwrap();
+    let caches = [StatCache::default(), StatCache::default()];
+    for cache in &caches {
+        assert_eq!(content_key(d.path(), &s, cache).unwrap().files_read, 200);
+    }
+    let path = d.path().join("state/context-stat/cache.v2");
+    let start = std::sync::Barrier::new(2);
+    for round in 0..300 {
+        std::thread::scope(|scope| {
+            for cache in &caches {
+                let (start, path) = (&start, &path);
+                scope.spawn(move || {
+                    start.wait();
+                    cache.save(path).unwrap_or_else(|e| {
+                        panic!("round {round}: a save beside another failed: {e:?}")
+                    });
+                });
+            }
+        });
+        let k = content_key(d.path(), &s, &StatCache::load(&path)).unwrap();
+        assert_eq!(
+            k.files_read,
+            0,
+            "round {round}: the saved cache lost entries: {}",
+            fs_err::read_to_string(&path).unwrap().lines().count()
+        );
+    }
+    let left: Vec<_> = fs_err::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["cache.v2"], "temporary files were left behind");
+}
+
+/// A context of every kind of entry, with fixed names, bytes and modes.
+fn fixed_context() -> tempfile::TempDir {
+    use std::os::unix::ffi::OsStrExt;
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    fs_err::create_dir_all(r.join("dir/sub")).unwrap();
+    fs_err::write(r.join("dir/a.txt"), "alpha\n").unwrap();
+    fs_err::write(r.join("dir/run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    fs_err::write(r.join("dir/sub/empty"), "").unwrap();
+    fs_err::write(r.join("dir/sub/b.txt"), "beta\n").unwrap();
+    let latin1 = r.join("dir").join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    fs_err::write(&latin1, "bytes\n").unwrap();
+    fs_err::hard_link(r.join("dir/a.txt"), r.join("dir/z-link.txt")).unwrap();
+    symlink("a.txt", r.join("dir/to-a")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        r.join("dir/pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    // Modes set outright, whatever the umask.
+    for (path, mode) in [
+        ("dir", 0o755),
+        ("dir/sub", 0o750),
+        ("dir/a.txt", 0o644),
+        ("dir/run.sh", 0o755),
+        ("dir/sub/empty", 0o600),
+        ("dir/sub/b.txt", 0o644),
+        ("dir/pipe", 0o600),
+    ] {
+        fs_err::set_permissions(r.join(path), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fs_err::set_permissions(&latin1, std::fs::Permissions::from_mode(0o640)).unwrap();
+    d
+}
+
+/// The key's bytes are a format: the same files must give the same key from one version of
+/// hoist to the next, or every cached step misses after an upgrade. This selection holds a
+/// directory, files (an empty one, an executable, a name that is not UTF-8), a hardlink, a
+/// symlink, a FIFO, and a file that two sources select.
+#[test]
+fn the_content_key_of_a_fixed_selection_is_pinned() {
+    let d = fixed_context();
+    let s = select(d.path(), &["dir".into(), "dir/sub".into()], &none()).unwrap();
+    assert_eq!(
+        dests(&s),
+        [
+            "a.txt",
+            "b.txt",
+            "caf\u{fffd}",
+            "empty",
+            "pipe",
+            "run.sh",
+            "sub",
+            "sub/b.txt",
+            "sub/empty",
+            "to-a",
+            "z-link.txt"
+        ]
+    );
+    let key = content_key(d.path(), &s, &StatCache::default()).unwrap();
+    assert_eq!(
+        key.key,
+        "sha256:7ad8a6c524200491f8bba54e4b26ec4d62c9e43d9009db5b44d60a0fe7ddb2e8"
+    );
+    // Known by their stats or read again, the files give the same key.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let cache = StatCache::default();
+    let first = content_key(d.path(), &s, &cache).unwrap();
+    let again = content_key(d.path(), &s, &cache).unwrap();
+    assert_eq!(
+        (first.key.as_str(), again.key.as_str()),
+        (key.key.as_str(), key.key.as_str())
+    );
+    // Five files are read once each (the two that both sources select, once; the hardlink
+    // not at all); then only the name that is not UTF-8, which has no line in the cache.
+    assert_eq!((first.files_read, again.files_read), (5, 1));
+}
+
+/// Wildcard sources match each path component with Go's `filepath.Match` (the parser's
+/// `pathmatch`), as BuildKit's COPY does.
+#[test]
+fn wildcard_sources_follow_filepath_match_per_component() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    fs_err::create_dir_all(r.join("dir/sub")).unwrap();
+    for name in [
+        "a.go",
+        "b.go",
+        "c.rs",
+        "*",
+        "x]",
+        "v1",
+        "v2",
+        "v9",
+        ".hidden",
+        "dir/a.go",
+        "dir/sub/b.go",
+    ] {
+        fs_err::write(r.join(name), name).unwrap();
+    }
+    let names = |pattern: &str| {
+        let s = select(r, &[pattern.into()], &none())
+            .unwrap_or_else(|e| panic!("source {pattern:?}: {e}"));
+        (pattern.to_owned(), dests(&s))
+    };
+    let rows: &[(&str, &[&str])] = &[
+        // `*` and `?` never cross a `/`.
+        ("*.go", &["a.go", "b.go"]),
+        ("?.go", &["a.go", "b.go"]),
+        ("*/*.go", &["a.go"]),
+        ("*/*/*.go", &["b.go"]),
+        // Classes, ranges, negation.
+        ("v[12]", &["v1", "v2"]),
+        ("v[1-2]", &["v1", "v2"]),
+        ("v[^1-2]", &["v9"]),
+        ("[.]*", &[".hidden"]),
+        // Escapes, and a class, name a wildcard character itself; `]` is literal.
+        ("\\*", &["*"]),
+        ("[*]", &["*"]),
+        ("x]*", &["x]"]),
+    ];
+    for (pattern, expected) in rows {
+        let expected: Vec<String> = expected.iter().map(|e| (*e).to_owned()).collect();
+        assert_eq!(names(pattern), ((*pattern).to_owned(), expected));
+    }
+    assert!(matches!(
+        select(r, &["v[3-8]".into()], &none()),
+        Err(ContextError::NoMatch { .. })
+    ));
+}
+
+/// A malformed wildcard is an error that names the source, wherever it is: also in a
+/// directory that does not exist, where no name was there to match it against.
+#[test]
+fn a_malformed_wildcard_source_is_an_error_naming_it() {
+    let d = ctx();
+    for source in ["v[", "src/[]", "[z-a]*", "*\\", "nowhere/[", "nowhere/*/a["] {
+        let e = select(d.path(), &[source.into()], &none()).unwrap_err();
+        assert!(
+            matches!(&e, ContextError::Pattern { pattern, .. } if pattern == source),
+            "source {source:?}: {e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("invalid source pattern {source:?}: ")),
+            "{e}"
+        );
+    }
 }
 
 mod copying {
@@ -416,7 +609,7 @@ mod index {
     fn rec(n: u64) -> CacheRecord {
         CacheRecord {
             layers: vec![LayerRecord {
-                diff_id: format!("sha256:{n:064x}"),
+                diff_id: format!("sha256:{n:064x}").parse().unwrap(),
                 blob: None,
             }],
             took_ms: n,

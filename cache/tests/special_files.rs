@@ -49,7 +49,7 @@ fn sel(root: &Path, sources: &[&str]) -> Result<Selection, ContextError> {
 
 fn key(root: &Path, sources: &[&str]) -> String {
     let s = sel(root, sources).unwrap();
-    content_key(root, &s, &mut StatCache::default()).unwrap()
+    content_key(root, &s, &StatCache::default()).unwrap().key
 }
 
 fn copy_out(root: &Path, sources: &[&str], dest: &str) -> tempfile::TempDir {
@@ -101,7 +101,7 @@ fn fifos_and_devices_are_selected_and_keyed_without_being_opened() {
         "keying a context with a FIFO and /dev/zero",
         move || {
             let s = sel(&root, &["dir"]).unwrap();
-            let k = content_key(&root, &s, &mut StatCache::default()).unwrap();
+            let k = content_key(&root, &s, &StatCache::default()).unwrap().key;
             (s, k)
         },
     );
@@ -178,7 +178,7 @@ fn a_file_swapped_for_a_fifo_after_selection_is_an_error_not_a_hang() {
     mknod(&d.path().join("f"), rustix::fs::FileType::Fifo, 0, 0);
     let root = d.path().to_path_buf();
     let (keyed, copied) = within(60, "reading a FIFO swapped in after selection", move || {
-        let keyed = content_key(&root, &s, &mut StatCache::default()).map(drop);
+        let keyed = content_key(&root, &s, &StatCache::default()).map(drop);
         let view = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         let copied = copy_selection(

@@ -25,6 +25,7 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::pathmatch::PatternError;
 use glob::Glob;
 
 /// One line of an ignore file that holds a pattern, after the file-level clean-up.
@@ -58,7 +59,7 @@ pub enum IgnoreError {
     InvalidPattern {
         pattern: String,
         line: Option<usize>,
-        reason: &'static str,
+        reason: PatternError,
     },
     #[error("invalid ignore pattern \"!\"{}: an exception needs a pattern after the !", OnLine(*.line))]
     EmptyException { line: Option<usize> },
@@ -140,7 +141,7 @@ impl Matcher {
             let glob = Glob::compile(body).map_err(|e| IgnoreError::InvalidPattern {
                 pattern: text.clone(),
                 line,
-                reason: e.reason(),
+                reason: e,
             })?;
             rules.push(Rule { exception, glob });
         }

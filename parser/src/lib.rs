@@ -24,6 +24,7 @@ mod grammar;
 pub mod heredoc;
 pub mod ignore;
 mod json;
+pub mod pathmatch;
 pub mod shell;
 
 pub use ast::*;

@@ -2,7 +2,6 @@
 //! engine an uploaded tree instead of a local directory.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use hoist_cache::context::{self, ContextError, Selection, StatCache};
 use hoist_parser::ignore::Matcher;
@@ -49,12 +48,13 @@ pub trait ContextSource: Send + Sync + std::fmt::Debug {
 }
 
 /// A context directory on this machine, with a stat cache under the state root so that an
-/// unchanged file is not read again on the next build.
+/// unchanged file is not read again on the next build. Content keys of one context are
+/// computed at once (the stat cache is locked only briefly, never while a file is read).
 #[derive(Debug)]
 pub struct LocalContext {
     dir: PathBuf,
     stat_cache_path: PathBuf,
-    stat_cache: Mutex<StatCache>,
+    stat_cache: StatCache,
 }
 
 impl LocalContext {
@@ -68,7 +68,7 @@ impl LocalContext {
             .join(format!("{}.v2", key.digest()));
         Self {
             dir: dir.to_path_buf(),
-            stat_cache: Mutex::new(StatCache::load(&stat_cache_path)),
+            stat_cache: StatCache::load(&stat_cache_path),
             stat_cache_path,
         }
     }
@@ -80,17 +80,12 @@ impl ContextSource for LocalContext {
     }
 
     fn content_key(&self, selection: &Selection) -> Result<(String, Hashed), ContextError> {
-        let mut cache = self
-            .stat_cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (files, bytes) = (cache.hashed_files, cache.hashed_bytes);
-        let key = context::content_key(&self.dir, selection, &mut cache)?;
+        let key = context::content_key(&self.dir, selection, &self.stat_cache)?;
         Ok((
-            key,
+            key.key,
             Hashed {
-                files: cache.hashed_files - files,
-                bytes: cache.hashed_bytes - bytes,
+                files: key.files_read,
+                bytes: key.bytes_read,
             },
         ))
     }
@@ -113,9 +108,81 @@ impl ContextSource for LocalContext {
     }
 
     fn finish(&self) {
-        if let Ok(cache) = self.stat_cache.lock() {
-            // Only a cache: failing to save it costs a rehash next time, nothing more.
-            let _ = cache.save(&self.stat_cache_path);
-        }
+        // Only a cache: failing to save it costs a rehash next time, nothing more.
+        let _ = self.stat_cache.save(&self.stat_cache_path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use nix::fcntl::AT_FDCWD;
+    use nix::sys::fanotify::{
+        EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
+    };
+
+    use super::*;
+
+    /// Two COPY sources of one build, or two builds, key one context at once: a key must not
+    /// wait while another is reading a file. The first key is held inside its read by a
+    /// fanotify permission event (the kernel holds its open of the file until the test
+    /// answers), as a file that is slow to read would hold it; the second key must end
+    /// meanwhile.
+    #[test]
+    fn a_content_key_is_not_held_up_by_another_reading_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        fs_err::write(dir.path().join("held"), "held\n").unwrap();
+        fs_err::write(dir.path().join("free"), "free\n").unwrap();
+        let context = &LocalContext::new(dir.path(), state.path());
+        let select = |name: &str| {
+            context
+                .select(&[name.to_owned()], &Matcher::default())
+                .unwrap()
+        };
+        let (held, free) = (&select("held"), &select("free"));
+        std::thread::scope(|s| {
+            // Made inside the scope: should the test fail, dropping it lets the held open go
+            // before the scope waits for the threads.
+            let fanotify = Fanotify::init(
+                InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC,
+                EventFFlags::O_RDONLY | EventFFlags::O_CLOEXEC,
+            )
+            .expect("fanotify_init (permission events need CAP_SYS_ADMIN: run this test as root)");
+            fanotify
+                .mark(
+                    MarkFlags::FAN_MARK_ADD,
+                    MaskFlags::FAN_OPEN_PERM,
+                    AT_FDCWD,
+                    Some(&dir.path().join("held")),
+                )
+                .unwrap();
+            let first = s.spawn(move || context.content_key(held));
+            // Returns once the first key is inside its read of "held", its open held.
+            let events = fanotify.read_events().unwrap();
+            let (done, finished) = mpsc::channel();
+            s.spawn(move || {
+                let _ = done.send(context.content_key(free));
+            });
+            // A watchdog, not a timing: were the stat cache locked for a whole key, the second
+            // key would wait for the first, which waits for this test.
+            let second = finished.recv_timeout(Duration::from_secs(60));
+            for event in &events {
+                if let Some(fd) = event.fd() {
+                    fanotify
+                        .write_response(FanotifyResponse::new(fd, Response::FAN_ALLOW))
+                        .unwrap();
+                }
+            }
+            let second = second.expect(
+                "the second content key waited for the first, which was reading a file: \
+                 the context's stat cache is locked for a whole key",
+            );
+            let read_one = Hashed { files: 1, bytes: 5 };
+            assert_eq!(second.unwrap().1, read_one);
+            assert_eq!(first.join().unwrap().unwrap().1, read_one);
+        });
     }
 }

@@ -28,7 +28,7 @@ fn fill(path: &Path, len: usize, seed: u64, text: bool) {
     fs_err::write(path, data).unwrap();
 }
 
-pub fn make_context(root: &Path, text: bool, scale: usize) -> u64 {
+pub(crate) fn make_context(root: &Path, text: bool, scale: usize) -> u64 {
     let small = root.join("small");
     fs_err::create_dir_all(&small).unwrap();
     let mut total = 0u64;

@@ -6,7 +6,9 @@
 //! The kinds are not just a speed-up: `**foo` (a suffix) matches `barfoo`, while `a/**foo` (a
 //! regular expression) does not match `a/barfoo`. [`Glob`] keeps the same four kinds so that
 //! every such case agrees, and runs the fourth as a small NFA over the characters of the path,
-//! so no pattern can make matching take more than `O(path × pattern)` steps.
+//! so no pattern can make matching take more than `O(path × pattern)` steps. The elements that
+//! `filepath.Match` defines (`*`, `?`, classes, escapes) and the NFA are those of
+//! [`crate::pathmatch`], which COPY sources match with too.
 //!
 //! Where the Go code hands text straight to its regexp engine, the result can depend on regexp
 //! syntax that `filepath.Match` never meant (`\d` as a digit class, `[a*]` becoming a nested
@@ -21,74 +23,7 @@
 //! on every match (moby/patternmatcher's regression test for moby/moby#52203): either way the
 //! build cannot use the file.
 
-use std::ops::RangeInclusive;
-
-/// Why a pattern is malformed, in `filepath.Match`'s terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum GlobError {
-    UnclosedClass,
-    EmptyClass,
-    BadRange,
-    ReversedRange,
-    TrailingBackslash,
-}
-
-impl GlobError {
-    pub(crate) const fn reason(self) -> &'static str {
-        match self {
-            Self::UnclosedClass => "character class opened with [ is never closed with ]",
-            Self::EmptyClass => "character class [] holds no character",
-            Self::BadRange => {
-                "character class has a range with a missing end, or an unescaped - or ] where a character belongs"
-            }
-            Self::ReversedRange => "character class range runs backwards",
-            Self::TrailingBackslash => {
-                "pattern ends with an escape character \\ that escapes nothing"
-            }
-        }
-    }
-}
-
-/// A character class: `[abc]`, `[a-z]`, `[^0-9]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Class {
-    negated: bool,
-    ranges: Vec<RangeInclusive<char>>,
-}
-
-impl Class {
-    fn contains(&self, c: char) -> bool {
-        self.ranges.iter().any(|r| r.contains(&c)) != self.negated
-    }
-}
-
-/// One element of a wildcard pattern, named after the regexp `patternmatcher` builds for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Token {
-    Literal(char),
-    Class(Class),
-    /// `?`: `[^/]`
-    AnyChar,
-    /// `*`: `[^/]*`
-    AnyRun,
-    /// `**` (or `**/`) before more pattern: `(.*/)?`, any number of whole leading components.
-    AnyDirs,
-    /// `**` at the end: `.*`.
-    AnyTail,
-    /// An unescaped `^`, which reaches the regexp as the start-of-text anchor.
-    Start,
-}
-
-impl Token {
-    /// Whether the token can match the empty string (at a position other than the start).
-    const fn skippable(&self, at_start: bool) -> bool {
-        match self {
-            Self::AnyRun | Self::AnyDirs | Self::AnyTail => true,
-            Self::Start => at_start,
-            Self::Literal(_) | Self::Class(_) | Self::AnyChar => false,
-        }
-    }
-}
+use crate::pathmatch::{Nfa, PatternError, Token, element};
 
 /// How a cleaned pattern is matched, as `patternmatcher` decides it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,7 +47,7 @@ pub(crate) struct Glob {
 
 impl Glob {
     /// Compiles a cleaned pattern (the `!` already removed).
-    pub(crate) fn compile(pattern: &str) -> Result<Self, GlobError> {
+    pub(crate) fn compile(pattern: &str) -> Result<Self, PatternError> {
         #[derive(PartialEq)]
         enum Detected {
             Exact,
@@ -146,29 +81,15 @@ impl Glob {
                         detected = Detected::Suffix;
                     }
                 }
-                '*' => {
-                    tokens.push(Token::AnyRun);
-                    detected = Detected::Wildcard;
-                }
-                '?' => {
-                    tokens.push(Token::AnyChar);
-                    detected = Detected::Wildcard;
-                }
-                '\\' => {
-                    let escaped = chars.next().ok_or(GlobError::TrailingBackslash)?;
-                    tokens.push(Token::Literal(escaped));
-                    detected = Detected::Wildcard;
-                }
-                '[' => {
-                    tokens.push(Token::Class(parse_class(&mut chars)?));
-                    detected = Detected::Wildcard;
-                }
-                ']' => {
-                    tokens.push(Token::Literal(']'));
-                    detected = Detected::Wildcard;
-                }
                 '^' => tokens.push(Token::Start),
-                c => tokens.push(Token::Literal(c)),
+                c => {
+                    // patternmatcher sorts a pattern with any of these as a wildcard one, even
+                    // with just a `]`, which matches itself.
+                    if matches!(c, '*' | '?' | '[' | '\\' | ']') {
+                        detected = Detected::Wildcard;
+                    }
+                    tokens.push(element(c, &mut chars)?);
+                }
             }
             first = false;
         }
@@ -226,143 +147,4 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
 
 fn suffix_matches(suffix: &str, path: &str) -> bool {
     path.ends_with(suffix) || suffix.strip_prefix('/').is_some_and(|rest| path == rest)
-}
-
-/// Parses a class after its `[`, with `filepath.Match`'s rules: an optional `^`, then one or
-/// more characters or ranges (`\` escapes), then `]`.
-fn parse_class(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<Class, GlobError> {
-    let negated = chars.next_if_eq(&'^').is_some();
-    let mut ranges = Vec::new();
-    loop {
-        if chars.next_if_eq(&']').is_some() {
-            if ranges.is_empty() {
-                return Err(GlobError::EmptyClass);
-            }
-            return Ok(Class { negated, ranges });
-        }
-        let lo = class_char(chars)?;
-        let hi = if chars.next_if_eq(&'-').is_some() {
-            class_char(chars)?
-        } else {
-            lo
-        };
-        // filepath.Match accepts a backwards range that matches nothing, but patternmatcher
-        // hands it to Go's regexp, which rejects it when the pattern is first used.
-        if hi < lo {
-            return Err(GlobError::ReversedRange);
-        }
-        ranges.push(lo..=hi);
-    }
-}
-
-/// One (possibly escaped) character of a class, which must be followed by more of the class.
-fn class_char(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<char, GlobError> {
-    let c = match chars.next() {
-        None => return Err(GlobError::UnclosedClass),
-        Some('-' | ']') => return Err(GlobError::BadRange),
-        Some('\\') => chars.next().ok_or(GlobError::UnclosedClass)?,
-        Some(c) => c,
-    };
-    if chars.peek().is_none() {
-        return Err(GlobError::UnclosedClass);
-    }
-    Ok(c)
-}
-
-/// A Thompson simulation of a wildcard pattern. State `i` means "tokens before `i` matched";
-/// state `len` accepts. [`Token::AnyDirs`] needs a second flag per state: "inside the `.*/`".
-struct Nfa<'t> {
-    tokens: &'t [Token],
-    at: Vec<bool>,
-    inside: Vec<bool>,
-    next_at: Vec<bool>,
-    next_inside: Vec<bool>,
-}
-
-impl<'t> Nfa<'t> {
-    fn new(tokens: &'t [Token]) -> Self {
-        let n = tokens.len() + 1;
-        Self {
-            tokens,
-            at: vec![false; n],
-            inside: vec![false; n],
-            next_at: vec![false; n],
-            next_inside: vec![false; n],
-        }
-    }
-
-    fn start(&mut self) {
-        self.at.fill(false);
-        self.inside.fill(false);
-        self.at[0] = true;
-        self.close(true);
-    }
-
-    /// Follows the empty transitions, which only ever lead forward.
-    fn close(&mut self, at_start: bool) {
-        for (i, token) in self.tokens.iter().enumerate() {
-            if self.at[i] && token.skippable(at_start) {
-                self.at[i + 1] = true;
-            }
-        }
-    }
-
-    fn accepting(&self) -> bool {
-        self.at[self.tokens.len()]
-    }
-
-    fn alive(&self) -> bool {
-        self.at.iter().chain(&self.inside).any(|&s| s)
-    }
-
-    fn step(&mut self, c: char) {
-        self.next_at.fill(false);
-        self.next_inside.fill(false);
-        for (i, token) in self.tokens.iter().enumerate() {
-            if self.at[i] {
-                match token {
-                    Token::Literal(l) => self.next_at[i + 1] |= *l == c,
-                    Token::Class(class) => self.next_at[i + 1] |= class.contains(c),
-                    Token::AnyChar => self.next_at[i + 1] |= c != '/',
-                    Token::AnyRun => self.next_at[i] |= c != '/',
-                    // Go's `.` does not match a newline.
-                    Token::AnyTail => self.next_at[i] |= c != '\n',
-                    Token::AnyDirs => {}
-                    Token::Start => {}
-                }
-            }
-            if (self.at[i] && matches!(token, Token::AnyDirs)) || self.inside[i] {
-                self.next_inside[i] |= c != '\n';
-                self.next_at[i + 1] |= c == '/';
-            }
-        }
-        std::mem::swap(&mut self.at, &mut self.next_at);
-        std::mem::swap(&mut self.inside, &mut self.next_inside);
-        self.close(false);
-    }
-
-    /// Whether the whole path, or the part before one of its slashes, matches.
-    fn matches_path_or_parent(&mut self, path: &str) -> bool {
-        self.start();
-        for (i, c) in path.char_indices() {
-            if c == '/' && i > 0 && self.accepting() {
-                return true;
-            }
-            self.step(c);
-            if !self.alive() {
-                return false;
-            }
-        }
-        self.accepting()
-    }
-
-    /// Whether some non-empty continuation of `prefix` could still be accepted.
-    fn alive_after(&mut self, prefix: &str) -> bool {
-        self.start();
-        for c in prefix.chars() {
-            self.step(c);
-        }
-        let n = self.tokens.len();
-        self.at[..n].iter().chain(&self.inside).any(|&s| s)
-    }
 }
