@@ -39,8 +39,12 @@ const FILE_BYTES: usize = 50_000_000;
 struct NoImages;
 
 impl ImageResolver for NoImages {
-    fn resolve(&self, reference: &str, _platform: &Platform) -> Result<ResolvedImage, String> {
-        Err(format!("the benchmark has no image {reference}"))
+    fn resolve(
+        &self,
+        reference: &str,
+        _platform: &Platform,
+    ) -> Result<ResolvedImage, hoist_solver::scheduler::BoxError> {
+        Err(format!("the benchmark has no image {reference}").into())
     }
 }
 
