@@ -40,7 +40,6 @@ pub mod file;
 pub mod image;
 pub mod source;
 pub mod state;
-pub mod store;
 pub mod worker;
 
 pub use cache::IndexCache;

@@ -10,6 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hoist_cache::content::ContentStore;
 use hoist_cache::index::{BlobRecord, CacheIndex};
 use hoist_cache::oci_spec::image::{Descriptor, Digest, MediaType};
 use hoist_cache::scratch::{self, Reclaimed, ScratchArea};
@@ -20,7 +21,6 @@ use hoist_executor::{Executor, Rootfs, RunRequest};
 use hoist_solver::scheduler::BoxError;
 
 use crate::error::{WorkerError, io_err};
-use crate::store::StoreAdapter;
 
 /// `PATH` for a process whose image sets none (Docker's default).
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -101,10 +101,10 @@ impl State {
             .map_err(io_err("create a scratch dir in", base))
     }
 
-    /// The content store as the registry client sees it, for pulls and pushes.
+    /// The content store, handed to the registry client as it is for pulls and pushes.
     #[must_use]
-    pub fn registry_store(&self) -> Arc<dyn hoist_registry::BlobStore> {
-        Arc::new(StoreAdapter(self.blobs.clone()))
+    pub fn registry_store(&self) -> Arc<dyn ContentStore> {
+        Arc::new(self.blobs.clone())
     }
 
     /// The snapshot directories of `chain`, topmost first, as an overlay stacks them. A chain
