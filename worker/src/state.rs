@@ -354,12 +354,15 @@ impl State {
                 if let Some(blob) = &layer.blob {
                     return Ok(blob.clone());
                 }
-                let diff_id = layer.diff_id.to_string();
-                if let Some(known) = self.index.get_blob(&diff_id, media_type.as_ref())?
-                    && let Ok(digest) = known.digest.parse::<Digest>()
-                    && self.blobs.has(&digest)
+                // A bad record is made again, and replaced below.
+                let known = match self.index.get_blob(&layer.diff_id, &media_type) {
+                    Err(e) if e.is_bad_record() => None,
+                    known => known?,
+                };
+                if let Some(known) = known
+                    && self.blobs.has(&known.digest)
                 {
-                    return Ok(Descriptor::new(media_type.clone(), known.size, digest));
+                    return Ok(known.descriptor());
                 }
                 let dir = self.snapshots.get(&layer.diff_id).ok_or_else(|| {
                     WorkerError::SnapshotGone {
@@ -378,19 +381,10 @@ impl State {
                         now: digests.diff_id,
                     });
                 }
-                self.index.put_blob(
-                    &diff_id,
-                    &BlobRecord {
-                        digest: digests.digest.to_string(),
-                        size: digests.size,
-                        media_type: media_type.to_string(),
-                    },
-                )?;
-                Ok(Descriptor::new(
-                    media_type.clone(),
-                    digests.size,
-                    digests.digest,
-                ))
+                let made = Descriptor::new(media_type.clone(), digests.size, digests.digest);
+                self.index
+                    .put_blob(&layer.diff_id, &BlobRecord::from(&made))?;
+                Ok(made)
             })
             .collect()
     }
