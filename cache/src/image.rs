@@ -10,18 +10,11 @@ use oci_spec::image::{
 use serde::{Deserialize, Serialize};
 
 use crate::compress::{Compression, LayerDigests};
+use crate::content::{
+    DOCKER_CONFIG, DOCKER_FOREIGN_LAYER_GZIP, DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_MANIFEST,
+    is_manifest,
+};
 use crate::store::{BlobStore, StoreError};
-
-/// Docker schema 2 manifest media type.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list media type.
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Docker image config media type.
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-/// Docker gzip layer media type.
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-/// Docker uncompressed layer media type.
-pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
 /// Which family of media types an image is written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,27 +105,11 @@ pub fn layer_compression(media_type: &MediaType) -> Option<Compression> {
         }
         MediaType::Other(s) => match s.as_str() {
             DOCKER_LAYER => Some(Compression::None),
-            DOCKER_LAYER_GZIP | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
-                Some(Compression::Gzip)
-            }
+            DOCKER_LAYER_GZIP | DOCKER_FOREIGN_LAYER_GZIP => Some(Compression::Gzip),
             _ => None,
         },
         _ => None,
     }
-}
-
-/// Whether a media type names a single-platform image manifest (OCI or Docker schema 2).
-#[must_use]
-pub fn is_manifest(media_type: &MediaType) -> bool {
-    matches!(media_type, MediaType::ImageManifest)
-        || matches!(media_type, MediaType::Other(s) if s == DOCKER_MANIFEST)
-}
-
-/// Whether a media type names an index or manifest list.
-#[must_use]
-pub fn is_index(media_type: &MediaType) -> bool {
-    matches!(media_type, MediaType::ImageIndex)
-        || matches!(media_type, MediaType::Other(s) if s == DOCKER_MANIFEST_LIST)
 }
 
 /// The descriptor of a layer written by [`crate::LayerWriter`].
@@ -310,7 +287,7 @@ pub fn write_config(
     serde_json::to_writer(&mut sink, &value).map_err(json_err)?;
     let config_digest = crate::digest::sha256_digest(&sha2::Digest::finalize(sink.hasher).into());
     if !store.has(&config_digest) {
-        let mut writer = store.writer(&config_digest)?;
+        let mut writer = store.writer(&config_digest, Some(sink.size))?;
         let mut buffered = io::BufWriter::new(&mut writer);
         serde_json::to_writer(&mut buffered, &value).map_err(json_err)?;
         io::Write::flush(&mut buffered).map_err(|e| json_err(serde_json::Error::io(e)))?;

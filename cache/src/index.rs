@@ -6,13 +6,21 @@
 //! leaves either the old record or the new one, never half of one. A record whose snapshots
 //! have since gone away is a miss, not an error: the caller rebuilds, or re-applies the layer
 //! from its blob.
+//!
+//! Records hold digests as [`Digest`]s and media types as [`MediaType`]s. On disk they are the
+//! same JSON strings as when the records held strings (`"sha256:<hex>"`, the media type as
+//! written), so indexes written before read unchanged and the tables keep their `v1` names. A
+//! record whose digest is not a sha256 one does not decode: [`IndexError::Decode`] names its
+//! key (see [`CacheIndex::get`]).
 
 use std::path::{Path, PathBuf};
 
 use std::sync::{Arc, Mutex};
 
+use oci_spec::image::{Descriptor, Digest, MediaType};
 use redb::{
     Database, ReadOnlyDatabase, ReadableDatabase as _, ReadableTable as _, TableDefinition,
+    TableHandle as _,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +34,9 @@ const BLOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("blobs.v1")
 /// One layer of a result's chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerRecord {
-    /// sha256 of the uncompressed layer tar (`sha256:…`); also names its snapshot directory.
-    pub diff_id: String,
+    /// sha256 of the uncompressed layer tar; also names its snapshot directory.
+    #[serde(with = "sha256")]
+    pub diff_id: Digest,
     /// The compressed blob, once one has been made: digest, size and media type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<BlobRecord>,
@@ -36,9 +45,51 @@ pub struct LayerRecord {
 /// A compressed layer blob in the content store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRecord {
-    pub digest: String,
+    #[serde(with = "sha256")]
+    pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: MediaType,
+}
+
+impl BlobRecord {
+    /// The blob's descriptor, for a manifest.
+    #[must_use]
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(self.media_type.clone(), self.size, self.digest.clone())
+    }
+}
+
+impl From<&Descriptor> for BlobRecord {
+    fn from(d: &Descriptor) -> Self {
+        Self {
+            digest: d.digest().clone(),
+            size: d.size(),
+            media_type: d.media_type().clone(),
+        }
+    }
+}
+
+/// A record's digests are sha256 ones, written and read as `"sha256:<hex>"`: the blobs and
+/// snapshots they name are stored under no other algorithm, so any other is a bad record.
+mod sha256 {
+    use oci_spec::image::Digest;
+    use serde::{Deserialize as _, Deserializer, Serializer, de, ser};
+
+    use crate::content::require_sha256;
+
+    pub(super) fn serialize<S: Serializer>(digest: &Digest, s: S) -> Result<S::Ok, S::Error> {
+        let digest = require_sha256(digest).map_err(ser::Error::custom)?;
+        s.serialize_str(digest.as_ref())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let text = String::deserialize(d)?;
+        let digest: Digest = text
+            .parse()
+            .map_err(|e| de::Error::custom(format_args!("digest {text:?}: {e}")))?;
+        require_sha256(&digest).map_err(de::Error::custom)?;
+        Ok(digest)
+    }
 }
 
 /// What a step produced: the layer chain that rebuilds its filesystem, bottom first, plus
@@ -51,7 +102,7 @@ pub struct CacheRecord {
     pub took_ms: u64,
 }
 
-/// The index could not be opened, read or written.
+/// The index could not be opened, read or written, or a record in it is bad.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("cannot open the cache index {}", path.display())]
@@ -66,6 +117,35 @@ pub enum IndexError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A record that is not one this index writes (a digest that is not sha256, a field
+    /// missing): it is refused rather than handed out. Nothing else of the index is affected;
+    /// writing the key again replaces it.
+    #[error("cache index {}: the record for {key} in {table} does not decode", path.display())]
+    Decode {
+        path: PathBuf,
+        table: String,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A record could not be encoded (a digest that is not sha256); nothing was written.
+    #[error("cache index {}: the record for {key} in {table} does not encode", path.display())]
+    Encode {
+        path: PathBuf,
+        table: String,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl IndexError {
+    /// Whether this is a bad record ([`IndexError::Decode`]) rather than a failing index: a
+    /// caller that uses the index as a cache can treat it as a miss and write the key anew.
+    #[must_use]
+    pub fn is_bad_record(&self) -> bool {
+        matches!(self, Self::Decode { .. })
+    }
 }
 
 /// The cache index of one state root.
@@ -167,11 +247,11 @@ impl CacheIndex {
 
     fn read<T: serde::de::DeserializeOwned>(
         &self,
-        table: TableDefinition<'_, &str, &[u8]>,
+        table_def: TableDefinition<'_, &str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, IndexError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(table) {
+        let table = match txn.open_table(table_def) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(self.access()(e)),
@@ -179,7 +259,14 @@ impl CacheIndex {
         let Some(value) = table.get(key).map_err(self.access())? else {
             return Ok(None);
         };
-        Ok(serde_json::from_slice(value.value()).ok())
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|source| IndexError::Decode {
+                path: self.path.clone(),
+                table: table_def.name().to_owned(),
+                key: key.to_owned(),
+                source,
+            })
     }
 
     fn write<T: Serialize>(
@@ -188,7 +275,12 @@ impl CacheIndex {
         key: &str,
         value: &T,
     ) -> Result<(), IndexError> {
-        let bytes = serde_json::to_vec(value).map_err(self.access())?;
+        let bytes = serde_json::to_vec(value).map_err(|source| IndexError::Encode {
+            path: self.path.clone(),
+            table: table.name().to_owned(),
+            key: key.to_owned(),
+            source,
+        })?;
         let txn = self.writer()?.begin_write().map_err(self.access())?;
         {
             let mut table = txn.open_table(table).map_err(self.access())?;
@@ -201,8 +293,9 @@ impl CacheIndex {
     /// The record for a key, if any.
     ///
     /// # Errors
-    /// [`IndexError::Access`] when the store fails; a record that does not decode (from another
-    /// version) reads as a miss.
+    /// [`IndexError::Access`] when the store fails; [`IndexError::Decode`], naming the key, for
+    /// a record that does not decode. The index does not turn a bad record into a miss itself,
+    /// so that what is wrong stays visible; a cache may (see [`IndexError::is_bad_record`]).
     pub fn get(&self, key: &str) -> Result<Option<CacheRecord>, IndexError> {
         self.read(RESULTS, key)
     }
@@ -210,7 +303,8 @@ impl CacheIndex {
     /// Records a result under a key, atomically.
     ///
     /// # Errors
-    /// [`IndexError::Access`] when the store fails.
+    /// [`IndexError::Access`] when the store fails, [`IndexError::Encode`] for a digest that
+    /// is not sha256.
     pub fn put(&self, key: &str, record: &CacheRecord) -> Result<(), IndexError> {
         self.write(RESULTS, key, record)
     }
@@ -218,21 +312,21 @@ impl CacheIndex {
     /// The compressed blob made earlier for the layer `diff_id` in `media_type`, if any.
     ///
     /// # Errors
-    /// [`IndexError::Access`] when the store fails.
+    /// As [`CacheIndex::get`].
     pub fn get_blob(
         &self,
-        diff_id: &str,
-        media_type: &str,
+        diff_id: &Digest,
+        media_type: &MediaType,
     ) -> Result<Option<BlobRecord>, IndexError> {
-        self.read(BLOBS, &format!("{diff_id} {media_type}"))
+        self.read(BLOBS, &blob_key(diff_id, media_type))
     }
 
     /// Remembers the compressed blob made for the layer `diff_id`.
     ///
     /// # Errors
-    /// [`IndexError::Access`] when the store fails.
-    pub fn put_blob(&self, diff_id: &str, blob: &BlobRecord) -> Result<(), IndexError> {
-        self.write(BLOBS, &format!("{diff_id} {}", blob.media_type), blob)
+    /// As [`CacheIndex::put`].
+    pub fn put_blob(&self, diff_id: &Digest, blob: &BlobRecord) -> Result<(), IndexError> {
+        self.write(BLOBS, &blob_key(diff_id, &blob.media_type), blob)
     }
 
     /// Forgets a key.
@@ -249,7 +343,8 @@ impl CacheIndex {
         Ok(())
     }
 
-    /// Every key with its record, for `hoist du` and garbage collection.
+    /// Every key with its record, for `hoist du` and garbage collection. A record that does
+    /// not decode is left out: it names nothing that could be kept or reclaimed.
     ///
     /// # Errors
     /// [`IndexError::Access`] when the store fails.
@@ -268,5 +363,142 @@ impl CacheIndex {
             }
         }
         Ok(out)
+    }
+}
+
+/// The key of a layer's blob record: `diffID media-type`.
+fn blob_key(diff_id: &Digest, media_type: &MediaType) -> String {
+    format!("{diff_id} {media_type}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn digest(n: u64) -> Digest {
+        Digest::from_str(&format!("sha256:{n:064x}")).unwrap()
+    }
+
+    fn record(n: u64) -> CacheRecord {
+        CacheRecord {
+            layers: vec![LayerRecord {
+                diff_id: digest(n),
+                blob: Some(BlobRecord {
+                    digest: digest(n + 1),
+                    size: n,
+                    media_type: MediaType::ImageLayerGzip,
+                }),
+            }],
+            took_ms: n,
+        }
+    }
+
+    fn raw(index: &CacheIndex, table: TableDefinition<'_, &str, &[u8]>, key: &str) -> Vec<u8> {
+        let txn = index.begin_read().unwrap();
+        let table = txn.open_table(table).unwrap();
+        table.get(key).unwrap().unwrap().value().to_vec()
+    }
+
+    #[test]
+    fn a_record_whose_digest_is_not_sha256_is_refused_naming_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = CacheIndex::open(&dir.path().join("cache.redb")).unwrap();
+        let sha512 = format!("sha512:{}", "a".repeat(128));
+        let upper = format!("sha256:{}", "A".repeat(64));
+        for (n, bad) in [
+            "sha256:abc",
+            "md5:0123",
+            upper.as_str(),
+            sha512.as_str(),
+            "x",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = format!("sha256:{n:064x}");
+            let written = serde_json::json!({"layers": [{"diff_id": bad}], "took_ms": 1});
+            index.write(RESULTS, &key, &written).unwrap();
+            let err = index.get(&key).unwrap_err();
+            assert!(err.is_bad_record(), "{bad}: {err}");
+            let shown = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert!(shown.contains(&key), "{shown}");
+            assert!(shown.contains(bad), "{shown}");
+
+            // The blob table refuses the same way.
+            let blob = serde_json::json!({"digest": bad, "size": 1, "media_type": "x"});
+            index
+                .write(BLOBS, &blob_key(&digest(0), &MediaType::ImageLayer), &blob)
+                .unwrap();
+            let err = index
+                .get_blob(&digest(0), &MediaType::ImageLayer)
+                .unwrap_err();
+            assert!(err.is_bad_record(), "{bad}: {err}");
+        }
+
+        // The rest of the index is unaffected, and writing the key again replaces the record.
+        index.put("good", &record(3)).unwrap();
+        assert_eq!(
+            index.entries().unwrap(),
+            vec![("good".to_owned(), record(3))]
+        );
+        let key = format!("sha256:{:064x}", 0);
+        index.put(&key, &record(4)).unwrap();
+        assert_eq!(index.get(&key).unwrap(), Some(record(4)));
+    }
+
+    #[test]
+    fn a_digest_that_is_not_sha256_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = CacheIndex::open(&dir.path().join("cache.redb")).unwrap();
+        let mut bad = record(1);
+        bad.layers[0].diff_id = Digest::from_str(&format!("sha512:{}", "b".repeat(128))).unwrap();
+        let err = index.put("k", &bad).unwrap_err();
+        assert!(
+            matches!(&err, IndexError::Encode { key, .. } if key == "k"),
+            "{err}"
+        );
+        assert_eq!(index.get("k").unwrap(), None);
+    }
+
+    /// Pins the on-disk form: records written when they held strings read back as digests
+    /// and media types, and are written again byte for byte, so the tables keep `v1`.
+    #[test]
+    fn records_written_with_strings_read_back_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = CacheIndex::open(&dir.path().join("cache.redb")).unwrap();
+        let (a, b) = (digest(7), digest(8));
+        let old_result = format!(
+            r#"{{"layers":[{{"diff_id":"{a}","blob":{{"digest":"{b}","size":5,"media_type":"application/vnd.docker.image.rootfs.diff.tar.gzip"}}}},{{"diff_id":"{b}"}}],"took_ms":9}}"#
+        );
+        let old_blob = format!(
+            r#"{{"digest":"{b}","size":5,"media_type":"application/vnd.oci.image.layer.v1.tar+zstd"}}"#
+        );
+        let write_raw = |table, key: &str, bytes: &[u8]| {
+            let txn = index.writer().unwrap().begin_write().unwrap();
+            txn.open_table(table).unwrap().insert(key, bytes).unwrap();
+            txn.commit().unwrap();
+        };
+        write_raw(RESULTS, "k", old_result.as_bytes());
+        let blob_key = format!("{a} application/vnd.oci.image.layer.v1.tar+zstd");
+        write_raw(BLOBS, &blob_key, old_blob.as_bytes());
+
+        let got = index.get("k").unwrap().unwrap();
+        assert_eq!(got.layers[0].diff_id, a);
+        let blob = got.layers[0].blob.clone().unwrap();
+        assert_eq!(blob.digest, b);
+        assert_eq!(blob.media_type.as_ref(), crate::content::DOCKER_LAYER_GZIP);
+        assert_eq!(got.layers[1].blob, None);
+        let known = index
+            .get_blob(&a, &MediaType::ImageLayerZstd)
+            .unwrap()
+            .unwrap();
+        assert_eq!(known.descriptor().digest(), &b);
+
+        index.put("k", &got).unwrap();
+        index.put_blob(&a, &known).unwrap();
+        assert_eq!(raw(&index, RESULTS, "k"), old_result.as_bytes());
+        assert_eq!(raw(&index, BLOBS, &blob_key), old_blob.as_bytes());
     }
 }

@@ -11,7 +11,8 @@ use oci_spec::image::{
 };
 
 use crate::apply::{ApplyError, ApplyOptions, WhiteoutMode, apply_layer};
-use crate::image::{ImageError, canonical_json, is_index, is_manifest};
+use crate::content::{is_index, is_manifest};
+use crate::image::{ImageError, canonical_json};
 use crate::store::{BlobStore, StoreError};
 use crate::tarwriter::{TarHeader, TarKind, TarWriter};
 

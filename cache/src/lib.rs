@@ -20,8 +20,12 @@
 //!
 //! # Principal types
 //!
-//! - [`BlobStore`]: content-addressed blobs under `<root>/blobs/sha256/<hex>`. Writers hash while
-//!   streaming and rename into place only when the digest matches ([`BlobWriter`]).
+//! - [`content`]: the content types every crate shares: oci-spec's validated [`Digest`]
+//!   (re-exported; no digest travels as a string), the media types, and the
+//!   [`content::ContentStore`] trait a registry pull writes into and a push reads from.
+//! - [`BlobStore`]: content-addressed blobs under `<root>/blobs/sha256/<hex>`, the one
+//!   [`content::ContentStore`]. Writers hash while streaming and rename into place only when
+//!   the digest matches ([`BlobWriter`]).
 //! - [`apply_layer`]: a layer blob (gzip, zstd or plain, detected by magic bytes) extracted into
 //!   a directory; hostile names are refused (see [`ApplyError`]). [`WhiteoutMode`] picks overlay
 //!   form (snapshots) or deletion (flattening).
@@ -51,6 +55,7 @@
 mod apply;
 pub mod archive;
 mod compress;
+pub mod content;
 pub mod context;
 pub mod copy;
 mod diff;
@@ -65,6 +70,7 @@ mod store;
 mod tarwriter;
 
 pub use oci_spec;
+pub use oci_spec::image::Digest;
 
 pub use apply::{
     ApplyError, ApplyOptions, ApplyReport, OVERLAY_OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX,
@@ -77,10 +83,8 @@ pub use diff::{
 };
 pub use digest::sha256_of;
 pub use image::{
-    DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
     DockerConfigExtras, Healthcheck, Image, ImageError, MediaTypes, append_empty_layer_history,
-    append_layer, canonical_json, is_index, is_manifest, layer_compression, layer_descriptor,
-    write_config, write_image,
+    append_layer, canonical_json, layer_compression, layer_descriptor, write_config, write_image,
 };
 pub use layout::{ImageStore, LayoutError};
 pub use snapshot::{SnapshotError, SnapshotStore, spread_directories};

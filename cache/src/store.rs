@@ -7,9 +7,10 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, Digest, DigestAlgorithm};
+use oci_spec::image::{Descriptor, Digest};
 use sha2::{Digest as _, Sha256};
 
+use crate::content::{ContentReader, ContentStore, ContentWriter, require_sha256};
 use crate::digest::sha256_digest;
 
 /// Errors of the content store.
@@ -147,11 +148,7 @@ impl BlobStore {
     /// # Errors
     /// The digest is not sha256.
     pub fn blob_path(&self, digest: &Digest) -> Result<PathBuf, StoreError> {
-        if *digest.algorithm() != DigestAlgorithm::Sha256 {
-            return Err(StoreError::UnsupportedAlgorithm {
-                digest: digest.clone(),
-            });
-        }
+        let digest = require_sha256(digest)?;
         Ok(self.root.join("blobs").join("sha256").join(digest.digest()))
     }
 
@@ -231,26 +228,13 @@ impl BlobStore {
         }
     }
 
-    /// A writer for a blob that must hash to `expected`; [`BlobWriter::commit`] verifies and
-    /// stores it. Dropping the writer without committing discards it.
-    ///
-    /// # Errors
-    /// The digest is not sha256 or the temp file cannot be created.
-    pub fn writer(&self, expected: &Digest) -> Result<BlobWriter, StoreError> {
-        self.blob_path(expected)?;
-        self.new_writer(Some(expected.clone()), None)
-    }
-
     /// A writer for a blob that must hash to `expected` and, when `size` is given, be exactly
-    /// that long (enforced as bytes arrive). The shape a registry client's store trait wants.
+    /// that long (more is refused as it arrives); [`BlobWriter::commit`] verifies and stores
+    /// it. Dropping the writer without committing discards it.
     ///
     /// # Errors
     /// The digest is not sha256 or the temp file cannot be created.
-    pub fn writer_sized(
-        &self,
-        expected: &Digest,
-        size: Option<u64>,
-    ) -> Result<BlobWriter, StoreError> {
+    pub fn writer(&self, expected: &Digest, size: Option<u64>) -> Result<BlobWriter, StoreError> {
         self.blob_path(expected)?;
         self.new_writer(Some(expected.clone()), size)
     }
@@ -307,7 +291,7 @@ impl BlobStore {
     /// # Errors
     /// Reading fails, or the content does not match `expected` (then nothing is stored).
     pub fn ingest(&self, expected: &Digest, reader: &mut dyn Read) -> Result<u64, StoreError> {
-        let w = self.writer(expected)?;
+        let w = self.writer(expected, None)?;
         Self::copy_in(w, expected, reader)
     }
 
@@ -357,7 +341,7 @@ impl BlobStore {
         if self.has(&digest) {
             return Ok((digest, bytes.len() as u64));
         }
-        let mut w = self.writer(&digest)?;
+        let mut w = self.writer(&digest, None)?;
         w.write_chunk(bytes)?;
         w.commit()
     }
@@ -388,7 +372,18 @@ impl BlobWriter {
         self.expected.as_ref()
     }
 
+    /// Writes all of `buf`; more than the announced size is a [`StoreError::SizeMismatch`]
+    /// naming the digest, other failures name the temp file.
     fn write_chunk(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        if let (Some(limit), Some(digest)) = (self.expected_size, &self.expected)
+            && self.size + buf.len() as u64 > limit
+        {
+            return Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                expected: limit,
+                actual: self.size + buf.len() as u64,
+            });
+        }
         self.write_all(buf).map_err(|source| StoreError::Write {
             path: self.path.clone(),
             source,
@@ -481,8 +476,42 @@ impl Write for BlobWriter {
     }
 }
 
+impl ContentWriter for BlobWriter {
+    fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write_chunk(bytes)
+    }
+
+    fn commit(self: Box<Self>) -> Result<(Digest, u64), StoreError> {
+        BlobWriter::commit(*self)
+    }
+}
+
+/// The content store as the registry client (and any other [`ContentStore`] user) sees it.
+impl ContentStore for BlobStore {
+    fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        BlobStore::stat(self, digest)
+    }
+
+    fn open(&self, digest: &Digest) -> Result<Box<dyn ContentReader>, StoreError> {
+        Ok(Box::new(BlobStore::open(self, digest)?))
+    }
+
+    fn read(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        BlobStore::read(self, digest)
+    }
+
+    fn writer(
+        &self,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<Box<dyn ContentWriter>, StoreError> {
+        Ok(Box::new(BlobStore::writer(self, expected, size)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::io::Seek as _;
     use std::str::FromStr;
 
     use super::*;
@@ -549,11 +578,54 @@ mod tests {
     }
 
     #[test]
+    fn through_the_content_store_trait_only_verified_blobs_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: &dyn ContentStore = &BlobStore::new(dir.path());
+        let d = sha256_of(b"hello");
+
+        // More than announced is refused when it arrives, naming the blob.
+        let mut w = store.writer(&d, Some(5)).unwrap();
+        w.append(b"hel").unwrap();
+        let err = w.append(b"lo!").unwrap_err();
+        assert!(
+            matches!(&err, StoreError::SizeMismatch { digest, expected: 5, actual: 6 } if *digest == d),
+            "{err}"
+        );
+        drop(w);
+
+        // Bytes that hash to another digest are not committed, and leave nothing behind.
+        let mut w = store.writer(&d, Some(5)).unwrap();
+        w.append(b"hellO").unwrap();
+        let err = w.commit().unwrap_err();
+        assert!(
+            matches!(&err, StoreError::DigestMismatch { expected, actual, size: 5 }
+                if *expected == d && *actual == sha256_of(b"hellO")),
+            "{err}"
+        );
+        assert_eq!(store.stat(&d).unwrap(), None);
+        assert_eq!(
+            fs_err::read_dir(dir.path().join("ingest")).unwrap().count(),
+            0
+        );
+
+        let mut w = store.writer(&d, Some(5)).unwrap();
+        w.append(b"hello").unwrap();
+        assert_eq!(w.commit().unwrap(), (d.clone(), 5));
+        assert_eq!(store.stat(&d).unwrap(), Some(5));
+        assert_eq!(store.read(&d).unwrap(), b"hello");
+        let mut tail = String::new();
+        let mut r = store.open(&d).unwrap();
+        r.seek(io::SeekFrom::Start(3)).unwrap();
+        r.read_to_string(&mut tail).unwrap();
+        assert_eq!(tail, "lo");
+    }
+
+    #[test]
     fn other_algorithms_are_refused() {
         let store = BlobStore::new("/nonexistent");
         let d = Digest::from_str(&format!("sha512:{}", "a".repeat(128))).unwrap();
         assert!(matches!(
-            store.writer(&d),
+            store.writer(&d, None),
             Err(StoreError::UnsupportedAlgorithm { .. })
         ));
         assert!(!store.has(&d));

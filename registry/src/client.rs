@@ -783,7 +783,7 @@ pub(crate) fn registry_error_code(body: &str) -> Option<String> {
 }
 
 /// Shared handle used by the pull and push paths.
-pub(crate) type SharedStore = Arc<dyn crate::store::BlobStore>;
+pub(crate) type SharedStore = Arc<dyn hoist_cache::content::ContentStore>;
 
 #[cfg(test)]
 mod tests {

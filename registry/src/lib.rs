@@ -4,8 +4,8 @@
 //! `docker.io/library/busybox:latest`, served by `registry-1.docker.io`). [`Client::resolve`]
 //! turns it into one platform's image manifest: OCI manifests and indexes and Docker schema 2
 //! manifests and manifest lists are understood, schema 1 is refused. [`Client::pull`] streams
-//! the config and layers into a [`BlobStore`], hashing every byte on the way and committing a
-//! blob only when it matches its digest. [`Client::push`] goes the other way: each blob is
+//! the config and layers into a [`ContentStore`], which hashes every byte on the way and
+//! commits a blob only when it matches its digest. [`Client::push`] goes the other way: each blob is
 //! skipped when the registry has it (HEAD), mounted from another repository of the same
 //! registry when one is named, or uploaded from the store (one PUT, or PATCH chunks for large
 //! blobs), a bounded number at a time; then the manifest is put by tag or by digest.
@@ -23,8 +23,9 @@
 //!   [`RequestError::Stalled`], which names the registry and what was awaited.
 //! - [`DockerConfig`], [`Credential`]: credentials from `$DOCKER_CONFIG/config.json` or
 //!   `~/.docker/config.json` (`auths`, `credsStore`, `credHelpers`).
-//! - [`BlobStore`] (implemented by [`DirStore`] here and by the content store in `hoist-cache`):
-//!   where blobs come from and go to.
+//! - [`ContentStore`] (from `hoist-cache`'s [`content`] module, with its digests and media
+//!   types; the content store under the state root implements it): where blobs come from and
+//!   go to. The client never writes a file of its own.
 //! - [`Event`]: progress and retries, reported to an [`Observer`] (the client's, and the one of
 //!   the enclosing [`observe`] scope); the library never prints, but an event's `Display` is
 //!   the line a progress display shows for it.
@@ -53,10 +54,10 @@ mod pull;
 mod push;
 mod reference;
 mod stall;
-mod store;
 
 use std::sync::Arc;
 
+pub use hoist_cache::content::{self, ContentStore};
 pub use oci_spec;
 use oci_spec::image::Digest;
 
@@ -64,19 +65,14 @@ pub use auth::{
     Challenge, Credential, CredentialError, DOCKER_HUB_AUTH_KEY, DockerConfig, parse_challenge,
 };
 pub use client::{Client, ClientConfig, RequestError, RetryPolicy};
-pub use manifest::{
-    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED, Manifest,
-    ManifestError, OCI_INDEX, OCI_MANIFEST, detect_media_type, is_image_manifest, is_index,
-    parse_manifest,
-};
+pub use manifest::{Manifest, ManifestError, detect_media_type, parse_manifest};
 pub use platform::Platform;
 pub use pull::{BlobFetch, FetchedManifest, PullError, ResolvedImage};
-pub use push::{BlobPush, PushError, PushOptions, PushReport, is_manifest_media_type};
+pub use push::{BlobPush, PushError, PushOptions, PushReport};
 pub use reference::{
     DEFAULT_TAG, DOCKER_HUB, DOCKER_HUB_API_HOST, ParseReferenceError, Reference, is_loopback_host,
 };
 pub use stall::{Awaited, Stall, Stalled};
-pub use store::{BlobReader, BlobStore, BlobWriter, DirStore, StoreError, sha256_digest};
 
 /// Progress of pulls and pushes, for a progress display. Emitted from the tasks doing the work.
 #[derive(Clone, Debug, PartialEq, Eq)]

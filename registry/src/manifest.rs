@@ -1,16 +1,13 @@
-//! Manifest media types and parsing.
+//! Manifest detection and parsing.
 //!
 //! OCI image manifests and Docker schema 2 manifests share one JSON shape, as do OCI indexes and
-//! Docker manifest lists, so both parse into the oci-spec types. Schema 1 is refused.
+//! Docker manifest lists, so both parse into the oci-spec types. Schema 1 is refused. The media
+//! types themselves are the shared ones of [`hoist_cache::content`].
 
+use hoist_cache::content::{
+    DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, is_index, is_manifest, is_schema1,
+};
 use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
-
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
-pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 /// The `Accept` header for manifest requests: every type this client can use.
 pub(crate) const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
@@ -44,16 +41,6 @@ pub enum ManifestError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-/// Whether a media type names an index or manifest list.
-pub fn is_index(media_type: &str) -> bool {
-    media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
-}
-
-/// Whether a media type names an image manifest.
-pub fn is_image_manifest(media_type: &str) -> bool {
-    media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
 }
 
 /// Works out a manifest's media type: the `mediaType` field when present, else the
@@ -100,7 +87,7 @@ pub fn detect_media_type(
             }
         })
         .unwrap_or_default();
-    if media_type == DOCKER_SCHEMA1 || media_type == DOCKER_SCHEMA1_SIGNED {
+    if is_schema1(&media_type) {
         return Err(ManifestError::Schema1 { media_type });
     }
     Ok(media_type)
@@ -116,11 +103,11 @@ pub fn parse_manifest(bytes: &[u8], media_type: &str) -> Result<Manifest, Manife
         serde_json::from_slice(bytes)
             .map(Manifest::Index)
             .map_err(parse_err)
-    } else if is_image_manifest(media_type) {
+    } else if is_manifest(media_type) {
         serde_json::from_slice(bytes)
             .map(Manifest::Image)
             .map_err(parse_err)
-    } else if media_type == DOCKER_SCHEMA1 || media_type == DOCKER_SCHEMA1_SIGNED {
+    } else if is_schema1(media_type) {
         Err(ManifestError::Schema1 {
             media_type: media_type.to_owned(),
         })
@@ -138,6 +125,8 @@ pub(crate) fn media_type(s: &str) -> MediaType {
 
 #[cfg(test)]
 mod tests {
+    use hoist_cache::content::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_SCHEMA1_SIGNED};
+
     use super::*;
 
     const DIGEST: &str = "sha256:6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d";

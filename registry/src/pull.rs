@@ -1,15 +1,16 @@
 //! Pull: resolve a reference to a manifest for one platform, then stream its blobs into a
-//! [`BlobStore`], each verified against its digest before the store commits it.
+//! [`ContentStore`], which verifies each against its digest before it commits it.
 
-use std::io::Write;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use hoist_cache::content::{ContentStore, StoreError, is_manifest, sha256_of};
 use oci_spec::image::{Descriptor, Digest, ImageManifest};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use sha2::Digest as _;
 
 use crate::client::{Client, RequestError, SharedStore, Target, error_chain, truncate};
 use crate::manifest::{
@@ -19,7 +20,6 @@ use crate::manifest::{
 use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::stall::{Awaited, Stall, Wait, body_stall};
-use crate::store::{BlobStore, Hasher, StoreError};
 use crate::{Event, manifest};
 
 /// A pull failure, naming the reference or blob it concerns.
@@ -61,7 +61,7 @@ pub enum PullError {
     BlobDigestMismatch {
         reference: String,
         digest: Digest,
-        actual: String,
+        actual: Digest,
     },
     #[error(
         "blob {digest} from {reference} is {actual} bytes, expected {expected}; nothing was stored"
@@ -79,11 +79,13 @@ pub enum PullError {
         attempts: u32,
         message: String,
     },
+    /// The content store failed (boxed: its errors carry digests and paths, and every
+    /// other variant would pay for their size).
     #[error("store blob {digest}")]
     Store {
         digest: Digest,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("blob writer task for {digest} failed: {message}")]
     Task { digest: Digest, message: String },
@@ -254,7 +256,7 @@ impl Client {
             Some(expected) => {
                 let actual = hash_hex(expected, &bytes).map_err(|source| PullError::Store {
                     digest: expected.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 if actual != expected.digest() {
                     return Err(PullError::ManifestDigestMismatch {
@@ -265,7 +267,7 @@ impl Client {
                 }
                 expected.clone()
             }
-            None => crate::store::sha256_digest(&bytes),
+            None => sha256_of(&bytes),
         };
         Ok(FetchedManifest {
             digest,
@@ -301,7 +303,7 @@ impl Client {
                     .iter()
                     .find(|d| {
                         d.platform().as_ref().is_some_and(|p| platform.matches(p))
-                            && manifest::is_image_manifest(d.media_type().as_ref())
+                            && is_manifest(d.media_type())
                     })
                     .ok_or_else(|| PullError::NoMatchingPlatform {
                         reference: reference.to_string(),
@@ -354,7 +356,7 @@ impl Client {
         &self,
         reference: &Reference,
         platform: &Platform,
-        store: Arc<dyn BlobStore>,
+        store: Arc<dyn ContentStore>,
     ) -> Result<ResolvedImage, PullError> {
         let resolved = self.resolve(reference, platform).await?;
         let repo = resolved.reference.clone();
@@ -401,12 +403,12 @@ impl Client {
         };
         let store_err = |source| PullError::Store {
             digest: descriptor.digest().clone(),
-            source,
+            source: Box::new(source),
         };
         let present = {
             let store = store.clone();
             let d = digest.clone();
-            tokio::task::spawn_blocking(move || store.size(&d))
+            tokio::task::spawn_blocking(move || store.stat(&d))
                 .await
                 .map_err(task_err)?
                 .map_err(store_err)?
@@ -431,29 +433,35 @@ impl Client {
             let _ = tx.send(ToWriter::Finish).await;
         }
         drop(tx);
-        let outcome = writer.await.map_err(task_err)?.map_err(store_err)?;
+        // The store's verdict first: when it failed, the transfer saw only a writer gone.
+        let committed = match writer.await.map_err(task_err)? {
+            Ok(committed) => committed,
+            Err(StoreError::DigestMismatch { actual, .. }) => {
+                return Err(PullError::BlobDigestMismatch {
+                    reference: reference.to_string(),
+                    digest,
+                    actual,
+                });
+            }
+            Err(StoreError::SizeMismatch { actual, .. }) => {
+                return Err(PullError::BlobSizeMismatch {
+                    reference: reference.to_string(),
+                    digest,
+                    expected: size,
+                    actual,
+                });
+            }
+            Err(e) => return Err(store_err(e)),
+        };
         transfer?;
-        match outcome {
-            None => Err(PullError::Task {
+        if !committed {
+            return Err(PullError::Task {
                 digest,
                 message: "blob writer stopped early".into(),
-            }),
-            Some((_, written)) if written != size => Err(PullError::BlobSizeMismatch {
-                reference: reference.to_string(),
-                digest,
-                expected: size,
-                actual: written,
-            }),
-            Some((actual, _)) if actual != digest.digest() => Err(PullError::BlobDigestMismatch {
-                reference: reference.to_string(),
-                actual: format!("{}:{actual}", digest.algorithm()),
-                digest,
-            }),
-            Some(_) => {
-                self.emit(&Event::BlobFetched { digest, size });
-                Ok(BlobFetch::Fetched)
-            }
+            });
         }
+        self.emit(&Event::BlobFetched { digest, size });
+        Ok(BlobFetch::Fetched)
     }
 
     /// Sends the blob's bytes to the writer, resuming after dropped connections.
@@ -572,43 +580,29 @@ enum ToWriter {
     Finish,
 }
 
-/// Runs on a blocking thread: writes and hashes the blob, commits it only when it matches.
-/// Returns the hex hash and length written, or `None` when the transfer was abandoned.
+/// Runs on a blocking thread: writes the blob into the store, which hashes it as it goes and
+/// commits it only when its size and digest match ([`StoreError::DigestMismatch`] or
+/// [`StoreError::SizeMismatch`] otherwise). Returns whether it was committed: `false` when the
+/// transfer was abandoned.
 fn write_blob(
-    store: &dyn BlobStore,
+    store: &dyn ContentStore,
     digest: &Digest,
     size: u64,
     mut rx: tokio::sync::mpsc::Receiver<ToWriter>,
-) -> Result<Option<(String, u64)>, StoreError> {
+) -> Result<bool, StoreError> {
     let mut writer = store.writer(digest, Some(size))?;
-    let mut hasher = Hasher::for_digest(digest)?;
-    let mut written = 0u64;
     while let Some(message) = rx.blocking_recv() {
         match message {
-            ToWriter::Data(chunk) => {
-                hasher.update(&chunk);
-                writer.write_all(&chunk).map_err(|source| StoreError::Io {
-                    op: "write blob",
-                    path: std::path::PathBuf::from(digest.to_string()),
-                    source,
-                })?;
-                written += chunk.len() as u64;
-            }
-            ToWriter::Restart => {
-                writer = store.writer(digest, Some(size))?;
-                hasher = Hasher::for_digest(digest)?;
-                written = 0;
-            }
+            ToWriter::Data(chunk) => writer.append(&chunk)?,
+            // The old writer drops here, and its bytes with it.
+            ToWriter::Restart => writer = store.writer(digest, Some(size))?,
             ToWriter::Finish => {
-                let actual = hasher.finish_hex();
-                if actual == digest.digest() && written == size {
-                    writer.commit()?;
-                }
-                return Ok(Some((actual, written)));
+                writer.commit()?;
+                return Ok(true);
             }
         }
     }
-    Ok(None)
+    Ok(false)
 }
 
 /// The first byte of a 206 reply's `Content-Range: bytes START-END/SIZE`.
@@ -618,10 +612,16 @@ fn content_range_start(response: &reqwest::Response) -> Option<u64> {
     range.split('-').next()?.trim().parse().ok()
 }
 
+/// The hex hash of `bytes` under `digest`'s algorithm: a manifest may be asked for by a sha512
+/// digest, though the content store keeps only sha256 ones.
 fn hash_hex(digest: &Digest, bytes: &[u8]) -> Result<String, StoreError> {
-    let mut h = Hasher::for_digest(digest)?;
-    h.update(bytes);
-    Ok(h.finish_hex())
+    match digest.algorithm().as_ref() {
+        "sha256" => Ok(hex::encode(sha2::Sha256::digest(bytes))),
+        "sha512" => Ok(hex::encode(sha2::Sha512::digest(bytes))),
+        _ => Err(StoreError::UnsupportedAlgorithm {
+            digest: digest.clone(),
+        }),
+    }
 }
 
 /// Writes small in-memory bytes (a manifest) into the store under their digest.
@@ -633,16 +633,12 @@ pub(crate) async fn store_bytes(
     let store = store.clone();
     let d = digest.clone();
     tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-        if store.size(&d)? == Some(bytes.len() as u64) {
+        if store.stat(&d)? == Some(bytes.len() as u64) {
             return Ok(());
         }
         let mut w = store.writer(&d, Some(bytes.len() as u64))?;
-        w.write_all(&bytes).map_err(|source| StoreError::Io {
-            op: "write blob",
-            path: std::path::PathBuf::from(d.to_string()),
-            source,
-        })?;
-        w.commit()
+        w.append(&bytes)?;
+        w.commit().map(|_| ())
     })
     .await
     .map_err(|e| PullError::Task {
@@ -651,6 +647,6 @@ pub(crate) async fn store_bytes(
     })?
     .map_err(|source| PullError::Store {
         digest: digest.clone(),
-        source,
+        source: Box::new(source),
     })
 }

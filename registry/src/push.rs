@@ -6,12 +6,13 @@
 //! has a `resume_dir`); a failure, or a later run of the same push, asks the registry how much
 //! landed (`GET` on the upload URL answers with `Range: 0-N`) and continues from there.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use hoist_cache::content::{ContentStore, StoreError};
 use oci_spec::image::{Descriptor, Digest};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
@@ -21,10 +22,9 @@ use crate::Event;
 use crate::client::{
     Client, RequestError, SharedStore, Target, error_chain, registry_error_code, truncate,
 };
-use crate::manifest::{self, MAX_MANIFEST_BYTES, Manifest, ManifestError, parse_manifest};
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError, parse_manifest};
 use crate::reference::Reference;
 use crate::stall::{Awaited, Wait};
-use crate::store::{BlobStore, StoreError};
 
 /// A push failure, naming the blob, manifest or URL it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +67,13 @@ pub enum PushError {
     ManifestTooLarge { digest: Digest },
     #[error("registry stored manifest {pushed} as {answered}")]
     ManifestDigestMismatch { pushed: Digest, answered: String },
+    /// The content store failed (boxed: its errors carry digests and paths, and every
+    /// other variant would pay for their size).
     #[error("store blob {digest}")]
     Store {
         digest: Digest,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("resume journal {path}")]
     Journal {
@@ -166,7 +168,7 @@ impl Client {
         &self,
         target: &Reference,
         manifest: &Descriptor,
-        store: Arc<dyn BlobStore>,
+        store: Arc<dyn ContentStore>,
         options: &PushOptions,
     ) -> Result<PushReport, PushError> {
         let mut blobs = Vec::new();
@@ -308,7 +310,7 @@ impl Client {
         let stored = {
             let store = store.clone();
             let d = digest.clone();
-            blocking(&digest, move || store.size(&d)).await?
+            blocking(&digest, move || store.stat(&d)).await?
         };
         match stored {
             None => return Err(PushError::MissingBlob { digest }),
@@ -787,32 +789,24 @@ where
         })?
         .map_err(|source| PushError::Store {
             digest: digest.clone(),
-            source,
+            source: Box::new(source),
         })
 }
 
 async fn read_manifest(store: &SharedStore, digest: &Digest) -> Result<Bytes, PushError> {
     let store = store.clone();
     let d = digest.clone();
-    let bytes = blocking(digest, move || {
-        let mut r = store.open(&d)?;
-        let mut buf = Vec::new();
-        (&mut r)
-            .take(MAX_MANIFEST_BYTES as u64 + 1)
-            .read_to_end(&mut buf)
-            .map_err(|source| StoreError::Io {
-                op: "read manifest",
-                path: PathBuf::from(d.to_string()),
-                source,
-            })?;
-        Ok(buf)
+    // Stored blobs never change, so the size checked is the size read.
+    let bytes = blocking(digest, move || match store.stat(&d)? {
+        Some(size) if size > MAX_MANIFEST_BYTES as u64 => Ok(None),
+        _ => store.read(&d).map(Some),
     })
     .await?;
-    if bytes.len() > MAX_MANIFEST_BYTES {
+    let Some(bytes) = bytes else {
         return Err(PushError::ManifestTooLarge {
             digest: digest.clone(),
         });
-    }
+    };
     Ok(Bytes::from(bytes))
 }
 
@@ -853,11 +847,6 @@ fn remove_journal(path: Option<&PathBuf>) -> Result<(), PushError> {
             source,
         }),
     }
-}
-
-/// Whether a media type is one of the manifest kinds a push walks.
-pub fn is_manifest_media_type(media_type: &str) -> bool {
-    manifest::is_index(media_type) || manifest::is_image_manifest(media_type)
 }
 
 #[cfg(test)]

@@ -12,12 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
+use hoist_cache::content::{BlobStore, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST};
 use hoist_registry::oci_spec::image::{
     Arch, Descriptor, DescriptorBuilder, ImageIndexBuilder, MediaType, Os, PlatformBuilder,
 };
 use hoist_registry::{
-    BlobPush, BlobStore, Client, ClientConfig, Credential, DirStore, DockerConfig, Event, Platform,
-    PullError, PushError, PushOptions, Reference, RequestError, RetryPolicy,
+    BlobPush, Client, ClientConfig, Credential, DockerConfig, Event, Platform, PullError,
+    PushError, PushOptions, Reference, RequestError, RetryPolicy,
 };
 use support::*;
 
@@ -45,9 +46,9 @@ fn client_with(
         .with_observer(events.observer())
 }
 
-fn store() -> (tempfile::TempDir, Arc<DirStore>) {
+fn store() -> (tempfile::TempDir, Arc<BlobStore>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(DirStore::open(dir.path()).unwrap());
+    let store = Arc::new(BlobStore::new(dir.path()));
     (dir, store)
 }
 
@@ -272,9 +273,7 @@ async fn manifest_list_of_docker_manifests_selects_the_platform() {
     };
     let list = ImageIndexBuilder::default()
         .schema_version(2u32)
-        .media_type(MediaType::Other(
-            hoist_registry::DOCKER_MANIFEST_LIST.into(),
-        ))
+        .media_type(MediaType::Other(DOCKER_MANIFEST_LIST.into()))
         .manifests(vec![
             entry(&amd, Arch::Amd64, None),
             entry(&arm, Arch::ARM64, Some("v8")),
@@ -283,7 +282,7 @@ async fn manifest_list_of_docker_manifests_selects_the_platform() {
         .unwrap();
     let list = put_blob(
         &src,
-        MediaType::Other(hoist_registry::DOCKER_MANIFEST_LIST.into()),
+        MediaType::Other(DOCKER_MANIFEST_LIST.into()),
         serde_json::to_string(&list).unwrap().as_bytes(),
     );
     let events = Events::default();
@@ -298,19 +297,16 @@ async fn manifest_list_of_docker_manifests_selects_the_platform() {
     let arm64 = Platform::new("linux", "arm64", None);
     let resolved = c.resolve(&target, &arm64).await.unwrap();
     assert_eq!(&resolved.manifest.digest, arm.manifest.digest());
-    assert_eq!(
-        resolved.manifest.media_type,
-        hoist_registry::DOCKER_MANIFEST
-    );
+    assert_eq!(resolved.manifest.media_type, DOCKER_MANIFEST);
     assert_eq!(resolved.index.as_ref().unwrap().digest, *list.digest());
     assert_eq!(resolved.reference.digest(), Some(list.digest()));
     let amd64 = Platform::new("linux", "amd64", None);
     let (_d2, dst) = store();
     let pulled = c.pull(&target, &amd64, dst.clone()).await.unwrap();
     assert_eq!(&pulled.manifest.digest, amd.manifest.digest());
-    assert_eq!(dst.size(list.digest()).unwrap(), Some(list.size()));
+    assert_eq!(dst.stat(list.digest()).unwrap(), Some(list.size()));
     assert_eq!(
-        dst.size(arm.blobs[1].digest()).unwrap(),
+        dst.stat(arm.blobs[1].digest()).unwrap(),
         None,
         "other platform not pulled"
     );
@@ -326,7 +322,7 @@ async fn manifest_list_of_docker_manifests_selects_the_platform() {
     assert!(err.to_string().contains("linux/arm64/v8"), "{err}");
 
     let raw = skopeo_inspect(&format!("{}/hoist/multi:v1", registry.host()), true);
-    assert_eq!(raw["mediaType"], hoist_registry::DOCKER_MANIFEST_LIST);
+    assert_eq!(raw["mediaType"], DOCKER_MANIFEST_LIST);
     assert_eq!(raw["manifests"].as_array().unwrap().len(), 2);
 }
 
@@ -671,7 +667,7 @@ async fn blob_bytes_that_do_not_match_their_digest_are_rejected_both_ways() {
     let layer = image.blobs[1].clone();
     let mut bytes = read_blob(&src, layer.digest());
     bytes[100] ^= 0xff;
-    fs_err::write(src.blob_path(layer.digest()), &bytes).unwrap();
+    fs_err::write(src.blob_path(layer.digest()).unwrap(), &bytes).unwrap();
     let target = Reference::parse(&format!("{}/hoist/corrupt:v1", registry.host())).unwrap();
     let err = c
         .push(
@@ -716,11 +712,14 @@ async fn blob_bytes_that_do_not_match_their_digest_are_rejected_both_ways() {
         .pull(&target, &Platform::host(), dst.clone())
         .await
         .unwrap_err();
+    // The content store's own verdict, with the digest of the bytes that came.
+    let rotten = hoist_cache::content::sha256_of(&stored);
     assert!(
-        matches!(&err, PullError::BlobDigestMismatch { digest, .. } if digest == layer.digest()),
+        matches!(&err, PullError::BlobDigestMismatch { digest, actual, .. }
+            if digest == layer.digest() && *actual == rotten),
         "{err}"
     );
-    assert_eq!(dst.size(layer.digest()).unwrap(), None);
+    assert_eq!(dst.stat(layer.digest()).unwrap(), None);
     assert_eq!(
         fs_err::read_dir(dst_dir.path().join("ingest"))
             .unwrap()
@@ -728,6 +727,50 @@ async fn blob_bytes_that_do_not_match_their_digest_are_rejected_both_ways() {
         0,
         "no partial file left behind"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_lands_in_the_state_roots_content_store_where_the_image_store_reads_it() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let events = Events::default();
+    let c = client(&events, |_| {});
+    let (_d, src) = store();
+    let image = make_image(&src, 13, &[30_000, 40_000], "amd64", false);
+    let target = Reference::parse(&format!("{}/hoist/shared:v1", registry.host())).unwrap();
+    c.push(
+        &target,
+        &image.manifest,
+        src.clone(),
+        &PushOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    // The state root's own content store, passed to the client as it is: no adapter between.
+    let root = tempfile::tempdir().unwrap();
+    let images = hoist_cache::ImageStore::open(root.path()).unwrap();
+    let blobs = Arc::new(images.blobs().clone());
+    let resolved = c
+        .pull(&target, &Platform::host(), blobs.clone())
+        .await
+        .unwrap();
+    let manifest = resolved.manifest.descriptor();
+    assert_eq!(manifest.digest(), image.manifest.digest());
+    images.tag("shared", &manifest).unwrap();
+    let loaded =
+        hoist_cache::Image::load(images.blobs(), &images.resolve("shared").unwrap()).unwrap();
+    assert_eq!(loaded.manifest.layers(), &image.blobs[1..]);
+    assert_eq!(loaded.config.architecture().to_string(), "amd64");
+    for blob in &image.blobs {
+        assert_eq!(
+            fs_err::read(blobs.blob_path(blob.digest()).unwrap()).unwrap(),
+            read_blob(&src, blob.digest()),
+            "blob {} under the state root",
+            blob.digest()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hoist_cache::content::BlobStore;
 use hoist_registry::{
-    Awaited, Client, ClientConfig, DirStore, DockerConfig, Event, Platform, PullError, PushError,
+    Awaited, Client, ClientConfig, DockerConfig, Event, Platform, PullError, PushError,
     PushOptions, Reference, RequestError, RetryPolicy, Stall, Stalled,
 };
 use support::*;
@@ -39,9 +40,9 @@ fn client_with(events: &Events, connect_timeout: Duration, stall_timeout: Durati
         .with_observer(events.observer())
 }
 
-fn store() -> (tempfile::TempDir, Arc<DirStore>) {
+fn store() -> (tempfile::TempDir, Arc<BlobStore>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(DirStore::open(dir.path()).unwrap());
+    let store = Arc::new(BlobStore::new(dir.path()));
     (dir, store)
 }
 
@@ -190,7 +191,7 @@ async fn a_blob_whose_body_stops_midway_fails_naming_it_after_three_tries() {
     );
     assert_eq!(registry.count("GET", &format!("/blobs/{layer}")), 3);
     assert!(
-        !dst.blob_path(&layer).exists(),
+        !dst.has(&layer),
         "nothing is stored of a blob that never came whole"
     );
     let pending = events

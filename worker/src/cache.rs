@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use hoist_cache::index::{BlobRecord, CacheRecord, LayerRecord};
-use hoist_cache::oci_spec::image::{Descriptor, Digest, MediaType};
 
 use crate::{Layer, Output, State};
 use hoist_solver::graph::Vertex;
@@ -27,35 +26,31 @@ impl Cache<Output> for IndexCache {
         _vertex: &'a Vertex,
     ) -> BoxFuture<'a, Result<Option<Output>, BoxError>> {
         Box::pin(async move {
-            let Some(record) = self.state.index()?.get(&key.to_string())? else {
+            // A record the index refuses (see `IndexError::Decode`) is a miss: the step runs
+            // again and its record replaces the bad one. Failing the build instead would fail
+            // every build that reaches this step until the state root is wiped.
+            let record = match self.state.index()?.get(&key.to_string()) {
+                Err(e) if e.is_bad_record() => return Ok(None),
+                record => record?,
+            };
+            let Some(record) = record else {
                 return Ok(None);
             };
-            let mut chain = Vec::new();
+            let mut chain = Vec::with_capacity(record.layers.len());
             for layer in record.layers {
-                let Ok(diff_id) = layer.diff_id.parse::<Digest>() else {
-                    return Ok(None);
-                };
-                if self.state.snapshots.get(&diff_id).is_none() {
+                if self.state.snapshots.get(&layer.diff_id).is_none() {
                     return Ok(None);
                 }
                 // A pulled layer keeps its blob; a built one may have none yet.
                 let blob = match layer.blob {
                     None => None,
-                    Some(blob) => {
-                        let Ok(digest) = blob.digest.parse::<Digest>() else {
-                            return Ok(None);
-                        };
-                        if !self.state.blobs.has(&digest) {
-                            return Ok(None);
-                        }
-                        Some(Descriptor::new(
-                            MediaType::from(blob.media_type.as_str()),
-                            blob.size,
-                            digest,
-                        ))
-                    }
+                    Some(blob) if self.state.blobs.has(&blob.digest) => Some(blob.descriptor()),
+                    Some(_) => return Ok(None),
                 };
-                chain.push(Layer { diff_id, blob });
+                chain.push(Layer {
+                    diff_id: layer.diff_id,
+                    blob,
+                });
             }
             Ok(Some(Output::Chain(Arc::new(chain))))
         })
@@ -75,12 +70,8 @@ impl Cache<Output> for IndexCache {
                 layers: chain
                     .iter()
                     .map(|l| LayerRecord {
-                        diff_id: l.diff_id.to_string(),
-                        blob: l.blob.as_ref().map(|b| BlobRecord {
-                            digest: b.digest().to_string(),
-                            size: b.size(),
-                            media_type: b.media_type().to_string(),
-                        }),
+                        diff_id: l.diff_id.clone(),
+                        blob: l.blob.as_ref().map(BlobRecord::from),
                     })
                     .collect(),
                 took_ms: 0,

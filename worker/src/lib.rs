@@ -41,7 +41,6 @@ pub mod image;
 pub mod logs;
 pub mod source;
 pub mod state;
-pub mod store;
 pub mod worker;
 
 pub use cache::IndexCache;

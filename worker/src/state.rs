@@ -10,6 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hoist_cache::content::ContentStore;
 use hoist_cache::index::{BlobRecord, CacheIndex};
 use hoist_cache::oci_spec::image::{Descriptor, Digest, MediaType};
 use hoist_cache::scratch::{self, Reclaimed, ScratchArea};
@@ -20,7 +21,6 @@ use hoist_executor::{Executor, Rootfs, RunRequest};
 use hoist_solver::scheduler::BoxError;
 
 use crate::error::{WorkerError, io_err};
-use crate::store::StoreAdapter;
 
 /// `PATH` for a process whose image sets none (Docker's default).
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -124,10 +124,10 @@ impl State {
             .map_err(io_err("create a scratch dir in", base))
     }
 
-    /// The content store as the registry client sees it, for pulls and pushes.
+    /// The content store, handed to the registry client as it is for pulls and pushes.
     #[must_use]
-    pub fn registry_store(&self) -> Arc<dyn hoist_registry::BlobStore> {
-        Arc::new(StoreAdapter(self.blobs.clone()))
+    pub fn registry_store(&self) -> Arc<dyn ContentStore> {
+        Arc::new(self.blobs.clone())
     }
 
     /// The snapshot directories of `chain`, topmost first, as an overlay stacks them. A chain
@@ -377,12 +377,15 @@ impl State {
                 if let Some(blob) = &layer.blob {
                     return Ok(blob.clone());
                 }
-                let diff_id = layer.diff_id.to_string();
-                if let Some(known) = self.index()?.get_blob(&diff_id, media_type.as_ref())?
-                    && let Ok(digest) = known.digest.parse::<Digest>()
-                    && self.blobs.has(&digest)
+                // A bad record is made again, and replaced below.
+                let known = match self.index()?.get_blob(&layer.diff_id, &media_type) {
+                    Err(e) if e.is_bad_record() => None,
+                    known => known?,
+                };
+                if let Some(known) = known
+                    && self.blobs.has(&known.digest)
                 {
-                    return Ok(Descriptor::new(media_type.clone(), known.size, digest));
+                    return Ok(known.descriptor());
                 }
                 let dir = self.snapshots.get(&layer.diff_id).ok_or_else(|| {
                     WorkerError::SnapshotGone {
@@ -401,19 +404,10 @@ impl State {
                         now: digests.diff_id,
                     });
                 }
-                self.index()?.put_blob(
-                    &diff_id,
-                    &BlobRecord {
-                        digest: digests.digest.to_string(),
-                        size: digests.size,
-                        media_type: media_type.to_string(),
-                    },
-                )?;
-                Ok(Descriptor::new(
-                    media_type.clone(),
-                    digests.size,
-                    digests.digest,
-                ))
+                let made = Descriptor::new(media_type.clone(), digests.size, digests.digest);
+                self.index()?
+                    .put_blob(&layer.diff_id, &BlobRecord::from(&made))?;
+                Ok(made)
             })
             .collect()
     }

@@ -1,5 +1,5 @@
 //! Test support: a real CNCF distribution registry on a loopback port, a small token issuer for
-//! the registry's token auth, a fault-injecting TCP proxy, and images built in a `DirStore`.
+//! the registry's token auth, a fault-injecting TCP proxy, and images built in the content store (`hoist_cache::BlobStore`).
 // Test support, not library code: a panic here is a test failure. Not every test binary uses
 // every helper.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use hoist_cache::content::{BlobStore, DOCKER_MANIFEST, sha256_of};
 use hoist_registry::oci_spec::image::{
     Descriptor, DescriptorBuilder, Digest, ImageConfigurationBuilder, ImageManifestBuilder,
     MediaType, RootFsBuilder,
 };
-use hoist_registry::{BlobStore, BlobWriter, DirStore, sha256_digest};
 
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
@@ -200,9 +200,9 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Writes bytes into a store and returns their descriptor.
-pub fn put_blob(store: &DirStore, media_type: MediaType, bytes: &[u8]) -> Descriptor {
-    let digest = sha256_digest(bytes);
-    let mut w: Box<dyn BlobWriter> = store.writer(&digest, Some(bytes.len() as u64)).unwrap();
+pub fn put_blob(store: &BlobStore, media_type: MediaType, bytes: &[u8]) -> Descriptor {
+    let digest = sha256_of(bytes);
+    let mut w = store.writer(&digest, Some(bytes.len() as u64)).unwrap();
     w.write_all(bytes).unwrap();
     w.commit().unwrap();
     DescriptorBuilder::default()
@@ -222,7 +222,7 @@ pub struct TestImage {
 /// Builds an OCI image (or a Docker schema 2 one) with layers of the given sizes. Layer bytes
 /// are random, which the registry does not mind; the config names matching diff IDs.
 pub fn make_image(
-    store: &DirStore,
+    store: &BlobStore,
     seed: u64,
     layer_sizes: &[usize],
     arch: &str,
@@ -232,7 +232,7 @@ pub fn make_image(
         (
             MediaType::Other("application/vnd.docker.image.rootfs.diff.tar.gzip".into()),
             MediaType::Other("application/vnd.docker.container.image.v1+json".into()),
-            MediaType::Other(hoist_registry::DOCKER_MANIFEST.into()),
+            MediaType::Other(DOCKER_MANIFEST.into()),
         )
     } else {
         (
@@ -291,8 +291,8 @@ pub fn make_image(
     TestImage { manifest, blobs }
 }
 
-pub fn read_blob(store: &DirStore, digest: &Digest) -> Vec<u8> {
-    fs_err::read(store.blob_path(digest)).unwrap()
+pub fn read_blob(store: &BlobStore, digest: &Digest) -> Vec<u8> {
+    store.read(digest).unwrap()
 }
 
 /// Collects the events a client reports.
@@ -709,7 +709,7 @@ pub struct ScriptedRegistry {
 }
 
 struct Script {
-    store: Arc<DirStore>,
+    store: Arc<BlobStore>,
     manifest: Descriptor,
     serve: Vec<(Digest, Serve)>,
     requests: Arc<std::sync::Mutex<Vec<String>>>,
@@ -717,7 +717,7 @@ struct Script {
 
 impl ScriptedRegistry {
     pub async fn start(
-        store: Arc<DirStore>,
+        store: Arc<BlobStore>,
         manifest: Descriptor,
         serve: Vec<(Digest, Serve)>,
     ) -> Self {
@@ -828,7 +828,7 @@ async fn serve_scripted(sock: tokio::net::TcpStream, script: Arc<Script>) -> std
                     }
                 }
             }
-            let status = if sha256_digest(&body).as_ref() == digest {
+            let status = if sha256_of(&body).as_ref() == digest {
                 "201 Created"
             } else {
                 "400 Bad Request"
@@ -848,7 +848,7 @@ async fn serve_scripted(sock: tokio::net::TcpStream, script: Arc<Script>) -> std
             reader.get_mut().write_all(reply.as_bytes()).await?;
             continue;
         } else if method == "PUT" && path.contains("/manifests/") {
-            let digest = sha256_digest(&body);
+            let digest = sha256_of(&body);
             let reply = format!(
                 "HTTP/1.1 201 Created\r\ndocker-content-digest: {digest}\r\ncontent-length: 0\r\n\r\n"
             );
@@ -859,7 +859,7 @@ async fn serve_scripted(sock: tokio::net::TcpStream, script: Arc<Script>) -> std
             ("200 OK", bytes, serve_of(script.manifest.digest().as_ref()))
         } else if let Some((_, digest)) = path.split_once("/blobs/") {
             match digest.parse::<Digest>() {
-                Ok(d) if script.store.blob_path(&d).exists() => {
+                Ok(d) if script.store.has(&d) => {
                     if method == "HEAD" {
                         ("404 Not Found", Vec::new(), Serve::Whole)
                     } else {
