@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use hoist_parser::Span;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
@@ -110,7 +111,9 @@ pub struct Vertex {
 /// A DAG of vertices in which every digest appears once.
 #[derive(Debug, Default)]
 pub struct Graph {
-    graph: StableDiGraph<Vertex, ()>,
+    /// Shared, so that a solve holds the vertices it runs without copying their ops (which may
+    /// carry a RUN script or a heredoc file of many megabytes).
+    graph: StableDiGraph<Arc<Vertex>, ()>,
     by_digest: HashMap<VertexDigest, VertexId>,
 }
 
@@ -134,13 +137,13 @@ impl Graph {
         if let Some(&id) = self.by_digest.get(&digest) {
             return id;
         }
-        let id = VertexId(self.graph.add_node(Vertex {
+        let id = VertexId(self.graph.add_node(Arc::new(Vertex {
             op,
             inputs: inputs.clone(),
             digest,
             name: name.into(),
             location,
-        }));
+        })));
         for input in inputs {
             self.graph.add_edge(input.0, id.0, ());
         }
@@ -153,8 +156,21 @@ impl Graph {
     /// # Panics
     /// If the handle belongs to another graph: handles are only made by [`Graph::add`].
     #[must_use]
-    #[allow(clippy::expect_used)] // a foreign handle is a programming error, not input
     pub fn vertex(&self, id: VertexId) -> &Vertex {
+        self.shared_ref(id)
+    }
+
+    /// The vertex behind a handle, shared.
+    ///
+    /// # Panics
+    /// As [`Graph::vertex`].
+    #[must_use]
+    pub fn shared(&self, id: VertexId) -> Arc<Vertex> {
+        Arc::clone(self.shared_ref(id))
+    }
+
+    #[allow(clippy::expect_used)] // a foreign handle is a programming error, not input
+    fn shared_ref(&self, id: VertexId) -> &Arc<Vertex> {
         self.graph
             .node_weight(id.0)
             .expect("vertex handle from this graph")

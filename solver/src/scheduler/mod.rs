@@ -451,7 +451,7 @@ fn nodes_of(graph: &Graph, roots: &[VertexId]) -> (Vec<Node>, Vec<usize>) {
         .map(|&id| {
             let vertex = graph.vertex(id);
             Node {
-                vertex: Arc::new(vertex.clone()),
+                vertex: graph.shared(id),
                 info: Arc::new(VertexInfo {
                     id: id.index(),
                     name: vertex.name.clone(),
