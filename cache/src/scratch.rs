@@ -7,14 +7,18 @@
 //! so what is left in an area of a dead process is debris, as large as the layer or blob it
 //! was writing.
 //!
-//! Beside the area, `tmp/proc-<id>.lock` is locked with `flock` by its owner for as long as it
-//! lives; the kernel drops the lock when the process ends, however it ends, and so a lock that
-//! another process can take marks an area as debris. Pid and start time would tell the same,
-//! but a lock also holds for a process in another pid namespace (a second container on a
-//! shared state root). The lock file is made under a temporary name, locked, and only then
-//! renamed into place, so nobody ever sees an unlocked lock file of a live process.
+//! The area is its own lock: its owner holds an `flock` on the directory for as long as it
+//! lives, and the kernel drops the lock when the process ends, however it ends; an area that
+//! another process can lock is debris. (Pid and start time would tell the same, but a lock also
+//! holds for a process in another pid namespace, such as a second container on a shared state
+//! root.) The directory is made under a temporary name, locked, and only then renamed into
+//! place, so nobody ever sees an unlocked area of a live process. It is made on first use: a
+//! fully cached build writes nothing and makes no area, since every new inode costs about a
+//! millisecond on some filesystems (journal-less ext4 after many deletions).
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use rustix::fs::{FlockOperation, flock};
 
@@ -42,86 +46,128 @@ fn io_err<'p>(
 }
 
 const PREFIX: &str = "proc-";
-const LOCK_SUFFIX: &str = ".lock";
-/// The name a lock file has from its creation until it is locked.
+/// The name an area has from its creation until it is locked.
 const NEW_PREFIX: &str = ".new-";
 
-/// This process's scratch area; the area is this process's for as long as the value lives.
+/// Opens a directory, for its lock.
+fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Whether another process holds the lock of the directory at `path`; when not, returns it
+/// locked (by us).
+fn lock_if_free(path: &Path) -> Option<OwnedFd> {
+    let fd = open_dir(path).ok()?;
+    flock(&fd, FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(fd)
+}
+
+/// A made area: its path and the descriptor that holds its lock.
+#[derive(Debug)]
+struct Made {
+    dir: PathBuf,
+    lock: Option<OwnedFd>,
+}
+
+/// This process's scratch area: made on first use, its for as long as the value lives, and
+/// removed when it drops.
 #[derive(Debug)]
 pub struct ScratchArea {
-    dir: PathBuf,
-    /// Holds the flock; `None` only where a test makes the area look abandoned.
-    lock: Option<std::fs::File>,
+    tmp: PathBuf,
+    made: OnceLock<Made>,
+    making: std::sync::Mutex<()>,
 }
 
 impl ScratchArea {
-    /// Makes a new area under `tmp` (the state root's `tmp/`, created if missing).
+    /// An area under `tmp` (the state root's `tmp/`), not made yet.
+    #[must_use]
+    pub fn new(tmp: &Path) -> Self {
+        Self {
+            tmp: tmp.to_path_buf(),
+            made: OnceLock::new(),
+            making: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// The area, made now if it is not yet: make temp files and directories here.
     ///
     /// # Errors
-    /// The directory, the lock file or the lock cannot be made.
-    pub fn create(tmp: &Path) -> Result<Self, ScratchError> {
+    /// The directory cannot be made or locked.
+    pub fn dir(&self) -> Result<&Path, ScratchError> {
+        if let Some(made) = self.made.get() {
+            return Ok(&made.dir);
+        }
+        let _making = self
+            .making
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(made) = self.made.get() {
+            return Ok(&made.dir);
+        }
+        let made = self.make()?;
+        Ok(&self.made.get_or_init(|| made).dir)
+    }
+
+    fn make(&self) -> Result<Made, ScratchError> {
+        let tmp = &self.tmp;
         fs_err::create_dir_all(tmp).map_err(io_err("create", tmp))?;
         loop {
             let new = tempfile::Builder::new()
                 .prefix(NEW_PREFIX)
-                .tempfile_in(tmp)
-                .map_err(io_err("create a lock file in", tmp))?;
-            flock(new.as_file(), FlockOperation::LockExclusive)
-                .map_err(|e| io_err("lock", new.path())(e.into()))?;
+                .tempdir_in(tmp)
+                .map_err(io_err("create a scratch area in", tmp))?
+                .keep();
+            let lock = open_dir(&new).map_err(io_err("open", &new))?;
+            flock(&lock, FlockOperation::LockExclusive)
+                .map_err(|e| io_err("lock", &new)(e.into()))?;
             let id = new
-                .path()
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_prefix(NEW_PREFIX))
                 .unwrap_or_default()
                 .to_owned();
-            let name = format!("{PREFIX}{id}");
-            let lock_path = tmp.join(format!("{name}{LOCK_SUFFIX}"));
-            let (file, new_path) = new.keep().map_err(|e| io_err("keep", tmp)(e.error))?;
+            let dir = tmp.join(format!("{PREFIX}{id}"));
             match rustix::fs::renameat_with(
                 rustix::fs::CWD,
-                &new_path,
+                &new,
                 rustix::fs::CWD,
-                &lock_path,
+                &dir,
                 rustix::fs::RenameFlags::NOREPLACE,
             ) {
-                Ok(()) => {}
-                // A reclaimer took the new file for debris before it was locked (it was
+                Ok(()) => {
+                    // Directories made in it spread over the filesystem (see
+                    // `spread_directories`); best effort.
+                    let _ = crate::spread_directories(&dir);
+                    return Ok(Made {
+                        dir,
+                        lock: Some(lock),
+                    });
+                }
+                // A reclaimer took the new directory for debris before it was locked (it was
                 // removed), or the name is taken: start over with another.
                 Err(e) if e == rustix::io::Errno::NOENT || e == rustix::io::Errno::EXIST => {
-                    let _ = fs_err::remove_file(&new_path);
-                    continue;
+                    let _ = fs_err::remove_dir(&new);
                 }
-                Err(e) => return Err(io_err("rename into place", &lock_path)(e.into())),
+                Err(e) => return Err(io_err("rename into place", &dir)(e.into())),
             }
-            let dir = tmp.join(&name);
-            fs_err::create_dir(&dir).map_err(io_err("create", &dir))?;
-            return Ok(Self {
-                dir,
-                lock: Some(file),
-            });
         }
-    }
-
-    /// The area: make temp files and directories here.
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
 impl Drop for ScratchArea {
     /// A process that ends normally leaves nothing: whatever its builds did not finish goes
-    /// with the area, and the lock file after it (while still locked, so no reclaimer is
-    /// misled).
+    /// with the area, removed while still locked, so no reclaimer is misled.
     fn drop(&mut self) {
-        if self.lock.is_none() {
-            return;
+        if let Some(made) = self.made.get_mut()
+            && made.lock.is_some()
+        {
+            let _ = fs_err::remove_dir_all(&made.dir);
         }
-        let _ = fs_err::remove_dir_all(&self.dir);
-        let mut lock = self.dir.clone().into_os_string();
-        lock.push(LOCK_SUFFIX);
-        let _ = fs_err::remove_file(PathBuf::from(lock));
     }
 }
 
@@ -145,54 +191,27 @@ pub fn reclaim_stale(tmp: &Path) -> Result<Reclaimed, ScratchError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(reclaimed),
         Err(e) => return Err(io_err("list", tmp)(e)),
     };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    for name in &names {
-        let path = tmp.join(name);
-        if let Some(id) = name
-            .strip_prefix(PREFIX)
-            .and_then(|n| n.strip_suffix(LOCK_SUFFIX))
-        {
-            // Taking the lock proves the owner gone; holding it while removing keeps a
-            // second reclaimer off the same area.
-            let Ok(lock) = fs_err::File::open(&path) else {
-                continue;
-            };
-            if flock(lock.file(), FlockOperation::NonBlockingLockExclusive).is_err() {
-                continue;
-            }
-            let area = tmp.join(format!("{PREFIX}{id}"));
-            reclaimed.bytes += remove_tree(&area)?;
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let area = name.starts_with(PREFIX);
+        if !area && !name.starts_with(NEW_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        // Taking the lock proves the owner gone (a new area is locked by its maker at once);
+        // holding it while removing keeps a second reclaimer off the same area.
+        let Some(_lock) = lock_if_free(&path) else {
+            continue;
+        };
+        let bytes = remove_tree(&path)?;
+        if area {
+            reclaimed.bytes += bytes;
             reclaimed.areas += 1;
-            remove_if_present(&path)?;
-        } else if name.starts_with(PREFIX) {
-            // An area without its lock file: the lock is always in place before the area is
-            // made, and removed only after it, so its owner is gone.
-            if !names.contains(&format!("{name}{LOCK_SUFFIX}")) {
-                reclaimed.bytes += remove_tree(&path)?;
-                reclaimed.areas += 1;
-            }
-        } else if name.starts_with(NEW_PREFIX) {
-            // A lock file that was never renamed into place: its creator locks it at once,
-            // so one that can be locked belongs to nobody.
-            let Ok(lock) = fs_err::File::open(&path) else {
-                continue;
-            };
-            if flock(lock.file(), FlockOperation::NonBlockingLockExclusive).is_ok() {
-                remove_if_present(&path)?;
-            }
         }
     }
     Ok(reclaimed)
-}
-
-fn remove_if_present(path: &Path) -> Result<(), ScratchError> {
-    match fs_err::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
-        _ => Ok(()),
-    }
 }
 
 /// Removes `dir` and everything under it; returns the bytes its files held.
@@ -230,20 +249,35 @@ mod tests {
         names
     }
 
+    /// The area's process dies: its lock goes, its files stay.
+    fn abandon(area: ScratchArea) {
+        let mut area = area;
+        if let Some(made) = area.made.get_mut() {
+            made.lock = None;
+        }
+    }
+
     #[test]
-    fn a_live_area_is_kept_and_a_dropped_one_is_reclaimed_with_its_bytes() {
+    fn an_area_is_made_on_first_use_only() {
         let tmp = tempfile::tempdir().unwrap();
-        let live = ScratchArea::create(tmp.path()).unwrap();
-        fs_err::write(live.dir().join("blob-1"), vec![0u8; 1000]).unwrap();
-        let dead = ScratchArea::create(tmp.path()).unwrap();
-        let dead_dir = dead.dir().to_path_buf();
+        let area = ScratchArea::new(tmp.path());
+        assert!(names(tmp.path()).is_empty());
+        let dir = area.dir().unwrap().to_path_buf();
+        assert_eq!(area.dir().unwrap(), dir);
+        assert_eq!(names(tmp.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_live_area_is_kept_and_a_dead_one_is_reclaimed_with_its_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let live = ScratchArea::new(tmp.path());
+        fs_err::write(live.dir().unwrap().join("blob-1"), vec![0u8; 1000]).unwrap();
+        let dead = ScratchArea::new(tmp.path());
+        let dead_dir = dead.dir().unwrap().to_path_buf();
         fs_err::create_dir_all(dead_dir.join("work-1/upper")).unwrap();
         fs_err::write(dead_dir.join("work-1/upper/big"), vec![0u8; 5000]).unwrap();
-        // Its process dies: the lock goes, the files stay.
-        let mut dead = dead;
-        dead.lock = None;
-        drop(dead);
-        assert_eq!(names(tmp.path()).len(), 4);
+        abandon(dead);
+        assert_eq!(names(tmp.path()).len(), 2);
 
         let reclaimed = reclaim_stale(tmp.path()).unwrap();
         assert_eq!(
@@ -254,8 +288,8 @@ mod tests {
             }
         );
         assert!(!dead_dir.exists());
-        assert!(live.dir().join("blob-1").exists());
-        assert_eq!(names(tmp.path()).len(), 2);
+        assert!(live.dir().unwrap().join("blob-1").exists());
+        assert_eq!(names(tmp.path()).len(), 1);
         // Nothing more to do while the live one lives.
         assert_eq!(reclaim_stale(tmp.path()).unwrap(), Reclaimed::default());
     }
@@ -263,22 +297,20 @@ mod tests {
     #[test]
     fn an_area_dropped_at_a_normal_exit_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let area = ScratchArea::create(tmp.path()).unwrap();
-        fs_err::create_dir_all(area.dir().join("work-1")).unwrap();
+        let area = ScratchArea::new(tmp.path());
+        fs_err::create_dir_all(area.dir().unwrap().join("work-1")).unwrap();
         drop(area);
         assert!(names(tmp.path()).is_empty());
     }
 
     #[test]
-    fn orphans_without_a_lock_and_unlocked_new_files_are_debris() {
+    fn an_unlocked_new_area_is_debris() {
         let tmp = tempfile::tempdir().unwrap();
-        fs_err::create_dir_all(tmp.path().join("proc-orphan/x")).unwrap();
-        fs_err::write(tmp.path().join(".new-abc"), "").unwrap();
-        let live = ScratchArea::create(tmp.path()).unwrap();
-        let reclaimed = reclaim_stale(tmp.path()).unwrap();
-        assert_eq!(reclaimed.areas, 1);
-        let left = names(tmp.path());
-        let own = live.dir().file_name().unwrap().to_str().unwrap().to_owned();
-        assert_eq!(left, vec![own.clone(), format!("{own}.lock")]);
+        fs_err::create_dir_all(tmp.path().join(".new-abc/x")).unwrap();
+        let live = ScratchArea::new(tmp.path());
+        let own = live.dir().unwrap().file_name().unwrap().to_owned();
+        // A new area whose maker died before locking it is removed, but is no area's debris.
+        assert_eq!(reclaim_stale(tmp.path()).unwrap().areas, 0);
+        assert_eq!(names(tmp.path()), vec![own.into_string().unwrap()]);
     }
 }

@@ -88,9 +88,9 @@ pub fn spread_directories(dir: &Path) -> std::io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
     root: PathBuf,
-    /// Where snapshots are unpacked until their diffID checked out: beside them unless a
-    /// process's scratch area was given ([`SnapshotStore::with_scratch`]).
-    scratch: Option<PathBuf>,
+    /// Where snapshots are unpacked until their diffID checked out: the process's scratch area
+    /// when one was given ([`SnapshotStore::with_scratch`]), else beside them.
+    scratch: Option<std::sync::Arc<crate::scratch::ScratchArea>>,
 }
 
 impl SnapshotStore {
@@ -103,11 +103,11 @@ impl SnapshotStore {
         }
     }
 
-    /// The same store, unpacking into `dir`, a [`crate::scratch::ScratchArea`] on the same
-    /// filesystem, so that an unpack cut short by a killed process is reclaimed with it.
+    /// The same store, unpacking into `area` (on the same filesystem), so that an unpack cut
+    /// short by a killed process is reclaimed with it.
     #[must_use]
-    pub fn with_scratch(mut self, dir: &Path) -> Self {
-        self.scratch = Some(dir.to_path_buf());
+    pub fn with_scratch(mut self, area: std::sync::Arc<crate::scratch::ScratchArea>) -> Self {
+        self.scratch = Some(area);
         self
     }
 
@@ -172,13 +172,20 @@ impl SnapshotStore {
             path: parent.clone(),
             source,
         })?;
-        let scratch = self.scratch.as_ref().unwrap_or(&parent);
+        let scratch = match &self.scratch {
+            Some(area) => area.dir().map_err(|e| SnapshotError::Io {
+                op: "make the scratch area for",
+                path: dest.clone(),
+                source: std::io::Error::other(e),
+            })?,
+            None => &parent,
+        };
         let tmp = tempfile::Builder::new()
             .prefix(".unpack-")
             .tempdir_in(scratch)
             .map_err(|source| SnapshotError::Io {
                 op: "create temp dir in",
-                path: scratch.clone(),
+                path: scratch.to_path_buf(),
                 source,
             })?;
         let blob = blobs.open(layer.digest())?;

@@ -16,6 +16,9 @@ use crate::digest::sha256_digest;
 /// Errors of the content store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The process's scratch area could not be made.
+    #[error(transparent)]
+    Scratch(#[from] crate::scratch::ScratchError),
     /// Only sha256 content addresses are stored.
     #[error("unsupported digest algorithm in {digest}: only sha256 is stored")]
     UnsupportedAlgorithm {
@@ -112,28 +115,26 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
-    /// Where blobs are written until they are complete: `<root>/ingest` unless a process's
-    /// scratch area was given ([`BlobStore::with_scratch`]).
-    ingest: PathBuf,
+    /// Where blobs are written until they are complete: the process's scratch area when one
+    /// was given ([`BlobStore::with_scratch`]), else `<root>/ingest`.
+    scratch: Option<std::sync::Arc<crate::scratch::ScratchArea>>,
 }
 
 impl BlobStore {
     /// A store rooted at `root`; directories are created on first write.
     #[must_use]
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        let root = root.into();
         Self {
-            ingest: root.join("ingest"),
-            root,
+            root: root.into(),
+            scratch: None,
         }
     }
 
-    /// The same store, writing unfinished blobs into `dir`, a [`crate::scratch::ScratchArea`]
-    /// on the same filesystem, so that a blob left half-written by a killed process is
-    /// reclaimed with that area.
+    /// The same store, writing unfinished blobs into `area` (on the same filesystem), so that
+    /// a blob left half-written by a killed process is reclaimed with that area.
     #[must_use]
-    pub fn with_scratch(mut self, dir: &Path) -> Self {
-        self.ingest = dir.to_path_buf();
+    pub fn with_scratch(mut self, area: std::sync::Arc<crate::scratch::ScratchArea>) -> Self {
+        self.scratch = Some(area);
         self
     }
 
@@ -263,7 +264,11 @@ impl BlobStore {
         expected: Option<Digest>,
         expected_size: Option<u64>,
     ) -> Result<BlobWriter, StoreError> {
-        let dir = &self.ingest;
+        let dir = match &self.scratch {
+            Some(area) => area.dir()?.to_path_buf(),
+            None => self.root.join("ingest"),
+        };
+        let dir = &dir;
         fs_err::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.clone(),
             source,

@@ -5,11 +5,14 @@
 //! only so much, and BuildKit cuts a step's log at 2 MiB and throttles it. Here each build's
 //! output is written as it arrives, unthrottled and whole:
 //!
-//! - `logs/<build>/steps`: one line per change of a step, `number<TAB>status<TAB>name`
+//! - `logs/<build>.steps`: one line per change of a step, `number<TAB>status<TAB>name`
 //!   (status `started`, `cached`, `done`, `error`, `canceled`; the name, with newlines as `\n`,
 //!   on the lines that first show the step);
-//! - `logs/<build>/<number>.log`: the step's output, byte for byte, both streams as they came;
-//! - `logs/last`: the id of the newest build.
+//! - `logs/<build>.<number>.log`: the step's output, byte for byte, both streams as they came.
+//!
+//! The newest build is the one whose steps file changed last. A build makes one file, and one
+//! more per step that prints: a new inode costs about a millisecond on some filesystems
+//! (journal-less ext4 after many deletions), which a cached build would feel.
 //!
 //! Step numbers are those the progress output shows (`#4`), given by
 //! [`hoist_solver::progress::StepNumbers`]. The logs of the newest [`KEEP_BUILDS`] builds are
@@ -37,7 +40,7 @@ pub enum LogError {
     },
     #[error("no build has run on the state root {root} yet")]
     NoBuild { root: PathBuf },
-    #[error("no build {build} in {dir}: the ids of the kept builds are its subdirectories")]
+    #[error("no build {build} in {dir}: the kept builds are its *.steps files")]
     UnknownBuild { build: String, dir: PathBuf },
     #[error("build {build} has no step #{step}: its steps are #1 to #{last}")]
     UnknownStep {
@@ -98,23 +101,44 @@ impl LogStore {
     /// The newest build's id.
     ///
     /// # Errors
-    /// No build has run, or `logs/last` cannot be read.
+    /// No build has run, or the logs cannot be listed.
     pub fn last(&self) -> Result<String, LogError> {
-        let path = self.dir.join("last");
-        match fs_err::read_to_string(&path) {
-            Ok(id) => Ok(id.trim().to_owned()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LogError::NoBuild {
-                root: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
-            }),
-            Err(e) => Err(io_err("read", &path)(e)),
-        }
+        let no_build = || LogError::NoBuild {
+            root: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+        };
+        let builds = match self.builds() {
+            Ok(builds) => builds,
+            Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Err(no_build());
+            }
+            Err(e) => return Err(e),
+        };
+        builds
+            .into_iter()
+            .max_by_key(|(modified, _)| *modified)
+            .map(|(_, build)| build)
+            .ok_or_else(no_build)
     }
 
-    fn build_dir(&self, build: &str) -> Result<PathBuf, LogError> {
-        let dir = self.dir.join(build);
+    /// Every kept build, with when its steps file last changed.
+    fn builds(&self) -> Result<Vec<(std::time::SystemTime, String)>, LogError> {
+        let entries = fs_err::read_dir(&self.dir).map_err(io_err("list", &self.dir))?;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let build = name.strip_suffix(".steps")?.to_owned();
+                Some((e.metadata().ok()?.modified().ok()?, build))
+            })
+            .collect())
+    }
+
+    /// The steps file of `build`.
+    fn steps_path(&self, build: &str) -> Result<PathBuf, LogError> {
+        let path = self.dir.join(format!("{build}.steps"));
         let plain = !build.is_empty() && build.bytes().all(|b| b.is_ascii_alphanumeric());
-        if plain && dir.join("steps").is_file() {
-            Ok(dir)
+        if plain && path.is_file() {
+            Ok(path)
         } else {
             Err(LogError::UnknownBuild {
                 build: build.to_owned(),
@@ -128,7 +152,7 @@ impl LogStore {
     /// # Errors
     /// An unknown build, or a file that cannot be read.
     pub fn steps(&self, build: &str) -> Result<Vec<StepRecord>, LogError> {
-        let path = self.build_dir(build)?.join("steps");
+        let path = self.steps_path(build)?;
         let text = fs_err::read_to_string(&path).map_err(io_err("read", &path))?;
         let mut steps: Vec<StepRecord> = Vec::new();
         for line in text.lines() {
@@ -163,7 +187,6 @@ impl LogStore {
     /// # Errors
     /// An unknown build or step, or a file that cannot be opened.
     pub fn open_step(&self, build: &str, step: usize) -> Result<Box<dyn io::Read>, LogError> {
-        let dir = self.build_dir(build)?;
         let steps = self.steps(build)?;
         if !steps.iter().any(|s| s.number == step) {
             return Err(LogError::UnknownStep {
@@ -172,7 +195,7 @@ impl LogStore {
                 last: steps.last().map_or(0, |s| s.number),
             });
         }
-        let path = dir.join(format!("{step}.log"));
+        let path = self.dir.join(format!("{build}.{step}.log"));
         match fs_err::File::open(&path) {
             Ok(file) => Ok(Box::new(file)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Box::new(io::empty())),
@@ -189,50 +212,50 @@ impl LogStore {
         fs_err::create_dir_all(&self.dir).map_err(io_err("create", &self.dir))?;
         self.prune();
         let build = new_build_id();
-        let dir = self.dir.join(&build);
-        fs_err::create_dir(&dir).map_err(io_err("create", &dir))?;
-        let steps_path = dir.join("steps");
+        let steps_path = self.dir.join(format!("{build}.steps"));
         let steps = fs_err::File::create(&steps_path).map_err(io_err("create", &steps_path))?;
-        // `last` is replaced whole, so a reader never sees half an id.
-        let last = self.dir.join("last");
-        let tmp = self.dir.join(format!(".last-{build}"));
-        fs_err::write(&tmp, format!("{build}\n")).map_err(io_err("write", &tmp))?;
-        fs_err::rename(&tmp, &last).map_err(io_err("rename onto", &last))?;
         Ok(BuildLog {
-            build,
             forward,
             inner: Mutex::new(Inner {
-                dir,
+                dir: self.dir.clone(),
+                build: build.clone(),
                 numbers: StepNumbers::default(),
                 steps: BufWriter::new(steps.into()),
                 outputs: HashMap::new(),
                 failed: None,
             }),
+            build,
         })
     }
 
     /// Removes the oldest builds' logs so that [`KEEP_BUILDS`] minus one remain.
     fn prune(&self) {
-        let Ok(entries) = fs_err::read_dir(&self.dir) else {
+        let Ok(mut builds) = self.builds() else {
             return;
         };
-        let mut builds: Vec<(std::time::SystemTime, PathBuf)> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .collect();
         if builds.len() < KEEP_BUILDS {
             return;
         }
         builds.sort();
-        for (_, dir) in &builds[..=builds.len() - KEEP_BUILDS] {
-            let _ = fs_err::remove_dir_all(dir);
+        let old: Vec<String> = builds[..=builds.len() - KEEP_BUILDS]
+            .iter()
+            .map(|(_, build)| format!("{build}."))
+            .collect();
+        let Ok(entries) = fs_err::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if old.iter().any(|prefix| name.starts_with(prefix)) {
+                let _ = fs_err::remove_file(entry.path());
+            }
         }
     }
 }
 
 struct Inner {
     dir: PathBuf,
+    build: String,
     numbers: StepNumbers,
     steps: BufWriter<std::fs::File>,
     /// Each step's open output file.
@@ -297,7 +320,7 @@ impl Inner {
                 let out = match self.outputs.entry(number) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
-                        let path = self.dir.join(format!("{number}.log"));
+                        let path = self.dir.join(format!("{}.{number}.log", self.build));
                         e.insert(BufWriter::with_capacity(
                             64 * 1024,
                             fs_err::File::create(&path)?.into(),
@@ -333,7 +356,7 @@ impl ProgressSink for BuildLog {
             if inner.failed.is_none()
                 && let Err(e) = inner.record(&event)
             {
-                inner.failed = Some(format!("{}: {e}", inner.dir.display()));
+                inner.failed = Some(format!("{}/{}: {e}", inner.dir.display(), inner.build));
             }
         }
         self.forward.event(event);

@@ -63,7 +63,7 @@ pub struct State {
     index: std::sync::OnceLock<CacheIndex>,
     index_opening: std::sync::Mutex<()>,
     /// This process's scratch area: unfinished step trees, blobs and snapshots.
-    scratch: ScratchArea,
+    scratch: Arc<ScratchArea>,
     /// What opening the state reclaimed from processes that died mid-work.
     pub reclaimed: Reclaimed,
 }
@@ -79,13 +79,12 @@ impl State {
         // New snapshots and scratch trees spread over the filesystem (see spread_directories).
         hoist_cache::spread_directories(&tmp)?;
         let reclaimed = scratch::reclaim_stale(&tmp)?;
-        let scratch = ScratchArea::create(&tmp)?;
-        hoist_cache::spread_directories(scratch.dir())?;
-        let snapshots = SnapshotStore::new(root).with_scratch(scratch.dir());
+        let scratch = Arc::new(ScratchArea::new(&tmp));
+        let snapshots = SnapshotStore::new(root).with_scratch(Arc::clone(&scratch));
         hoist_cache::spread_directories(&snapshots.dir())?;
         Ok(Self {
             root: root.to_path_buf(),
-            blobs: BlobStore::new(root).with_scratch(scratch.dir()),
+            blobs: BlobStore::new(root).with_scratch(Arc::clone(&scratch)),
             snapshots,
             index: std::sync::OnceLock::new(),
             index_opening: std::sync::Mutex::new(()),
@@ -117,7 +116,10 @@ impl State {
     /// A new private scratch directory on the state's filesystem (so it can be renamed into
     /// a snapshot), removed when the guard drops unless it was kept.
     pub(crate) fn scratch(&self) -> Result<tempfile::TempDir, WorkerError> {
-        let base = self.scratch.dir();
+        let base = self
+            .scratch
+            .dir()
+            .map_err(|e| io_err("make the scratch area under", &self.root)(io::Error::other(e)))?;
         tempfile::Builder::new()
             .prefix("work-")
             .tempdir_in(base)
