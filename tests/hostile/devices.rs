@@ -5,16 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::runtimes;
 use crate::support::{LoopDevice, Project, Registry};
-
-/// The OCI runtimes a case runs under: hoist's own, and runc.
-fn runtimes() -> [&'static str; 2] {
-    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("runc is missing: apt-get install runc");
-    ["builtin", runc]
-}
 
 /// A shell script that tries to read the first bytes of `node` and to overwrite them, and
 /// records both outcomes in /probe (the RUN itself succeeds either way).

@@ -15,3 +15,12 @@ mod files;
 mod network;
 mod registry;
 mod scale;
+
+/// The OCI runtimes a security case runs under: hoist's own, and runc (`--runtime`).
+fn runtimes() -> [&'static str; 2] {
+    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("runc is missing: apt-get install runc");
+    ["builtin", runc]
+}

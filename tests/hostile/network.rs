@@ -5,10 +5,10 @@
 
 use std::io::Write as _;
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::runtimes;
 use crate::support::Project;
 
 /// A service on the host's loopback that greets whoever connects, and counts them.
@@ -38,14 +38,6 @@ impl HostService {
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
-}
-
-fn runtimes() -> [&'static str; 2] {
-    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("runc is missing: apt-get install runc");
-    ["builtin", runc]
 }
 
 /// A RUN (with `flags`) that connects to the host service and keeps what it heard in /got.
