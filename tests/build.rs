@@ -755,3 +755,34 @@ fn a_run_that_prints_a_gibibyte_keeps_hoist_small_and_all_of_it_in_the_log() {
         "the log holds {total} of the RUN's {TOTAL} bytes"
     );
 }
+
+#[test]
+fn user_sets_the_supplementary_groups_as_buildkit_does() {
+    // BuildKit prints `groups=65534(nogroup)` for nobody on busybox: the primary group is a
+    // supplementary group too, and so is every group that lists the user.
+    let p = Project::new(
+        "FROM scratch\nADD rootfs.tar /\n\
+         RUN echo 'staff:x:2345:nobody' >> /etc/group\n\
+         USER nobody\nRUN id > /tmp/id-nobody\n\
+         USER 4242:4343\nRUN id > /tmp/id-numbers\n",
+    );
+    let (_, rootfs) = p.build_to_dir(&[]);
+    let read = |name: &str| fs_err::read_to_string(rootfs.path().join("tmp").join(name)).unwrap();
+    assert_eq!(
+        read("id-nobody"),
+        "uid=65534(nobody) gid=65534(nogroup) groups=2345(staff),65534(nogroup)\n"
+    );
+    assert_eq!(read("id-numbers"), "uid=4242 gid=4343 groups=4343\n");
+    // A name the image does not know is an error at its line.
+    p.write(
+        "Dockerfile",
+        "FROM scratch\nADD rootfs.tar /\nUSER mallory\nRUN true\n",
+    );
+    let out = p.hoist(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("(line 4:1)") && stderr.contains("unable to find user mallory"),
+        "{stderr}"
+    );
+}

@@ -109,8 +109,8 @@ pub(crate) fn is_opaque(dir: &Path) -> bool {
 }
 
 /// Resolves a Dockerfile `USER` value against the image whose layers are `layers` (topmost
-/// first): the uid, the primary gid, and as supplementary groups every group that lists the
-/// user by name.
+/// first): the uid, the primary gid, and as supplementary groups the primary one and every
+/// group that lists the user by name.
 ///
 /// # Errors
 /// A name that the image does not define, or a passwd/group file that cannot be read.
@@ -156,7 +156,10 @@ pub fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<User, ResolveUserE
             }
         },
     };
-    let mut additional: Vec<u32> = Vec::new();
+    // The primary group is a supplementary group too (as in BuildKit and containerd since the
+    // fix for CVE-2023-25173: a process that drops it could otherwise read files its group may
+    // not), then every group that lists the user, unless USER named the group itself.
+    let mut additional: Vec<u32> = vec![gid];
     if group_part.is_none() && !entry.name.is_empty() {
         for group in &groups {
             if group.members.contains(&entry.name) && !additional.contains(&group.gid) {
@@ -167,9 +170,7 @@ pub fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<User, ResolveUserE
     let mut user = User::default();
     user.set_uid(entry.uid);
     user.set_gid(gid);
-    if !additional.is_empty() {
-        user.set_additional_gids(Some(additional));
-    }
+    user.set_additional_gids(Some(additional));
     Ok(user)
 }
 
@@ -210,27 +211,27 @@ mod tests {
         let (_dir, layers) = image();
         assert_eq!(
             triple(&resolve_user(&layers, "alice").unwrap()),
-            (1000, 1000, vec![100, 10])
+            (1000, 1000, vec![1000, 100, 10])
         );
         assert_eq!(
             triple(&resolve_user(&layers, "bob").unwrap()),
-            (1001, 100, vec![10])
+            (1001, 100, vec![100, 10])
         );
         assert_eq!(
             triple(&resolve_user(&layers, "1000").unwrap()),
-            (1000, 1000, vec![100, 10])
+            (1000, 1000, vec![1000, 100, 10])
         );
         assert_eq!(
             triple(&resolve_user(&layers, "alice:wheel").unwrap()),
-            (1000, 10, vec![])
+            (1000, 10, vec![10])
         );
         assert_eq!(
             triple(&resolve_user(&layers, "4242:4343").unwrap()),
-            (4242, 4343, vec![])
+            (4242, 4343, vec![4343])
         );
         assert_eq!(
             triple(&resolve_user(&layers, "4242").unwrap()),
-            (4242, 0, vec![])
+            (4242, 0, vec![0])
         );
         assert!(matches!(
             resolve_user(&layers, "mallory"),
