@@ -851,6 +851,72 @@ RUN echo "[$HTTP_PROXY] [$HTTPS_PROXY]" > /proxy
     c.finish(&image);
 }
 
+/// BuildKit's rule for an ARG after an ENV of the same name (`dispatchArg` adds a valued ARG
+/// to the environment of the steps after it): the ARG's value wins for RUN and for expansion,
+/// the image config keeps the ENV's, and an ENV after it wins again.
+#[test]
+fn a_valued_arg_wins_over_an_earlier_env_and_a_later_env_wins_again() {
+    let lab = Lab::new();
+    let image = lab.build(
+        &Context::new(&format!(
+            r#"FROM {}
+ENV MODE=from-env LEVEL=from-env KEEP=from-env
+ARG MODE=from-arg
+ARG LEVEL
+ARG KEEP
+LABEL mode=$MODE level=$LEVEL keep=$KEEP
+RUN echo "$MODE $LEVEL $KEEP" > /seen
+ENV MODE=env-again
+RUN echo "$MODE" > /seen-after
+"#,
+            lab.base
+        )),
+        "arg-over-env",
+        &["--build-arg", "LEVEL=from-cli"],
+    );
+    let mut c = Checks::default();
+    // KEEP's ARG has no value: the ENV stays.
+    c.file(&image, "/seen", "from-arg from-cli from-env\n");
+    c.file(&image, "/seen-after", "env-again\n");
+    let labels = image.cfg("Labels");
+    for (label, expected) in [
+        ("mode", "from-arg"),
+        ("level", "from-cli"),
+        ("keep", "from-env"),
+    ] {
+        c.eq(
+            &format!("label {label}"),
+            Some(expected),
+            labels[label].as_str(),
+        );
+    }
+    c.eq(
+        "MODE in Env",
+        Some("env-again".to_owned()),
+        image.env("MODE"),
+    );
+    c.eq(
+        "LEVEL in Env",
+        Some("from-env".to_owned()),
+        image.env("LEVEL"),
+    );
+    let history = image.history();
+    let runs: Vec<&String> = history
+        .iter()
+        .map(|(created_by, _)| created_by)
+        .filter(|s| s.starts_with("RUN "))
+        .collect();
+    c.eq(
+        "history of the first RUN of the stage",
+        Some(
+            &"RUN |3 MODE=from-arg LEVEL=from-cli KEEP=from-env /bin/sh -c echo \"$MODE $LEVEL $KEEP\" > /seen # buildkit"
+                .to_owned(),
+        ),
+        runs.get(1).copied(),
+    );
+    c.finish(&image);
+}
+
 #[test]
 fn copy_sources_destinations_ownership_and_dockerignore() {
     let lab = Lab::new();

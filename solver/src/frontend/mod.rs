@@ -677,6 +677,7 @@ impl<'a> Lowering<'a> {
                 }
                 for (k, v) in &pairs {
                     state.env.set(k, v);
+                    state.args.env_set(k);
                 }
                 state.history_config(pairs_line("ENV", &pairs));
             }

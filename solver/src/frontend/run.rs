@@ -95,18 +95,10 @@ impl Lowering<'_> {
                 ));
             }
         };
-        // The image ENV, then the ARGs in scope that no ENV shadows.
-        let mut env = state.env.pairs();
-        for (k, v) in state.args.iter() {
-            // Declared names are unique, so only the ENV can shadow one.
-            if let Some(v) = v
-                && !state.env.contains(k)
-            {
-                env.push((k.to_owned(), v.to_owned()));
-            }
-        }
-        // History lists every ARG of the stage with the value the command sees (an ENV of the
-        // same name wins; an ARG without a value shows as `K=`), as BuildKit does.
+        // The image ENV with the valued ARGs over it where they came later (see `StageArgs`).
+        let env = scope.run_env();
+        // History lists every ARG of the stage with the value the command sees (an ARG without
+        // a value shows as `K=`), as BuildKit does.
         let from_args: Vec<String> = state
             .args
             .iter()

@@ -110,23 +110,47 @@ impl EnvList {
     }
 }
 
-/// The ARGs a stage declared, in order of first declaration, with their values.
+/// The ARGs a stage declared, in order of first declaration, with their values, and which of
+/// them were given a value after the last ENV of their name.
+///
+/// This is BuildKit's rule (`dispatchArg` adds a valued ARG to the state's environment with
+/// `AddEnv`): an ARG that gets a value (a `--build-arg`, its default, or the global value it
+/// imports) sets that variable for the steps after it, even over an earlier ENV of the same
+/// name; an ENV after it wins again. An ARG without a value changes nothing. The image config
+/// keeps the ENV's value either way.
 #[derive(Clone, Debug, Default)]
 pub(super) struct StageArgs {
     list: Vec<(String, Option<String>)>,
     index: HashMap<String, usize>,
+    /// Names whose latest value came from an ARG, not an ENV.
+    over_env: std::collections::HashSet<String>,
 }
 
 impl StageArgs {
-    /// Declares `name`; a second declaration changes the value and keeps the first position.
+    /// Declares `name`, with the value it gets, if any. A declaration without one keeps the
+    /// value an earlier one gave (as BuildKit's environment does); every declaration keeps the
+    /// name's first position.
     pub(super) fn declare(&mut self, name: &str, value: Option<String>) {
+        let has_value = value.is_some();
         match self.index.get(name) {
-            Some(&at) => self.list[at].1 = value,
+            Some(&at) => {
+                if has_value {
+                    self.list[at].1 = value;
+                }
+            }
             None => {
                 self.index.insert(name.to_owned(), self.list.len());
                 self.list.push((name.to_owned(), value));
             }
         }
+        if has_value {
+            self.over_env.insert(name.to_owned());
+        }
+    }
+
+    /// An ENV set `name`: from here on its value wins over the ARG's.
+    pub(super) fn env_set(&mut self, name: &str) {
+        self.over_env.remove(name);
     }
 
     /// The value of `name`, if it was declared with one.
@@ -135,22 +159,56 @@ impl StageArgs {
         self.list[at].1.as_deref()
     }
 
+    /// The value of `name` when it wins over the ENV of that name.
+    pub(super) fn over_env(&self, name: &str) -> Option<&str> {
+        if self.over_env.contains(name) {
+            self.value(name)
+        } else {
+            None
+        }
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
         self.list.iter().map(|(k, v)| (k.as_str(), v.as_deref()))
     }
 }
 
-/// What words of a stage expand against: the image ENV wins over an ARG of the same name.
-/// Borrowed from the stage, so that making one per instruction costs nothing.
+/// What words of a stage expand against, and what its RUN steps see: the image ENV and the
+/// valued ARGs, the later of the two winning for a name (see [`StageArgs`]). Borrowed from
+/// the stage, so that making one per instruction costs nothing.
 #[derive(Clone, Copy)]
 pub(super) struct Scope<'s> {
     pub(super) env: &'s EnvList,
     pub(super) args: &'s StageArgs,
 }
 
+impl Scope<'_> {
+    /// The environment of a RUN: the image ENV in its order, each name with its winning value,
+    /// then the valued ARGs that no ENV names.
+    pub(super) fn run_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env.pairs();
+        for (k, v) in &mut env {
+            if let Some(arg) = self.args.over_env(k) {
+                arg.clone_into(v);
+            }
+        }
+        for (k, v) in self.args.iter() {
+            if let Some(v) = v
+                && !self.env.contains(k)
+            {
+                env.push((k.to_owned(), v.to_owned()));
+            }
+        }
+        env
+    }
+}
+
 impl Env for Scope<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.env.lookup(key).or_else(|| self.args.value(key))
+        self.args
+            .over_env(key)
+            .or_else(|| self.env.lookup(key))
+            .or_else(|| self.args.value(key))
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -215,23 +273,37 @@ mod tests {
     }
 
     #[test]
-    fn env_wins_over_args_and_args_without_a_value_are_unset() {
-        let env = list(&["A=env"]);
+    fn the_later_of_env_and_a_valued_arg_wins_and_an_arg_without_a_value_changes_nothing() {
+        let mut env = list(&["A=env", "D=env"]);
         let mut args = StageArgs::default();
+        // ENV A, then ARG A=arg: the ARG wins (BuildKit's AddEnv), the config keeps the ENV.
         args.declare("A", Some("arg".into()));
         args.declare("B", None);
         args.declare("C", Some("c".into()));
         args.declare("B", Some("b".into()));
+        // A second ARG C without a value keeps the value the first gave.
         args.declare("C", None);
+        // ARG D, then ENV D: the ENV wins again.
+        args.declare("D", Some("arg".into()));
+        env.set("D", "env2");
+        args.env_set("D");
         let scope = Scope {
             env: &env,
             args: &args,
         };
-        assert_eq!(Env::get(&scope, "A"), Some("env"));
+        assert_eq!(Env::get(&scope, "A"), Some("arg"));
         assert_eq!(Env::get(&scope, "B"), Some("b"));
-        assert_eq!(Env::get(&scope, "C"), None);
-        assert_eq!(scope.keys(), ["A", "B"]);
+        assert_eq!(Env::get(&scope, "C"), Some("c"));
+        assert_eq!(Env::get(&scope, "D"), Some("env2"));
+        assert_eq!(scope.keys(), ["A", "B", "C", "D"]);
+        let run: Vec<String> = scope
+            .run_env()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(run, ["A=arg", "D=env2", "B=b", "C=c"]);
+        assert_eq!(env.get("A"), Some("env"));
         let order: Vec<&str> = args.iter().map(|(k, _)| k).collect();
-        assert_eq!(order, ["A", "B", "C"]);
+        assert_eq!(order, ["A", "B", "C", "D"]);
     }
 }
