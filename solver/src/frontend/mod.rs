@@ -7,7 +7,8 @@
 //!   a stage nobody reaches is never lowered, so its base image is never even resolved.
 //! - Word expansion happens where BuildKit expands (ADD, COPY, ENV, EXPOSE, FROM, LABEL,
 //!   STOPSIGNAL, USER, VOLUME, WORKDIR, ARG defaults, and flag values), never in the bodies of
-//!   RUN, CMD, ENTRYPOINT or SHELL. An ENV beats an ARG of the same name.
+//!   RUN, CMD, ENTRYPOINT or SHELL. Of an ENV and a valued ARG of the same name, the later one
+//!   wins for the steps after it, as in BuildKit; the image config keeps the ENV's value.
 //! - RUN becomes an `Exec` op whose environment holds the image ENV and the ARGs in scope, so a
 //!   changed build-arg invalidates from its first use on. Proxy ARGs (`HTTP_PROXY` and the like)
 //!   reach the process without entering the op's digest or the history.
