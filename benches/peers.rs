@@ -9,7 +9,7 @@
 //! cargo bench -p hoist --bench peers -- [--only basics,users] [--keep]
 //! ```
 //!
-//! Needs root, skopeo, umoci, and a registry on 127.0.0.1:5000 holding `library/busybox:latest`
+//! Needs root, skopeo, umoci, ssh-agent (for `mounts`), and a registry on 127.0.0.1:5000 holding `library/busybox:latest`
 //! and `library/debian:bookworm` (`../shared/peers/setup.sh` starts dockerd and the registry
 //! and seeds both). A peer that is not installed or not running is reported as such and left
 //! out; the other comparisons still run.
@@ -28,7 +28,11 @@
 //! directories, type changes, opaque directories, hard links, setuid, sticky, fifo),
 //! `copy-edge` (destination semantics, context symlinks, symlinked and one-file source
 //! directories, ADD --chown of an archive), `symlink-dest` and `symlink-workdir` (destinations
-//! through a symlink in the image), `debian` (bash SHELL, useradd, --chown by name).
+//! through a symlink in the image), `mounts` (every `RUN --mount` type: bind from the context,
+//! a stage and an image, rw; cache with id, sharing, mode, uid/gid and seeded from a stage;
+//! tmpfs; secret by default path and by target with mode and owner, required and absent; ssh by
+//! default and at a target; built with `--secret` and `--ssh` from a test `ssh-agent`),
+//! `debian` (bash SHELL, useradd, --chown by name).
 //!
 //! What is normalized away before comparing, because it differs legitimately:
 //! - configs: `created` (hoist writes 1970-01-01 on purpose, for reproducible builds);
@@ -80,6 +84,9 @@ struct Case {
     tarball: bool,
     /// `--build-arg`s; `{builder}` is replaced by the builder's name.
     build_args: Vec<String>,
+    /// Built with `--secret id=token,src=FILE` and `--ssh default=SOCKET` (a test
+    /// `ssh-agent` holding one key), spelled the same for every builder.
+    mounts: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -142,6 +149,7 @@ CMD ["--serve"]
             files: common_files(),
             tarball: true,
             build_args: vec!["FLAVOR=custom".to_owned()],
+            mounts: false,
         },
         Case {
             name: "chmod",
@@ -151,6 +159,7 @@ CMD ["--serve"]
             files: common_files(),
             tarball: false,
             build_args: vec![],
+            mounts: false,
         },
         Case {
             name: "users",
@@ -171,6 +180,7 @@ WORKDIR /home/app/work2
             files: common_files(),
             tarball: false,
             build_args: vec![],
+            mounts: false,
         },
         Case {
             name: "shell-onbuild",
@@ -189,6 +199,7 @@ CMD echo ignored
             files: common_files(),
             tarball: false,
             build_args: vec![],
+            mounts: false,
         },
         Case {
             name: "onbuild-child",
@@ -196,6 +207,7 @@ CMD echo ignored
             files: common_files(),
             tarball: false,
             build_args: vec![format!("PARENT={REPO}/shell-onbuild:{{builder}}")],
+            mounts: false,
         },
         Case {
             name: "multistage",
@@ -226,6 +238,7 @@ CMD ["/bin/busybox", "cat", "/joined.txt"]
             },
             tarball: false,
             build_args: vec![],
+            mounts: false,
         },
         Case {
             name: "config-edge",
@@ -252,6 +265,7 @@ ENTRYPOINT ["/bin/echo", "$A"]
             files: common_files(),
             tarball: false,
             build_args: vec!["PORT=9443".to_owned()],
+            mounts: false,
         },
         Case {
             name: "whiteouts",
@@ -265,6 +279,7 @@ RUN rm -rf /w/keep && mkdir /w/keep && echo replaced > /w/keep/g && ln /w/keep/g
             files: common_files(),
             tarball: false,
             build_args: vec![],
+            mounts: false,
         },
         Case {
             name: "copy-edge",
@@ -303,6 +318,7 @@ COPY links/to-dir /from-ctx-dir-link
             },
             tarball: true,
             build_args: vec![],
+            mounts: false,
         },
         Case {
             name: "symlink-dest",
@@ -317,6 +333,7 @@ COPY dir /target/link/
             files: common_files(),
             tarball: false,
             build_args: vec![],
+            mounts: false,
         },
         Case {
             name: "symlink-workdir",
@@ -330,6 +347,38 @@ RUN pwd > /pwd.txt && echo here > here.txt
             files: common_files(),
             tarball: false,
             build_args: vec![],
+            mounts: false,
+        },
+        Case {
+            // Every RUN --mount type with the options docker 20.10's built-in frontend knows
+            // (it predates `env=` for secrets). The RUN steps record what each mount looked
+            // like from inside, in files the tree comparison reads; the last step checks that
+            // no mount left anything in the image.
+            name: "mounts",
+            dockerfile: format!(
+                r#"FROM {BUSYBOX} AS seed
+RUN mkdir -p /seed/sub && echo seeded > /seed/s.txt && echo deep > /seed/sub/d.txt && chown -R 7:8 /seed
+FROM {BUSYBOX}
+WORKDIR /out
+RUN --mount=source=files,target=/ctx cat /ctx/a.txt > bind-default.txt && ls /ctx > bind-listing.txt && (touch /ctx/new 2>/dev/null && echo writable || echo read-only) > bind-ro.txt
+RUN --mount=type=bind,from=seed,source=/seed,target=/s,rw echo scribble > /s/new.txt && cat /s/s.txt > bind-stage.txt && stat -c '%n %u:%g %a' /s/* > bind-stage-listing.txt
+RUN --mount=type=bind,from={BUSYBOX},source=/etc,target=/img-etc grep -c . /img-etc/passwd > bind-image.txt
+RUN --mount=type=cache,target=/cache,id=peers-c1,sharing=locked,mode=0750,uid=100,gid=101 stat -c '%u:%g %a' /cache > cache-owner.txt && echo x >> /cache/count
+RUN --mount=type=cache,target=/var/cache/thing stat -c '%u:%g %a' /var/cache/thing > cache-default.txt
+RUN --mount=type=cache,target=/seeded,from=seed,source=/seed,sharing=private find /seeded | sort > cache-seeded.txt && stat -c '%n %u:%g %a' /seeded/s.txt >> cache-seeded.txt
+RUN --mount=type=tmpfs,target=/scratch echo t > /scratch/t && stat -c '%a' /scratch > tmpfs-mode.txt && grep ' /scratch ' /proc/mounts | cut -d' ' -f3 > tmpfs-type.txt
+RUN --mount=type=secret,id=token,required=true wc -c < /run/secrets/token > secret-len.txt && stat -c '%u:%g %a' /run/secrets/token > secret-default-meta.txt
+RUN --mount=type=secret,id=token,target=/etc/tok,mode=0440,uid=100,gid=101 stat -c '%u:%g %a' /etc/tok > secret-meta.txt
+RUN --mount=type=secret,id=absent (test -e /run/secrets/absent && echo present || echo absent) > secret-absent.txt
+RUN --mount=type=ssh test -S "$SSH_AUTH_SOCK" && echo "$SSH_AUTH_SOCK" > ssh-sock.txt && stat -c '%u:%g %a' "$SSH_AUTH_SOCK" > ssh-meta.txt
+RUN --mount=type=ssh,id=default,target=/agent.sock,mode=0666 stat -c '%a' /agent.sock > ssh-target.txt
+RUN for p in /ctx /s /img-etc /cache /var/cache/thing /seeded /scratch /run/secrets /etc/tok /agent.sock; do test -e $p && echo "$p left behind"; done > leftovers.txt; true
+"#
+            ),
+            files: common_files(),
+            tarball: false,
+            build_args: vec![],
+            mounts: true,
         },
         Case {
             name: "debian",
@@ -349,6 +398,7 @@ CMD ls -la
             files: common_files(),
             tarball: false,
             build_args: vec![],
+            mounts: false,
         },
     ]
 }
@@ -491,6 +541,7 @@ impl Builder {
         hoist_root: &Path,
         context: &Path,
         build_args: &[String],
+        extra: &[String],
         reference: &str,
     ) -> Result<(), String> {
         let mut args: Vec<String> = Vec::new();
@@ -498,6 +549,7 @@ impl Builder {
             args.push("--build-arg".into());
             args.push(a.replace("{builder}", self.name()));
         }
+        args.extend(extra.iter().cloned());
         match self {
             Self::Hoist => {
                 run(Command::new(env!("CARGO_BIN_EXE_hoist"))
@@ -535,6 +587,71 @@ impl Builder {
             }
         }
         Ok(())
+    }
+}
+
+/// What the `mounts` case is built with: a secret file and a running `ssh-agent` that holds one
+/// fresh key. The agent is stopped when this is dropped.
+struct MountInputs {
+    secret: PathBuf,
+    socket: PathBuf,
+    agent: std::process::Child,
+}
+
+impl MountInputs {
+    fn new(work: &Path) -> Result<Self, String> {
+        let secret = work.join("token.secret");
+        fs_err::write(&secret, "peers-bench-token-8c1f\n").unwrap();
+        let socket = work.join("agent.sock");
+        let key = work.join("agent-key");
+        let hint = "apt-get install openssh-client";
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key))
+        .map_err(|e| format!("ssh-keygen failed ({hint}): {e}"))?;
+        let agent = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start ssh-agent ({hint}): {e}"))?;
+        let inputs = Self {
+            secret,
+            socket,
+            agent,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !inputs.socket.exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "ssh-agent made no socket at {} in 10 s",
+                    inputs.socket.display()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        run(Command::new("ssh-add")
+            .env("SSH_AUTH_SOCK", &inputs.socket)
+            .arg("-q")
+            .arg(&key))?;
+        Ok(inputs)
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--secret".into(),
+            format!("id=token,src={}", self.secret.display()),
+            "--ssh".into(),
+            format!("default={}", self.socket.display()),
+        ]
+    }
+}
+
+impl Drop for MountInputs {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
     }
 }
 
@@ -1128,6 +1245,7 @@ fn main() {
     let _ = fs_err::remove_dir_all(&report_dir);
     fs_err::create_dir_all(&report_dir).unwrap();
 
+    let mounts = MountInputs::new(work.path());
     // summary[(case, pair)] = cell text
     let mut summary: BTreeMap<(&'static str, String), String> = BTreeMap::new();
     let mut case_names = Vec::new();
@@ -1152,12 +1270,29 @@ fn main() {
         if !case.build_args.is_empty() {
             println!("  build args: {}", case.build_args.join(" "));
         }
+        let mut extra = Vec::new();
+        if case.mounts {
+            match &mounts {
+                Ok(m) => {
+                    extra = m.args();
+                    println!("  flags: {}", extra.join(" "));
+                }
+                Err(why) => {
+                    println!("  NOT BUILT: {why}");
+                    for (a, b) in &pairs {
+                        let pair = format!("{} vs {}", a.name(), b.name());
+                        summary.insert((case.name, pair), "not built (see above)".into());
+                    }
+                    continue;
+                }
+            }
+        }
         let mut images: BTreeMap<Builder, Result<Image, String>> = BTreeMap::new();
         for &b in &builders {
             let reference = format!("{REPO}/{}:{}", case.name, b.name());
             let start = std::time::Instant::now();
             let result = b
-                .build_and_push(&hoist_root, &context, &case.build_args, &reference)
+                .build_and_push(&hoist_root, &context, &case.build_args, &extra, &reference)
                 .and_then(|()| {
                     fetch(
                         &reference,
