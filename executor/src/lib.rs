@@ -61,7 +61,7 @@ mod sys;
 mod upper;
 pub mod user;
 
-pub use mounts::SecureJoinError;
+pub use mounts::{SecureJoinError, secure_join};
 pub use protocol::Rootfs;
 pub use run::{ExitStatus, RunError, RunOutcome, RunRequest};
 pub use runtime::{Backend, Executor, ExecutorConfig, NewExecutorError};

@@ -120,7 +120,7 @@ pub enum SecureJoinError {
 ///
 /// Without this, an image with `/etc -> /host/etc` would make the runtime create and mount over
 /// host files before it pivots.
-pub(crate) fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, SecureJoinError> {
+pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, SecureJoinError> {
     // Components still to resolve, in reverse so the next one is at the end.
     let mut pending: Vec<std::ffi::OsString> = Vec::new();
     let push_path = |pending: &mut Vec<std::ffi::OsString>, p: &Path| {

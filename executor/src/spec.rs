@@ -73,6 +73,8 @@ pub struct SpecOptions {
     /// `RUN --security=insecure`: every capability, no seccomp profile, no masked or read-only
     /// paths. Only for builds granted the `security.insecure` entitlement.
     pub insecure: bool,
+    /// Mounts after Docker's defaults (`RUN --mount`), over them where they share a target.
+    pub mounts: Vec<Mount>,
 }
 
 /// Capabilities a Docker container gets by default (moby `oci/caps/defaults.go`).
@@ -438,7 +440,11 @@ pub fn build_spec(opts: &SpecOptions) -> Result<Spec, BuildSpecError> {
         )
         .hostname(opts.hostname.clone())
         .process(process)
-        .mounts(default_mounts(&opts.etc_files)?)
+        .mounts({
+            let mut mounts = default_mounts(&opts.etc_files)?;
+            mounts.extend(opts.mounts.iter().cloned());
+            mounts
+        })
         .linux(linux)
         .build()
         .map_err(invalid("spec"))
@@ -465,6 +471,7 @@ mod tests {
             },
             limits: Limits::default(),
             insecure: false,
+            mounts: Vec::new(),
         }
     }
 

@@ -47,6 +47,7 @@ async fn helper_run_until_killed() {
         etc_files: executor.etc_files(common::HOSTNAME).unwrap(),
         limits: hoist_executor::spec::Limits::default(),
         insecure: false,
+        mounts: Vec::new(),
     };
     options.limits.pids = Some(16);
     let layer = tmp.join("layer");

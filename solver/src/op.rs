@@ -72,38 +72,71 @@ pub struct ExecOp {
     pub mounts: Vec<Mount>,
 }
 
-/// A `RUN --mount`.
+/// A `RUN --mount`, with BuildKit's defaults filled in. Targets are absolute.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mount {
-    /// A read-only bind of input `input` (a stage or the context) at `target`.
+    /// Files of input `input` (the build context, a stage or an image) under `source`, at
+    /// `target`. Their content is in the key through the input; with `read_write` the RUN may
+    /// write to them, and what it writes is thrown away after the step.
     Bind {
         input: usize,
         source: String,
         target: String,
         read_write: bool,
+        /// The stage or image as written, for messages; the input's digest already keys it.
+        #[serde(skip)]
+        from: Option<CopyFrom>,
     },
-    /// A persistent cache directory, shared by `id` across builds; its content is not part of
-    /// any cache key.
+    /// A directory kept in the state root across builds under `id`, outside every key and
+    /// layer. A new one starts with the files of input `seed` under `source` (empty without a
+    /// seed), owned by `uid:gid` with `mode`.
     Cache {
         id: String,
         target: String,
-        sharing: String,
+        sharing: CacheSharing,
+        seed: Option<usize>,
+        source: String,
+        read_only: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
     },
-    Tmpfs {
-        target: String,
-    },
-    /// A secret file; only its id is part of the key, never its content.
+    /// An empty tmpfs, `size` bytes at most (the kernel's default, half of RAM, without).
+    Tmpfs { target: String, size: Option<u64> },
+    /// A secret given to the build: only its id is part of the key, never its content. As a
+    /// file at `target`, or as the variable `env`, or both.
     Secret {
         id: String,
-        target: String,
+        target: Option<String>,
+        env: Option<String>,
         required: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
     },
+    /// A socket to the SSH agent given to the build as `id`.
     Ssh {
         id: String,
         target: String,
         required: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
     },
+}
+
+/// Who may use a cache mount while another step has it (`sharing=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheSharing {
+    /// Every step at once.
+    #[default]
+    Shared,
+    /// A step that finds it in use gets a directory of its own.
+    Private,
+    /// One step at a time; the others wait.
+    Locked,
 }
 
 /// File work that needs no container: COPY, ADD, WORKDIR's directory, heredoc files.

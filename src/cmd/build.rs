@@ -14,7 +14,7 @@ use hoist_solver::Platform;
 use hoist_solver::frontend::BuildOptions;
 use hoist_solver::op::NetworkMode;
 use hoist_solver::progress::ProgressSink;
-use hoist_worker::{BuildOutcome, BuildRequest, Dockerfile, LocalContext};
+use hoist_worker::{BuildOutcome, BuildRequest, Dockerfile, LocalContext, LocalSession};
 
 use crate::cmd::engine::{self, EngineArgs};
 use crate::cmd::{Output, key_value};
@@ -85,11 +85,13 @@ pub(crate) struct BuildArgs {
     /// Use Docker schema 2 media types instead of OCI.
     #[arg(long)]
     docker_mediatypes: bool,
-    /// Not supported yet: refused rather than ignored.
-    #[arg(long, hide = true)]
+    /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VARIABLE.
+    #[arg(long, value_name = "id=ID,src=FILE")]
     secret: Vec<String>,
-    #[arg(long, hide = true)]
+    /// An SSH agent for `RUN --mount=type=ssh`: ID=SOCKET, or ID alone for $SSH_AUTH_SOCK.
+    #[arg(long, value_name = "ID[=SOCKET]")]
     ssh: Vec<String>,
+    /// Not supported yet: refused rather than ignored.
     #[arg(long = "cache-from", hide = true)]
     cache_from: Vec<String>,
     #[arg(long = "cache-to", hide = true)]
@@ -234,8 +236,6 @@ fn key_values(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, S
 
 pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     for (flag, used) in [
-        ("--secret", !args.secret.is_empty()),
-        ("--ssh", !args.ssh.is_empty()),
         ("--cache-from", !args.cache_from.is_empty()),
         ("--cache-to", !args.cache_to.is_empty()),
         ("--remote", args.remote.is_some()),
@@ -276,7 +276,11 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if !args.path.is_dir() {
         bail!("build context {} is not a directory", args.path.display());
     }
+    let session = LocalSession::default()
+        .with_secrets(&args.secret)?
+        .with_ssh(&args.ssh)?;
     let request = BuildRequest {
+        session: Arc::new(session),
         dockerfile: read_dockerfile(args.file.as_deref(), &args.path)?,
         context: Arc::new(LocalContext::new(&args.path, &args.engine.root())),
         options: BuildOptions {

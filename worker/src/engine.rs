@@ -41,6 +41,8 @@ pub struct Dockerfile {
 pub struct BuildRequest {
     /// The build context: a local directory, or (for `hoist serve`) an uploaded tree.
     pub context: Arc<dyn ContextSource>,
+    /// Secrets and SSH agents for `RUN --mount=type=secret|ssh`.
+    pub session: Arc<dyn crate::Session>,
     pub dockerfile: Dockerfile,
     pub options: BuildOptions,
     /// `-t`: names in the local store (and push targets with `--push`).
@@ -213,6 +215,7 @@ impl Engine {
             executor: Arc::clone(&self.executor),
             registry: Arc::clone(&self.registry),
             context: Arc::clone(&request.context),
+            session: Arc::clone(&request.session),
             proxy_env: plan.proxy_env.clone(),
             diff_options: BuildWorker::default_diff_options(),
             limits: request.limits,

@@ -94,6 +94,25 @@ pub enum WorkerError {
         #[source]
         source: hoist_executor::overlay::OverlayError,
     },
+    #[error("{what}: {reason}")]
+    Mount { what: String, reason: String },
+    #[error(
+        "secret {id:?} is required by this RUN but the build was not given it: pass it with \
+         --secret id={id},src=FILE (or env=VARIABLE)"
+    )]
+    SecretMissing { id: String },
+    #[error(
+        "secret {id:?} is not UTF-8 text, so it cannot be a variable: mount it as a file \
+         (target=PATH) instead of env="
+    )]
+    SecretNotText { id: String },
+    #[error(
+        "ssh agent {id:?} is required by this RUN but the build was not given it: pass \
+         --ssh {id}=SOCKET (or --ssh {id} with SSH_AUTH_SOCK set)"
+    )]
+    SshMissing { id: String },
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("cancelled")]

@@ -35,8 +35,10 @@ impl BuildWorker {
             .ok_or(WorkerError::Internal("a RUN without input"))?
             .chain()?
             .to_vec();
+        let mounts = self.prepare_mounts(exec, inputs).await?;
         let mut env: Vec<String> = exec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.extend(self.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
+        env.extend(mounts.env.iter().cloned());
         let (request, scratch) = self.state.sandbox_request(
             &self.executor,
             Sandboxed {
@@ -53,6 +55,7 @@ impl BuildWorker {
                 insecure: exec.privileged,
                 lowerdirs: self.state.snapshot_dirs(&chain)?,
                 limits: self.limits,
+                mounts: mounts.mounts.clone(),
             },
         )?;
         let mut stdout = LogSink::new(ctx, Stream::Stdout);
@@ -89,6 +92,8 @@ impl BuildWorker {
         }
         let state = Arc::clone(&self.state);
         let epoch = self.diff_options.source_date_epoch;
+        // Views unmounted, copies removed, cache mounts released before the layer is made.
+        drop(mounts);
         let upper = outcome.upperdir;
         let layer = tokio::task::spawn_blocking(move || {
             let layer = state.commit_layer(&upper, epoch);

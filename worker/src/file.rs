@@ -205,7 +205,45 @@ pub(crate) struct View {
 }
 
 impl View {
-    fn new(state: &State, layers_top_first: &[PathBuf]) -> Result<Self, WorkerError> {
+    /// A writable view of a chain: an overlay over its layers whose upperdir is thrown away
+    /// with the view (`RUN --mount=type=bind,rw`).
+    pub(crate) fn writable(
+        state: &State,
+        layers_top_first: &[PathBuf],
+    ) -> Result<Self, WorkerError> {
+        let scratch = state.scratch()?;
+        let target = scratch.path().join("view");
+        let upper = scratch.path().join("upper");
+        let work = scratch.path().join("work");
+        let mut lowerdirs = layers_top_first.to_vec();
+        if lowerdirs.is_empty() {
+            // overlayfs needs a lowerdir; an empty one stands for `FROM scratch`.
+            let empty = scratch.path().join("empty");
+            fs_err::create_dir(&empty).map_err(io_err("create", &empty))?;
+            lowerdirs.push(empty);
+        }
+        for dir in [&target, &upper, &work] {
+            fs_err::create_dir(dir).map_err(io_err("create", dir))?;
+        }
+        hoist_executor::overlay::mount(
+            &target,
+            &hoist_executor::overlay::Overlay {
+                lowerdirs: &lowerdirs,
+                upper: Some((&upper, &work)),
+            },
+        )
+        .map_err(|source| WorkerError::View {
+            target: target.clone(),
+            source,
+        })?;
+        Ok(Self {
+            path: target,
+            mounted: true,
+            _scratch: Some(scratch),
+        })
+    }
+
+    pub(crate) fn new(state: &State, layers_top_first: &[PathBuf]) -> Result<Self, WorkerError> {
         match layers_top_first {
             [] => {
                 let scratch = state.scratch()?;
@@ -244,7 +282,7 @@ impl View {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

@@ -205,6 +205,7 @@ where
             insecure: false,
             lowerdirs,
             limits: hoist_executor::spec::Limits::default(),
+            mounts: Vec::new(),
         },
     )?;
     let outcome = engine.executor.run(request, stdout, stderr).await?;

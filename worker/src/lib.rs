@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod cache_mounts;
 pub mod context;
 pub mod engine;
 pub mod error;
@@ -39,6 +40,8 @@ pub mod exec;
 pub mod file;
 pub mod image;
 pub mod logs;
+mod mounts;
+pub mod session;
 pub mod source;
 pub mod state;
 pub mod worker;
@@ -47,5 +50,6 @@ pub use cache::IndexCache;
 pub use context::{ContextSource, LocalContext};
 pub use engine::{BuildError, BuildOutcome, BuildRequest, Dockerfile, Engine};
 pub use error::WorkerError;
+pub use session::{LocalSession, Session};
 pub use state::{Layer, Sandboxed, State};
 pub use worker::{BuildWorker, Output};

@@ -42,6 +42,8 @@ pub struct Sandboxed<'a> {
     pub lowerdirs: Vec<PathBuf>,
     /// cgroup limits (`hoist build --memory`, `--cpu-quota`, …).
     pub limits: Limits,
+    /// Mounts after Docker's defaults (`RUN --mount`).
+    pub mounts: Vec<hoist_executor::oci_spec::runtime::Mount>,
 }
 
 /// One layer of a result.
@@ -146,14 +148,15 @@ impl State {
                     .ok_or(WorkerError::Internal("a snapshot of the chain is missing"))
             })
             .collect::<Result<_, _>>()?;
-        if fits_in_overlay(&dirs) {
-            return Ok(dirs);
+        let unique = topmost_only(&dirs);
+        if fits_in_overlay(&unique) {
+            return Ok(unique);
         }
         // Keep as many of the top layers as fit beside the merged one.
         let mut keep = dirs.len() - 1;
         loop {
             let merged = self.merged_path(&chain[..chain.len() - keep]);
-            let mut candidate = dirs[..keep].to_vec();
+            let mut candidate = topmost_only(&dirs[..keep]);
             candidate.push(merged);
             if keep == 0 || fits_in_overlay(&candidate) {
                 self.merge(&chain[..chain.len() - keep])?;
@@ -230,6 +233,7 @@ impl State {
             etc_files: executor.etc_files(run.hostname)?,
             limits: run.limits,
             insecure: run.insecure,
+            mounts: run.mounts,
         })?;
         let scratch = self.scratch()?;
         let upperdir = scratch.path().join("upper");
@@ -413,6 +417,15 @@ impl State {
             })
             .collect()
     }
+}
+
+/// `dirs` (topmost first) with each directory at its topmost place only. Layers with the same
+/// diffID share one snapshot, as every RUN that changes nothing does; overlayfs refuses a
+/// directory twice (ELOOP). The lower copy changes nothing: the upper one already shows each
+/// of its files and hides what each of its whiteouts hides, in every layer below it.
+fn topmost_only(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    dirs.iter().filter(|d| seen.insert(*d)).cloned().collect()
 }
 
 /// Whether an overlay of `lowerdirs` can be mounted here, with room to spare for what the

@@ -78,6 +78,8 @@ pub struct BuildWorker {
     pub executor: Arc<Executor>,
     pub registry: Arc<Client>,
     pub context: Arc<dyn ContextSource>,
+    /// Secrets and SSH agents lent to the build.
+    pub session: Arc<dyn crate::Session>,
     /// Proxy build-args, given to every RUN but part of no key.
     pub proxy_env: Vec<(String, String)>,
     pub diff_options: DiffOptions,
@@ -97,6 +99,10 @@ impl std::fmt::Debug for BuildWorker {
 }
 
 impl BuildWorker {
+    pub(crate) fn cache_mounts(&self) -> crate::cache_mounts::CacheMounts {
+        crate::cache_mounts::CacheMounts::new(Arc::clone(&self.state))
+    }
+
     /// Default layer options: gzip at the default level.
     #[must_use]
     pub fn default_diff_options() -> DiffOptions {

@@ -167,6 +167,7 @@ impl Rig {
             etc_files: self.executor.etc_files(HOSTNAME).unwrap(),
             limits: Limits::default(),
             insecure: false,
+            mounts: Vec::new(),
         }
     }
 

@@ -157,32 +157,11 @@ impl Lowering<'_> {
             let src_vertex = match flags.get("from") {
                 Some(flag) => {
                     let from = flag_text(Some(flag))?.unwrap_or_default();
-                    if let Some(dep) = self.stage_ref(&from, index) {
-                        copy_from = Some(CopyFrom::Stage(from));
-                        self.lower_stage(dep)?.root
-                    } else {
-                        copy_from = Some(CopyFrom::Image(from.clone()));
-                        let platform = state.platform.clone();
-                        let resolved =
-                            self.resolver.resolve(&from, &platform).map_err(|cause| {
-                                FrontendError::new(
-                                    FrontendErrorKind::Resolve {
-                                        reference: from.clone(),
-                                        cause,
-                                    },
-                                    flag.span,
-                                )
-                            })?;
-                        self.graph.add(
-                            Op::Source(SourceOp::Image {
-                                reference: resolved.pinned.clone(),
-                                platform: platform.to_string(),
-                            }),
-                            vec![],
-                            format!("{step} FROM {}", resolved.pinned),
-                            self.location(flag.span),
-                        )
-                    }
+                    let platform = state.platform.clone();
+                    let (vertex, named) =
+                        self.vertex_of_from(&from, index, &platform, step, flag.span)?;
+                    copy_from = Some(named);
+                    vertex
                 }
                 None => self.local_context(&src, &exclude),
             };
@@ -229,6 +208,43 @@ impl Lowering<'_> {
         let _ = write!(created_by, " {dest_raw} # buildkit");
         state.history_layer(created_by);
         Ok(())
+    }
+
+    /// The root of what a `--from` names: an earlier stage (lowered on first use), else an
+    /// image, resolved for `platform`.
+    pub(super) fn vertex_of_from(
+        &mut self,
+        from: &str,
+        index: usize,
+        platform: &Platform,
+        step: &str,
+        span: Span,
+    ) -> Result<(VertexId, CopyFrom), FrontendError> {
+        if let Some(dep) = self.stage_ref(from, index) {
+            return Ok((
+                self.lower_stage(dep)?.root,
+                CopyFrom::Stage(from.to_owned()),
+            ));
+        }
+        let resolved = self.resolver.resolve(from, platform).map_err(|cause| {
+            FrontendError::new(
+                FrontendErrorKind::Resolve {
+                    reference: from.to_owned(),
+                    cause,
+                },
+                span,
+            )
+        })?;
+        let vertex = self.graph.add(
+            Op::Source(SourceOp::Image {
+                reference: resolved.pinned.clone(),
+                platform: platform.to_string(),
+            }),
+            vec![],
+            format!("{step} FROM {}", resolved.pinned),
+            self.location(span),
+        );
+        Ok((vertex, CopyFrom::Image(from.to_owned())))
     }
 
     /// A source of just the context files that a COPY names.

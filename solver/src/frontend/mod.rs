@@ -20,6 +20,7 @@ mod copy;
 mod error;
 mod flags;
 mod gofmt;
+mod mounts;
 mod run;
 mod scope;
 mod stage;
@@ -844,7 +845,9 @@ impl<'a> Lowering<'a> {
                 check_flags(&o.flags, "ONBUILD", &[], &[])?;
                 state.config.on_build.push(o.expression.clone());
             }
-            Instruction::Run(run) => self.run(state, step, run, &instruction_text(raw), span)?,
+            Instruction::Run(run) => {
+                self.run(state, index, step, run, &instruction_text(raw), span)?;
+            }
             Instruction::Copy(copy) => {
                 let text = instruction_text(raw);
                 self.copy(state, index, step, CopyLike::Copy(copy), &text, span)?;

@@ -16,6 +16,7 @@ impl Lowering<'_> {
     pub(super) fn run(
         &mut self,
         state: &mut StageState,
+        index: usize,
         step: &str,
         run: &hoist_parser::RunInstruction,
         text: &str,
@@ -27,15 +28,9 @@ impl Lowering<'_> {
             &["network", "security", "mount"],
             &["mount"],
         )?;
-        if let Some(mount) = flags.get("mount") {
-            return Err(FrontendError::new(
-                FrontendErrorKind::NotImplemented {
-                    what: "RUN --mount",
-                    hint: "COPY what the step needs into the image, or build without the mount",
-                },
-                mount.span,
-            ));
-        }
+        let mut inputs = vec![state.root];
+        let mount_flags: Vec<_> = flags.get_all("mount").collect();
+        let mounts = self.run_mounts(state, index, step, &mount_flags, &mut inputs)?;
         let scope = state.scope();
         let network = match flags.get("network") {
             None => self.opts.network,
@@ -123,9 +118,9 @@ impl Lowering<'_> {
                 user: state.config.user.clone(),
                 network,
                 privileged,
-                mounts: Vec::new(),
+                mounts,
             }),
-            vec![state.root],
+            inputs,
             format!("{step} {text}"),
             self.location(span),
         );

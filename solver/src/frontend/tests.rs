@@ -548,13 +548,114 @@ mod copy {
             err.starts_with("Dockerfile:2:6: COPY --parents is not supported yet"),
             "{err}"
         );
-        let err = plan_err("FROM alpine\nRUN --mount=type=cache,target=/c true\n");
+        let err = plan_err("FROM alpine\nRUN --mount=type=cache,target=/c,size=1m true\n");
         assert!(
-            err.starts_with("Dockerfile:2:5: RUN --mount is not supported yet"),
+            err.starts_with("Dockerfile:2:5: invalid value")
+                && err.contains("size is not an option of type=cache"),
             "{err}"
         );
         let err = plan_err("FROM alpine\nCOPY onlyone\n");
         assert!(err.contains("at least two arguments"), "{err}");
+    }
+
+    #[test]
+    fn run_mounts_take_buildkits_defaults() {
+        use crate::op::{CacheSharing, Mount};
+        let p = plan(
+            "FROM alpine AS dep\nFROM alpine\nWORKDIR /w\nARG ID=apt\n\
+             RUN --mount=target=ctx,source=src \\\n\
+                 --mount=type=bind,from=dep,src=/etc,dst=/e,rw \\\n\
+                 --mount=type=cache,target=/var/cache/apt,id=$ID,sharing=locked,uid=100,mode=0700 \\\n\
+                 --mount=type=cache,target=c2 \\\n\
+                 --mount=type=tmpfs,target=/t,size=64m \\\n\
+                 --mount=type=secret,id=token \\\n\
+                 --mount=type=secret,id=k,env=KEY \\\n\
+                 --mount=type=secret,target=/s/pw,required \\\n\
+                 --mount=type=ssh \\\n\
+                 --mount=type=ssh,id=gh,target=/ssh.sock,mode=0666 \\\n\
+                 true\n",
+        );
+        let exec = execs(&p).pop().unwrap();
+        let m = &exec.mounts;
+        assert!(
+            matches!(&m[0], Mount::Bind { input: 1, source, target, read_write: false, .. }
+            if source == "/src" && target == "/w/ctx")
+        );
+        assert!(
+            matches!(&m[1], Mount::Bind { input: 2, source, target, read_write: true, .. }
+            if source == "/etc" && target == "/e")
+        );
+        assert!(
+            matches!(&m[2], Mount::Cache { id, sharing: CacheSharing::Locked, seed: None,
+            read_only: false, mode: 0o700, uid: 100, gid: 0, .. } if id == "apt")
+        );
+        assert!(
+            matches!(&m[3], Mount::Cache { id, target, sharing: CacheSharing::Shared,
+            mode: 0o755, .. } if id == "/w/c2" && target == "/w/c2")
+        );
+        assert!(matches!(
+            &m[4],
+            Mount::Tmpfs {
+                size: Some(0x400_0000),
+                ..
+            }
+        ));
+        assert!(
+            matches!(&m[5], Mount::Secret { id, target: Some(t), env: None, required: false,
+            mode: 0o400, .. } if id == "token" && t == "/run/secrets/token")
+        );
+        assert!(
+            matches!(&m[6], Mount::Secret { id, target: None, env: Some(e), .. }
+            if id == "k" && e == "KEY")
+        );
+        assert!(matches!(&m[7], Mount::Secret { id, required: true, .. } if id == "pw"));
+        assert!(
+            matches!(&m[8], Mount::Ssh { id, target, mode: 0o600, required: false, .. }
+            if id == "default" && target == "/run/buildkit/ssh_agent.0")
+        );
+        assert!(matches!(&m[9], Mount::Ssh { id, target, mode: 0o666, .. }
+            if id == "gh" && target == "/ssh.sock"));
+        // The secret's id is in the key; a changed cache id changes the step.
+        let other = plan("FROM alpine\nRUN --mount=type=cache,target=/c,id=a true\n");
+        let again = plan("FROM alpine\nRUN --mount=type=cache,target=/c,id=b true\n");
+        assert_ne!(
+            other.graph.vertex(other.root).digest,
+            again.graph.vertex(again.root).digest
+        );
+    }
+
+    #[test]
+    fn bad_run_mounts_name_the_flag_and_what_is_wrong() {
+        for (mount, expect) in [
+            ("type=cache", "type=cache mounts need a target=PATH"),
+            ("type=volume,target=/x", "unknown mount type \"volume\""),
+            ("target=/x,mode=0700", "mode is not an option of type=bind"),
+            ("type=cache,target=/x,sharing=all", "unknown sharing"),
+            ("type=tmpfs,target=/x,size=huge", "expected a size"),
+            ("type=secret", "needs id=ID"),
+            (
+                "type=secret,id=a,source=b",
+                "source and id both name the secret",
+            ),
+            ("type=cache,target=/x,colour=red", "unknown key \"colour\""),
+            ("target=/", "cannot cover /"),
+            ("type=cache,target=/x,uid=-1", "expected a number"),
+            ("type=bind,target=/x,ro=maybe", "expected true or false"),
+            (
+                "type=secret,id=a,from=b",
+                "from is not an option of type=secret",
+            ),
+        ] {
+            let err = plan_err(&format!("FROM alpine\nRUN --mount={mount} true\n"));
+            assert!(
+                err.starts_with("Dockerfile:2:5: invalid value") && err.contains(expect),
+                "{mount}: {err}"
+            );
+        }
+        let err = plan_err(
+            "FROM alpine\nRUN --mount=type=tmpfs,target=/x --mount=type=cache,target=/x true\n",
+        );
+        assert!(err.contains("same target"), "{err}");
     }
 
     #[test]

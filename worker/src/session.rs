@@ -1,0 +1,288 @@
+//! What a build's client lends it for the build only: secrets (`--secret`) and SSH agents
+//! (`--ssh`). A RUN asks for them by id when it starts; nothing of them is kept, keyed or
+//! logged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The most bytes a secret may hold, as in BuildKit (its `MaxSecretSize`): a secret is a
+/// token or a key, not a payload.
+pub const MAX_SECRET_BYTES: usize = 500 * 1024;
+
+/// Error from reading a secret or parsing a `--secret` or `--ssh` value.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("invalid {flag} {value:?}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("read secret {id:?} from {}", path.display())]
+    Read {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "secret {id:?} is {bytes} bytes, over the limit of {MAX_SECRET_BYTES} bytes; give \
+         the build a token or a key, and fetch bulk data with it inside the RUN"
+    )]
+    TooLarge { id: String, bytes: usize },
+    #[error("secret {id:?}: the variable {var} it names is not set")]
+    EnvUnset { id: String, var: String },
+}
+
+/// Secrets and SSH agents a build may use. A local build reads them from this machine; a
+/// remote one (`hoist serve`) asks its client for each when a RUN needs it.
+pub trait Session: Send + Sync + std::fmt::Debug {
+    /// The secret `id`, or `None` when the build was given no such secret.
+    ///
+    /// # Errors
+    /// The secret was given but cannot be read.
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, SessionError>;
+
+    /// A socket of the SSH agent given as `id`, or `None`.
+    fn ssh_agent(&self, id: &str) -> Option<PathBuf>;
+}
+
+/// Where a local secret comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// Secrets and agents of this machine, from `--secret` and `--ssh` values.
+#[derive(Clone, Debug, Default)]
+pub struct LocalSession {
+    secrets: BTreeMap<String, SecretSource>,
+    ssh: BTreeMap<String, PathBuf>,
+}
+
+impl LocalSession {
+    /// Reads `--secret` values as buildx does: `id=ID[,src=PATH|,env=VAR][,type=file|env]`;
+    /// with neither `src` nor `env`, the variable named `ID` if it is set, else the file
+    /// `ID`.
+    ///
+    /// # Errors
+    /// A malformed value, an unknown key, or a file that does not exist.
+    pub fn with_secrets(mut self, values: &[String]) -> Result<Self, SessionError> {
+        for value in values {
+            let invalid = |reason: &str| SessionError::Invalid {
+                flag: "--secret",
+                value: value.clone(),
+                reason: reason.to_owned(),
+            };
+            let (mut id, mut src, mut env, mut kind) = (None, None, None, None);
+            for field in value.split(',') {
+                let (key, v) = field
+                    .split_once('=')
+                    .ok_or_else(|| invalid("expected id=ID,src=PATH or id=ID,env=VARIABLE"))?;
+                match key.to_ascii_lowercase().as_str() {
+                    "id" => id = Some(v.to_owned()),
+                    "src" | "source" => src = Some(v.to_owned()),
+                    "env" => env = Some(v.to_owned()),
+                    "type" => kind = Some(v.to_ascii_lowercase()),
+                    other => {
+                        return Err(invalid(&format!(
+                            "unknown key {other:?}: expected id, src (source), env or type"
+                        )));
+                    }
+                }
+            }
+            let id = id
+                .or_else(|| src.clone())
+                .or_else(|| env.clone())
+                .filter(|i| !i.is_empty())
+                .ok_or_else(|| invalid("id=ID is missing"))?;
+            let source = match (kind.as_deref(), src, env) {
+                (_, Some(_), Some(_)) => return Err(invalid("give src or env, not both")),
+                (Some("env"), Some(var), None) | (_, None, Some(var)) => SecretSource::Env(var),
+                (None | Some("file"), Some(path), None) => SecretSource::File(PathBuf::from(path)),
+                (Some("env"), None, None) => SecretSource::Env(id.clone()),
+                (Some("file"), None, None) => SecretSource::File(PathBuf::from(&id)),
+                (None, None, None) if std::env::var_os(&id).is_some() => {
+                    SecretSource::Env(id.clone())
+                }
+                (None, None, None) => SecretSource::File(PathBuf::from(&id)),
+                (Some(other), _, _) => {
+                    return Err(invalid(&format!(
+                        "unknown type {other:?}: expected file or env"
+                    )));
+                }
+            };
+            if let SecretSource::File(path) = &source
+                && !path.is_file()
+            {
+                return Err(invalid(&format!(
+                    "{} is not a readable file",
+                    path.display()
+                )));
+            }
+            self.secrets.insert(id, source);
+        }
+        Ok(self)
+    }
+
+    /// Reads `--ssh` values: `ID` (the agent at `$SSH_AUTH_SOCK`) or `ID=SOCKET`.
+    ///
+    /// # Errors
+    /// A value without a socket where `SSH_AUTH_SOCK` is unset, or a path that is not a
+    /// socket.
+    pub fn with_ssh(mut self, values: &[String]) -> Result<Self, SessionError> {
+        for value in values {
+            let invalid = |reason: String| SessionError::Invalid {
+                flag: "--ssh",
+                value: value.clone(),
+                reason,
+            };
+            let (id, path) = match value.split_once('=') {
+                Some((id, paths)) => {
+                    if paths.contains(',') {
+                        return Err(invalid(
+                            "give one agent socket; key files are not taken: add them to an \
+                             agent (ssh-add) and pass its socket"
+                                .to_owned(),
+                        ));
+                    }
+                    (id.to_owned(), PathBuf::from(paths))
+                }
+                None => match std::env::var_os("SSH_AUTH_SOCK") {
+                    Some(sock) => (value.clone(), PathBuf::from(sock)),
+                    None => {
+                        return Err(invalid(
+                            "SSH_AUTH_SOCK is not set: start an agent (eval $(ssh-agent); \
+                             ssh-add) or give its socket as ID=PATH"
+                                .to_owned(),
+                        ));
+                    }
+                },
+            };
+            if id.is_empty() {
+                return Err(invalid("the id before = is empty".to_owned()));
+            }
+            if !is_socket(&path) {
+                return Err(invalid(format!(
+                    "{} is not a socket: give the socket of a running ssh-agent",
+                    path.display()
+                )));
+            }
+            self.ssh.insert(id, path);
+        }
+        Ok(self)
+    }
+}
+
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    fs_err::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+impl Session for LocalSession {
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, SessionError> {
+        let Some(source) = self.secrets.get(id) else {
+            return Ok(None);
+        };
+        let bytes = match source {
+            SecretSource::File(path) => {
+                fs_err::read(path).map_err(|source| SessionError::Read {
+                    id: id.to_owned(),
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            SecretSource::Env(var) => std::env::var_os(var)
+                .ok_or_else(|| SessionError::EnvUnset {
+                    id: id.to_owned(),
+                    var: var.clone(),
+                })?
+                .into_encoded_bytes(),
+        };
+        if bytes.len() > MAX_SECRET_BYTES {
+            return Err(SessionError::TooLarge {
+                id: id.to_owned(),
+                bytes: bytes.len(),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    fn ssh_agent(&self, id: &str) -> Option<PathBuf> {
+        self.ssh.get(id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_values_read_as_buildx_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tok");
+        fs_err::write(&file, "s3cret").unwrap();
+        let src = format!("id=tok,src={}", file.display());
+        let s = LocalSession::default()
+            .with_secrets(&[
+                src,
+                "id=home,env=HOME".into(),
+                "id=p,type=env,src=PATH".into(),
+            ])
+            .unwrap();
+        assert_eq!(s.secret("tok").unwrap().unwrap(), b"s3cret");
+        assert_eq!(
+            s.secret("home").unwrap().unwrap(),
+            std::env::var("HOME").unwrap().as_bytes()
+        );
+        assert_eq!(
+            s.secret("p").unwrap().unwrap(),
+            std::env::var("PATH").unwrap().as_bytes()
+        );
+        assert!(s.secret("other").unwrap().is_none());
+        for (bad, why) in [
+            ("id=a,src=/nonexistent/x", "not a readable file"),
+            ("id=a,colour=red", "unknown key"),
+            ("src", "expected id=ID"),
+            ("id=a,src=x,env=Y", "not both"),
+        ] {
+            let err = LocalSession::default()
+                .with_secrets(&[bad.to_owned()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_secret_over_the_limit_is_refused_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big");
+        fs_err::write(&file, vec![b'x'; MAX_SECRET_BYTES + 1]).unwrap();
+        let s = LocalSession::default()
+            .with_secrets(&[format!("id=big,src={}", file.display())])
+            .unwrap();
+        let err = s.secret("big").unwrap_err().to_string();
+        assert!(err.contains("512001 bytes"), "{err}");
+    }
+
+    #[test]
+    fn ssh_values_need_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let s = LocalSession::default()
+            .with_ssh(&[format!("default={}", sock.display())])
+            .unwrap();
+        assert_eq!(s.ssh_agent("default"), Some(sock.clone()));
+        assert!(s.ssh_agent("gh").is_none());
+        let plain = dir.path().join("key");
+        fs_err::write(&plain, "").unwrap();
+        let err = LocalSession::default()
+            .with_ssh(&[format!("default={}", plain.display())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a socket"), "{err}");
+    }
+}
