@@ -36,6 +36,10 @@ enum Command {
     Save(cmd::image::SaveArgs),
     /// Print a build's complete log: the newest build's, or BUILD's, or one step's output.
     Logs(cmd::logs::LogsArgs),
+    /// Show the cache mounts (`RUN --mount=type=cache`) in the state root, with their sizes.
+    Du(cmd::disk::DuArgs),
+    /// Remove the cache mounts that no build is using.
+    Prune(cmd::disk::PruneArgs),
     /// Parse a Dockerfile and print its syntax tree.
     Parse(cmd::parse::ParseArgs),
     /// Tools for looking inside hoist.
@@ -60,6 +64,8 @@ fn main() -> ExitCode {
         Command::Images(args) => cmd::image::images(&args),
         Command::Save(args) => cmd::image::save(&args),
         Command::Logs(args) => cmd::logs::run(&args),
+        Command::Du(args) => cmd::disk::du(&args),
+        Command::Prune(args) => cmd::disk::prune(&args),
         Command::Parse(args) => cmd::parse::run(&args),
         Command::Debug { command } => cmd::debug::run(command),
     };

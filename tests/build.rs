@@ -12,25 +12,10 @@ use std::time::{Duration, Instant};
 
 use support::{Project, Registry, mounts_under, processes_running};
 
-/// The names of the steps that ran (not CACHED) in a plain progress log.
+/// The RUN, COPY and ADD steps that ran (not CACHED) in a plain progress log.
 fn steps_that_ran(stderr: &str) -> Vec<String> {
-    let mut names = std::collections::BTreeMap::new();
-    let mut done = Vec::new();
-    for line in stderr.lines() {
-        let Some(rest) = line.strip_prefix('#') else {
-            continue;
-        };
-        let Some((n, text)) = rest.split_once(' ') else {
-            continue;
-        };
-        if text.starts_with('[') {
-            names.insert(n.to_owned(), text.to_owned());
-        } else if text.starts_with("DONE") {
-            done.push(n.to_owned());
-        }
-    }
-    done.iter()
-        .filter_map(|n| names.get(n).cloned())
+    support::steps_that_ran(stderr)
+        .into_iter()
         .filter(|name| name.contains(" RUN ") || name.contains(" COPY ") || name.contains(" ADD "))
         .collect()
 }
@@ -784,5 +769,19 @@ fn user_sets_the_supplementary_groups_as_buildkit_does() {
     assert!(
         stderr.contains("(line 4:1)") && stderr.contains("unable to find user mallory"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn runs_that_change_nothing_leave_later_runs_working() {
+    // Such RUNs make identical empty layers that share one snapshot; the overlay of the next
+    // RUN must not list that directory twice (the kernel refuses it with ELOOP).
+    let p = Project::new(
+        "FROM scratch\nADD rootfs.tar /\nRUN true\nRUN true\nRUN echo after > /after\n",
+    );
+    let (_, rootfs) = p.build_to_dir(&[]);
+    assert_eq!(
+        fs_err::read_to_string(rootfs.path().join("after")).unwrap(),
+        "after\n"
     );
 }

@@ -214,8 +214,51 @@ pub fn reclaim_stale(tmp: &Path) -> Result<Reclaimed, ScratchError> {
     Ok(reclaimed)
 }
 
-/// Removes `dir` and everything under it; returns the bytes its files held.
+/// The mount points at or under `dir` in this process's mount namespace, deepest first, from
+/// `/proc/self/mountinfo` (whose paths escape space, tab, newline and backslash in octal).
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let Ok(text) = fs_err::read("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = text
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(|field| {
+            let mut path = Vec::with_capacity(field.len());
+            let mut i = 0;
+            while i < field.len() {
+                let octal = field.get(i + 1..i + 4).and_then(|d| {
+                    std::str::from_utf8(d)
+                        .ok()
+                        .and_then(|d| u8::from_str_radix(d, 8).ok())
+                });
+                match (field[i], octal) {
+                    (b'\\', Some(byte)) => {
+                        path.push(byte);
+                        i += 4;
+                    }
+                    (byte, _) => {
+                        path.push(byte);
+                        i += 1;
+                    }
+                }
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(path))
+        })
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+/// Removes `dir` and everything under it; returns the bytes its files held. What a dead
+/// process left mounted there (a read-only view of layers, a step's secrets on a tmpfs) is
+/// unmounted first, so that nothing is deleted through a mount and the removal can succeed.
 fn remove_tree(dir: &Path) -> Result<u64, ScratchError> {
+    for mount in mounts_under(dir) {
+        let _ = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::DETACH);
+    }
     let mut bytes = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -292,6 +335,33 @@ mod tests {
         assert_eq!(names(tmp.path()).len(), 1);
         // Nothing more to do while the live one lives.
         assert_eq!(reclaim_stale(tmp.path()).unwrap(), Reclaimed::default());
+    }
+
+    #[test]
+    fn what_a_dead_process_left_mounted_in_its_area_is_unmounted_and_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead = ScratchArea::new(tmp.path());
+        let dead_dir = dead.dir().unwrap().to_path_buf();
+        // A read-only mount with a file, as a view of layers or a step's secrets would be;
+        // the name has a space, which mountinfo escapes.
+        let mounted = dead_dir.join("work 1/view");
+        fs_err::create_dir_all(&mounted).unwrap();
+        rustix::mount::mount(
+            "tmpfs",
+            &mounted,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .unwrap();
+        fs_err::write(mounted.join("kept"), "x").unwrap();
+        rustix::mount::mount_remount(&mounted, rustix::mount::MountFlags::RDONLY, c"").unwrap();
+        abandon(dead);
+        assert_eq!(mounts_under(&dead_dir), [mounted]);
+        let reclaimed = reclaim_stale(tmp.path()).unwrap();
+        assert_eq!(reclaimed.areas, 1);
+        assert!(!dead_dir.exists());
+        assert!(mounts_under(tmp.path()).is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub(crate) mod build;
 pub(crate) mod debug;
+pub(crate) mod disk;
 pub(crate) mod engine;
 pub(crate) mod image;
 pub(crate) mod logs;

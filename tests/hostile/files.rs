@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Project, Registry};
+use crate::support::{Project, Registry, steps_that_ran};
 
 /// How long a build of a few small steps may take before it counts as hung. A FIFO opened for
 /// reading waits for a writer forever; `/dev/zero` reads forever.
@@ -64,23 +64,6 @@ fn build_ok(p: &Project, args: &[&str]) -> (String, tempfile::TempDir) {
 fn mknod(path: &Path, args: &[&str]) {
     let status = Command::new("mknod").arg(path).args(args).status().unwrap();
     assert!(status.success(), "mknod {} {args:?}", path.display());
-}
-
-/// The names of the steps that ran (not CACHED) in a plain progress log.
-fn steps_that_ran(stderr: &str) -> Vec<String> {
-    let mut names = std::collections::BTreeMap::new();
-    let mut ran = Vec::new();
-    for line in stderr.lines() {
-        let Some((n, text)) = line.strip_prefix('#').and_then(|r| r.split_once(' ')) else {
-            continue;
-        };
-        if text.starts_with('[') {
-            names.insert(n.to_owned(), text.to_owned());
-        } else if text.starts_with("DONE") {
-            ran.extend(names.get(n).cloned());
-        }
-    }
-    ran
 }
 
 const COPY_DIR: &str = "FROM scratch\nADD rootfs.tar /\nCOPY dir /d/\n";

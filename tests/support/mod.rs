@@ -253,3 +253,20 @@ pub fn mounts_under(root: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The names of the steps that ran (not CACHED) in a plain progress log.
+pub fn steps_that_ran(stderr: &str) -> Vec<String> {
+    let mut names = std::collections::BTreeMap::new();
+    let mut ran = Vec::new();
+    for line in stderr.lines() {
+        let Some((n, text)) = line.strip_prefix('#').and_then(|r| r.split_once(' ')) else {
+            continue;
+        };
+        if text.starts_with('[') {
+            names.insert(n.to_owned(), text.to_owned());
+        } else if text.starts_with("DONE") {
+            ran.extend(names.get(n).cloned());
+        }
+    }
+    ran
+}

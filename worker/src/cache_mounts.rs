@@ -244,7 +244,9 @@ impl CacheMounts {
                 usage.bytes += tree_bytes(&instance);
                 usage.in_use |= try_lock(&lock).is_none();
             }
-            out.push(usage);
+            if usage.instances > 0 {
+                out.push(usage);
+            }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
@@ -264,6 +266,12 @@ impl CacheMounts {
                 pruned.bytes += tree_bytes(&instance);
                 pruned.instances += 1;
                 fs_err::remove_dir_all(&instance).map_err(io_err("remove", &instance))?;
+            }
+            // A mount with no instance left goes too, unless a step is making one now.
+            if instances(&dir)?.is_empty()
+                && let Some(_making) = try_lock(&dir.join("create.lock"))
+            {
+                fs_err::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
             }
         }
         Ok(pruned)

@@ -1,0 +1,497 @@
+//! `RUN --mount` end to end, as a user sees it: bind, cache, tmpfs, secret and ssh mounts in
+//! the real sandbox (built-in runtime and runc), what lands in layers, keys and logs, and
+//! `hoist du` / `hoist prune`. Needs root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns may unwrap
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::{Project, steps_that_ran};
+
+fn runtimes() -> [&'static str; 2] {
+    ["builtin", "/usr/sbin/runc"]
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    let text = stderr(out);
+    assert!(out.status.success(), "hoist build failed:\n{text}");
+    text
+}
+
+/// Every file under `dir`, recursively (not following symlinks).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs_err::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The files under `dir` that hold `needle`, gzip streams read decompressed.
+fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|f| {
+            let Ok(bytes) = fs_err::read(f) else {
+                return false;
+            };
+            if contains(&bytes, needle) {
+                return true;
+            }
+            if bytes.starts_with(&[0x1f, 0x8b]) {
+                let out = Command::new("gzip").args(["-dc"]).arg(f).output().unwrap();
+                return contains(&out.stdout, needle);
+            }
+            false
+        })
+        .collect()
+}
+
+#[test]
+fn bind_mounts_show_the_context_and_a_stage_and_never_reach_the_layer() {
+    let p = Project::new(
+        "FROM scratch AS base\n\
+         ADD rootfs.tar /\n\
+         RUN mkdir /data && echo from-base > /data/f\n\
+         FROM base\n\
+         WORKDIR /w\n\
+         RUN --mount=target=ctx,source=src cat ctx/a.txt > /seen-a && ls ctx > /seen-ls\n\
+         RUN --mount=type=bind,source=src/a.txt,target=/one.txt cat /one.txt > /seen-one\n\
+         RUN --mount=from=base,source=/data,target=/d,rw echo written > /d/f && cat /d/f > /seen-rw\n\
+         RUN --mount=from=base,source=/data,target=/d cat /d/f > /seen-after && \
+             (touch /d/x 2> /seen-ro-err; true)\n",
+    );
+    fs_err::create_dir(p.path("src")).unwrap();
+    p.write("src/a.txt", "context-a\n");
+    p.write("src/b.log", "ignored\n");
+    p.write(".dockerignore", "src/*.log\n");
+    for runtime in runtimes() {
+        let (_, rootfs) = p.build_to_dir(&["--runtime", runtime, "--no-cache"]);
+        let read = |f: &str| fs_err::read_to_string(rootfs.path().join(f)).unwrap();
+        assert_eq!(read("seen-a"), "context-a\n", "{runtime}");
+        // .dockerignore holds for mounts as for COPY.
+        assert_eq!(read("seen-ls"), "a.txt\n", "{runtime}");
+        assert_eq!(read("seen-one"), "context-a\n", "{runtime}");
+        assert_eq!(read("seen-rw"), "written\n", "{runtime}");
+        // What the rw step wrote was thrown away; the next mount sees the stage as it is.
+        assert_eq!(read("seen-after"), "from-base\n", "{runtime}");
+        assert!(read("seen-ro-err").contains("Read-only"), "{runtime}");
+        // The mount points are in no layer.
+        for gone in ["w/ctx", "one.txt", "d"] {
+            assert!(
+                !rootfs.path().join(gone).exists(),
+                "{runtime}: /{gone} landed in the image"
+            );
+        }
+        assert!(rootfs.path().join("w").is_dir());
+    }
+}
+
+#[test]
+fn a_bound_context_file_is_in_the_steps_key_and_other_files_are_not() {
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         RUN --mount=source=in.txt,target=/in.txt cat /in.txt > /copy\n",
+    );
+    p.write("in.txt", "one\n");
+    p.write("other.txt", "x\n");
+    ok(&p.hoist(&[]));
+    p.write("other.txt", "y\n");
+    let text = ok(&p.hoist(&[]));
+    let ran = steps_that_ran(&text);
+    assert!(
+        !ran.iter().any(|s| s.contains("RUN --mount")),
+        "a change to an unmounted file re-ran the step:\n{text}"
+    );
+    p.write("in.txt", "two\n");
+    let (_, rootfs) = p.build_to_dir(&[]);
+    assert_eq!(
+        fs_err::read_to_string(rootfs.path().join("copy")).unwrap(),
+        "two\n"
+    );
+}
+
+#[test]
+fn cache_mounts_outlive_builds_stay_out_of_layers_and_prune_drops_them() {
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         ARG N\n\
+         RUN --mount=type=cache,target=/var/cache/app,id=app \
+             echo \"run $N\" >> /var/cache/app/log && cp /var/cache/app/log /seen\n\
+         RUN --mount=type=cache,target=/owned,uid=1000,gid=1000,mode=0750 \
+             stat -c '%u:%g %a' /owned > /owned-stat\n",
+    );
+    let (_, first) = p.build_to_dir(&["--build-arg", "N=1"]);
+    assert_eq!(
+        fs_err::read_to_string(first.path().join("seen")).unwrap(),
+        "run 1\n"
+    );
+    assert_eq!(
+        fs_err::read_to_string(first.path().join("owned-stat")).unwrap(),
+        "1000:1000 750\n"
+    );
+    // A new value re-runs the step, which finds what the first build left in the cache.
+    let (_, second) = p.build_to_dir(&["--build-arg", "N=2", "--runtime", "/usr/sbin/runc"]);
+    assert_eq!(
+        fs_err::read_to_string(second.path().join("seen")).unwrap(),
+        "run 1\nrun 2\n"
+    );
+    assert!(!second.path().join("var/cache/app").exists());
+    assert!(!second.path().join("owned").exists());
+
+    let du = |p: &Project| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .arg("du")
+            .arg("--root")
+            .arg(p.root.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = du(&p);
+    assert!(
+        listed.contains("app ") && listed.contains("/owned "),
+        "{listed}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .arg("prune")
+        .arg("--root")
+        .arg(p.root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 2 cache mount instance(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!du(&p).contains("app "));
+    let (_, third) = p.build_to_dir(&["--build-arg", "N=3"]);
+    assert_eq!(
+        fs_err::read_to_string(third.path().join("seen")).unwrap(),
+        "run 3\n"
+    );
+}
+
+#[test]
+fn locked_cache_mounts_take_turns_and_private_ones_split_when_busy() {
+    // Two independent stages (different commands, so not one deduplicated step) run at
+    // once (see tests/build.rs). With `locked` the second waits
+    // for the first; with `private` it gets a directory of its own. Either way neither step
+    // finds the other's marker, and `private` leaves two directories where `locked` has one.
+    for (sharing, instances) in [("locked", "1"), ("private", "2")] {
+        let stage = |name: &str| {
+            format!(
+                "FROM base AS {name}\n\
+                 RUN --mount=type=cache,target=/c,id=c,sharing={sharing} \
+                     if mkdir /c/busy 2>/dev/null; then sleep 2; rmdir /c/busy; echo alone > /r; \
+                     else echo overlapped > /r; fi; echo {name} done\n"
+            )
+        };
+        let p = Project::new(&format!(
+            "FROM scratch AS base\nADD rootfs.tar /\n{}{}\
+             FROM base\nCOPY --from=one /r /one\nCOPY --from=two /r /two\n",
+            stage("one"),
+            stage("two"),
+        ));
+        let (_, rootfs) = p.build_to_dir(&[]);
+        let read = |f: &str| fs_err::read_to_string(rootfs.path().join(f)).unwrap();
+        assert_eq!(read("one"), "alone\n", "{sharing}");
+        assert_eq!(read("two"), "alone\n", "{sharing}");
+        let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .arg("du")
+            .arg("--root")
+            .arg(p.root.path())
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let count = listed
+            .lines()
+            .find(|l| l.starts_with("c "))
+            .and_then(|l| l.split_whitespace().nth(1));
+        assert_eq!(count, Some(instances), "{sharing}: {listed}");
+    }
+}
+
+#[test]
+fn tmpfs_mounts_are_empty_sized_and_gone_after_the_step() {
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         RUN --mount=type=tmpfs,target=/scratch,size=2m \
+             df -k /scratch | tail -1 | awk '{print $2}' > /size && echo x > /scratch/f\n",
+    );
+    let (_, rootfs) = p.build_to_dir(&[]);
+    assert_eq!(
+        fs_err::read_to_string(rootfs.path().join("size")).unwrap(),
+        "2048\n"
+    );
+    assert!(!rootfs.path().join("scratch").exists());
+}
+
+#[test]
+fn secrets_reach_the_run_and_never_a_layer_the_cache_the_history_or_the_logs() {
+    let secret = format!("s3cret-{}-{}", std::process::id(), rand_suffix());
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         RUN --mount=type=secret,id=token \
+             sha256sum /run/secrets/token | cut -d' ' -f1 > /file-hash && \
+             stat -c '%u %a' /run/secrets/token > /file-stat\n\
+         RUN --mount=type=secret,id=token,env=TOKEN,target=/s/t,uid=1000,mode=0440 \
+             printf %s \"$TOKEN\" | sha256sum | cut -d' ' -f1 > /env-hash && \
+             stat -c '%u %a' /s/t > /target-stat\n\
+         RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && touch /absent-ok\n",
+    );
+    let file = p.path("../token-file");
+    fs_err::write(&file, &secret).unwrap();
+    let expected = {
+        let out = Command::new("sha256sum").arg(&file).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let secret_flag = format!("id=token,src={}", file.display());
+    for runtime in runtimes() {
+        let (log, rootfs) = p.build_to_dir(&[
+            "--secret",
+            &secret_flag,
+            "--runtime",
+            runtime,
+            "-t",
+            "secrets:latest",
+        ]);
+        let read = |f: &str| fs_err::read_to_string(rootfs.path().join(f)).unwrap();
+        assert_eq!(read("file-hash").trim(), expected, "{runtime}");
+        assert_eq!(read("file-stat"), "0 400\n", "{runtime}");
+        assert_eq!(read("env-hash").trim(), expected, "{runtime}");
+        assert_eq!(read("target-stat"), "1000 440\n", "{runtime}");
+        assert!(rootfs.path().join("absent-ok").exists(), "{runtime}");
+        for gone in ["run/secrets", "s"] {
+            assert!(!rootfs.path().join(gone).exists(), "{runtime}: /{gone}");
+        }
+        assert!(!contains(log.as_bytes(), secret.as_bytes()), "{runtime}");
+        // Nothing in the state root holds it: snapshots, blobs (decompressed), the image
+        // config and history, the cache index, the logs.
+        let leaks = holding(p.root.path(), secret.as_bytes());
+        assert!(leaks.is_empty(), "{runtime}: the secret is in {leaks:?}");
+        assert!(holding(rootfs.path(), secret.as_bytes()).is_empty());
+    }
+    // Its content is in no key: a new secret leaves the steps cached, as in BuildKit.
+    fs_err::write(&file, "another").unwrap();
+    let text = ok(&p.hoist(&["--secret", &secret_flag]));
+    let ran = steps_that_ran(&text);
+    assert!(
+        !ran.iter().any(|s| s.contains("RUN")),
+        "a changed secret re-ran {ran:?}:\n{text}"
+    );
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn a_required_secret_or_agent_that_was_not_given_fails_at_its_line() {
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         RUN --mount=type=secret,id=npmrc,required true\n",
+    );
+    let out = p.hoist(&[]);
+    let text = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("(line 3")
+            && text.contains("secret \"npmrc\" is required")
+            && text.contains("--secret id=npmrc,src=FILE"),
+        "{text}"
+    );
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         RUN --mount=type=ssh,id=github,required=true true\n",
+    );
+    let out = p.hoist(&[]);
+    let text = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("(line 3") && text.contains("--ssh github=SOCKET"),
+        "{text}"
+    );
+    // A --secret that names a missing file fails before anything runs.
+    let out = p.hoist(&["--secret", "id=x,src=/nonexistent/secret"]);
+    assert!(
+        stderr(&out).contains("/nonexistent/secret is not a readable file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Asks the agent at `$SSH_AUTH_SOCK` for its identities and prints how many it holds: the
+/// busybox image has no ssh client, so the test brings this, built static.
+const AGENT_QUERY: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+int main(void) {
+  const char *path = getenv("SSH_AUTH_SOCK");
+  if (!path) { fprintf(stderr, "SSH_AUTH_SOCK unset\n"); return 2; }
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
+  strncpy(addr.sun_path, path, sizeof addr.sun_path - 1);
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) { perror("connect"); return 3; }
+  unsigned char request[5] = {0, 0, 0, 1, 11}; /* SSH2_AGENTC_REQUEST_IDENTITIES */
+  if (write(fd, request, 5) != 5) { perror("write"); return 4; }
+  unsigned char reply[9];
+  size_t got = 0;
+  while (got < 9) {
+    ssize_t n = read(fd, reply + got, 9 - got);
+    if (n <= 0) { perror("read"); return 5; }
+    got += (size_t)n;
+  }
+  if (reply[4] != 12) { fprintf(stderr, "unexpected reply %d\n", reply[4]); return 6; }
+  printf("%u\n", (unsigned)reply[5] << 24 | reply[6] << 16 | reply[7] << 8 | reply[8]);
+  return 0;
+}
+"#;
+
+struct Agent {
+    child: std::process::Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// `ssh-agent -D` on a socket of its own, holding one new ed25519 key.
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("ssh-agent (openssh-client)");
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let key = dir.path().join("key");
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let added = Command::new("ssh-add")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &socket)
+            .output()
+            .unwrap();
+        assert!(added.status.success(), "{}", stderr(&added));
+        Self {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ssh_mounts_reach_the_agent_with_the_mounts_owner_and_mode() {
+    let agent = Agent::start();
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         COPY agentq /usr/bin/agentq\n\
+         RUN --mount=type=ssh agentq > /keys && echo \"$SSH_AUTH_SOCK\" > /sock && \
+             stat -c '%u %a' \"$SSH_AUTH_SOCK\" > /sock-stat\n\
+         RUN --mount=type=ssh,id=other,target=/agent,uid=1000,mode=0660 \
+             SSH_AUTH_SOCK=/agent agentq > /keys-other && stat -c '%u %a' /agent > /agent-stat\n\
+         RUN --mount=type=ssh,id=absent test -z \"$SSH_AUTH_SOCK\" && touch /absent-ok\n",
+    );
+    let built = Command::new("gcc")
+        .args(["-static", "-O2", "-x", "c", "-o"])
+        .arg(p.path("agentq"))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut gcc| {
+            use std::io::Write as _;
+            gcc.stdin
+                .take()
+                .unwrap()
+                .write_all(AGENT_QUERY.as_bytes())?;
+            gcc.wait()
+        })
+        .expect("gcc");
+    assert!(built.success(), "gcc -static failed (libc6-dev installed?)");
+    let default = format!("default={}", agent.socket.display());
+    let other = format!("other={}", agent.socket.display());
+    for runtime in runtimes() {
+        let (_, rootfs) = p.build_to_dir(&[
+            "--ssh",
+            &default,
+            "--ssh",
+            &other,
+            "--runtime",
+            runtime,
+            "--no-cache",
+        ]);
+        let read = |f: &str| fs_err::read_to_string(rootfs.path().join(f)).unwrap();
+        assert_eq!(read("keys"), "1\n", "{runtime}");
+        assert_eq!(read("sock"), "/run/buildkit/ssh_agent.0\n", "{runtime}");
+        assert_eq!(read("sock-stat"), "0 600\n", "{runtime}");
+        assert_eq!(read("keys-other"), "1\n", "{runtime}");
+        assert_eq!(read("agent-stat"), "1000 660\n", "{runtime}");
+        assert!(rootfs.path().join("absent-ok").exists(), "{runtime}");
+        assert!(!rootfs.path().join("run/buildkit").exists(), "{runtime}");
+        assert!(!rootfs.path().join("agent").exists(), "{runtime}");
+    }
+}
