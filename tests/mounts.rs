@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::{Project, steps_that_ran};
+use support::{Project, Registry, steps_that_ran};
 
 fn runtimes() -> [&'static str; 2] {
     ["builtin", "/usr/sbin/runc"]
@@ -200,43 +200,89 @@ fn cache_mounts_outlive_builds_stay_out_of_layers_and_prune_drops_them() {
     );
 }
 
+/// Starts `hoist build` of `dir` on the state root `root` with build-args, without waiting.
+fn spawn_build(root: &Path, dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .arg("build")
+        .arg("--root")
+        .arg(root)
+        .arg("--progress=plain")
+        .args(args)
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
-fn locked_cache_mounts_take_turns_and_private_ones_split_when_busy() {
-    // Two independent stages (different commands, so not one deduplicated step) run at
-    // once (see tests/build.rs). With `locked` the second waits
-    // for the first; with `private` it gets a directory of its own. Either way neither step
-    // finds the other's marker, and `private` leaves two directories where `locked` has one.
-    for (sharing, instances) in [("locked", "1"), ("private", "2")] {
-        let stage = |name: &str| {
-            format!(
-                "FROM base AS {name}\n\
-                 RUN --mount=type=cache,target=/c,id=c,sharing={sharing} \
-                     if mkdir /c/busy 2>/dev/null; then sleep 2; rmdir /c/busy; echo alone > /r; \
-                     else echo overlapped > /r; fi; echo {name} done\n"
-            )
-        };
+fn shared_locked_and_private_cache_mounts_under_two_concurrent_builds() {
+    // Each build writes its marker into the cache mount, then:
+    // - shared: waits (up to 20 s) to see the other build's marker, which only a directory
+    //   used by both at once shows;
+    // - locked: takes /c/busy for 2 s; finding it taken means the builds overlapped;
+    // - private: holds the mount for 2 s, then lists it: each sees only its own marker, and
+    //   the two builds needed two directories.
+    let script = |sharing: &str| match sharing {
+        "shared" => "touch /c/$ME; i=0; while [ ! -e /c/$OTHER ]; do \
+                     i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.1; done; echo saw > /r"
+            .to_owned(),
+        "locked" => "if mkdir /c/busy; then sleep 2; rmdir /c/busy; echo alone > /r; \
+                     else echo overlapped > /r; fi"
+            .to_owned(),
+        _ => "touch /c/$ME; sleep 2; ls /c > /r".to_owned(),
+    };
+    for sharing in ["shared", "locked", "private"] {
         let p = Project::new(&format!(
-            "FROM scratch AS base\nADD rootfs.tar /\n{}{}\
-             FROM base\nCOPY --from=one /r /one\nCOPY --from=two /r /two\n",
-            stage("one"),
-            stage("two"),
+            "FROM scratch\nADD rootfs.tar /\nARG ME\nARG OTHER\n\
+             RUN --mount=type=cache,target=/c,id=c,sharing={sharing} {}\n",
+            script(sharing)
         ));
-        let (_, rootfs) = p.build_to_dir(&[]);
-        let read = |f: &str| fs_err::read_to_string(rootfs.path().join(f)).unwrap();
-        assert_eq!(read("one"), "alone\n", "{sharing}");
-        assert_eq!(read("two"), "alone\n", "{sharing}");
-        let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
-            .arg("du")
-            .arg("--root")
-            .arg(p.root.path())
-            .output()
-            .unwrap();
-        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let outs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let children: Vec<_> = [("a", "b"), ("b", "a")]
+            .iter()
+            .zip(&outs)
+            .map(|((me, other), out)| {
+                spawn_build(
+                    p.root.path(),
+                    p.dir.path(),
+                    &[
+                        "--build-arg",
+                        &format!("ME={me}"),
+                        "--build-arg",
+                        &format!("OTHER={other}"),
+                        "-o",
+                        &format!("type=local,dest={}", out.path().display()),
+                    ],
+                )
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{sharing}: {}", stderr(&out));
+        }
+        let read = |i: usize| fs_err::read_to_string(outs[i].path().join("r")).unwrap();
+        match sharing {
+            "shared" => assert_eq!((read(0), read(1)), ("saw\n".into(), "saw\n".into())),
+            "locked" => assert_eq!((read(0), read(1)), ("alone\n".into(), "alone\n".into())),
+            _ => assert_eq!((read(0), read(1)), ("a\n".into(), "b\n".into())),
+        }
+        let listed = String::from_utf8_lossy(
+            &Command::new(env!("CARGO_BIN_EXE_hoist"))
+                .arg("du")
+                .arg("--root")
+                .arg(p.root.path())
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned();
         let count = listed
             .lines()
             .find(|l| l.starts_with("c "))
             .and_then(|l| l.split_whitespace().nth(1));
-        assert_eq!(count, Some(instances), "{sharing}: {listed}");
+        let expected = if sharing == "private" { "2" } else { "1" };
+        assert_eq!(count, Some(expected), "{sharing}: {listed}");
     }
 }
 
@@ -281,15 +327,28 @@ fn secrets_reach_the_run_and_never_a_layer_the_cache_the_history_or_the_logs() {
             .to_owned()
     };
     let secret_flag = format!("id=token,src={}", file.display());
+    let registry = Registry::start();
+    let tag = format!("{}/secrets:latest", registry.addr);
+    let metadata = p.path("../metadata.json");
+    let metadata_flag = metadata.display().to_string();
     for runtime in runtimes() {
-        let (log, rootfs) = p.build_to_dir(&[
+        let rootfs = tempfile::tempdir().unwrap();
+        let local = format!("type=local,dest={}", rootfs.path().display());
+        let out = p.hoist(&[
+            "-o",
+            &local,
             "--secret",
             &secret_flag,
             "--runtime",
             runtime,
             "-t",
-            "secrets:latest",
+            &tag,
+            "--push",
+            "--metadata-file",
+            &metadata_flag,
+            "--no-cache",
         ]);
+        ok(&out);
         let read = |f: &str| fs_err::read_to_string(rootfs.path().join(f)).unwrap();
         assert_eq!(read("file-hash").trim(), expected, "{runtime}");
         assert_eq!(read("file-stat"), "0 400\n", "{runtime}");
@@ -299,12 +358,24 @@ fn secrets_reach_the_run_and_never_a_layer_the_cache_the_history_or_the_logs() {
         for gone in ["run/secrets", "s"] {
             assert!(!rootfs.path().join(gone).exists(), "{runtime}: /{gone}");
         }
-        assert!(!contains(log.as_bytes(), secret.as_bytes()), "{runtime}");
+        for printed in [&out.stdout, &out.stderr] {
+            assert!(!contains(printed, secret.as_bytes()), "{runtime}");
+        }
         // Nothing in the state root holds it: snapshots, blobs (decompressed), the image
         // config and history, the cache index, the logs.
         let leaks = holding(p.root.path(), secret.as_bytes());
         assert!(leaks.is_empty(), "{runtime}: the secret is in {leaks:?}");
         assert!(holding(rootfs.path(), secret.as_bytes()).is_empty());
+        // Nor what was pushed (every blob, decompressed), nor the metadata file.
+        let pushed = files_under(&registry.data_dir());
+        assert!(pushed.len() > 3, "nothing was pushed: {pushed:?}");
+        let leaks = holding(&registry.data_dir(), secret.as_bytes());
+        assert!(
+            leaks.is_empty(),
+            "{runtime}: the secret was pushed in {leaks:?}"
+        );
+        let meta = fs_err::read(&metadata).unwrap();
+        assert!(!contains(&meta, secret.as_bytes()), "{runtime}");
     }
     // Its content is in no key: a new secret leaves the steps cached, as in BuildKit.
     fs_err::write(&file, "another").unwrap();
@@ -493,5 +564,35 @@ fn ssh_mounts_reach_the_agent_with_the_mounts_owner_and_mode() {
         assert!(rootfs.path().join("absent-ok").exists(), "{runtime}");
         assert!(!rootfs.path().join("run/buildkit").exists(), "{runtime}");
         assert!(!rootfs.path().join("agent").exists(), "{runtime}");
+    }
+}
+
+#[test]
+fn bad_mount_input_fails_at_its_line_before_anything_runs() {
+    for (line, expect) in [
+        (
+            "RUN --mount=type=volume,target=/v true",
+            "unknown mount type \"volume\": expected bind, cache, tmpfs, secret or ssh",
+        ),
+        (
+            "RUN --mount=type=cache,target=/c,colour=red true",
+            "unknown key \"colour\"",
+        ),
+        (
+            "RUN --mount=type=cache,target=/c,from=127.0.0.1:1/nostage true",
+            "--from=127.0.0.1:1/nostage: no stage of that name comes before this line",
+        ),
+    ] {
+        let p = Project::new(&format!("FROM scratch\nADD rootfs.tar /\n{line}\n"));
+        let out = p.hoist(&[]);
+        let text = stderr(&out);
+        assert!(!out.status.success(), "{line}");
+        assert!(
+            text.contains("error: Dockerfile:3:5: ") && text.contains(expect),
+            "{line}: {text}"
+        );
+        assert!(steps_that_ran(&text).is_empty(), "{line}: {text}");
+        let snapshots = files_under(&p.root.path().join("snapshots"));
+        assert!(snapshots.is_empty(), "{line}: {snapshots:?}");
     }
 }

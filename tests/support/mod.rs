@@ -64,6 +64,13 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Where the registry keeps what was pushed to it.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -228,8 +228,8 @@ impl Lowering<'_> {
         }
         let resolved = self.resolver.resolve(from, platform).map_err(|cause| {
             FrontendError::new(
-                FrontendErrorKind::Resolve {
-                    reference: from.to_owned(),
+                FrontendErrorKind::ResolveFrom {
+                    name: from.to_owned(),
                     cause,
                 },
                 span,

@@ -81,6 +81,15 @@ pub enum FrontendErrorKind {
         /// Why, with its causes (not a `source`: this error is shown as one located message).
         cause: crate::scheduler::BoxError,
     },
+    #[error(
+        "--from={name}: no stage of that name comes before this line, and as an image it cannot \
+         be resolved: {}",
+        crate::progress::error_text(cause.as_ref())
+    )]
+    ResolveFrom {
+        name: String,
+        cause: crate::scheduler::BoxError,
+    },
     #[error("invalid ONBUILD trigger {trigger:?} inherited from {from}: {message}")]
     Trigger {
         trigger: String,

@@ -162,6 +162,27 @@ mod stages {
     }
 
     #[test]
+    fn a_from_that_is_neither_a_stage_nor_an_image_says_both() {
+        for line in [
+            "COPY --from=missing /a /b",
+            "RUN --mount=type=cache,target=/c,from=missing true",
+            "RUN --mount=from=missing,target=/m true",
+        ] {
+            let err = plan_err(&format!("FROM alpine\n{line}\n"));
+            assert!(
+                err.starts_with(
+                    "Dockerfile:2:6: --from=missing: no stage of that name comes before this \
+                     line, and as an image it cannot be resolved: manifest unknown"
+                ) || err.starts_with(
+                    "Dockerfile:2:5: --from=missing: no stage of that name comes before this \
+                     line, and as an image it cannot be resolved: manifest unknown"
+                ),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn from_arity_and_names() {
         assert!(plan_err("FROM a b\n").contains("FROM requires either one or three arguments"));
         assert!(plan_err("FROM a AS 1x\n").contains("invalid stage name"));
