@@ -465,6 +465,8 @@ int main(void) {
 struct Agent {
     child: std::process::Child,
     socket: PathBuf,
+    /// The private key the agent holds.
+    key: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -502,6 +504,7 @@ impl Agent {
         Self {
             child,
             socket,
+            key,
             _dir: dir,
         }
     }
@@ -525,7 +528,8 @@ fn ssh_mounts_reach_the_agent_with_the_mounts_owner_and_mode() {
              stat -c '%u %a' \"$SSH_AUTH_SOCK\" > /sock-stat\n\
          RUN --mount=type=ssh,id=other,target=/agent,uid=1000,mode=0660 \
              SSH_AUTH_SOCK=/agent agentq > /keys-other && stat -c '%u %a' /agent > /agent-stat\n\
-         RUN --mount=type=ssh,id=absent test -z \"$SSH_AUTH_SOCK\" && touch /absent-ok\n",
+         RUN --mount=type=ssh,id=absent test -z \"$SSH_AUTH_SOCK\" && touch /absent-ok\n\
+         RUN --mount=type=ssh,id=keys agentq > /keys-from-file\n",
     );
     let built = Command::new("gcc")
         .args(["-static", "-O2", "-x", "c", "-o"])
@@ -545,12 +549,16 @@ fn ssh_mounts_reach_the_agent_with_the_mounts_owner_and_mode() {
     assert!(built.success(), "gcc -static failed (libc6-dev installed?)");
     let default = format!("default={}", agent.socket.display());
     let other = format!("other={}", agent.socket.display());
+    // A key file, as buildx takes it: hoist runs an agent with it for the build.
+    let keys = format!("keys={}", agent.key.display());
     for runtime in runtimes() {
         let (_, rootfs) = p.build_to_dir(&[
             "--ssh",
             &default,
             "--ssh",
             &other,
+            "--ssh",
+            &keys,
             "--runtime",
             runtime,
             "--no-cache",
@@ -562,6 +570,7 @@ fn ssh_mounts_reach_the_agent_with_the_mounts_owner_and_mode() {
         assert_eq!(read("keys-other"), "1\n", "{runtime}");
         assert_eq!(read("agent-stat"), "1000 660\n", "{runtime}");
         assert!(rootfs.path().join("absent-ok").exists(), "{runtime}");
+        assert_eq!(read("keys-from-file"), "1\n", "{runtime}");
         assert!(!rootfs.path().join("run/buildkit").exists(), "{runtime}");
         assert!(!rootfs.path().join("agent").exists(), "{runtime}");
     }

@@ -59,6 +59,8 @@ pub enum SecretSource {
 pub struct LocalSession {
     secrets: BTreeMap<String, SecretSource>,
     ssh: BTreeMap<String, PathBuf>,
+    /// Agents started for key files, alive as long as the session.
+    agents: Vec<std::sync::Arc<KeyAgent>>,
 }
 
 impl LocalSession {
@@ -126,11 +128,13 @@ impl LocalSession {
         Ok(self)
     }
 
-    /// Reads `--ssh` values: `ID` (the agent at `$SSH_AUTH_SOCK`) or `ID=SOCKET`.
+    /// Reads `--ssh` values as buildx does: `ID` (the agent at `$SSH_AUTH_SOCK`), `ID=SOCKET`,
+    /// or `ID=KEYFILE[,KEYFILE…]`, whose keys go into an `ssh-agent` started for this session
+    /// and ended with it.
     ///
     /// # Errors
-    /// A value without a socket where `SSH_AUTH_SOCK` is unset, or a path that is not a
-    /// socket.
+    /// A value without a path where `SSH_AUTH_SOCK` is unset, a path that is neither a socket
+    /// nor a file, or keys that `ssh-add` refuses (one with a passphrase, say).
     pub fn with_ssh(mut self, values: &[String]) -> Result<Self, SessionError> {
         for value in values {
             let invalid = |reason: String| SessionError::Invalid {
@@ -138,23 +142,14 @@ impl LocalSession {
                 value: value.clone(),
                 reason,
             };
-            let (id, path) = match value.split_once('=') {
-                Some((id, paths)) => {
-                    if paths.contains(',') {
-                        return Err(invalid(
-                            "give one agent socket; key files are not taken: add them to an \
-                             agent (ssh-add) and pass its socket"
-                                .to_owned(),
-                        ));
-                    }
-                    (id.to_owned(), PathBuf::from(paths))
-                }
+            let (id, paths): (String, Vec<PathBuf>) = match value.split_once('=') {
+                Some((id, paths)) => (id.to_owned(), paths.split(',').map(PathBuf::from).collect()),
                 None => match std::env::var_os("SSH_AUTH_SOCK") {
-                    Some(sock) => (value.clone(), PathBuf::from(sock)),
+                    Some(sock) => (value.clone(), vec![PathBuf::from(sock)]),
                     None => {
                         return Err(invalid(
                             "SSH_AUTH_SOCK is not set: start an agent (eval $(ssh-agent); \
-                             ssh-add) or give its socket as ID=PATH"
+                             ssh-add) or give its socket or key files as ID=PATH"
                                 .to_owned(),
                         ));
                     }
@@ -163,15 +158,94 @@ impl LocalSession {
             if id.is_empty() {
                 return Err(invalid("the id before = is empty".to_owned()));
             }
-            if !is_socket(&path) {
-                return Err(invalid(format!(
-                    "{} is not a socket: give the socket of a running ssh-agent",
-                    path.display()
-                )));
-            }
-            self.ssh.insert(id, path);
+            let socket = match paths.as_slice() {
+                [one] if is_socket(one) => one.clone(),
+                keys => {
+                    if let Some(bad) = keys.iter().find(|k| !k.is_file()) {
+                        return Err(invalid(format!(
+                            "{} is neither an agent's socket nor a key file",
+                            bad.display()
+                        )));
+                    }
+                    let agent = KeyAgent::start(keys).map_err(invalid)?;
+                    let socket = agent.socket.clone();
+                    self.agents.push(std::sync::Arc::new(agent));
+                    socket
+                }
+            };
+            self.ssh.insert(id, socket);
         }
         Ok(self)
+    }
+}
+
+/// An `ssh-agent` holding key files given to `--ssh`. It runs under a `sh` that waits on a
+/// pipe from this process: when the pipe closes (this session drops, or hoist dies in any
+/// way) the shell ends, and the agent, which watches its parent, ends after it.
+#[derive(Debug)]
+struct KeyAgent {
+    socket: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl KeyAgent {
+    fn start(keys: &[PathBuf]) -> Result<Self, String> {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::Builder::new()
+            .prefix("hoist-ssh-")
+            .tempdir()
+            .map_err(|e| format!("make a directory for an ssh-agent: {e}"))?;
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-a")
+            .arg(&socket)
+            .args(["sh", "-c", "read -r _; exit 0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("start ssh-agent for the key files: {e} (apt-get install openssh-client)")
+            })?;
+        let mut agent = Self {
+            socket,
+            child,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !is_socket(&agent.socket) {
+            if std::time::Instant::now() > deadline {
+                return Err("ssh-agent did not open its socket within 10 s".to_owned());
+            }
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                return Err(format!("ssh-agent ended at once ({status})"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let added = Command::new("ssh-add")
+            .args(keys)
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .env_remove("SSH_ASKPASS")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run ssh-add: {e}"))?;
+        if !added.status.success() {
+            return Err(format!(
+                "ssh-add refused the key files: {} (a key with a passphrase must be added to \
+                 an agent by hand; pass that agent's socket)",
+                String::from_utf8_lossy(&added.stderr).trim()
+            ));
+        }
+        Ok(agent)
+    }
+}
+
+impl Drop for KeyAgent {
+    fn drop(&mut self) {
+        // Closing the shell's stdin ends it; the agent follows.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
     }
 }
 
@@ -283,6 +357,14 @@ mod tests {
             .with_ssh(&[format!("default={}", plain.display())])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("is not a socket"), "{err}");
+        assert!(err.contains("ssh-add refused the key files"), "{err}");
+        let err = LocalSession::default()
+            .with_ssh(&["default=/nonexistent/key".to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("neither an agent's socket nor a key file"),
+            "{err}"
+        );
     }
 }
