@@ -348,3 +348,66 @@ fn the_nat_of_a_run_dies_with_a_hoist_killed_by_sigkill() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A hard resource limit of this process as `ulimit` reports it (podman may not raise past it).
+fn rlimit_hard(flag: &str) -> u64 {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("ulimit {flag}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(1024)
+}
+
+#[test]
+fn apt_get_installs_a_package_on_the_default_network_and_the_image_runs_it() {
+    let registry = crate::support::Registry::start();
+    let debian = crate::support::debian_rootfs_tar();
+    for runtime in runtimes() {
+        let p = Project::new(
+            "FROM scratch\nADD debian.tar /\n\
+             RUN apt-get update && apt-get install -y --no-install-recommends hello\n\
+             CMD [\"hello\"]\n",
+        );
+        if fs_err::hard_link(&debian, p.path("debian.tar")).is_err() {
+            fs_err::copy(&debian, p.path("debian.tar")).unwrap();
+        }
+        let name = if runtime == "builtin" {
+            "builtin"
+        } else {
+            "runc"
+        };
+        let tag = format!("{}/hoist/apt-{name}:latest", registry.addr);
+        let out = p.hoist(&["--runtime", runtime, "-t", &tag, "--push"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{runtime}: the apt build failed:\n{stderr}"
+        );
+        let nofile = rlimit_hard("-Hn");
+        let nproc = rlimit_hard("-Hu").min(32768);
+        let run = std::process::Command::new("podman")
+            .args(["--runtime", "runc", "run", "--rm", "--tls-verify=false"])
+            .args(["--network", "none"])
+            .arg(format!("--ulimit=nofile={nofile}:{nofile}"))
+            .arg(format!("--ulimit=nproc={nproc}:{nproc}"))
+            .arg(&tag)
+            .output()
+            .expect("run podman (apt-get install podman)");
+        assert!(
+            run.status.success(),
+            "{runtime}: podman run {tag} failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&run.stdout),
+            "Hello, world!\n",
+            "{runtime}"
+        );
+        let _ = std::process::Command::new("podman")
+            .args(["rmi", "--force", &tag])
+            .output();
+    }
+}
