@@ -38,7 +38,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum NetError {
     #[error(
         "the default network needs {program}, which is not in PATH ({path}): install it \
-         (apt-get install {program}) or build with --network none"
+         (apt-get install {program}), or build with --network none (or RUN --network=none)"
     )]
     Missing { program: &'static str, path: String },
     #[error("create a network namespace for the sandbox")]

@@ -411,3 +411,42 @@ fn apt_get_installs_a_package_on_the_default_network_and_the_image_runs_it() {
             .output();
     }
 }
+
+#[test]
+fn a_missing_nat_is_named_with_how_to_install_it() {
+    let p = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo online\n");
+    let empty = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .env("PATH", empty.path())
+        .args(["build", "--progress=plain", "--root"])
+        .arg(p.root.path())
+        .arg(p.dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the build succeeded:\n{stderr}");
+    for needle in [
+        "slirp4netns",
+        "apt-get install slirp4netns",
+        "--network none",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in:\n{stderr}");
+    }
+    // RUN --network=none needs no NAT.
+    p.write(
+        "Dockerfile",
+        "FROM scratch\nADD rootfs.tar /\nRUN --network=none echo offline\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .env("PATH", empty.path())
+        .args(["build", "--progress=plain", "--root"])
+        .arg(p.root.path())
+        .arg(p.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
