@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a fresh machine (as root):
-#   1. installs the system parts that are missing (Debian: docker-registry, busybox-static, podman);
+#   1. installs the system parts that are missing (Debian: docker-registry, busybox-static, podman,
+#      slirp4netns for the RUN steps' default network);
 #   2. builds hoist;
 #   3. starts the CNCF registry on 127.0.0.1:5000 unless one answers there;
 #   4. builds and pushes a busybox base image (examples/busybox: FROM scratch, ADD of a root
@@ -14,7 +15,7 @@ base=$registry/hoist/busybox:latest
 image=$registry/hoist/hello:latest
 
 . scripts/lib.sh
-install_missing docker-registry busybox-static podman runc curl ca-certificates
+install_missing docker-registry busybox-static podman runc curl ca-certificates slirp4netns
 
 cargo build --release --locked -q
 hoist=$PWD/target/release/hoist

@@ -78,8 +78,9 @@ pub fn run_if_init() -> Option<ExitCode> {
     })
 }
 
-/// Most file descriptors a request carries: stdout, stderr and the done pipe.
-const REQUEST_FDS: usize = 3;
+/// Most file descriptors a request carries: stdout, stderr, the done pipe and, for a RUN on
+/// the default network, its network namespace.
+const REQUEST_FDS: usize = 4;
 
 /// The zygote: serves one request per RUN on the socket it got as stdin, until the runtime
 /// closes it. Per request it forks an init process that sets up that RUN, so the cost of
@@ -127,10 +128,14 @@ fn zygote_main() -> Result<(), InitError> {
             // The runtime sees the done pipe close without a report.
             continue;
         };
-        let [stdout, stderr, done]: [OwnedFd; REQUEST_FDS] = match fds.try_into() {
-            Ok(fds) => fds,
-            Err(_) => continue,
+        if fds.len() != 3 + usize::from(config.netns) {
+            continue;
+        }
+        let mut fds = fds.into_iter();
+        let (Some(stdout), Some(stderr), Some(done)) = (fds.next(), fds.next(), fds.next()) else {
+            continue;
         };
+        let netns = fds.next();
         let zygote = nix::unistd::getpid();
         if let sys::Forked::Child = sys::fork_single_threaded().map_err(sys_err("fork init"))? {
             drop(socket);
@@ -140,11 +145,13 @@ fn zygote_main() -> Result<(), InitError> {
             if die_with_parent(zygote).is_err() {
                 sys::exit_immediately(125);
             }
-            let code = serve(&config, &net, &stdout, &stderr, done);
+            let code = serve(&config, &net, netns.as_ref(), &stdout, &stderr, done);
             sys::exit_immediately(code);
         }
-        drop((stdout, stderr, done));
-        if net.ready && namespace_flags(&config.spec).contains(CloneFlags::CLONE_NEWNET) {
+        let joined = netns.is_some();
+        drop((stdout, stderr, done, netns));
+        if net.ready && !joined && namespace_flags(&config.spec).contains(CloneFlags::CLONE_NEWNET)
+        {
             // That init took the spare; make the next one while the RUN sets up.
             net.ready = false;
             net.refill()?;
@@ -192,6 +199,7 @@ impl SpareNet {
 fn serve(
     config: &InitConfig,
     net: &SpareNet,
+    netns: Option<&OwnedFd>,
     stdout: &OwnedFd,
     stderr: &OwnedFd,
     done: OwnedFd,
@@ -201,7 +209,7 @@ fn serve(
         .map_err(sys_err("restore SIGCHLD"))
         .and_then(|()| nix::unistd::dup2_stdout(stdout).map_err(sys_err("dup2 stdout")))
         .and_then(|()| nix::unistd::dup2_stderr(stderr).map_err(sys_err("dup2 stderr")))
-        .and_then(|()| init_main(config, net));
+        .and_then(|()| init_main(config, net, netns));
     let (report, code) = match result {
         Ok(report) => (report, 0),
         Err(error) => (
@@ -260,7 +268,11 @@ fn namespace_flags(spec: &Spec) -> CloneFlags {
     flags
 }
 
-fn init_main(config: &InitConfig, net: &SpareNet) -> Result<InitReport, InitError> {
+fn init_main(
+    config: &InitConfig,
+    net: &SpareNet,
+    netns: Option<&OwnedFd>,
+) -> Result<InitReport, InitError> {
     // This process is single-threaded (a fork of the zygote), which the v1 fast path of
     // `join_value` relies on.
     let pid = std::process::id();
@@ -272,7 +284,12 @@ fn init_main(config: &InitConfig, net: &SpareNet) -> Result<InitReport, InitErro
     let flags = namespace_flags(&config.spec);
     // This process starts in the zygote's network namespace: a fresh spare, or the host's.
     let mut unshare = flags - CloneFlags::CLONE_NEWNS;
-    if net.ready {
+    if let Some(netns) = netns {
+        // Made by the runtime, with `lo` up and the NAT already attached.
+        unshare -= CloneFlags::CLONE_NEWNET;
+        nix::sched::setns(netns, CloneFlags::CLONE_NEWNET)
+            .map_err(sys_err("join the sandbox's network namespace"))?;
+    } else if net.ready {
         if flags.contains(CloneFlags::CLONE_NEWNET) {
             unshare -= CloneFlags::CLONE_NEWNET;
         } else {

@@ -50,6 +50,7 @@ pub mod cgroup;
 pub mod devices;
 pub mod init;
 mod mounts;
+pub mod net;
 pub mod overlay;
 mod protocol;
 mod run;

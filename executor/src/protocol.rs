@@ -34,6 +34,10 @@ pub(crate) struct InitConfig {
     pub(crate) cgroup_join: Vec<PathBuf>,
     /// Compiled seccomp filters, installed in order, last thing before `execve`.
     pub(crate) seccomp: Vec<Vec<crate::seccomp::Instruction>>,
+    /// The request carries, after the done pipe, a network namespace (with its uplink) for
+    /// the RUN to join instead of making one.
+    #[serde(default)]
+    pub(crate) netns: bool,
 }
 
 /// How pid 1 ended, written by the init for the runtime.

@@ -102,6 +102,8 @@ pub enum RunError {
     },
     #[error("external runtime {program} failed: {message}")]
     External { program: PathBuf, message: String },
+    #[error("set up the sandbox's network")]
+    Network(#[from] crate::net::NetError),
     #[error("clean up upperdir {path}")]
     Upper {
         path: PathBuf,

@@ -15,7 +15,7 @@ use crate::run::{
     ExitStatus, RunError, RunGuard, RunOutcome, RunRequest, outcome_from, stream_with_timeout,
 };
 use crate::seccomp::Instruction;
-use crate::spec::EtcFiles;
+use crate::spec::{EtcFiles, NetworkMode};
 use crate::upper::remove_mount_stubs;
 
 /// Which OCI runtime runs the spec.
@@ -252,13 +252,13 @@ impl Executor {
         &self,
         program: &Path,
         bytes: &[u8],
-        fds: [&OwnedFd; 3],
+        fds: &[&OwnedFd],
     ) -> Result<(), RunError> {
         let mut slot = self
             .zygote
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let raw = fds.map(AsRawFd::as_raw_fd);
+        let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let zygote_err = |source: std::io::Error| RunError::Zygote {
             program: program.to_path_buf(),
             source,
@@ -308,40 +308,56 @@ impl Executor {
         &self.cgroups
     }
 
-    /// Writes (once) and returns the files mounted over `/etc/hosts`, `/etc/resolv.conf` and
-    /// `/etc/hostname` for sandboxes named `hostname`.
+    /// [`Self::etc_files_for`] a sandbox with a network namespace of its own.
     ///
     /// # Errors
     /// When the files cannot be written.
     pub fn etc_files(&self, hostname: &str) -> Result<EtcFiles, RunError> {
-        let dir = self.config.state_dir.join("etc").join(hostname);
+        self.etc_files_for(hostname, NetworkMode::None)
+    }
+
+    /// Writes (when missing or out of date) and returns the files mounted over `/etc/hosts`,
+    /// `/etc/resolv.conf` and `/etc/hostname` for sandboxes named `hostname` on `network`.
+    ///
+    /// # Errors
+    /// When the files cannot be written.
+    pub fn etc_files_for(
+        &self,
+        hostname: &str,
+        network: NetworkMode,
+    ) -> Result<EtcFiles, RunError> {
+        // The host's network keeps the host's resolver list; a namespace of its own cannot
+        // reach the host's loopback resolvers.
+        let (kind, resolv) = match network {
+            NetworkMode::Host => (
+                "host",
+                crate::net::host_resolv_conf(
+                    &fs_err::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                ),
+            ),
+            NetworkMode::Default | NetworkMode::None => {
+                let host = fs_err::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let systemd = fs_err::read_to_string(crate::net::SYSTEMD_RESOLV_CONF).ok();
+                let source =
+                    crate::net::resolv_conf_source(&host, systemd.as_deref()).unwrap_or(host);
+                ("private", crate::net::sandbox_resolv_conf(&source))
+            }
+        };
+        let dir = self.config.state_dir.join("etc").join(hostname).join(kind);
         let files = EtcFiles {
             hosts: dir.join("hosts"),
             resolv_conf: dir.join("resolv.conf"),
             hostname: dir.join("hostname"),
         };
-        if files.hostname.exists() {
+        // Rewritten when the host's list changed, as BuildKit does.
+        if fs_err::read_to_string(&files.resolv_conf).is_ok_and(|old| old == resolv)
+            && files.hostname.exists()
+        {
             return Ok(files);
         }
         fs_err::create_dir_all(&dir).map_err(prepare_err(&dir))?;
-        let hosts = format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-        );
-        // Loopback resolvers of the host are unreachable from a sandbox's own network.
-        let resolv: String = fs_err::read_to_string("/etc/resolv.conf")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                let mut words = l.split_whitespace();
-                !(words.next() == Some("nameserver")
-                    && words
-                        .next()
-                        .is_some_and(|a| a.starts_with("127.") || a == "::1"))
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
         for (path, text) in [
-            (&files.hosts, hosts),
+            (&files.hosts, crate::net::hosts_file(hostname)),
             (&files.resolv_conf, resolv),
             (&files.hostname, format!("{hostname}\n")),
         ] {
@@ -386,19 +402,37 @@ impl Executor {
             .as_ref()
             .and_then(|l| l.resources().as_ref());
         guard.cgroup = Some(self.cgroups.create(&name, resources)?);
+        // Lives until the RUN ends, here or by cancellation: dropping it kills the NAT.
+        let uplink = if crate::spec::wants_uplink(&request.spec) {
+            Some(crate::net::Uplink::start().await?)
+        } else {
+            None
+        };
+        let mut request = request;
         let outcome = match &self.config.backend {
             Backend::Builtin { init_program } => {
                 // The overlay is mounted in the sandbox's own mount namespace, so every RUN can
                 // use the same (empty) host directory as its mount point; a RUN leaves nothing
                 // on disk but its cgroup, which is what makes stale state easy to find.
                 let root = self.config.state_dir.join("rootfs");
-                self.run_builtin(init_program, &request, &root, &mut guard, stdout, stderr)
-                    .await?
+                self.run_builtin(
+                    init_program,
+                    &request,
+                    &root,
+                    uplink.as_ref().map(crate::net::Uplink::netns),
+                    &mut guard,
+                    stdout,
+                    stderr,
+                )
+                .await?
             }
             Backend::External { program } => {
                 let root = dir.join("rootfs");
                 fs_err::create_dir_all(&root).map_err(prepare_err(&root))?;
                 guard.dir = Some(dir.clone());
+                if let Some(uplink) = &uplink {
+                    join_network_namespace(&mut request.spec, &uplink.netns_path());
+                }
                 guard.external = Some(crate::runc::container(
                     program,
                     &self.config.state_dir,
@@ -417,15 +451,18 @@ impl Executor {
                 .await?
             }
         };
+        drop(uplink);
         guard.finish()?;
         Ok(outcome)
     }
 
+    #[allow(clippy::too_many_arguments)] // the run's pieces, threaded through from run
     async fn run_builtin<O, E>(
         &self,
         init_program: &Path,
         request: &RunRequest,
         root: &Path,
+        netns: Option<&OwnedFd>,
         guard: &mut RunGuard,
         stdout: &mut O,
         stderr: &mut E,
@@ -454,6 +491,7 @@ impl Executor {
                 .map(Cgroup::join_files)
                 .unwrap_or_default(),
             seccomp,
+            netns: netns.is_some(),
         };
         let bytes = serde_json::to_vec(&config).map_err(|source| RunError::Encode {
             path: root.to_path_buf(),
@@ -468,7 +506,9 @@ impl Executor {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (done_r, done_w) = pipe()?;
-        self.send_to_zygote(init_program, &bytes, [&out_w, &err_w, &done_w])?;
+        let mut fds = vec![&out_w, &err_w, &done_w];
+        fds.extend(netns);
+        self.send_to_zygote(init_program, &bytes, &fds)?;
         // Only the init may hold the write ends now, so EOF means it and its sandbox are gone.
         drop((out_w, err_w, done_w));
         let receiver = |fd| {
@@ -518,6 +558,22 @@ impl Executor {
         remove_mount_stubs(&request.rootfs, &report.created)
             .map_err(|(path, source)| RunError::Upper { path, source })?;
         Ok(outcome_from(status, timed_out, stats, &request.rootfs))
+    }
+}
+
+/// Points the spec's network namespace at `path` (a namespace made for the RUN), for runc to
+/// join instead of making one.
+fn join_network_namespace(spec: &mut Spec, path: &Path) {
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let Some(namespaces) = linux.namespaces_mut() else {
+        return;
+    };
+    for ns in namespaces.iter_mut() {
+        if ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network {
+            ns.set_path(Some(path.to_path_buf()));
+        }
     }
 }
 

@@ -35,6 +35,22 @@ pub enum NetworkMode {
     None,
     /// The host's network namespace.
     Host,
+    /// A new network namespace with `lo` and an uplink through a user-space NAT
+    /// ([`crate::net`]), as `docker build` gives a RUN by default.
+    Default,
+}
+
+/// Spec annotation that marks a RUN whose network namespace the executor attaches an uplink
+/// to (value `default`); runc ignores it.
+pub const NETWORK_ANNOTATION: &str = "org.hoist.network";
+
+/// Whether `spec` asks for an uplink ([`NetworkMode::Default`]).
+#[must_use]
+pub fn wants_uplink(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(NETWORK_ANNOTATION))
+        .is_some_and(|v| v == "default")
 }
 
 /// Host files bind-mounted read-only over `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`,
@@ -368,7 +384,7 @@ pub fn build_spec(opts: &SpecOptions) -> Result<Spec, BuildSpecError> {
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Cgroup,
     ];
-    if opts.network == NetworkMode::None {
+    if opts.network != NetworkMode::Host {
         kinds.push(LinuxNamespaceType::Network);
     }
     for typ in kinds {
@@ -429,8 +445,13 @@ pub fn build_spec(opts: &SpecOptions) -> Result<Spec, BuildSpecError> {
     }
     let linux = linux.build().map_err(invalid("linux"))?;
 
+    let mut annotations = std::collections::HashMap::new();
+    if opts.network == NetworkMode::Default {
+        annotations.insert(NETWORK_ANNOTATION.to_owned(), "default".to_owned());
+    }
     SpecBuilder::default()
         .version("1.0.2")
+        .annotations(annotations)
         .root(
             RootBuilder::default()
                 .path("rootfs")
@@ -539,6 +560,10 @@ mod tests {
         };
         let mut opts = options(0);
         assert!(has_net(&build_spec(&opts).unwrap()));
+        assert!(!wants_uplink(&build_spec(&opts).unwrap()));
+        opts.network = NetworkMode::Default;
+        let spec = build_spec(&opts).unwrap();
+        assert!(has_net(&spec) && wants_uplink(&spec));
         opts.network = NetworkMode::Host;
         assert!(!has_net(&build_spec(&opts).unwrap()));
     }

@@ -341,3 +341,23 @@ pub(crate) fn attach_device_program(cgroup: &OwnedFd, program: &OwnedFd) -> io::
     };
     check(ret as libc::c_int).map(drop)
 }
+
+/// Makes the child of `command` keep `fds` across its `execve` (they are close-on-exec in this
+/// process, so that no other child inherits them), for programs that take descriptor numbers
+/// as arguments.
+pub(crate) fn inherit_fds<const N: usize>(
+    command: &mut std::process::Command,
+    fds: [std::os::fd::RawFd; N],
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before `execve` and calls only fcntl(2), which
+    // is async-signal-safe, on descriptors the child inherited; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in fds {
+                check(libc::fcntl(fd, libc::F_SETFD, 0))?;
+            }
+            Ok(())
+        });
+    }
+}

@@ -15,8 +15,8 @@ pub(crate) struct RunArgs {
     /// Remove the container when it exits (always the case; accepted for docker's muscle memory).
     #[arg(long)]
     rm: bool,
-    /// none (loopback only) or host.
-    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+    /// none (loopback only), default (a namespace of its own with a NAT uplink) or host.
+    #[arg(long, default_value = "none", value_parser = ["none", "default", "host"])]
     network: String,
     /// Set an environment variable; repeatable.
     #[arg(short = 'e', long = "env", value_name = "K=V")]
@@ -51,10 +51,10 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         env,
         user: args.user.clone(),
         workdir: args.workdir.clone(),
-        network: if args.network == "host" {
-            NetworkMode::Host
-        } else {
-            NetworkMode::None
+        network: match args.network.as_str() {
+            "host" => NetworkMode::Host,
+            "default" => NetworkMode::Default,
+            _ => NetworkMode::None,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -277,3 +277,59 @@ pub fn steps_that_ran(stderr: &str) -> Vec<String> {
     }
     ran
 }
+
+/// The Debian mirror that apt on this machine uses (`/etc/apt/sources.list*`), the only one
+/// the tests may download from.
+pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// A tarball of a minimal Debian bookworm root filesystem (`debootstrap --variant=minbase`),
+/// made once per target dir (or at `$HOIST_TEST_DEBIAN_ROOTFS`) and shared by the tests
+/// under a file lock.
+pub fn debian_rootfs_tar() -> PathBuf {
+    let tar = std::env::var_os("HOIST_TEST_DEBIAN_ROOTFS").map_or_else(
+        || Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-bookworm-minbase.tar"),
+        PathBuf::from,
+    );
+    let lock_path = tar.with_extension("lock");
+    if let Some(parent) = tar.parent() {
+        fs_err::create_dir_all(parent).unwrap();
+    }
+    let lock = fs_err::File::create(&lock_path).unwrap();
+    // Another test (or test binary) may be making it: wait for it, then use its tarball.
+    lock.file().lock().unwrap();
+    if tar.exists() {
+        return tar;
+    }
+    assert!(
+        Path::new("/usr/sbin/debootstrap").exists(),
+        "debootstrap is missing: apt-get install debootstrap"
+    );
+    let work = tempfile::tempdir_in(tar.parent().unwrap()).unwrap();
+    let root = work.path().join("root");
+    let out = Command::new("debootstrap")
+        .args(["--variant=minbase", "bookworm"])
+        .arg(&root)
+        .arg(DEBIAN_MIRROR)
+        .output()
+        .expect("run debootstrap");
+    assert!(
+        out.status.success(),
+        "debootstrap of bookworm from {DEBIAN_MIRROR} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its apt lists and downloaded debs are no part of an image.
+    let _ = fs_err::remove_dir_all(root.join("var/cache/apt/archives"));
+    let partial = work.path().join("rootfs.tar");
+    let status = Command::new("tar")
+        .args(["--numeric-owner", "--xattrs", "-C"])
+        .arg(&root)
+        .args(["-cf"])
+        .arg(&partial)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar of the debian rootfs failed");
+    fs_err::rename(&partial, &tar).unwrap();
+    tar
+}

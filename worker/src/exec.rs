@@ -49,8 +49,8 @@ impl BuildWorker {
                 hostname: "hoist",
                 network: match exec.network {
                     NetworkMode::Host => spec::NetworkMode::Host,
-                    // No uplink is set up for sandboxes yet: the default is loopback only.
-                    NetworkMode::Default | NetworkMode::None => spec::NetworkMode::None,
+                    NetworkMode::Default => spec::NetworkMode::Default,
+                    NetworkMode::None => spec::NetworkMode::None,
                 },
                 insecure: exec.privileged,
                 lowerdirs: self.state.snapshot_dirs(&chain)?,

@@ -230,7 +230,7 @@ impl State {
             user,
             hostname: run.hostname.to_owned(),
             network: run.network,
-            etc_files: executor.etc_files(run.hostname)?,
+            etc_files: executor.etc_files_for(run.hostname, run.network)?,
             limits: run.limits,
             insecure: run.insecure,
             mounts: run.mounts,
