@@ -605,3 +605,59 @@ fn bad_mount_input_fails_at_its_line_before_anything_runs() {
         assert!(snapshots.is_empty(), "{line}: {snapshots:?}");
     }
 }
+
+#[test]
+fn apt_with_cache_mounts_fetches_no_deb_again_after_the_run_line_changes() {
+    let debian = support::debian_rootfs_tar();
+    let apt = |extra: &str| {
+        format!(
+            "FROM scratch\nADD debian.tar /\n\
+             RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
+                 --mount=type=cache,target=/var/lib/apt,sharing=locked \
+                 apt-get update && apt-get install -y --no-install-recommends hello{extra}\n"
+        )
+    };
+    let p = Project::new(&apt(""));
+    if fs_err::hard_link(&debian, p.path("debian.tar")).is_err() {
+        fs_err::copy(&debian, p.path("debian.tar")).unwrap();
+    }
+    let (first, rootfs) = p.build_to_dir(&[]);
+    assert!(
+        first
+            .lines()
+            .any(|l| l.contains("Get:") && l.contains(" hello ")),
+        "the first build did not download hello:\n{first}"
+    );
+    assert!(rootfs.path().join("usr/bin/hello").is_file());
+    // The downloaded .deb stays in the mount, not in the image.
+    let debs = |dir: &Path| {
+        files_under(dir)
+            .into_iter()
+            .filter(|f| f.to_string_lossy().ends_with(".deb"))
+            .count()
+    };
+    assert_eq!(debs(&rootfs.path().join("var/cache/apt")), 0);
+    assert!(debs(&p.root.path().join("cache-mounts")) >= 1);
+
+    // A changed RUN line runs again: apt finds hello's .deb in the cache mount. apt says
+    // "Get:" for each file it downloads and "Need to get 0 B" when every archive is there.
+    p.write("Dockerfile", &apt(" && echo second"));
+    let (second, rootfs) = p.build_to_dir(&[]);
+    assert!(
+        steps_that_ran(&second)
+            .iter()
+            .any(|s| s.contains("echo second")),
+        "{second}"
+    );
+    assert!(
+        !second
+            .lines()
+            .any(|l| l.contains("Get:") && l.contains(" hello ")),
+        "the second build downloaded hello again:\n{second}"
+    );
+    assert!(
+        second.contains("Need to get 0 B"),
+        "apt did not find the archives in the cache mount:\n{second}"
+    );
+    assert!(rootfs.path().join("usr/bin/hello").is_file());
+}
