@@ -445,13 +445,14 @@ pub fn build_spec(opts: &SpecOptions) -> Result<Spec, BuildSpecError> {
     }
     let linux = linux.build().map_err(invalid("linux"))?;
 
-    let mut annotations = std::collections::HashMap::new();
+    let mut spec = SpecBuilder::default();
     if opts.network == NetworkMode::Default {
-        annotations.insert(NETWORK_ANNOTATION.to_owned(), "default".to_owned());
+        spec = spec.annotations(std::collections::HashMap::from([(
+            NETWORK_ANNOTATION.to_owned(),
+            "default".to_owned(),
+        )]));
     }
-    SpecBuilder::default()
-        .version("1.0.2")
-        .annotations(annotations)
+    spec.version("1.0.2")
         .root(
             RootBuilder::default()
                 .path("rootfs")
