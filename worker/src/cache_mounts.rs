@@ -139,12 +139,7 @@ impl CacheMounts {
         }
         for i in 0.. {
             let lock_path = dir.join(format!("{i}.lock"));
-            let lock = fs_err::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .map_err(io_err("open", &lock_path))?;
+            let lock = open_lock(&lock_path)?;
             let operation = match sharing {
                 CacheSharing::Shared => FlockOperation::LockShared,
                 CacheSharing::Locked => FlockOperation::LockExclusive,
@@ -174,12 +169,7 @@ impl CacheMounts {
             return Ok(());
         }
         let lock_path = dir.join("create.lock");
-        let lock = fs_err::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("open", &lock_path))?;
+        let lock = open_lock(&lock_path)?;
         rustix::fs::flock(&lock, FlockOperation::LockExclusive)
             .map_err(|e| io_err("lock", &lock_path)(e.into()))?;
         if path.is_dir() {
@@ -315,14 +305,19 @@ fn instances(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>, WorkerError> {
     Ok(out)
 }
 
-/// The lock at `path` if nobody holds it.
-fn try_lock(path: &Path) -> Option<fs_err::File> {
-    let file = fs_err::OpenOptions::new()
+/// A lock file, made if missing.
+fn open_lock(path: &Path) -> Result<fs_err::File, WorkerError> {
+    fs_err::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .ok()?;
+        .map_err(io_err("open", path))
+}
+
+/// The lock at `path` if nobody holds it.
+fn try_lock(path: &Path) -> Option<fs_err::File> {
+    let file = open_lock(path).ok()?;
     rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).ok()?;
     Some(file)
 }

@@ -211,36 +211,7 @@ impl View {
         state: &State,
         layers_top_first: &[PathBuf],
     ) -> Result<Self, WorkerError> {
-        let scratch = state.scratch()?;
-        let target = scratch.path().join("view");
-        let upper = scratch.path().join("upper");
-        let work = scratch.path().join("work");
-        let mut lowerdirs = layers_top_first.to_vec();
-        if lowerdirs.is_empty() {
-            // overlayfs needs a lowerdir; an empty one stands for `FROM scratch`.
-            let empty = scratch.path().join("empty");
-            fs_err::create_dir(&empty).map_err(io_err("create", &empty))?;
-            lowerdirs.push(empty);
-        }
-        for dir in [&target, &upper, &work] {
-            fs_err::create_dir(dir).map_err(io_err("create", dir))?;
-        }
-        hoist_executor::overlay::mount(
-            &target,
-            &hoist_executor::overlay::Overlay {
-                lowerdirs: &lowerdirs,
-                upper: Some((&upper, &work)),
-            },
-        )
-        .map_err(|source| WorkerError::View {
-            target: target.clone(),
-            source,
-        })?;
-        Ok(Self {
-            path: target,
-            mounted: true,
-            _scratch: Some(scratch),
-        })
+        Self::overlay(state, layers_top_first, true)
     }
 
     pub(crate) fn new(state: &State, layers_top_first: &[PathBuf]) -> Result<Self, WorkerError> {
@@ -258,28 +229,49 @@ impl View {
                 mounted: false,
                 _scratch: None,
             }),
-            many => {
-                let scratch = state.scratch()?;
-                let target = scratch.path().join("view");
-                fs_err::create_dir(&target).map_err(io_err("create", &target))?;
-                hoist_executor::overlay::mount(
-                    &target,
-                    &hoist_executor::overlay::Overlay {
-                        lowerdirs: many,
-                        upper: None,
-                    },
-                )
-                .map_err(|source| WorkerError::View {
-                    target: target.clone(),
-                    source,
-                })?;
-                Ok(Self {
-                    path: target,
-                    mounted: true,
-                    _scratch: Some(scratch),
-                })
-            }
+            many => Self::overlay(state, many, false),
         }
+    }
+
+    /// An overlay of `layers_top_first` in a scratch dir, over an upperdir there if `writable`.
+    fn overlay(
+        state: &State,
+        layers_top_first: &[PathBuf],
+        writable: bool,
+    ) -> Result<Self, WorkerError> {
+        let scratch = state.scratch()?;
+        let dir = |name: &str| -> Result<PathBuf, WorkerError> {
+            let path = scratch.path().join(name);
+            fs_err::create_dir(&path).map_err(io_err("create", &path))?;
+            Ok(path)
+        };
+        let target = dir("view")?;
+        let mut lowerdirs = layers_top_first.to_vec();
+        if lowerdirs.is_empty() {
+            // overlayfs needs a lowerdir; an empty one stands for `FROM scratch`.
+            lowerdirs.push(dir("empty")?);
+        }
+        let upper = if writable {
+            Some((dir("upper")?, dir("work")?))
+        } else {
+            None
+        };
+        hoist_executor::overlay::mount(
+            &target,
+            &hoist_executor::overlay::Overlay {
+                lowerdirs: &lowerdirs,
+                upper: upper.as_ref().map(|(u, w)| (u.as_path(), w.as_path())),
+            },
+        )
+        .map_err(|source| WorkerError::View {
+            target: target.clone(),
+            source,
+        })?;
+        Ok(Self {
+            path: target,
+            mounted: true,
+            _scratch: Some(scratch),
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {
