@@ -88,8 +88,9 @@ pub(crate) struct BuildArgs {
     /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VARIABLE.
     #[arg(long, value_name = "id=ID,src=FILE")]
     secret: Vec<String>,
-    /// An SSH agent for `RUN --mount=type=ssh`: ID=SOCKET, or ID alone for $SSH_AUTH_SOCK.
-    #[arg(long, value_name = "ID[=SOCKET]")]
+    /// An SSH agent for `RUN --mount=type=ssh`: ID=SOCKET, ID=KEYFILE[,KEYFILE…] (loaded into
+    /// an ssh-agent for the build), or ID alone for $SSH_AUTH_SOCK.
+    #[arg(long, value_name = "ID[=SOCKET|KEYFILE]")]
     ssh: Vec<String>,
     /// Not supported yet: refused rather than ignored.
     #[arg(long = "cache-from", hide = true)]
