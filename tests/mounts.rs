@@ -661,3 +661,31 @@ fn apt_with_cache_mounts_fetches_no_deb_again_after_the_run_line_changes() {
     );
     assert!(rootfs.path().join("usr/bin/hello").is_file());
 }
+
+#[test]
+fn a_bind_source_that_is_a_symlink_stays_inside_the_context() {
+    // `link -> /etc` and `file -> /etc/hostname` name host paths; as for COPY, they resolve
+    // inside the context, where `etc/` holds only the marker.
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         RUN --mount=source=link,target=/x ls /x > /seen-dir\n",
+    );
+    fs_err::create_dir(p.path("etc")).unwrap();
+    p.write("etc/marker", "inside\n");
+    std::os::unix::fs::symlink("/etc", p.path("link")).unwrap();
+    let (_, rootfs) = p.build_to_dir(&[]);
+    assert_eq!(
+        fs_err::read_to_string(rootfs.path().join("seen-dir")).unwrap(),
+        "marker\n"
+    );
+    p.write(
+        "Dockerfile",
+        "FROM scratch\nADD rootfs.tar /\nRUN --mount=source=file,target=/y cat /y\n",
+    );
+    std::os::unix::fs::symlink("/etc/hostname", p.path("file")).unwrap();
+    let out = p.hoist(&[]);
+    let text = stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("\"file\": not found in build context"), "{text}");
+}
