@@ -687,5 +687,8 @@ fn a_bind_source_that_is_a_symlink_stays_inside_the_context() {
     let out = p.hoist(&[]);
     let text = stderr(&out);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("\"file\": not found in build context"), "{text}");
+    assert!(
+        text.contains("\"file\": not found in build context"),
+        "{text}"
+    );
 }
