@@ -785,3 +785,52 @@ fn runs_that_change_nothing_leave_later_runs_working() {
         "after\n"
     );
 }
+
+#[test]
+fn source_date_epoch_makes_two_cold_builds_on_different_roots_the_same_image() {
+    const DOCKERFILE: &str = "FROM scratch\nADD rootfs.tar /\nWORKDIR /app\n\
+                              RUN mkdir -p /out/d && echo data > /out/d/f && ln -s f /out/d/l\n\
+                              COPY ctx.txt /app/\n";
+    let image = |epoch: Option<&str>| {
+        let p = Project::new(DOCKERFILE);
+        p.write("ctx.txt", "from the context\n");
+        let mut args = vec!["-t", "repro:latest"];
+        let arg;
+        if let Some(e) = epoch {
+            arg = format!("SOURCE_DATE_EPOCH={e}");
+            args.extend(["--build-arg", arg.as_str()]);
+        }
+        let out = p.hoist(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        // Seconds are what a tar keeps: the next build's files are a second younger.
+        std::thread::sleep(Duration::from_millis(1100));
+        (id, p)
+    };
+    let (plain_a, _) = image(None);
+    let (plain_b, _) = image(None);
+    assert_ne!(plain_a, plain_b, "without an epoch the file times differ");
+    let (a, p) = image(Some("1000000000"));
+    let (b, _) = image(Some("1000000000"));
+    assert_eq!(a, b, "two builds with one SOURCE_DATE_EPOCH differ");
+    // Every file the build made carries the epoch (older ones, as the base's, keep theirs).
+    let (_, rootfs) = p.build_to_dir(&["--build-arg", "SOURCE_DATE_EPOCH=1000000000"]);
+    for rel in ["out", "out/d", "out/d/f", "out/d/l", "app", "app/ctx.txt"] {
+        let meta = fs_err::symlink_metadata(rootfs.path().join(rel)).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(meta.mtime(), 1_000_000_000, "{rel}");
+    }
+    // The epoch is in the key: another one makes the layers again.
+    let out = p.hoist(&["--build-arg", "SOURCE_DATE_EPOCH=1000000001"]);
+    assert!(out.status.success());
+    assert_eq!(
+        steps_that_ran(&String::from_utf8_lossy(&out.stderr)).len(),
+        3,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -177,6 +177,47 @@ pub fn upperdir_diff_id(
     Ok(digests.diff_id)
 }
 
+/// Sets every mtime (and atime) under `dir`, and `dir`'s own, that is later than `epoch` to
+/// `epoch`, without following symlinks, as BuildKit's `rewrite-timestamp` does. Done on the
+/// snapshot itself, every tar ever made of it carries the clamped times, whichever build makes
+/// its blob.
+///
+/// # Errors
+/// A directory cannot be listed or a time cannot be set; the error names the path.
+pub fn clamp_mtimes(dir: &Path, epoch: i64) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, utimensat};
+    use std::os::unix::fs::MetadataExt;
+    let at = Timespec {
+        tv_sec: epoch,
+        tv_nsec: 0,
+    };
+    let times = Timestamps {
+        last_access: at,
+        last_modification: at,
+    };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs_err::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            for entry in fs_err::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+        if meta.mtime() > epoch || (meta.mtime() == epoch && meta.mtime_nsec() > 0) {
+            utimensat(CWD, &path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+                io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!(
+                        "set the mtime of {} to SOURCE_DATE_EPOCH: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes a layer from an upperdir straight into the content store; returns its digests.
 ///
 /// # Errors

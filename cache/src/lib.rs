@@ -78,7 +78,7 @@ pub use apply::{
 };
 pub use compress::{Compression, CompressionOptions, LayerDigests, LayerWriter, decompress};
 pub use diff::{
-    Change, DiffError, DiffOptions, diff_changes, diff_upperdir, store_changes_layer,
+    Change, DiffError, DiffOptions, clamp_mtimes, diff_changes, diff_upperdir, store_changes_layer,
     store_upperdir_layer, upperdir_diff_id,
 };
 pub use digest::sha256_of;

@@ -191,6 +191,37 @@ fn the_same_tree_twice_gives_the_same_digests() {
 }
 
 #[test]
+fn clamping_on_disk_sets_later_times_to_the_epoch_without_following_symlinks() {
+    use std::os::unix::fs::MetadataExt;
+    let a = tempfile::tempdir().unwrap();
+    let dir = a.path().join("d");
+    fs_err::create_dir(&dir).unwrap();
+    fs_err::write(dir.join("new"), b"x").unwrap();
+    fs_err::write(a.path().join("old"), b"y").unwrap();
+    // A symlink to a file outside whose own time must stay as it is.
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    common::set_mtime(outside.path(), 2_000_000_000);
+    std::os::unix::fs::symlink(outside.path(), dir.join("link")).unwrap();
+    common::set_mtime(&dir.join("new"), 2_000_000_000);
+    common::set_mtime(&a.path().join("old"), 1_000);
+    hoist_cache::clamp_mtimes(a.path(), 1_700_000_000).unwrap();
+    let mtime = |p: &Path| fs_err::symlink_metadata(p).unwrap().mtime();
+    assert_eq!(mtime(&dir.join("new")), 1_700_000_000);
+    assert_eq!(mtime(&dir), 1_700_000_000);
+    assert_eq!(mtime(&dir.join("link")), 1_700_000_000);
+    assert_eq!(mtime(&a.path().join("old")), 1_000);
+    assert_eq!(mtime(outside.path()), 2_000_000_000);
+    // The tar of the clamped tree needs no epoch to be the same.
+    let plain = diff_upperdir(a.path(), Vec::new(), &opts(Compression::None)).unwrap();
+    let o = DiffOptions {
+        source_date_epoch: Some(1_700_000_000),
+        ..opts(Compression::None)
+    };
+    let clamped = diff_upperdir(a.path(), Vec::new(), &o).unwrap();
+    assert_eq!(plain.0, clamped.0);
+}
+
+#[test]
 fn source_date_epoch_clamps_mtimes() {
     let a = tempfile::tempdir().unwrap();
     fs_err::write(a.path().join("new"), b"x").unwrap();

@@ -220,6 +220,7 @@ mod tests {
             network: NetworkMode::Default,
             privileged: false,
             mounts: vec![],
+            epoch: None,
         })
     }
 
@@ -279,6 +280,7 @@ mod tests {
             network: NetworkMode::None,
             privileged: false,
             mounts: vec![],
+            epoch: None,
         });
         let file = Op::File(FileOp {
             actions: vec![
@@ -302,6 +304,7 @@ mod tests {
                     from: Some(CopyFrom::Stage("builder".into())),
                 },
             ],
+            epoch: None,
         });
         let exec = VertexDigest::compute(&exec, &[scratch]);
         let file = VertexDigest::compute(&file, &[exec, scratch]);

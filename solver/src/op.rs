@@ -70,6 +70,10 @@ pub struct ExecOp {
     pub privileged: bool,
     /// Extra mounts from `RUN --mount`, by target path.
     pub mounts: Vec<Mount>,
+    /// `SOURCE_DATE_EPOCH`: the layer's mtimes are clamped to it, so a layer made under another
+    /// epoch (or none) is never reused. Absent from the digest when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 
 /// A `RUN --mount`, with BuildKit's defaults filled in. Targets are absolute.
@@ -143,6 +147,9 @@ pub enum CacheSharing {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FileOp {
     pub actions: Vec<FileAction>,
+    /// As [`ExecOp::epoch`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 
 /// Owner of created files, as written (`name`, `uid`, `name:group`, `uid:gid`), resolved in the

@@ -217,7 +217,12 @@ impl Engine {
             context: Arc::clone(&request.context),
             session: Arc::clone(&request.session),
             proxy_env: plan.proxy_env.clone(),
-            diff_options: BuildWorker::default_diff_options(),
+            // Every layer the build makes has its mtimes clamped to the epoch (see
+            // `State::commit_layer`); the frontend put the epoch in those steps' keys.
+            diff_options: hoist_cache::DiffOptions {
+                source_date_epoch: source_date_epoch(&options.build_args)?,
+                ..BuildWorker::default_diff_options()
+            },
             limits: request.limits,
             selections: Mutex::default(),
         });
@@ -342,14 +347,21 @@ impl Engine {
 fn created_time(
     build_args: &std::collections::BTreeMap<String, String>,
 ) -> Result<String, BuildError> {
+    Ok(rfc3339(source_date_epoch(build_args)?.unwrap_or(0)))
+}
+
+/// `SOURCE_DATE_EPOCH` (a build-arg, as in BuildKit), in seconds, when set.
+fn source_date_epoch(
+    build_args: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<i64>, BuildError> {
     let Some(raw) = build_args.get("SOURCE_DATE_EPOCH") else {
-        return Ok(rfc3339(0));
+        return Ok(None);
     };
     raw.trim()
         .parse::<i64>()
         .ok()
         .filter(|s| *s >= 0)
-        .map(rfc3339)
+        .map(Some)
         .ok_or_else(|| {
             BuildError::Internal(format!(
                 "invalid SOURCE_DATE_EPOCH {raw:?}: expected whole seconds since 1970-01-01"

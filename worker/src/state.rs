@@ -261,12 +261,16 @@ impl State {
         dir: &Path,
         source_date_epoch: Option<i64>,
     ) -> Result<Layer, WorkerError> {
-        let diff_id = hoist_cache::upperdir_diff_id(dir, source_date_epoch).map_err(|source| {
-            WorkerError::Diff {
+        // Clamped on disk, so that the snapshot is the layer: a blob made of it later, by any
+        // build, hashes to this diffID.
+        if let Some(epoch) = source_date_epoch {
+            hoist_cache::clamp_mtimes(dir, epoch).map_err(io_err("clamp the mtimes under", dir))?;
+        }
+        let diff_id =
+            hoist_cache::upperdir_diff_id(dir, None).map_err(|source| WorkerError::Diff {
                 path: dir.to_path_buf(),
                 source,
-            }
-        })?;
+            })?;
         let target = self
             .snapshots
             .path(&diff_id)
@@ -398,7 +402,12 @@ impl State {
                         layer: layer.diff_id.clone(),
                     }
                 })?;
-                let digests = hoist_cache::store_upperdir_layer(&self.blobs, &dir, options)
+                // The snapshot's times are the layer's (see `commit_layer`).
+                let options = DiffOptions {
+                    source_date_epoch: None,
+                    ..*options
+                };
+                let digests = hoist_cache::store_upperdir_layer(&self.blobs, &dir, &options)
                     .map_err(|source| WorkerError::Diff {
                         path: dir.clone(),
                         source,

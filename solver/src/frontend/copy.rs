@@ -185,7 +185,10 @@ impl Lowering<'_> {
             });
         }
         state.root = self.graph.add(
-            Op::File(FileOp { actions }),
+            Op::File(FileOp {
+                actions,
+                epoch: self.epoch(),
+            }),
             inputs,
             format!("{step} {text}"),
             self.location(span),

@@ -446,6 +446,16 @@ impl<'a> Lowering<'a> {
             .map_err(expand_error(word, span))
     }
 
+    /// `SOURCE_DATE_EPOCH` from the build-args, when it is a valid time: layers are made
+    /// reproducible with it (the engine refuses an invalid one).
+    fn epoch(&self) -> Option<i64> {
+        self.opts
+            .build_args
+            .get("SOURCE_DATE_EPOCH")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|s| *s >= 0)
+    }
+
     fn location(&self, span: Span) -> Option<Location> {
         let (line, column) = self.index.line_col(self.source, span.start);
         Some(Location { line, column, span })
@@ -794,6 +804,7 @@ impl<'a> Lowering<'a> {
                             make_parents: true,
                             chown,
                         }],
+                        epoch: self.epoch(),
                     }),
                     vec![state.root],
                     format!("{step} {}", instruction_text(raw)),

@@ -119,6 +119,7 @@ impl Lowering<'_> {
                 network,
                 privileged,
                 mounts,
+                epoch: self.epoch(),
             }),
             inputs,
             format!("{step} {text}"),

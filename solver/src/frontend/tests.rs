@@ -646,6 +646,41 @@ mod copy {
     }
 
     #[test]
+    fn source_date_epoch_is_in_the_key_of_every_layer_making_step() {
+        let src = "FROM alpine\nWORKDIR /w\nCOPY a b\nRUN true\n";
+        let plain = plan(src);
+        let with = |e: &str| {
+            plan_with(
+                src,
+                &args(&[("SOURCE_DATE_EPOCH", e)]),
+                &FakeResolver::default(),
+            )
+            .unwrap()
+        };
+        let (one, two) = (with("1000"), with("2000"));
+        let ops = |p: &BuildPlan| -> Vec<(bool, crate::graph::VertexDigest)> {
+            p.graph
+                .reachable(&[p.root])
+                .into_iter()
+                .map(|id| {
+                    let v = p.graph.vertex(id);
+                    (matches!(v.op, Op::Exec(_) | Op::File(_)), v.digest)
+                })
+                .collect()
+        };
+        for (a, b) in [(&plain, &one), (&one, &two)] {
+            for ((layer, x), (_, y)) in ops(a).into_iter().zip(ops(b)) {
+                assert_eq!(
+                    layer,
+                    x != y,
+                    "a layer-making step keeps its key, or a source changes"
+                );
+            }
+        }
+        assert!(execs(&one).iter().all(|e| e.epoch == Some(1000)));
+    }
+
+    #[test]
     fn bad_run_mounts_name_the_flag_and_what_is_wrong() {
         for (mount, expect) in [
             ("type=cache", "type=cache mounts need a target=PATH"),

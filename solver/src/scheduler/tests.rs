@@ -257,6 +257,7 @@ fn exec(args: &str) -> Op {
         network: NetworkMode::Default,
         privileged: false,
         mounts: vec![],
+        epoch: None,
     })
 }
 
