@@ -18,6 +18,8 @@ pub(crate) enum Mode {
     Tty,
     Plain,
     Json,
+    /// Nothing (`-q`): the image ID alone goes to stdout, and an error to stderr.
+    Quiet,
 }
 
 impl Mode {
@@ -161,6 +163,12 @@ impl ProgressSink for DisplayQueue {
 /// Consumes events until the queue closes, writing them to stderr (progress goes to stderr,
 /// as with `docker build`, so stdout stays free for the image id).
 pub(crate) async fn render(mode: Mode, events: Arc<DisplayQueue>) {
+    if mode == Mode::Quiet {
+        // The events are drained so that the queue never holds them; the log is kept in the
+        // state root as ever (`hoist logs`).
+        while events.next().await.is_some() {}
+        return;
+    }
     let mut renderer = Renderer::new(mode.resolve(), Box::new(std::io::stderr()));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {

@@ -834,3 +834,51 @@ fn source_date_epoch_makes_two_cold_builds_on_different_roots_the_same_image() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn quiet_prints_only_the_image_id_and_errors_still_show() {
+    let p = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo chatty\n");
+    for flag in ["-q", "--progress=quiet"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .args(["build", "--no-cache", flag, "--root"])
+            .arg(p.root.path())
+            .arg(p.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("sha256:") && stdout.lines().count() == 1,
+            "{flag}: {stdout}"
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    p.write(
+        "Dockerfile",
+        "FROM scratch\nADD rootfs.tar /\nRUN echo broken >&2; exit 3\n",
+    );
+    let out = p.hoist(&["-q"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains("(line 3") && stderr.contains("exit code: 3") && stderr.contains("broken"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn several_platforms_at_once_are_refused_clearly() {
+    let p = Project::new("FROM scratch\nADD rootfs.tar /\n");
+    let out = p.hoist(&["--platform", "linux/amd64,linux/arm64"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("several platforms at once is not supported yet"),
+        "{stderr}"
+    );
+}

@@ -48,9 +48,12 @@ pub(crate) struct BuildArgs {
     /// type=local,dest=DIR, type=tar,dest=FILE.
     #[arg(short = 'o', long = "output", value_name = "type=…")]
     outputs: Vec<String>,
-    /// How to show progress.
+    /// How to show progress (`quiet` is `-q`).
     #[arg(long, value_enum, default_value = "auto")]
     progress: progress::Mode,
+    /// Print only the image ID (on stdout), as `docker build -q`; errors still go to stderr.
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// Default network of RUN steps.
     #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
     network: String,
@@ -254,6 +257,12 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if push && args.tags.is_empty() {
         bail!("--push needs at least one -t NAME to push to");
     }
+    if let Some(list) = args.platform.as_deref().filter(|p| p.contains(',')) {
+        bail!(
+            "--platform {list}: building for several platforms at once is not supported yet; \
+             build once per platform, each with its own --platform and tag"
+        );
+    }
     let target_platform = match &args.platform {
         Some(p) => p
             .parse::<Platform>()
@@ -319,7 +328,12 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let engine = engine::open(&args.engine, args.max_parallelism)?;
         let events = Arc::new(progress::DisplayQueue::default());
-        let renderer = tokio::spawn(progress::render(args.progress, Arc::clone(&events)));
+        let mode = if args.quiet {
+            progress::Mode::Quiet
+        } else {
+            args.progress
+        };
+        let renderer = tokio::spawn(progress::render(mode, Arc::clone(&events)));
         let cancel = tokio_util::sync::CancellationToken::new();
         let on_interrupt = cancel.clone();
         tokio::spawn(async move {
@@ -383,6 +397,10 @@ fn finish(
             "pushed": outcome.pushed,
         });
         fs_err::write(path, serde_json::to_vec_pretty(&metadata)?)?;
+    }
+    if args.quiet || args.progress == progress::Mode::Quiet {
+        writeln!(std::io::stdout().lock(), "{}", outcome.config_digest)?;
+        return Ok(());
     }
     let mut err = std::io::stderr().lock();
     for name in &outcome.unused_build_args {
