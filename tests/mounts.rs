@@ -692,3 +692,24 @@ fn a_bind_source_that_is_a_symlink_stays_inside_the_context() {
         "{text}"
     );
 }
+
+#[test]
+fn a_mount_inside_another_mounts_target_is_mounted_after_it() {
+    // The tmpfs's target lies inside the bind mount's; written first, it must still be
+    // mounted on top of the bound directory, not hidden under it.
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         RUN --mount=type=tmpfs,target=/app/tmp \
+             --mount=type=bind,source=app,target=/app \
+             echo written > /app/tmp/f && cat /app/tmp/f > /seen-tmpfs && \
+             cat /app/package.json > /seen-bind\n",
+    );
+    fs_err::create_dir_all(p.path("app/tmp")).unwrap();
+    p.write("app/package.json", "{}\n");
+    let (_, rootfs) = p.build_to_dir(&[]);
+    let read = |f: &str| fs_err::read_to_string(rootfs.path().join(f)).unwrap();
+    // Hidden under the read-only bind, the tmpfs could not be written.
+    assert_eq!(read("seen-tmpfs"), "written\n");
+    assert_eq!(read("seen-bind"), "{}\n");
+}

@@ -182,9 +182,11 @@ impl BuildWorker {
                     let dir = self.state.scratch()?;
                     let socket = dir.path().join("agent.sock");
                     let task = agent_proxy(&socket, agent, *mode, *uid, *gid)?;
+                    // Held in this order, dropped in reverse: the proxy stops, then its
+                    // directory goes.
+                    prepared.held.push(Held::Dir(dir));
                     prepared.held.push(Held::Proxy(task));
                     prepared.mounts.push(bind(&socket, target, false)?);
-                    prepared.held.push(Held::Dir(dir));
                     first_agent.get_or_insert_with(|| target.clone());
                 }
             }
@@ -197,9 +199,15 @@ impl BuildWorker {
                     .mounts
                     .push(bind(&tmpfs.path.join(i.to_string()), target, true)?);
             }
-            prepared.held.push(Held::Tmpfs(tmpfs));
+            // Dropped in reverse: the tmpfs is unmounted before its directory goes.
             prepared.held.push(Held::Dir(dir));
+            prepared.held.push(Held::Tmpfs(tmpfs));
         }
+        // A mount inside another's target goes after it, whatever the Dockerfile's order (as
+        // BuildKit sorts them); the sort is stable, so equal depths keep their order.
+        prepared
+            .mounts
+            .sort_by_key(|m| m.destination().components().count());
         // As BuildKit: the first agent is the process's agent unless the RUN names another.
         if let Some(target) = first_agent
             && !exec.env.iter().any(|(k, _)| k == "SSH_AUTH_SOCK")
