@@ -257,11 +257,25 @@ impl CacheMounts {
                 pruned.instances += 1;
                 fs_err::remove_dir_all(&instance).map_err(io_err("remove", &instance))?;
             }
-            // A mount with no instance left goes too, unless a step is making one now.
-            if instances(&dir)?.is_empty()
-                && let Some(_making) = try_lock(&dir.join("create.lock"))
-            {
-                fs_err::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+            // A mount with no instance left goes too, unless a step holds one of its locks
+            // (it is about to make an instance).
+            if instances(&dir)?.is_empty() {
+                let mut held = Vec::new();
+                let mut free = true;
+                for entry in fs_err::read_dir(&dir)
+                    .map_err(io_err("list", &dir))?
+                    .flatten()
+                {
+                    if entry.path().extension().is_some_and(|e| e == "lock") {
+                        match try_lock(&entry.path()) {
+                            Some(lock) => held.push(lock),
+                            None => free = false,
+                        }
+                    }
+                }
+                if free {
+                    fs_err::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+                }
             }
         }
         Ok(pruned)
@@ -340,4 +354,67 @@ fn tree_bytes(dir: &Path) -> u64 {
         }
     }
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts() -> (tempfile::TempDir, CacheMounts) {
+        let root = tempfile::tempdir().unwrap();
+        let state = State::open(root.path()).unwrap();
+        (root, CacheMounts::new(Arc::new(state)))
+    }
+
+    fn empty(id: &str) -> CacheMount {
+        CacheMount {
+            id: id.to_owned(),
+            seed: None,
+            source: "/".to_owned(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_what_a_step_holds_and_drops_the_rest() {
+        let (_root, mounts) = mounts();
+        let held = mounts
+            .lease(empty("held"), CacheSharing::Shared)
+            .await
+            .unwrap();
+        fs_err::write(held.path().join("f"), "x").unwrap();
+        drop(
+            mounts
+                .lease(empty("free"), CacheSharing::Locked)
+                .await
+                .unwrap(),
+        );
+        let pruned = mounts.prune().unwrap();
+        assert_eq!(pruned.instances, 1);
+        let ids: Vec<String> = mounts.usage().unwrap().into_iter().map(|u| u.id).collect();
+        assert_eq!(ids, ["held"]);
+        assert!(held.path().join("f").exists());
+    }
+
+    #[test]
+    fn prune_leaves_a_mount_whose_lock_a_step_took_before_making_its_instance() {
+        let (_root, mounts) = mounts();
+        let dir = mounts.dir().join("k");
+        fs_err::create_dir_all(&dir).unwrap();
+        fs_err::write(
+            dir.join("meta.json"),
+            r#"{"id":"k","source":"/","seeded":false}"#,
+        )
+        .unwrap();
+        // A step between taking instance 0's lock and making the instance.
+        let lock = open_lock(&dir.join("0.lock")).unwrap();
+        rustix::fs::flock(&lock, FlockOperation::LockShared).unwrap();
+        mounts.prune().unwrap();
+        assert!(dir.join("0.lock").exists());
+        drop(lock);
+        mounts.prune().unwrap();
+        assert!(!dir.exists());
+    }
 }
