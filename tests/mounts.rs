@@ -713,3 +713,40 @@ fn a_mount_inside_another_mounts_target_is_mounted_after_it() {
     assert_eq!(read("seen-tmpfs"), "written\n");
     assert_eq!(read("seen-bind"), "{}\n");
 }
+
+/// The files under `dir` on the same filesystem as `dir` itself (its disk), holding `needle`;
+/// what a tmpfs mounted below holds is in memory and not listed.
+fn on_disk_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let disk = fs_err::metadata(dir).unwrap().dev();
+    holding(dir, needle)
+        .into_iter()
+        .filter(|f| fs_err::metadata(f).is_ok_and(|m| m.dev() == disk))
+        .collect()
+}
+
+#[test]
+fn a_secret_variable_touches_no_disk_of_the_state_root_while_its_step_runs() {
+    // runc reads the process's environment from the bundle's config.json and keeps it in its
+    // state: both must be in memory while the step runs, not on the state root's disk.
+    let secret = format!("env-s3cret-{}", rand_suffix());
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         RUN --mount=type=secret,id=t,env=T,target=/t echo started; sleep 3\n",
+    );
+    let file = p.path("../t");
+    fs_err::write(&file, &secret).unwrap();
+    let flag = format!("id=t,src={}", file.display());
+    for runtime in runtimes() {
+        let (mut running, _lines) = p.start_until(
+            "started",
+            &["--secret", &flag, "--runtime", runtime, "--no-cache"],
+        );
+        let leaks = on_disk_holding(p.root.path(), secret.as_bytes());
+        assert!(leaks.is_empty(), "{runtime}: while the step ran: {leaks:?}");
+        assert!(running.0.wait().unwrap().success(), "{runtime}");
+        let leaks = on_disk_holding(p.root.path(), secret.as_bytes());
+        assert!(leaks.is_empty(), "{runtime}: after the build: {leaks:?}");
+    }
+}

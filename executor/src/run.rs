@@ -254,6 +254,10 @@ impl RunGuard {
                     source: std::io::Error::from_raw_os_error(libc::EBUSY),
                 });
             }
+            // The external backend's run directory is a tmpfs of its own.
+            if crate::upper::is_mount_point(&dir) {
+                let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+            }
             match fs_err::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(RunError::Prepare {

@@ -16,16 +16,18 @@ use crate::run::{
     ExitStatus, ExternalContainer, RunError, RunGuard, RunOutcome, RunRequest, outcome_from,
 };
 
-/// runc's own state directory for hoist's containers.
-fn runc_root(state_dir: &Path) -> PathBuf {
-    state_dir.join("runc")
+/// runc's own state directory for the container of one run: inside the run's directory, on
+/// the tmpfs the runtime mounts there, because runc keeps the whole config (the process's
+/// environment included) in its state.
+fn runc_root(run_dir: &Path) -> PathBuf {
+    run_dir.join("runc")
 }
 
-/// The runc container `name` of a hoist state dir.
-pub(crate) fn container(program: &Path, state_dir: &Path, name: &str) -> ExternalContainer {
+/// The runc container `name` of the run whose directory is `run_dir`.
+pub(crate) fn container(program: &Path, run_dir: &Path, name: &str) -> ExternalContainer {
     ExternalContainer {
         program: program.to_path_buf(),
-        root: runc_root(state_dir),
+        root: runc_root(run_dir),
         name: name.to_owned(),
     }
 }
@@ -57,7 +59,6 @@ fn missing_mount_points(root: &Path, request: &RunRequest) -> Vec<PathBuf> {
 #[allow(clippy::too_many_arguments)] // the run's pieces, threaded through from Executor::run
 pub(crate) async fn run<O, E>(
     program: &Path,
-    state_dir: &Path,
     name: &str,
     request: &RunRequest,
     dir: &Path,
@@ -108,7 +109,7 @@ where
 
     let mut child = tokio::process::Command::new(program)
         .arg("--root")
-        .arg(runc_root(state_dir))
+        .arg(runc_root(dir))
         .args(["run", "--keep", "--bundle"])
         .arg(dir)
         .arg(name)
@@ -138,7 +139,7 @@ where
         source,
     })?;
     let stats = guard.cgroup.as_ref().map(Cgroup::stats).unwrap_or_default();
-    container(program, state_dir, name).delete();
+    container(program, dir, name).delete();
     let _ = nix::mount::umount2(&root, MntFlags::MNT_DETACH);
     let status = match status.code() {
         Some(code) if code > 128 && code <= 128 + 64 => ExitStatus::Signaled(code - 128),

@@ -230,7 +230,7 @@ impl Executor {
             }
             let dir = entry.path();
             if let Backend::External { program } = &self.config.backend {
-                crate::runc::container(program, &self.config.state_dir, &name).delete();
+                crate::runc::container(program, &dir, &name).delete();
             }
             let rootfs = dir.join("rootfs");
             // The external backend mounts the rootfs in the host namespace.
@@ -241,6 +241,8 @@ impl Executor {
                     source: std::io::Error::from_raw_os_error(libc::EBUSY),
                 });
             }
+            // The run's tmpfs (see `run`).
+            let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
             fs_err::remove_dir_all(&dir)
                 .map_err(|source| NewExecutorError::Stale { path: dir, source })?;
         }
@@ -427,28 +429,31 @@ impl Executor {
                 .await?
             }
             Backend::External { program } => {
+                // The bundle's config.json and runc's state hold the process's environment,
+                // which may carry a secret (`RUN --mount=type=secret,env=…`): both live on a
+                // tmpfs of the run's own, never on the state root's disk.
+                fs_err::create_dir_all(&dir).map_err(prepare_err(&dir))?;
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    &dir,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::MS_NOSUID
+                        | nix::mount::MsFlags::MS_NODEV
+                        | nix::mount::MsFlags::MS_NOEXEC,
+                    Some("mode=0700,size=16m"),
+                )
+                .map_err(|e| RunError::Prepare {
+                    path: dir.clone(),
+                    source: e.into(),
+                })?;
+                guard.dir = Some(dir.clone());
                 let root = dir.join("rootfs");
                 fs_err::create_dir_all(&root).map_err(prepare_err(&root))?;
-                guard.dir = Some(dir.clone());
                 if let Some(uplink) = &uplink {
                     join_network_namespace(&mut request.spec, &uplink.netns_path());
                 }
-                guard.external = Some(crate::runc::container(
-                    program,
-                    &self.config.state_dir,
-                    &name,
-                ));
-                crate::runc::run(
-                    program,
-                    &self.config.state_dir,
-                    &name,
-                    &request,
-                    &dir,
-                    &mut guard,
-                    stdout,
-                    stderr,
-                )
-                .await?
+                guard.external = Some(crate::runc::container(program, &dir, &name));
+                crate::runc::run(program, &name, &request, &dir, &mut guard, stdout, stderr).await?
             }
         };
         drop(uplink);
