@@ -242,16 +242,21 @@ fn the_default_network_reaches_the_outside_but_not_the_hosts_loopback() {
     targets.extend(host_addresses());
     let targets = targets.join(" ");
     let port = service.port;
+    // The listener's stdin stays open (busybox nc in listen mode may close the connection as
+    // soon as its stdin ends, before the client's line arrives; a background job's stdin is
+    // /dev/null), and it is stopped once the line has arrived or 5 s have passed.
     let script = format!(
         "wget -q -O /fetched http://{addr}:8080/file; \
          for a in {targets}; do \
            timeout 5 nc $a {port} </dev/null > /probe 2>&1 || true; \
            if grep -q {GREETING} /probe; then echo $a >> /reached; fi; \
          done; rm -f /probe; \
-         nc -l -p 9999 > /loopback & l=$!; \
+         sleep 30 2>/dev/null | nc -l -p 9999 > /loopback & l=$!; \
          i=0; until echo inside | nc 127.0.0.1 9999; do \
            i=$((i+1)); [ $i -lt 100 ] || break; sleep 0.05; done; \
-         wait $l; \
+         i=0; until grep -q inside /loopback; do \
+           i=$((i+1)); [ $i -lt 100 ] || break; sleep 0.05; done; \
+         kill $l; \
          cat /etc/resolv.conf > /resolv; cat /etc/hosts > /hosts",
         addr = server.addr
     );
