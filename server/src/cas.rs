@@ -1,0 +1,3 @@
+//! The `Cas` service: blobs and the Merkle trees of uploaded build contexts.
+//!
+//! (Being written.)

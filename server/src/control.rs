@@ -1,0 +1,3 @@
+//! The `Control` service.
+//!
+//! (Being written.)

@@ -1,0 +1,24 @@
+//! `hoist serve`: the build engine behind gRPC.
+//!
+//! - [`control`]: the `Control` service: builds (`Solve`, a stream that carries the build's
+//!   events out and its callbacks both ways), `Attach`, `Cancel`, `ListBuilds`, `DiskUsage`,
+//!   `Prune`, `Logs` and `Info`, over one shared [`hoist_worker::Engine`].
+//! - [`cas`]: the `Cas` service: the content-addressed store that build contexts are uploaded
+//!   into, and the trees a build's context is made from, held under a lease while it runs.
+//! - [`session`]: a remote build's secrets, SSH agents and registry credentials, asked of its
+//!   client over the build's stream when a step needs them, and never stored.
+//! - [`auth`]: who may build: the unix socket's owner and mode, mutual TLS, bearer tokens.
+//! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
+//! - [`convert`]: progress events and results to and from their wire form, for both sides.
+//! - [`addr`]: `unix:///path` and `tcp://host:port`.
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod auth;
+pub mod cas;
+pub mod control;
+pub mod convert;
+pub mod metrics;
+pub mod session;
+
+pub use addr::Addr;

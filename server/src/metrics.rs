@@ -1,0 +1,3 @@
+//! Prometheus counters of the server and its `/metrics` endpoint.
+//!
+//! (Being written.)
