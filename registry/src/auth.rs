@@ -105,6 +105,25 @@ struct AuthEntry {
     identitytoken: Option<String>,
 }
 
+/// What [`CredentialSource::credential_for`] returns.
+pub type CredentialFuture<'a> = std::pin::Pin<
+    Box<dyn Future<Output = Result<Option<Credential>, CredentialError>> + Send + 'a>,
+>;
+
+/// Where a client's registry credentials come from: this machine's docker config, or (for a
+/// remote build) the build's client, asked over its stream.
+pub trait CredentialSource: Send + Sync + std::fmt::Debug {
+    /// The credentials for a registry as named in references (`docker.io`, `host:port`), or
+    /// `None` to go anonymous.
+    fn credential_for<'a>(&'a self, registry: &'a str) -> CredentialFuture<'a>;
+}
+
+impl CredentialSource for DockerConfig {
+    fn credential_for<'a>(&'a self, registry: &'a str) -> CredentialFuture<'a> {
+        Box::pin(DockerConfig::credential_for(self, registry))
+    }
+}
+
 /// The docker client configuration, as far as registry credentials go.
 #[derive(Debug, Default)]
 pub struct DockerConfig {

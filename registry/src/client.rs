@@ -21,7 +21,9 @@ use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE}
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
-use crate::auth::{Challenge, Credential, CredentialError, DockerConfig, parse_challenge};
+use crate::auth::{
+    Challenge, Credential, CredentialError, CredentialSource, DockerConfig, parse_challenge,
+};
 use crate::reference::{Reference, is_loopback_host, strip_port};
 use crate::stall::{Activity, Awaited, Stall, Stalled, UploadBody, Wait, body_stall, watch_reply};
 use crate::{Event, Observer};
@@ -193,7 +195,7 @@ pub struct Client {
     /// of `SSL_CERT_DIR` when it is set, which a build against a local registry never needs.
     tls: std::sync::OnceLock<reqwest::Client>,
     pub(crate) config: ClientConfig,
-    docker_config: DockerConfig,
+    docker_config: Arc<dyn CredentialSource>,
     explicit: Mutex<HashMap<String, Credential>>,
     looked_up: tokio::sync::Mutex<HashMap<String, Option<Credential>>>,
     challenges: Mutex<HashMap<String, Challenge>>,
@@ -240,7 +242,7 @@ impl Client {
             http,
             tls: std::sync::OnceLock::new(),
             config,
-            docker_config,
+            docker_config: Arc::new(docker_config),
             explicit: Mutex::new(HashMap::new()),
             looked_up: tokio::sync::Mutex::new(HashMap::new()),
             challenges: Mutex::new(HashMap::new()),
@@ -382,6 +384,24 @@ impl Client {
     /// `~/.docker/config.json`, as the docker CLI does.
     pub fn with_default_credentials(config: ClientConfig) -> Result<Self, RequestError> {
         Self::new(config, DockerConfig::load_default()?)
+    }
+
+    /// A client with this one's settings that asks `source` for credentials instead: a
+    /// remote build's pulls and pushes use its client's credentials, never the server's.
+    /// Tokens and challenges are not shared with this client.
+    #[must_use]
+    pub fn with_credential_source(&self, source: Arc<dyn CredentialSource>) -> Self {
+        Self {
+            http: self.http.clone(),
+            tls: self.tls.clone(),
+            config: self.config.clone(),
+            docker_config: source,
+            explicit: Mutex::new(HashMap::new()),
+            looked_up: tokio::sync::Mutex::new(HashMap::new()),
+            challenges: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            observer: self.observer.clone(),
+        }
     }
 
     /// Reports progress and retries to `observer`.

@@ -62,7 +62,8 @@ pub use oci_spec;
 use oci_spec::image::Digest;
 
 pub use auth::{
-    Challenge, Credential, CredentialError, DOCKER_HUB_AUTH_KEY, DockerConfig, parse_challenge,
+    Challenge, Credential, CredentialError, CredentialFuture, CredentialSource,
+    DOCKER_HUB_AUTH_KEY, DockerConfig, parse_challenge,
 };
 pub use client::{Client, ClientConfig, RequestError, RetryPolicy};
 pub use manifest::{Manifest, ManifestError, detect_media_type, parse_manifest};

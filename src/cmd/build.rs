@@ -320,6 +320,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         write_image: outputs.iter().any(|o| !matches!(o, Output::Local(_)))
             || args.metadata_file.is_some(),
         limits: limits(&args)?,
+        registry: None,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

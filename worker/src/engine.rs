@@ -56,6 +56,10 @@ pub struct BuildRequest {
     pub write_image: bool,
     /// cgroup limits of every RUN.
     pub limits: hoist_executor::spec::Limits,
+    /// The registry client of this build, when it is not the engine's: a remote build pulls
+    /// and pushes with its client's credentials (see
+    /// [`Client::with_credential_source`]).
+    pub registry: Option<Arc<Client>>,
 }
 
 /// What a build produced.
@@ -191,8 +195,9 @@ impl Engine {
 
         // Lowering resolves base images; it is synchronous, so it runs on a blocking thread
         // that drives the registry calls on this runtime.
+        let registry = Arc::clone(request.registry.as_ref().unwrap_or(&self.registry));
         let resolver = RegistryResolver {
-            client: Arc::clone(&self.registry),
+            client: Arc::clone(&registry),
             handle: tokio::runtime::Handle::current(),
             state: Arc::clone(&self.state),
             progress: Arc::clone(&progress),
@@ -213,7 +218,7 @@ impl Engine {
         let worker = Arc::new(BuildWorker {
             state: Arc::clone(&self.state),
             executor: Arc::clone(&self.executor),
-            registry: Arc::clone(&self.registry),
+            registry: Arc::clone(&registry),
             context: Arc::clone(&request.context),
             session: Arc::clone(&request.session),
             proxy_env: plan.proxy_env.clone(),
@@ -312,8 +317,7 @@ impl Engine {
             })?;
             store.tag(&reference.to_string(), &manifest)?;
             if request.push {
-                let report = self
-                    .registry
+                let report = registry
                     .push(
                         &reference,
                         &manifest,

@@ -150,7 +150,7 @@ impl BuildWorker {
                     uid,
                     gid,
                 } => {
-                    let Some(bytes) = self.session.secret(id)? else {
+                    let Some(bytes) = self.session.secret(id).await? else {
                         if *required {
                             return Err(WorkerError::SecretMissing { id: id.clone() });
                         }

@@ -32,7 +32,15 @@ pub enum SessionError {
     TooLarge { id: String, bytes: usize },
     #[error("secret {id:?}: the variable {var} it names is not set")]
     EnvUnset { id: String, var: String },
+    /// A remote build's client could not lend the secret, or went away.
+    #[error("secret {id:?}: the build's client {reason}")]
+    Client { id: String, reason: String },
 }
+
+/// What [`Session::secret`] returns: the secret is read on demand, which for a remote build
+/// means a round trip to its client.
+pub type SecretFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, SessionError>> + Send + 'a>>;
 
 /// Secrets and SSH agents a build may use. A local build reads them from this machine; a
 /// remote one (`hoist serve`) asks its client for each when a RUN needs it.
@@ -41,7 +49,7 @@ pub trait Session: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// The secret was given but cannot be read.
-    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, SessionError>;
+    fn secret<'a>(&'a self, id: &'a str) -> SecretFuture<'a>;
 
     /// A socket of the SSH agent given as `id`, or `None`.
     fn ssh_agent(&self, id: &str) -> Option<PathBuf>;
@@ -255,7 +263,21 @@ fn is_socket(path: &Path) -> bool {
 }
 
 impl Session for LocalSession {
-    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, SessionError> {
+    fn secret<'a>(&'a self, id: &'a str) -> SecretFuture<'a> {
+        Box::pin(std::future::ready(self.read_secret(id)))
+    }
+
+    fn ssh_agent(&self, id: &str) -> Option<PathBuf> {
+        self.ssh.get(id).cloned()
+    }
+}
+
+impl LocalSession {
+    /// The secret `id` as `--secret` gave it, read now.
+    ///
+    /// # Errors
+    /// As [`Session::secret`].
+    pub fn read_secret(&self, id: &str) -> Result<Option<Vec<u8>>, SessionError> {
         let Some(source) = self.secrets.get(id) else {
             return Ok(None);
         };
@@ -283,8 +305,14 @@ impl Session for LocalSession {
         Ok(Some(bytes))
     }
 
-    fn ssh_agent(&self, id: &str) -> Option<PathBuf> {
-        self.ssh.get(id).cloned()
+    /// The ids `--secret` named, for a remote build's request.
+    pub fn secret_ids(&self) -> impl Iterator<Item = &str> {
+        self.secrets.keys().map(String::as_str)
+    }
+
+    /// The ids `--ssh` named.
+    pub fn ssh_ids(&self) -> impl Iterator<Item = &str> {
+        self.ssh.keys().map(String::as_str)
     }
 }
 
@@ -305,16 +333,16 @@ mod tests {
                 "id=p,type=env,src=PATH".into(),
             ])
             .unwrap();
-        assert_eq!(s.secret("tok").unwrap().unwrap(), b"s3cret");
+        assert_eq!(s.read_secret("tok").unwrap().unwrap(), b"s3cret");
         assert_eq!(
-            s.secret("home").unwrap().unwrap(),
+            s.read_secret("home").unwrap().unwrap(),
             std::env::var("HOME").unwrap().as_bytes()
         );
         assert_eq!(
-            s.secret("p").unwrap().unwrap(),
+            s.read_secret("p").unwrap().unwrap(),
             std::env::var("PATH").unwrap().as_bytes()
         );
-        assert!(s.secret("other").unwrap().is_none());
+        assert!(s.read_secret("other").unwrap().is_none());
         for (bad, why) in [
             ("id=a,src=/nonexistent/x", "not a readable file"),
             ("id=a,colour=red", "unknown key"),
@@ -337,7 +365,7 @@ mod tests {
         let s = LocalSession::default()
             .with_secrets(&[format!("id=big,src={}", file.display())])
             .unwrap();
-        let err = s.secret("big").unwrap_err().to_string();
+        let err = s.read_secret("big").unwrap_err().to_string();
         assert!(err.contains("512001 bytes"), "{err}");
     }
 
