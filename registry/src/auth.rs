@@ -81,6 +81,9 @@ pub enum CredentialError {
         #[source]
         source: serde_json::Error,
     },
+    /// A remote build's client was asked for the credentials and could not give them.
+    #[error("credentials for {server} from the build's client: {message}")]
+    Remote { server: String, message: String },
 }
 
 #[derive(Debug, Default, Deserialize)]

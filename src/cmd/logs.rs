@@ -1,6 +1,5 @@
-//! `hoist logs`: a build's complete log, read back from the state root.
+//! `hoist logs`: a build's complete log, read back from the state root (or a server's).
 
-use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -20,33 +19,7 @@ pub(crate) struct LogsArgs {
 }
 
 pub(crate) fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
-    let logs = LogStore::new(&args.engine.root());
-    let build = match args.build.as_deref() {
-        None | Some("last") => logs.last()?,
-        Some(id) => id.to_owned(),
-    };
     let mut out = std::io::stdout().lock();
-    if let Some(step) = args.step {
-        std::io::copy(&mut logs.open_step(&build, step)?, &mut out)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    writeln!(out, "#0 build {build}")?;
-    for step in logs.steps(&build)? {
-        writeln!(out, "#{} {} ({})", step.number, step.name, step.status)?;
-        let mut output = logs.open_step(&build, step.number)?;
-        let mut ends_in_newline = true;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = output.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            out.write_all(&buf[..n])?;
-            ends_in_newline = buf[n - 1] == b'\n';
-        }
-        if !ends_in_newline {
-            writeln!(out)?;
-        }
-    }
+    LogStore::new(&args.engine.root()).write_log(args.build.as_deref(), args.step, &mut out)?;
     Ok(ExitCode::SUCCESS)
 }

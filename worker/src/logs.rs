@@ -203,6 +203,54 @@ impl LogStore {
         }
     }
 
+    /// Writes a build's log as `hoist logs` prints it: each step's header (`#N name (status)`)
+    /// and its output, or with `step` that step's output alone, byte for byte. `build` is an
+    /// id, or `None` (or `last`) for the newest build.
+    ///
+    /// # Errors
+    /// An unknown build or step, a file that cannot be read, or a failed write (as
+    /// [`LogError::Io`] on `out`'s side).
+    pub fn write_log(
+        &self,
+        build: Option<&str>,
+        step: Option<usize>,
+        out: &mut dyn io::Write,
+    ) -> Result<(), LogError> {
+        let build = match build {
+            None | Some("last") => self.last()?,
+            Some(id) => id.to_owned(),
+        };
+        let written = |source| LogError::Io {
+            op: "write the log of",
+            path: PathBuf::from(&build),
+            source,
+        };
+        let copy = |from: &mut dyn io::Read, out: &mut dyn io::Write| -> Result<bool, LogError> {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut ends_in_newline = true;
+            loop {
+                let n = from.read(&mut buf).map_err(written)?;
+                if n == 0 {
+                    return Ok(ends_in_newline);
+                }
+                out.write_all(&buf[..n]).map_err(written)?;
+                ends_in_newline = buf[n - 1] == b'\n';
+            }
+        };
+        if let Some(step) = step {
+            copy(&mut self.open_step(&build, step)?, out)?;
+            return Ok(());
+        }
+        writeln!(out, "#0 build {build}").map_err(written)?;
+        for step in self.steps(&build)? {
+            writeln!(out, "#{} {} ({})", step.number, step.name, step.status).map_err(written)?;
+            if !copy(&mut self.open_step(&build, step.number)?, out)? {
+                writeln!(out).map_err(written)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the log of a new build, which forwards every event to `forward` after
     /// recording it; drops the oldest builds' logs past [`KEEP_BUILDS`].
     ///
