@@ -120,6 +120,7 @@ pub struct Engine {
     pub executor: Arc<Executor>,
     pub registry: Arc<Client>,
     solver: Solver<Output>,
+    max_parallelism: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -144,10 +145,17 @@ impl Engine {
         });
         Self {
             solver: Solver::new(cache, SolverOptions { max_parallelism }),
+            max_parallelism,
             state,
             executor,
             registry,
         }
+    }
+
+    /// How many steps run at once, across every build of the engine.
+    #[must_use]
+    pub fn max_parallelism(&self) -> usize {
+        self.max_parallelism
     }
 
     /// Builds an image.

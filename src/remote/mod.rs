@@ -1,0 +1,3 @@
+//! The remote client: `hoist build --remote` and the commands that talk to a `hoist serve`.
+
+pub(crate) mod build;
