@@ -96,9 +96,14 @@ impl<const N: usize> Histogram<N> {
         cumulative += self.overflow.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
         let bare = labels.trim_end_matches(',');
+        let bare = if bare.is_empty() {
+            String::new()
+        } else {
+            format!("{{{bare}}}")
+        };
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{bare}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{bare}}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum{bare} {sum}");
+        let _ = writeln!(out, "{name}_count{bare} {cumulative}");
     }
 }
 
@@ -390,4 +395,98 @@ fn respond<B>(metrics: &Metrics, request: &http::Request<B>) -> http::Response<F
     response
         .body(Full::new(body))
         .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    async fn get(addr: SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn metrics_endpoint_serves_the_values_builds_changed() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.build_queued();
+        metrics.build_queued();
+        metrics.build_started();
+        metrics.build_finished(BuildResultLabel::Success, Duration::from_millis(1500));
+        metrics.build_finished(BuildResultLabel::Canceled, Duration::from_secs(7200));
+        metrics.step(true, None);
+        metrics.step(false, Some(Duration::from_millis(200)));
+        metrics.step(false, Some(Duration::from_secs(3)));
+        metrics.uploaded(1000);
+        metrics.uploaded(234);
+        metrics.set_queue(3);
+        metrics.set_running(2);
+
+        let listener = MetricsListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(listener.serve(metrics.clone(), shutdown.clone()));
+
+        let response = get(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        for line in [
+            "hoist_builds_queued_total 2",
+            "hoist_builds_started_total 1",
+            "hoist_builds_total{result=\"success\"} 1",
+            "hoist_builds_total{result=\"failed\"} 0",
+            "hoist_builds_total{result=\"canceled\"} 1",
+            "hoist_steps_total{cached=\"true\"} 1",
+            "hoist_steps_total{cached=\"false\"} 2",
+            "hoist_cache_hits_total 1",
+            "hoist_cache_misses_total 2",
+            "hoist_bytes_uploaded_total 1234",
+            "hoist_builds_queued 3",
+            "hoist_builds_running 2",
+            "# TYPE hoist_build_duration_seconds histogram",
+            "hoist_build_duration_seconds_bucket{result=\"success\",le=\"1\"} 0",
+            "hoist_build_duration_seconds_bucket{result=\"success\",le=\"2.5\"} 1",
+            "hoist_build_duration_seconds_sum{result=\"success\"} 1.5",
+            "hoist_build_duration_seconds_count{result=\"success\"} 1",
+            // Past the last bucket: counted only in +Inf.
+            "hoist_build_duration_seconds_bucket{result=\"canceled\",le=\"3600\"} 0",
+            "hoist_build_duration_seconds_bucket{result=\"canceled\",le=\"+Inf\"} 1",
+            "hoist_step_duration_seconds_bucket{le=\"0.25\"} 1",
+            "hoist_step_duration_seconds_bucket{le=\"5\"} 2",
+            "hoist_step_duration_seconds_sum 3.2",
+            "hoist_step_duration_seconds_count 2",
+        ] {
+            assert!(
+                body.lines().any(|l| l == line),
+                "no line {line:?} in /metrics:\n{body}"
+            );
+        }
+
+        let other = get(
+            addr,
+            "GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }
