@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cas;
 pub mod control;
 pub mod convert;
+pub mod listen;
 pub mod metrics;
 pub mod session;
 
