@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cmd;
 mod progress;
+mod remote;
 
 #[derive(Debug, Parser)]
 #[command(name = "hoist", version, about = "Build OCI images from Dockerfiles")]

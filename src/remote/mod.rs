@@ -1,0 +1,2 @@
+pub(crate) mod tree;
+pub(crate) mod upload;
