@@ -16,6 +16,7 @@
 pub mod addr;
 pub mod auth;
 pub mod cas;
+pub mod context;
 pub mod control;
 pub mod convert;
 pub mod listen;

@@ -1,7 +1,9 @@
 //! `hoist debug …`: tools for looking inside hoist.
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -11,6 +13,38 @@ use hoist_parser::shell::Lexer;
 pub(crate) enum DebugCommand {
     /// Expand a word as a Dockerfile instruction would, with BuildKit's shell-lexer rules.
     ExpandWord(ExpandWordArgs),
+    /// Upload a build context to a Cas server, as `hoist build --remote` does, and print what
+    /// was sent as one JSON line.
+    #[command(hide = true)]
+    Upload(UploadArgs),
+    /// Serve only the Cas service of `hoist serve` on a unix socket (for the upload bench).
+    #[command(hide = true)]
+    ServeCas(ServeCasArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UploadArgs {
+    /// The server: unix:///path/to/socket.
+    #[arg(long)]
+    remote: String,
+    /// Where the client keeps its stat cache (`<DIR>/context-stat`).
+    #[arg(long, env = "HOIST_ROOT", default_value = "/var/lib/hoist")]
+    state: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// The build context.
+    context: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeCasArgs {
+    /// The store's directory.
+    #[arg(long)]
+    root: PathBuf,
+    /// Where to listen: unix:///path/to/socket.
+    #[arg(long)]
+    addr: String,
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +82,8 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 pub(crate) fn run(command: DebugCommand) -> anyhow::Result<ExitCode> {
     match command {
         DebugCommand::ExpandWord(args) => expand_word(&args),
+        DebugCommand::Upload(args) => upload(&args),
+        DebugCommand::ServeCas(args) => serve_cas(&args),
     }
 }
 
@@ -74,4 +110,90 @@ fn expand_word(args: &ExpandWordArgs) -> anyhow::Result<ExitCode> {
         Err(err) => Err(err).context("writing the expansion to stdout"),
         Ok(()) => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// The socket path of a `unix:///path` address.
+fn unix_path(addr: &str) -> anyhow::Result<PathBuf> {
+    match addr.parse::<hoist_server::Addr>()? {
+        hoist_server::Addr::Unix(path) => Ok(path),
+        hoist_server::Addr::Tcp(_) => {
+            anyhow::bail!("{addr}: only unix:///path addresses are supported here")
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// A plain channel to a unix socket (no TLS, no token: a debugging tool).
+pub(crate) async fn unix_channel(path: &Path) -> anyhow::Result<tonic::transport::Channel> {
+    let path = path.to_path_buf();
+    let shown = path.display().to_string();
+    // The URI is required by the API and unused: the connector dials the socket.
+    tonic::transport::Endpoint::try_from("http://[::]:0")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .with_context(|| format!("connecting to {shown}"))
+}
+
+fn upload(args: &UploadArgs) -> anyhow::Result<ExitCode> {
+    let socket = unix_path(&args.remote)?;
+    let dockerfile = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let text = fs_err::read_to_string(&dockerfile)?;
+    let started = std::time::Instant::now();
+    let uploaded = runtime()?.block_on(async {
+        let channel = unix_channel(&socket).await?;
+        let cas = hoist_proto::v1::cas_client::CasClient::new(channel);
+        crate::remote::upload::upload(
+            cas,
+            &args.context,
+            &text,
+            Some(&dockerfile),
+            &args.state.join("context-stat"),
+        )
+        .await
+    })?;
+    let line = serde_json::json!({
+        "files": uploaded.files,
+        "bytes_sent": uploaded.bytes_sent,
+        "blobs_sent": uploaded.blobs_sent,
+        "dirs_sent": uploaded.dirs_sent,
+        "ignore_patterns": uploaded.ignore_patterns,
+        "seconds": started.elapsed().as_secs_f64(),
+        "root": format!("sha256:{}/{}", uploaded.root.hash, uploaded.root.size_bytes),
+    });
+    writeln!(std::io::stdout().lock(), "{line}").context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve_cas(args: &ServeCasArgs) -> anyhow::Result<ExitCode> {
+    let socket = unix_path(&args.addr)?;
+    let store = Arc::new(hoist_server::cas::CasStore::open(
+        &args.root,
+        hoist_server::cas::CasLimits::default(),
+    )?);
+    runtime()?.block_on(async {
+        let _ = fs_err::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .with_context(|| format!("listening on {}", socket.display()))?;
+        tonic::transport::Server::builder()
+            .add_service(store.service())
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+            .await
+            .context("serving the Cas service")
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

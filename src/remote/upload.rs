@@ -1,0 +1,396 @@
+//! Context upload: send a server only the part of a context it lacks.
+//!
+//! The tree is built on the client ([`super::tree`]); the server answers `FindMissingTree`
+//! with what it lacks of it, and only that goes, small blobs in batches and big ones in
+//! resumable `Write` streams, several at once. A Directory the server lacks hides its
+//! children, so the client asks again after sending it, until nothing is missing: an unchanged
+//! context costs one question, an edited file that file and the directories above it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context as _, bail};
+use hoist_cache::context::StatCache;
+use hoist_proto::v1::cas_client::CasClient;
+use hoist_proto::v1::{
+    BatchUpdateBlobsRequest, Digest, FindMissingTreeRequest, QueryWriteStatusRequest, WriteRequest,
+    batch_update_blobs_request,
+};
+use tonic::codegen::{Body, Bytes, StdError};
+
+use super::tree::{self, Blob, Tree};
+
+/// A blob bigger than this goes in a `Write` stream of its own, resumable.
+const BIG_BLOB: u64 = 1 << 20;
+/// The data of one BatchUpdateBlobs request, well under gRPC's 4 MiB message limit.
+const BATCH_BYTES: u64 = 3 << 20;
+/// One `Write` message's data.
+const CHUNK: usize = 1 << 20;
+/// Requests in flight at once.
+const PARALLEL: usize = 4;
+/// gRPC frames each message with a flag byte and a 4-byte length.
+const FRAME: u64 = 5;
+/// Rounds of FindMissingTree before giving up: one per tree level, and a few more.
+const MAX_ROUNDS: usize = 300;
+
+/// What an upload sent.
+#[derive(Debug, Clone)]
+pub(crate) struct Uploaded {
+    /// The root Directory of the context as uploaded.
+    pub(crate) root: Digest,
+    /// The `.dockerignore` patterns the build applies (the server is to apply them again).
+    pub(crate) ignore_patterns: Vec<String>,
+    /// Files in the uploaded tree.
+    pub(crate) files: u64,
+    /// Every request message's encoded size with its gRPC frame, blob data included (HTTP/2
+    /// and TLS framing not counted).
+    pub(crate) bytes_sent: u64,
+    /// File blobs sent.
+    pub(crate) blobs_sent: u64,
+    /// Directory messages sent.
+    pub(crate) dirs_sent: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    bytes: AtomicU64,
+    blobs: AtomicU64,
+    dirs: AtomicU64,
+}
+
+impl Counters {
+    fn request(&self, message: &impl prost::Message) {
+        self.bytes
+            .fetch_add(message.encoded_len() as u64 + FRAME, Ordering::Relaxed);
+    }
+}
+
+/// Uploads the part of the context at `context_dir` that the Dockerfile can read, and returns
+/// its root. The stat cache lives in `stat_cache_dir`, one file per context directory.
+pub(crate) async fn upload<C>(
+    cas: CasClient<C>,
+    context_dir: &Path,
+    dockerfile_text: &str,
+    dockerfile_path: Option<&Path>,
+    stat_cache_dir: &Path,
+) -> anyhow::Result<Uploaded>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::Error: Into<StdError>,
+    C::ResponseBody: Body<Data = Bytes> + Send + 'static,
+    <C::ResponseBody as Body>::Error: Into<StdError> + Send,
+{
+    let context_dir = context_dir.to_path_buf();
+    let dockerfile_text = dockerfile_text.to_owned();
+    let dockerfile_path = dockerfile_path.map(Path::to_path_buf);
+    let stat_cache_dir = stat_cache_dir.to_path_buf();
+    let (tree, ignore_patterns) = tokio::task::spawn_blocking(move || {
+        prepare(
+            &context_dir,
+            &dockerfile_text,
+            dockerfile_path.as_deref(),
+            &stat_cache_dir,
+        )
+    })
+    .await
+    .context("the context hashing task failed")??;
+    let tree = Arc::new(tree);
+    let counters = Arc::new(Counters::default());
+    let mut cas = cas;
+    let mut rounds = 0;
+    loop {
+        let request = FindMissingTreeRequest {
+            root: Some(tree.root.clone()),
+        };
+        counters.request(&request);
+        let missing = cas
+            .find_missing_tree(request)
+            .await
+            .context("asking the server which blobs of the context it lacks")?
+            .into_inner()
+            .missing_blob_digests;
+        if missing.is_empty() {
+            break;
+        }
+        rounds += 1;
+        if rounds > MAX_ROUNDS {
+            bail!(
+                "the server still lacks {} blobs of context tree {} after {MAX_ROUNDS} rounds \
+                 of uploads",
+                missing.len(),
+                tree.root.hash
+            );
+        }
+        send(&cas, &tree, &missing, &counters).await?;
+    }
+    Ok(Uploaded {
+        root: tree.root.clone(),
+        ignore_patterns,
+        files: tree.files,
+        bytes_sent: counters.bytes.load(Ordering::Relaxed),
+        blobs_sent: counters.blobs.load(Ordering::Relaxed),
+        dirs_sent: counters.dirs.load(Ordering::Relaxed),
+    })
+}
+
+/// Reads the ignore file, selects and hashes the context; saves the stat cache.
+fn prepare(
+    context_dir: &Path,
+    dockerfile_text: &str,
+    dockerfile_path: Option<&Path>,
+    stat_cache_dir: &Path,
+) -> anyhow::Result<(Tree, Vec<String>)> {
+    let patterns: Vec<String> =
+        hoist_parser::ignore::read_dockerignore_patterns(context_dir, dockerfile_path)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.text)
+            .collect();
+    let ignore = hoist_parser::ignore::Matcher::new(patterns.iter().cloned())
+        .context("reading the context's .dockerignore")?;
+    let abs = fs_err::canonicalize(context_dir)?;
+    // Named as a local build names its context's cache, so the two share it.
+    let key = hoist_cache::sha256_of(abs.as_os_str().as_encoded_bytes());
+    let cache_path = stat_cache_dir.join(format!("{}.v2", key.digest()));
+    let cache = StatCache::load(&cache_path);
+    let scope = tree::scope(dockerfile_text);
+    let tree = tree::build(&abs, &scope, &ignore, &cache)?;
+    // Only a cache: failing to save it costs a rehash next time.
+    let _ = cache.save(&cache_path);
+    Ok((tree, patterns))
+}
+
+/// Sends the blobs the server named: big ones each in a stream, the others in batches.
+async fn send<C>(
+    cas: &CasClient<C>,
+    tree: &Arc<Tree>,
+    missing: &[Digest],
+    counters: &Arc<Counters>,
+) -> anyhow::Result<()>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::Error: Into<StdError>,
+    C::ResponseBody: Body<Data = Bytes> + Send + 'static,
+    <C::ResponseBody as Body>::Error: Into<StdError> + Send,
+{
+    let mut big = Vec::new();
+    let mut batches: Vec<Vec<String>> = vec![Vec::new()];
+    let mut batch_bytes = 0;
+    for digest in missing {
+        let Some((_, blob)) = tree.blobs.get(&digest.hash) else {
+            bail!(
+                "the server asks for blob sha256:{} which is not in context tree {}",
+                digest.hash,
+                tree.root.hash
+            );
+        };
+        let size = match blob {
+            Blob::File { size, .. } => *size,
+            Blob::Directory(bytes) => bytes.len() as u64,
+        };
+        if size > BIG_BLOB {
+            big.push(digest.hash.clone());
+            continue;
+        }
+        if batch_bytes + size > BATCH_BYTES {
+            batches.push(Vec::new());
+            batch_bytes = 0;
+        }
+        batch_bytes += size;
+        if let Some(last) = batches.last_mut() {
+            last.push(digest.hash.clone());
+        }
+    }
+    let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    let mut tasks = tokio::task::JoinSet::new();
+    for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+        let (cas, tree, counters, limit) = (
+            cas.clone(),
+            Arc::clone(tree),
+            Arc::clone(counters),
+            Arc::clone(&limit),
+        );
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            send_batch(cas, &tree, batch, &counters).await
+        });
+    }
+    for hash in big {
+        let (cas, tree, counters, limit) = (
+            cas.clone(),
+            Arc::clone(tree),
+            Arc::clone(counters),
+            Arc::clone(&limit),
+        );
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            send_stream(cas, &tree, &hash, &counters).await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("an upload task failed")??;
+    }
+    Ok(())
+}
+
+async fn send_batch<C>(
+    mut cas: CasClient<C>,
+    tree: &Arc<Tree>,
+    hashes: Vec<String>,
+    counters: &Counters,
+) -> anyhow::Result<()>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<StdError>,
+    C::ResponseBody: Body<Data = Bytes> + Send + 'static,
+    <C::ResponseBody as Body>::Error: Into<StdError> + Send,
+{
+    let read_tree = Arc::clone(tree);
+    let (requests, files, dirs) = tokio::task::spawn_blocking(move || {
+        let mut requests = Vec::with_capacity(hashes.len());
+        let (mut files, mut dirs) = (0, 0);
+        for hash in &hashes {
+            let Some((digest, blob)) = read_tree.blobs.get(hash) else {
+                continue;
+            };
+            let data = match blob {
+                Blob::File { path, .. } => {
+                    files += 1;
+                    fs_err::read(path)?
+                }
+                Blob::Directory(bytes) => {
+                    dirs += 1;
+                    bytes.clone()
+                }
+            };
+            requests.push(batch_update_blobs_request::Request {
+                digest: Some(digest.clone()),
+                data,
+            });
+        }
+        anyhow::Ok((requests, files, dirs))
+    })
+    .await??;
+    let request = BatchUpdateBlobsRequest { requests };
+    counters.request(&request);
+    let responses = cas
+        .batch_update_blobs(request)
+        .await
+        .context("uploading a batch of context files")?
+        .into_inner()
+        .responses;
+    if let Some(response) = responses.iter().find(|r| r.code != 0) {
+        let hash = response.digest.as_ref().map_or("", |d| d.hash.as_str());
+        let what = match tree.blobs.get(hash) {
+            Some((_, Blob::File { path, .. })) => format!("{}", path.display()),
+            _ => "a directory of the context".to_owned(),
+        };
+        bail!(
+            "the server refused {what} (sha256:{hash}): {}; if the file changed while it was \
+             uploaded, run the build again",
+            response.message
+        );
+    }
+    counters.blobs.fetch_add(files, Ordering::Relaxed);
+    counters.dirs.fetch_add(dirs, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Streams one big blob, from where an earlier, interrupted upload of it stopped.
+async fn send_stream<C>(
+    mut cas: CasClient<C>,
+    tree: &Arc<Tree>,
+    hash: &str,
+    counters: &Arc<Counters>,
+) -> anyhow::Result<()>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<StdError>,
+    C::ResponseBody: Body<Data = Bytes> + Send + 'static,
+    <C::ResponseBody as Body>::Error: Into<StdError> + Send,
+{
+    let Some((digest, blob)) = tree.blobs.get(hash).cloned() else {
+        bail!("blob sha256:{hash} is not in the context tree");
+    };
+    let query = QueryWriteStatusRequest {
+        digest: Some(digest.clone()),
+    };
+    counters.request(&query);
+    let status = cas
+        .query_write_status(query)
+        .await
+        .context("asking the server how much of a context file it has")?
+        .into_inner();
+    if status.complete {
+        return Ok(());
+    }
+    let start = u64::try_from(status.committed_size).unwrap_or(0);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<WriteRequest>(4);
+    let reader_counters = Arc::clone(counters);
+    let reader_digest = digest.clone();
+    let is_dir = matches!(blob, Blob::Directory(_));
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use std::io::{Read as _, Seek as _};
+        let mut source: Box<dyn std::io::Read> = match &blob {
+            Blob::File { path, .. } => {
+                let mut file = fs_err::File::open(path)?;
+                file.seek(std::io::SeekFrom::Start(start))?;
+                Box::new(file)
+            }
+            Blob::Directory(bytes) => Box::new(std::io::Cursor::new(
+                bytes[usize::try_from(start)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len())..]
+                    .to_vec(),
+            )),
+        };
+        let size = u64::try_from(reader_digest.size_bytes).unwrap_or(0);
+        let mut offset = start;
+        let mut first = true;
+        loop {
+            let mut data = vec![0u8; CHUNK];
+            let mut n = 0;
+            while n < CHUNK {
+                let got = source.read(&mut data[n..])?;
+                if got == 0 {
+                    break;
+                }
+                n += got;
+            }
+            data.truncate(n);
+            let finish = offset + n as u64 >= size || n == 0;
+            let request = WriteRequest {
+                digest: first.then(|| reader_digest.clone()),
+                write_offset: i64::try_from(offset).unwrap_or(i64::MAX),
+                data,
+                finish_write: finish,
+            };
+            first = false;
+            reader_counters.request(&request);
+            offset += n as u64;
+            if sender.blocking_send(request).is_err() || finish {
+                return Ok(());
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+    let written = cas.write(stream).await;
+    reader.await??;
+    written.with_context(|| {
+        format!(
+            "uploading sha256:{} ({} bytes)",
+            digest.hash, digest.size_bytes
+        )
+    })?;
+    if is_dir {
+        counters.dirs.fetch_add(1, Ordering::Relaxed);
+    } else {
+        counters.blobs.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
