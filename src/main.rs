@@ -41,6 +41,8 @@ enum Command {
     Du(cmd::disk::DuArgs),
     /// Remove the cache mounts that no build is using.
     Prune(cmd::disk::PruneArgs),
+    /// Serve builds over gRPC, for `hoist build --remote`.
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Parse a Dockerfile and print its syntax tree.
     Parse(cmd::parse::ParseArgs),
     /// Tools for looking inside hoist.
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => cmd::logs::run(&args),
         Command::Du(args) => cmd::disk::du(&args),
         Command::Prune(args) => cmd::disk::prune(&args),
+        Command::Serve(args) => cmd::serve::run(&args),
         Command::Parse(args) => cmd::parse::run(&args),
         Command::Debug { command } => cmd::debug::run(command),
     };

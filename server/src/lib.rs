@@ -11,6 +11,9 @@
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`convert`]: progress events and results to and from their wire form, for both sides.
 //! - [`addr`]: `unix:///path` and `tcp://host:port`.
+//! - [`listen`]: the listeners, each with its auth, and the health service.
+//! - [`serve`]: all of it over one engine, with the drain on `SIGTERM`.
+//! - [`context`]: an uploaded tree as a build context.
 #![forbid(unsafe_code)]
 
 pub mod addr;
@@ -21,6 +24,7 @@ pub mod control;
 pub mod convert;
 pub mod listen;
 pub mod metrics;
+pub mod serve;
 pub mod session;
 
 pub use addr::Addr;

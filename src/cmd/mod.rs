@@ -9,6 +9,7 @@ pub(crate) mod image;
 pub(crate) mod logs;
 pub(crate) mod parse;
 pub(crate) mod run;
+pub(crate) mod serve;
 
 use std::io::Write as _;
 use std::path::PathBuf;
