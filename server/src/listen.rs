@@ -191,25 +191,33 @@ impl Listeners {
     ) -> Result<(), ListenError> {
         let stop = shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut addrs = std::collections::HashMap::new();
         for listener in self.listeners {
+            let addr = match &listener {
+                Listener::Unix { socket, .. } => Addr::Unix(socket.path.clone()),
+                Listener::Tcp { local, .. } => local.clone(),
+            };
             let routes = routes.clone();
             let auth = self.auth.clone();
             let stop = stop.clone();
-            tasks.spawn(async move {
+            let task = tasks.spawn(async move {
                 let result = serve_one(listener, routes, &auth, stop.clone()).await;
                 if result.is_err() {
                     stop.cancel();
                 }
                 result
             });
+            addrs.insert(task.id(), addr);
         }
         let mut first_error = None;
-        while let Some(joined) = tasks.join_next().await {
+        while let Some(joined) = tasks.join_next_with_id().await {
             let result = match joined {
-                Ok(result) => result,
+                Ok((_, result)) => result,
                 // A listener's task panicked inside tonic or hyper: stop the rest and say so.
                 Err(err) => Err(ListenError::Serve {
-                    addr: Addr::Tcp("?".into()),
+                    addr: addrs
+                        .remove(&err.id())
+                        .unwrap_or_else(|| Addr::Tcp("?".into())),
                     reason: err.to_string(),
                 }),
             };
