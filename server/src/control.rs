@@ -412,6 +412,12 @@ impl ControlService {
             .await
             .map_err(|e| Status::internal(format!("checking the context out: {e}")))??;
         let outputs = solve.outputs.clone();
+        // An image output names the image as a local build's does: by its tags, else latest.
+        let names = if solve.tags.is_empty() {
+            vec!["latest".to_owned()]
+        } else {
+            solve.tags.clone()
+        };
         let request = self.request(solve, context, callbacks)?;
 
         let (events, forwarded) = forward_events(out.clone());
@@ -433,7 +439,7 @@ impl ControlService {
         let outcome = result.map_err(|e| build_status(&e, cancel.is_cancelled()))?;
         drop(request);
         for (index, output) in outputs.iter().enumerate() {
-            self.send_output(index, output, &outcome, out, &cancel)
+            self.send_output(index, output, &outcome, &names, out, &cancel)
                 .await?;
         }
         drop(permit);
@@ -467,9 +473,11 @@ impl ControlService {
         index: usize,
         output: &pb::OutputRequest,
         outcome: &BuildOutcome,
+        names: &[String],
         out: &Outbound,
         cancel: &CancellationToken,
     ) -> Result<(), Status> {
+        let names = names.to_vec();
         let kind = pb::output_request::Kind::try_from(output.kind)
             .map_err(|_| Status::invalid_argument("an output of an unknown kind"))?;
         let engine = Arc::clone(&self.engine);
@@ -489,7 +497,6 @@ impl ControlService {
                     Status::internal(format!("streaming the {what} output: {e}"))
                 }
             };
-            let names = ["latest".to_owned()];
             match kind {
                 pb::output_request::Kind::Local => {
                     let dir = tempfile::Builder::new()
@@ -514,13 +521,16 @@ impl ControlService {
                     let store = hoist_cache::ImageStore::open(&engine.state.root)
                         .map_err(|e| failed("image", &e))?;
                     if kind == pb::output_request::Kind::Oci {
-                        let named = [(names[0].clone(), manifest.clone())];
+                        let named: Vec<_> = names
+                            .iter()
+                            .map(|n| (n.clone(), manifest.clone()))
+                            .collect();
                         store
                             .export_oci_tar(&named, &mut writer)
                             .map_err(|e| failed("oci", &e))?;
                     } else {
                         store
-                            .export_docker_tar(manifest, &[], &mut writer)
+                            .export_docker_tar(manifest, &names, &mut writer)
                             .map_err(|e| failed("docker", &e))?;
                     }
                 }

@@ -142,11 +142,9 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let cas_dir = serve_dir(&engine.state.root).join("cas");
     let store = Arc::new(
-        CasStore::open(&cas_dir, options.cas_limits.clone()).map_err(|source| {
-            ServeError::Cas {
-                path: cas_dir.clone(),
-                source,
-            }
+        CasStore::open(&cas_dir, options.cas_limits.clone()).map_err(|source| ServeError::Cas {
+            path: cas_dir.clone(),
+            source,
         })?,
     );
     let metrics = Arc::new(Metrics::default());
@@ -176,7 +174,9 @@ pub async fn serve(
     };
     ready(&Ready {
         addrs: listeners.local_addrs(),
-        metrics: metrics_listener.as_ref().and_then(MetricsListener::local_addr),
+        metrics: metrics_listener
+            .as_ref()
+            .and_then(MetricsListener::local_addr),
     });
 
     let stop_listening = CancellationToken::new();

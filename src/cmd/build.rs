@@ -17,6 +17,7 @@ use hoist_solver::progress::ProgressSink;
 use hoist_worker::{BuildOutcome, BuildRequest, Dockerfile, LocalContext, LocalSession};
 
 use crate::cmd::engine::{self, EngineArgs};
+use crate::cmd::remote::RemoteArgs;
 use crate::cmd::{Output, key_value};
 use crate::progress;
 
@@ -100,8 +101,8 @@ pub(crate) struct BuildArgs {
     cache_from: Vec<String>,
     #[arg(long = "cache-to", hide = true)]
     cache_to: Vec<String>,
-    #[arg(long, hide = true)]
-    remote: Option<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
     #[command(flatten)]
     engine: EngineArgs,
     /// The build context directory.
@@ -242,7 +243,6 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     for (flag, used) in [
         ("--cache-from", !args.cache_from.is_empty()),
         ("--cache-to", !args.cache_to.is_empty()),
-        ("--remote", args.remote.is_some()),
     ] {
         if used {
             bail!("{flag} is not supported yet; build without it");
@@ -289,6 +289,14 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let session = LocalSession::default()
         .with_secrets(&args.secret)?
         .with_ssh(&args.ssh)?;
+    let network = match args.network.as_str() {
+        "none" => NetworkMode::None,
+        "host" => NetworkMode::Host,
+        _ => NetworkMode::Default,
+    };
+    if let Some(addr) = args.remote.addr()? {
+        return run_remote(&args, &addr, &outputs, session, build_args, network, push);
+    }
     let request = BuildRequest {
         session: Arc::new(session),
         dockerfile: read_dockerfile(args.file.as_deref(), &args.path)?,
@@ -298,11 +306,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             target: args.target.clone(),
             target_platform,
             build_platform: Platform::host(),
-            network: match args.network.as_str() {
-                "none" => NetworkMode::None,
-                "host" => NetworkMode::Host,
-                _ => NetworkMode::Default,
-            },
+            network,
             labels: key_values(&args.labels, "--label")?,
             ignore_patterns: Vec::new(),
             allow_insecure: allowed(&args.allow, "security.insecure")?,
@@ -387,13 +391,39 @@ fn finish(
             _ => {}
         }
     }
+    report(
+        args,
+        outputs,
+        &Summary {
+            manifest: outcome.manifest.as_ref().map(|m| m.digest().to_string()),
+            config_digest: outcome.config_digest.to_string(),
+            pushed: outcome.pushed.clone(),
+            ran: outcome.ran,
+            cached: outcome.cached,
+            unused_build_args: outcome.unused_build_args.clone(),
+        },
+    )
+}
+
+/// What a build produced, local or remote, as the user is told it.
+struct Summary {
+    manifest: Option<String>,
+    config_digest: String,
+    pushed: Vec<String>,
+    ran: usize,
+    cached: usize,
+    unused_build_args: Vec<String>,
+}
+
+/// Writes `--iidfile` and `--metadata-file`, and prints the result and how to run it.
+fn report(args: &BuildArgs, outputs: &[Output], outcome: &Summary) -> anyhow::Result<()> {
     if let Some(path) = &args.iidfile {
-        fs_err::write(path, outcome.config_digest.to_string())?;
+        fs_err::write(path, &outcome.config_digest)?;
     }
     if let Some(path) = &args.metadata_file {
         let metadata = serde_json::json!({
-            "containerimage.digest": outcome.manifest.as_ref().map(|m| m.digest().to_string()),
-            "containerimage.config.digest": outcome.config_digest.to_string(),
+            "containerimage.digest": outcome.manifest,
+            "containerimage.config.digest": outcome.config_digest,
             "image.name": args.tags.join(","),
             "pushed": outcome.pushed,
         });
@@ -410,10 +440,8 @@ fn finish(
     match &outcome.manifest {
         Some(manifest) => writeln!(
             err,
-            "built {} ({} steps ran, {} cached)",
-            manifest.digest(),
-            outcome.ran,
-            outcome.cached
+            "built {manifest} ({} steps ran, {} cached)",
+            outcome.ran, outcome.cached
         )?,
         None if outputs.is_empty() => writeln!(
             err,
@@ -439,6 +467,152 @@ fn finish(
     // The image id on stdout, as `docker build -q` prints it, for scripts.
     writeln!(std::io::stdout().lock(), "{}", outcome.config_digest)?;
     Ok(())
+}
+
+/// Where the client keeps its stat cache of contexts it uploads: under `--root` when one is
+/// given, else in the user's cache directory (a client needs no state root of its own).
+fn client_cache_dir(args: &BuildArgs) -> PathBuf {
+    if let Some(root) = &args.engine.root {
+        return root.join("remote-stat");
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"),
+        PathBuf::from,
+    );
+    cache.join("hoist").join("remote-stat")
+}
+
+/// `hoist build --remote ADDR`: the same build on a server. The context goes up as a tree of
+/// which only what the server lacks is sent; progress, outputs, `--iidfile` and
+/// `--metadata-file` come out here as for a local build.
+fn run_remote(
+    args: &BuildArgs,
+    addr: &hoist_server::Addr,
+    outputs: &[Output],
+    session: LocalSession,
+    build_args: BTreeMap<String, String>,
+    network: NetworkMode,
+    push: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::remote::build::OutputDest;
+    use hoist_proto::v1 as pb;
+    let dockerfile = read_dockerfile(args.file.as_deref(), &args.path)?;
+    let limits = limits(args)?;
+    let mut wire_outputs = Vec::new();
+    let mut dests = Vec::new();
+    for output in outputs {
+        let (kind, dest) = match output {
+            Output::Image | Output::Registry => continue,
+            Output::OciDir(d) => (pb::output_request::Kind::Oci, OutputDest::Unpack(d.clone())),
+            Output::OciTar(d) => (pb::output_request::Kind::Oci, OutputDest::File(d.clone())),
+            Output::Docker(d) => (
+                pb::output_request::Kind::Docker,
+                OutputDest::File(d.clone()),
+            ),
+            Output::Local(d) => (
+                pb::output_request::Kind::Local,
+                OutputDest::Unpack(d.clone()),
+            ),
+        };
+        wire_outputs.push(pb::OutputRequest { kind: kind.into() });
+        dests.push(dest);
+    }
+    let stat_dir = client_cache_dir(args);
+    let runtime = crate::cmd::remote::runtime()?;
+    runtime.block_on(async {
+        let connection = args.remote.connect(addr).await?;
+        let explain = |s: tonic::Status| crate::remote::connect::explain(addr, &s);
+        let uploaded = crate::remote::upload::upload(
+            connection.cas(),
+            &args.path,
+            &dockerfile.text,
+            dockerfile.path.as_deref(),
+            &stat_dir,
+        )
+        .await
+        .map_err(|e| match e.downcast::<tonic::Status>() {
+            Ok(status) => explain(status),
+            Err(e) => e,
+        })
+        .context("uploading the build context")?;
+        let solve = pb::SolveRequest {
+            dockerfile: dockerfile.text.clone(),
+            dockerfile_name: dockerfile.name.clone(),
+            context: Some(uploaded.root),
+            ignore_patterns: uploaded.ignore_patterns,
+            build_args: build_args.into_iter().collect(),
+            target: args.target.clone().unwrap_or_default(),
+            platform: args.platform.clone().unwrap_or_default(),
+            network: match network {
+                NetworkMode::None => pb::NetworkMode::None,
+                NetworkMode::Host => pb::NetworkMode::Host,
+                _ => pb::NetworkMode::Default,
+            }
+            .into(),
+            labels: key_values(&args.labels, "--label")?.into_iter().collect(),
+            allow_insecure: allowed(&args.allow, "security.insecure")?,
+            allow_network_host: allowed(&args.allow, "network.host")?,
+            tags: args.tags.clone(),
+            push,
+            no_cache: args.no_cache,
+            docker_mediatypes: args.docker_mediatypes,
+            write_image: outputs.iter().any(|o| !matches!(o, Output::Local(_)))
+                || args.metadata_file.is_some(),
+            limits: Some(pb::Limits {
+                memory_bytes: limits.memory_bytes.unwrap_or(0),
+                cpu_quota_us: limits.cpu_quota.map_or(0, |(q, _)| q),
+                cpu_period_us: limits.cpu_quota.map_or(0, |(_, p)| p),
+                pids: limits.pids.unwrap_or(0),
+            }),
+            secret_ids: session.secret_ids().map(str::to_owned).collect(),
+            ssh_ids: session.ssh_ids().map(str::to_owned).collect(),
+            outputs: wire_outputs,
+        };
+        let events = Arc::new(progress::DisplayQueue::default());
+        let mode = if args.quiet {
+            progress::Mode::Quiet
+        } else {
+            args.progress
+        };
+        let renderer = tokio::spawn(progress::render(mode, Arc::clone(&events)));
+        let quiet = mode == progress::Mode::Quiet;
+        let build = crate::remote::build::run(
+            connection.control(),
+            solve,
+            Arc::new(session),
+            &dests,
+            Arc::clone(&events) as Arc<dyn ProgressSink>,
+            |place| {
+                if !quiet {
+                    #[allow(clippy::print_stderr)] // before the build's own progress
+                    {
+                        eprintln!("waiting for a build slot on {addr}: place {place} in the queue");
+                    }
+                }
+            },
+        );
+        // Ctrl-C drops the stream, which cancels the build on the server.
+        let result = tokio::select! {
+            result = build => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; the build on {addr} is cancelled")),
+        };
+        events.close();
+        let _ = renderer.await;
+        let result = result?;
+        report(
+            args,
+            outputs,
+            &Summary {
+                manifest: Some(result.manifest_digest).filter(|d| !d.is_empty()),
+                config_digest: result.config_digest,
+                pushed: result.pushed,
+                ran: usize::try_from(result.ran).unwrap_or(usize::MAX),
+                cached: usize::try_from(result.cached).unwrap_or(usize::MAX),
+                unused_build_args: result.unused_build_args,
+            },
+        )?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub(crate) mod engine;
 pub(crate) mod image;
 pub(crate) mod logs;
 pub(crate) mod parse;
+pub(crate) mod remote;
 pub(crate) mod run;
 pub(crate) mod serve;
 

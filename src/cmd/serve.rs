@@ -117,24 +117,20 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
                     _ = term.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}
                 }
-                log_line(&serde_json::json!({"msg": "draining: no new builds; running ones may finish"}));
+                log_line(
+                    &serde_json::json!({"msg": "draining: no new builds; running ones may finish"}),
+                );
                 shutdown.cancel();
             });
         }
-        serve(
-            engine,
-            options,
-            shutdown,
-            Arc::new(log_line),
-            |ready| {
-                let addrs: Vec<String> = ready.addrs.iter().map(ToString::to_string).collect();
-                let mut line = serde_json::json!({"msg": "serving", "addrs": addrs});
-                if let Some(metrics) = ready.metrics {
-                    line["metrics"] = format!("http://{metrics}/metrics").into();
-                }
-                log_line(&line);
-            },
-        )
+        serve(engine, options, shutdown, Arc::new(log_line), |ready| {
+            let addrs: Vec<String> = ready.addrs.iter().map(ToString::to_string).collect();
+            let mut line = serde_json::json!({"msg": "serving", "addrs": addrs});
+            if let Some(metrics) = ready.metrics {
+                line["metrics"] = format!("http://{metrics}/metrics").into();
+            }
+            log_line(&line);
+        })
         .await?;
         log_line(&serde_json::json!({"msg": "stopped"}));
         Ok(ExitCode::SUCCESS)
