@@ -37,10 +37,13 @@ enum Command {
     Save(cmd::image::SaveArgs),
     /// Print a build's complete log: the newest build's, or BUILD's, or one step's output.
     Logs(cmd::logs::LogsArgs),
-    /// Show the cache mounts (`RUN --mount=type=cache`) in the state root, with their sizes.
+    /// Show the cache mounts (`RUN --mount=type=cache`) in the state root, with their sizes
+    /// (on a server, also its uploaded contexts).
     Du(cmd::disk::DuArgs),
     /// Remove the cache mounts that no build is using.
     Prune(cmd::disk::PruneArgs),
+    /// Show the version, platform and limits of this hoist, or of a server (`--remote`).
+    Info(cmd::info::InfoArgs),
     /// Serve builds over gRPC, for `hoist build --remote`.
     Serve(Box<cmd::serve::ServeArgs>),
     /// Parse a Dockerfile and print its syntax tree.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => cmd::logs::run(&args),
         Command::Du(args) => cmd::disk::du(&args),
         Command::Prune(args) => cmd::disk::prune(&args),
+        Command::Info(args) => cmd::info::run(&args),
         Command::Serve(args) => cmd::serve::run(&args),
         Command::Parse(args) => cmd::parse::run(&args),
         Command::Debug { command } => cmd::debug::run(command),

@@ -521,7 +521,7 @@ fn run_remote(
     let runtime = crate::cmd::remote::runtime()?;
     runtime.block_on(async {
         let connection = args.remote.connect(addr).await?;
-        let explain = |s: tonic::Status| crate::remote::connect::explain(addr, &s);
+        let explain = |s: tonic::Status| crate::remote::connect::explain(connection.addr(), &s);
         let uploaded = crate::remote::upload::upload(
             connection.cas(),
             &args.path,

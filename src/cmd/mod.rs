@@ -6,6 +6,7 @@ pub(crate) mod debug;
 pub(crate) mod disk;
 pub(crate) mod engine;
 pub(crate) mod image;
+pub(crate) mod info;
 pub(crate) mod logs;
 pub(crate) mod parse;
 pub(crate) mod remote;

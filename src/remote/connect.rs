@@ -147,12 +147,6 @@ impl Connection {
         &self.addr
     }
 
-    /// The raw channel and the interceptor, for clients made elsewhere
-    /// (`XClient::with_interceptor(channel, credentials)`).
-    pub(crate) fn parts(&self) -> (Channel, Credentials) {
-        (self.channel.clone(), self.credentials.clone())
-    }
-
     /// The channel with the credentials added to every request.
     pub(crate) fn service(&self) -> Service {
         InterceptedService::new(self.channel.clone(), self.credentials.clone())
