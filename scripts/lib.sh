@@ -26,4 +26,4 @@ install_missing() {
 # toolchain beyond the machine's gcc (no cmake).
 TEST_PACKAGES=(ca-certificates docker-registry skopeo umoci podman runc busybox-static
   apache2-utils openssl curl zstd bzip2 xz-utils time slirp4netns debootstrap openssh-client
-  libc6-dev gzip)
+  libc6-dev gzip python3)
