@@ -81,8 +81,24 @@ struct Running {
     dockerfile_name: String,
     tags: Vec<String>,
     cancel: CancellationToken,
-    /// Every event so far, and the attached listeners that get each next one.
-    events: Mutex<(Vec<pb::Event>, Vec<mpsc::UnboundedSender<pb::Event>>)>,
+    /// Every event so far (output only up to [`HISTORY_LOG_BUDGET`]), and the attached
+    /// listeners that get each next one.
+    events: Mutex<History>,
+}
+
+/// The most output a build's history keeps for clients that attach later; past it, they get
+/// the other events, and `hoist logs` has the whole output.
+const HISTORY_LOG_BUDGET: usize = 8 << 20;
+
+/// The most output queued for a client that reads slower than a step prints; past it, output
+/// is left out of the stream (never out of the build's log), and a line says so.
+const STREAM_LOG_BUDGET: usize = 8 << 20;
+
+#[derive(Debug, Default)]
+struct History {
+    events: Vec<pb::Event>,
+    log_bytes: usize,
+    listeners: Vec<mpsc::UnboundedSender<pb::Event>>,
 }
 
 impl Running {
@@ -91,9 +107,16 @@ impl Running {
     }
 
     fn record(&self, event: &pb::Event) {
-        let mut events = locked(&self.events);
-        events.0.push(event.clone());
-        events.1.retain(|l| l.send(event.clone()).is_ok());
+        let mut history = locked(&self.events);
+        let log = match &event.kind {
+            Some(pb::event::Kind::Log(log)) => log.data.len(),
+            _ => 0,
+        };
+        if history.log_bytes + log <= HISTORY_LOG_BUDGET {
+            history.log_bytes += log;
+            history.events.push(event.clone());
+        }
+        history.listeners.retain(|l| l.send(event.clone()).is_ok());
     }
 }
 
@@ -420,10 +443,13 @@ impl ControlService {
         };
         let request = self.request(solve, context, callbacks)?;
 
-        let (events, forwarded) = forward_events(out.clone());
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (events, forwarded) = forward_events(out.clone(), Arc::clone(&queued));
         let sink = Arc::new(BuildEvents {
             entry: Arc::clone(entry),
             events: events.clone(),
+            queued,
+            skipped: Mutex::new(BTreeMap::new()),
             metrics: Arc::clone(&self.metrics),
         });
         let result = self
@@ -592,25 +618,30 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
-/// What goes to the forwarding task: a message, or a marker it answers once every message
-/// before it is sent.
+/// What goes to the forwarding task: a message (with the output bytes it carries), or a
+/// marker it answers once every message before it is sent.
 enum Forward {
-    Message(pb::ServerMessage),
+    Message(pb::ServerMessage, usize),
     Flush(oneshot::Sender<()>),
 }
 
 /// Events are made synchronously by the engine; this task sends them down the stream in
-/// order, waiting while the client is behind.
-fn forward_events(out: Outbound) -> (mpsc::UnboundedSender<Forward>, tokio::task::JoinHandle<()>) {
+/// order, waiting while the client is behind. `queued` counts the output bytes on their way.
+fn forward_events(
+    out: Outbound,
+    queued: Arc<AtomicUsize>,
+) -> (mpsc::UnboundedSender<Forward>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Forward>();
     let task = tokio::spawn(async move {
         let mut open = true;
         while let Some(item) = rx.recv().await {
             match item {
-                Forward::Message(message) if open => {
-                    open = out.send(Ok(message)).await.is_ok();
+                Forward::Message(message, bytes) => {
+                    if open {
+                        open = out.send(Ok(message)).await.is_ok();
+                    }
+                    queued.fetch_sub(bytes, Ordering::SeqCst);
                 }
-                Forward::Message(_) => {}
                 Forward::Flush(done) => {
                     let _ = done.send(());
                 }
@@ -621,10 +652,32 @@ fn forward_events(out: Outbound) -> (mpsc::UnboundedSender<Forward>, tokio::task
 }
 
 /// The progress sink of a remote build: the wire, the attached listeners and the metrics.
+/// The build never waits for its client: output past [`STREAM_LOG_BUDGET`] that the client
+/// has not taken yet is left out of the stream, and a line at the step says how much.
 struct BuildEvents {
     entry: Arc<Running>,
     events: mpsc::UnboundedSender<Forward>,
+    queued: Arc<AtomicUsize>,
+    /// Output bytes left out, by step id, not yet reported.
+    skipped: Mutex<BTreeMap<usize, u64>>,
     metrics: Arc<Metrics>,
+}
+
+impl BuildEvents {
+    fn send(&self, event: &Event) {
+        let bytes = match event {
+            Event::Log { data, .. } => data.len(),
+            _ => 0,
+        };
+        self.queued.fetch_add(bytes, Ordering::SeqCst);
+        let wire = crate::convert::event_out(event);
+        let _ = self.events.send(Forward::Message(
+            pb::ServerMessage {
+                kind: Some(pb::server_message::Kind::Event(wire)),
+            },
+            bytes,
+        ));
+    }
 }
 
 impl ProgressSink for BuildEvents {
@@ -637,11 +690,28 @@ impl ProgressSink for BuildEvents {
             }
             _ => {}
         }
-        let wire = crate::convert::event_out(&event);
-        self.entry.record(&wire);
-        let _ = self.events.send(Forward::Message(pb::ServerMessage {
-            kind: Some(pb::server_message::Kind::Event(wire)),
-        }));
+        self.entry.record(&crate::convert::event_out(&event));
+        if let Some(id) = event.id() {
+            if let Event::Log { data, .. } = &event
+                && self.queued.load(Ordering::SeqCst) + data.len() > STREAM_LOG_BUDGET
+            {
+                *locked(&self.skipped).entry(id).or_default() += data.len() as u64;
+                return;
+            }
+            if let Some(bytes) = locked(&self.skipped).remove(&id) {
+                let note = format!(
+                    "[{bytes} bytes of output are not shown here: the client fell behind; \
+                     `hoist logs {} --remote …` prints all of it]\n",
+                    self.entry.id()
+                );
+                self.send(&Event::Log {
+                    id,
+                    stream: hoist_solver::progress::Stream::Stderr,
+                    data: note.into_bytes(),
+                });
+            }
+        }
+        self.send(&event);
     }
 }
 
@@ -709,7 +779,7 @@ impl pb::control_server::Control for ControlService {
             dockerfile_name: solve.dockerfile_name.clone(),
             tags: solve.tags.clone(),
             cancel: CancellationToken::new(),
-            events: Mutex::new((Vec::new(), Vec::new())),
+            events: Mutex::new(History::default()),
         });
         locked(&self.builds.entries).push(Arc::clone(&entry));
         let (out, rx) = mpsc::channel(64);
@@ -730,11 +800,11 @@ impl pb::control_server::Control for ControlService {
         })?;
         let (tx, rx) = mpsc::unbounded_channel();
         {
-            let mut events = locked(&entry.events);
-            for event in &events.0 {
+            let mut history = locked(&entry.events);
+            for event in &history.events {
                 let _ = tx.send(event.clone());
             }
-            events.1.push(tx);
+            history.listeners.push(tx);
         }
         Ok(Response::new(Box::pin(futures_util::StreamExt::map(
             UnboundedReceiverStream::new(rx),
