@@ -42,6 +42,12 @@ enum Command {
     Du(cmd::disk::DuArgs),
     /// Remove the cache mounts that no build is using.
     Prune(cmd::disk::PruneArgs),
+    /// List the builds a server (`--remote`) runs or queues.
+    Builds(cmd::builds::BuildsArgs),
+    /// Follow a running build on a server, from its start.
+    Attach(cmd::builds::BuildIdArgs),
+    /// Cancel a build on a server.
+    Cancel(cmd::builds::BuildIdArgs),
     /// Show the version, platform and limits of this hoist, or of a server (`--remote`).
     Info(cmd::info::InfoArgs),
     /// Serve builds over gRPC, for `hoist build --remote`.
@@ -72,6 +78,9 @@ fn main() -> ExitCode {
         Command::Logs(args) => cmd::logs::run(&args),
         Command::Du(args) => cmd::disk::du(&args),
         Command::Prune(args) => cmd::disk::prune(&args),
+        Command::Builds(args) => cmd::builds::list(&args),
+        Command::Attach(args) => cmd::builds::attach(&args),
+        Command::Cancel(args) => cmd::builds::cancel(&args),
         Command::Info(args) => cmd::info::run(&args),
         Command::Serve(args) => cmd::serve::run(&args),
         Command::Parse(args) => cmd::parse::run(&args),

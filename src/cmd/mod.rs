@@ -2,6 +2,7 @@
 //! code, or an error that `report` renders.
 
 pub(crate) mod build;
+pub(crate) mod builds;
 pub(crate) mod debug;
 pub(crate) mod disk;
 pub(crate) mod engine;
