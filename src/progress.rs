@@ -80,9 +80,15 @@ struct QueueState {
     build: String,
     numbers: StepNumbers,
     closed: bool,
+    /// The command that prints a build's log: `hoist logs`, or with `--remote ADDR`.
+    logs_command: Option<String>,
 }
 
 impl QueueState {
+    fn logs_command(&self) -> &str {
+        self.logs_command.as_deref().unwrap_or("hoist logs")
+    }
+
     fn push(&mut self, event: Event) {
         if let Event::Log { data, .. } = &event {
             self.log_bytes += data.len();
@@ -95,7 +101,8 @@ impl QueueState {
         if let Some(bytes) = self.skipped.remove(&id) {
             let note = format!(
                 "[{bytes} bytes of output are not shown here: the display fell behind; \
-                 `hoist logs {} {}` prints all of it]\n",
+                 `{} {} {}` prints all of it]\n",
+                self.logs_command(),
                 self.build,
                 number.unwrap_or(0)
             );
@@ -109,6 +116,14 @@ impl QueueState {
 }
 
 impl DisplayQueue {
+    /// A queue whose notes name `command` (such as `hoist logs --remote ADDR`) as the way to
+    /// read a build's whole log.
+    pub(crate) fn with_logs_command(command: String) -> Self {
+        let queue = Self::default();
+        queue.lock().logs_command = Some(command);
+        queue
+    }
+
     /// No more events will come: the renderer ends once it has drawn what is queued.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
@@ -170,6 +185,7 @@ pub(crate) async fn render(mode: Mode, events: Arc<DisplayQueue>) {
         return;
     }
     let mut renderer = Renderer::new(mode.resolve(), Box::new(std::io::stderr()));
+    renderer.logs_command = events.lock().logs_command().to_owned();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -191,6 +207,8 @@ struct Renderer {
     /// Lines of the live area drawn last time (tty), to be erased before the next draw.
     drawn: usize,
     start: Instant,
+    /// The command that prints a build's log (see [`DisplayQueue::with_logs_command`]).
+    logs_command: String,
 }
 
 impl Renderer {
@@ -202,6 +220,7 @@ impl Renderer {
             numbers: StepNumbers::default(),
             drawn: 0,
             start: Instant::now(),
+            logs_command: "hoist logs".to_owned(),
         }
     }
 
@@ -227,9 +246,11 @@ impl Renderer {
         self.erase();
         match event {
             Event::Build { build } => {
-                self.line(&format!(
-                    "#0 build {build} (its complete log: hoist logs {build})"
-                ));
+                let line = format!(
+                    "#0 build {build} (its complete log: {} {build})",
+                    self.logs_command
+                );
+                self.line(&line);
             }
             Event::Started { id, name, .. } => {
                 let n = self.step(event, *id, name).number;

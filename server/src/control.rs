@@ -701,7 +701,7 @@ impl ProgressSink for BuildEvents {
             if let Some(bytes) = locked(&self.skipped).remove(&id) {
                 let note = format!(
                     "[{bytes} bytes of output are not shown here: the client fell behind; \
-                     `hoist logs {} --remote …` prints all of it]\n",
+                     `hoist logs --remote ADDR {}` prints all of it]\n",
                     self.entry.id()
                 );
                 self.send(&Event::Log {

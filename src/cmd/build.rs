@@ -568,7 +568,9 @@ fn run_remote(
             ssh_ids: session.ssh_ids().map(str::to_owned).collect(),
             outputs: wire_outputs,
         };
-        let events = Arc::new(progress::DisplayQueue::default());
+        let events = Arc::new(progress::DisplayQueue::with_logs_command(format!(
+            "hoist logs --remote {addr}"
+        )));
         let mode = if args.quiet {
             progress::Mode::Quiet
         } else {
