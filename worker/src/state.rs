@@ -77,6 +77,11 @@ impl State {
     /// # Errors
     /// The directories or the index cannot be created, or debris cannot be removed.
     pub fn open(root: &Path) -> Result<Self, BoxError> {
+        fs_err::create_dir_all(root)?;
+        // Only the owner may enter: snapshots hold images' setuid programs and device nodes, and
+        // a server's trees hold what its clients uploaded. Other users of the machine must not
+        // reach them (Docker keeps /var/lib/docker 0710 for the same reason).
+        fs_err::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let tmp = root.join("tmp");
         // New snapshots and scratch trees spread over the filesystem (see spread_directories).
         hoist_cache::spread_directories(&tmp)?;
@@ -456,4 +461,25 @@ pub(crate) fn fits_in_overlay(lowerdirs: &[PathBuf]) -> bool {
         lowerdirs: &with_stub,
         upper: Some((&spare, &spare)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// Snapshots hold images' setuid programs and device nodes: other users of the machine
+    /// must not reach them through the state root, new or existing.
+    #[test]
+    fn only_the_owner_may_enter_the_state_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh");
+        super::State::open(&fresh).unwrap();
+        let mode = |p: &std::path::Path| fs_err::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&fresh), 0o700);
+        let existing = dir.path().join("existing");
+        fs_err::create_dir(&existing).unwrap();
+        fs_err::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        super::State::open(&existing).unwrap();
+        assert_eq!(mode(&existing), 0o700);
+    }
 }
