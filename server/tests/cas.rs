@@ -1,6 +1,7 @@
 //! The Cas service against a hostile client: every bad tree, blob or stream gets an error
 //! naming what was wrong, and the server keeps serving. A real tonic server on a unix socket in
 //! a tempdir, spoken to by the generated client.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns may unwrap
 
 use std::path::Path;
 use std::sync::Arc;
