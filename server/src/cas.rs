@@ -50,6 +50,9 @@ pub struct CasLimits {
     pub max_depth: usize,
     /// The most distinct Directory messages in one tree.
     pub max_tree_directories: usize,
+    /// The most entries a checked-out tree may hold. A Directory may appear at many places of
+    /// a tree, so a few small messages could otherwise describe a tree too big for any disk.
+    pub max_tree_entries: u64,
     /// The largest BatchUpdateBlobs request, all data together: under gRPC's default 4 MiB
     /// message limit, so a client that keeps to it is never cut off by the transport.
     pub max_batch: u64,
@@ -66,6 +69,7 @@ impl Default for CasLimits {
             max_entries: 1_000_000,
             max_depth: 256,
             max_tree_directories: 1_000_000,
+            max_tree_entries: 10_000_000,
             max_batch: (4 << 20) - (64 << 10),
             idle: Duration::from_secs(60),
         }
@@ -892,9 +896,11 @@ impl CasStore {
         fs_err::create_dir(&context).map_err(CasError::Fs)?;
         let maker = Maker {
             store: self,
+            root,
             dirs: &dirs,
+            made: std::cell::Cell::new(0),
         };
-        maker.fill(&context, root)?;
+        maker.fill(&context, root, 0)?;
         let lock = tmp.path().join("lock");
         fs_err::File::create(&lock).map_err(CasError::Fs)?;
         let made = tmp.keep();
@@ -1177,17 +1183,42 @@ impl WriteSource for Streaming<WriteRequest> {
 /// through can be a link a client planted.
 struct Maker<'a> {
     store: &'a CasStore,
+    root: &'a BlobId,
     dirs: &'a HashMap<BlobId, Directory>,
+    /// Entries made so far, against [`CasLimits::max_tree_entries`].
+    made: std::cell::Cell<u64>,
 }
 
 impl Maker<'_> {
-    fn fill(&self, path: &Path, id: &BlobId) -> Result<(), CasError> {
-        let Some(dir) = self.dirs.get(id) else {
-            return Err(CasError::BadTree {
-                root: id.clone(),
-                reason: "a directory vanished while the tree was made".to_owned(),
-            });
+    fn fill(&self, path: &Path, id: &BlobId, depth: usize) -> Result<(), CasError> {
+        let limits = &self.store.limits;
+        let bad = |reason: String| CasError::BadTree {
+            root: self.root.clone(),
+            reason,
         };
+        // The walk saw each Directory once, at its shallowest; one that is also deeper, or
+        // repeated, is caught here, before it is made.
+        if depth > limits.max_depth {
+            return Err(bad(format!(
+                "nested deeper than the limit of {} directories",
+                limits.max_depth
+            )));
+        }
+        let Some(dir) = self.dirs.get(id) else {
+            return Err(bad(format!(
+                "directory {id} vanished while the tree was made"
+            )));
+        };
+        let entries =
+            (dir.files.len() + dir.directories.len() + dir.symlinks.len() + dir.specials.len())
+                as u64;
+        self.made.set(self.made.get() + entries);
+        if self.made.get() > limits.max_tree_entries {
+            return Err(bad(format!(
+                "more than the limit of {} entries",
+                limits.max_tree_entries
+            )));
+        }
         let name_of = |name: &[u8]| path.join(std::ffi::OsStr::from_bytes(name));
         for f in &dir.files {
             let blob = BlobId::parse(f.digest.as_ref().unwrap_or(&Digest::default()))?;
@@ -1238,7 +1269,7 @@ impl Maker<'_> {
             let child = BlobId::parse(d.digest.as_ref().unwrap_or(&Digest::default()))?;
             let dest = name_of(&d.name);
             fs_err::create_dir(&dest).map_err(CasError::Fs)?;
-            self.fill(&dest, &child)?;
+            self.fill(&dest, &child, depth + 1)?;
             // Last, once its entries are made: a read-only directory cannot take them, and
             // making them would move its mtime.
             apply_meta(&dest, meta(d.meta.as_ref()), None)?;

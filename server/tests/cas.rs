@@ -530,3 +530,52 @@ async fn a_leased_tree_and_its_blobs_survive_prune_all() {
         vec![root]
     );
 }
+
+#[tokio::test]
+async fn a_tree_that_repeats_a_directory_cannot_blow_up_the_checkout() {
+    let limits = CasLimits {
+        max_tree_entries: 10_000,
+        ..CasLimits::default()
+    };
+    let mut s = serve(limits).await;
+    // Forty levels, each holding the one below twice: 41 small messages describe 2^40 entries.
+    let content = b"x".to_vec();
+    put(&mut s.client, &[(digest_of(&content), content.clone())]).await;
+    let mut below = put_dir(
+        &mut s.client,
+        &Directory {
+            files: vec![file(b"f", &content)],
+            ..Directory::default()
+        },
+    )
+    .await;
+    for _ in 0..40 {
+        let node = |name: &[u8]| hoist_proto::v1::DirectoryNode {
+            name: name.to_vec(),
+            digest: Some(below.clone()),
+            meta: Some(NodeMeta {
+                mode: 0o755,
+                ..NodeMeta::default()
+            }),
+        };
+        below = put_dir(
+            &mut s.client,
+            &Directory {
+                directories: vec![node(b"a"), node(b"b")],
+                ..Directory::default()
+            },
+        )
+        .await;
+    }
+    assert_eq!(missing_tree(&mut s.client, &below).await.unwrap(), vec![]);
+    let store = Arc::clone(&s.store);
+    let err = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || store.checkout(&below)),
+    )
+    .await
+    .expect("the checkout did not end")
+    .unwrap()
+    .unwrap_err();
+    assert!(err.to_string().contains("limit of 10000 entries"), "{err}");
+}
