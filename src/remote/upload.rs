@@ -23,8 +23,11 @@ use super::tree::{self, Blob, Tree};
 
 /// A blob bigger than this goes in a `Write` stream of its own, resumable.
 const BIG_BLOB: u64 = 1 << 20;
-/// The data of one BatchUpdateBlobs request, well under gRPC's 4 MiB message limit.
+/// One BatchUpdateBlobs request, encoded, well under gRPC's 4 MiB message limit.
 const BATCH_BYTES: u64 = 3 << 20;
+/// A blob's share of a batch beside its data: its digest (64 hex digits and a size) and the
+/// field tags and lengths around it, rounded up.
+const PER_BLOB: u64 = 96;
 /// One `Write` message's data.
 const CHUNK: usize = 1 << 20;
 /// Requests in flight at once.
@@ -195,11 +198,13 @@ where
             big.push(digest.hash.clone());
             continue;
         }
-        if batch_bytes + size > BATCH_BYTES {
+        // What the blob adds to the encoded request: its data, digest and framing.
+        let cost = size + PER_BLOB;
+        if batch_bytes + cost > BATCH_BYTES {
             batches.push(Vec::new());
             batch_bytes = 0;
         }
-        batch_bytes += size;
+        batch_bytes += cost;
         if let Some(last) = batches.last_mut() {
             last.push(digest.hash.clone());
         }
