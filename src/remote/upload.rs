@@ -570,6 +570,25 @@ mod tests {
         assert!(!t.join("a/x").exists() && !t.join("a/big").exists() && !t.join("fifo").exists());
     }
 
+    /// Batches were once sized by their data alone: thousands of small files made a request
+    /// past gRPC's 4 MiB message limit, which the server refused.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn many_small_files_fit_in_batches_the_server_accepts() {
+        let s = serve().await;
+        let ctx = tempfile::tempdir().unwrap();
+        for d in 0..16 {
+            let dir = ctx.path().join(format!("d{d:02}"));
+            fs_err::create_dir(&dir).unwrap();
+            for f in 0..1000u32 {
+                let mut body = format!("{d:02}/{f:04}\n").into_bytes();
+                body.resize(200, b'.');
+                fs_err::write(dir.join(format!("f{f:04}")), body).unwrap();
+            }
+        }
+        let up = send(&s, ctx.path(), COPY_ALL).await;
+        assert_eq!((up.files, up.blobs_sent), (16_000, 16_000));
+    }
+
     /// A cache key must not depend on where the build runs: the content key of a selection of
     /// a local context equals that of the same context uploaded and checked out.
     #[tokio::test(flavor = "multi_thread")]
