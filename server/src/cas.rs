@@ -469,6 +469,10 @@ impl CasStore {
             let dir = root.join(sub);
             fs_err::create_dir_all(&dir).map_err(CasError::Fs)?;
         }
+        // Trees hold what clients sent, setuid files owned by root and device nodes among
+        // them: no one but the server may reach into the store.
+        fs_err::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(CasError::Fs)?;
         Ok(Self {
             root: root.to_path_buf(),
             limits,
@@ -686,9 +690,13 @@ impl CasStore {
         let first = match tokio::time::timeout(idle, stream.next_message()).await {
             Ok(first) => first?,
             Err(_) => {
-                return Err(CasError::BadWrite {
-                    digest: String::new(),
-                    reason: format!("no first message within {idle:?}"),
+                return Err(CasError::Idle {
+                    digest: BlobId {
+                        hex: "(not named yet)".to_owned(),
+                        size: 0,
+                    },
+                    idle,
+                    committed: 0,
                 });
             }
         };

@@ -579,3 +579,15 @@ async fn a_tree_that_repeats_a_directory_cannot_blow_up_the_checkout() {
     .unwrap_err();
     assert!(err.to_string().contains("limit of 10000 entries"), "{err}");
 }
+
+#[tokio::test]
+async fn the_store_is_reachable_by_its_owner_only() {
+    // Checked-out trees hold setuid files and device nodes that clients sent.
+    let s = serve(CasLimits::default()).await;
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &fs_err::metadata(s._dir.path().join("cas"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+}
