@@ -50,6 +50,9 @@ pub struct CasLimits {
     pub max_depth: usize,
     /// The most distinct Directory messages in one tree.
     pub max_tree_directories: usize,
+    /// The most entries a checked-out tree may hold. A Directory may appear at many places of
+    /// a tree, so a few small messages could otherwise describe a tree too big for any disk.
+    pub max_tree_entries: u64,
     /// The largest BatchUpdateBlobs request, all data together: under gRPC's default 4 MiB
     /// message limit, so a client that keeps to it is never cut off by the transport.
     pub max_batch: u64,
@@ -66,6 +69,7 @@ impl Default for CasLimits {
             max_entries: 1_000_000,
             max_depth: 256,
             max_tree_directories: 1_000_000,
+            max_tree_entries: 10_000_000,
             max_batch: (4 << 20) - (64 << 10),
             idle: Duration::from_secs(60),
         }
@@ -442,6 +446,10 @@ pub struct CasStore {
     root: PathBuf,
     limits: CasLimits,
     received: AtomicU64,
+    /// Blobs known to be stored, so that asking about an unchanged tree of 50,000 files costs
+    /// no 50,000 stats. Only this process removes blobs (prune), and it forgets them here
+    /// first: the store belongs to one server.
+    present: Mutex<HashSet<String>>,
     /// Blobs with a `Write` stream open, so that two streams never append to one ingest file.
     writing: Mutex<HashSet<String>>,
     /// Trees held by leases of this process, by root hex.
@@ -461,10 +469,15 @@ impl CasStore {
             let dir = root.join(sub);
             fs_err::create_dir_all(&dir).map_err(CasError::Fs)?;
         }
+        // Trees hold what clients sent, setuid files owned by root and device nodes among
+        // them: no one but the server may reach into the store.
+        fs_err::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(CasError::Fs)?;
         Ok(Self {
             root: root.to_path_buf(),
             limits,
             received: AtomicU64::new(0),
+            present: Mutex::new(HashSet::new()),
             writing: Mutex::new(HashSet::new()),
             leased: Arc::new(Mutex::new(HashMap::new())),
             making: Mutex::new(()),
@@ -499,7 +512,18 @@ impl CasStore {
     /// Whether the store has this blob.
     #[must_use]
     pub fn has(&self, id: &BlobId) -> bool {
-        self.blob_path(id).exists()
+        if self.present_set().contains(&id.hex) {
+            return true;
+        }
+        let there = self.blob_path(id).exists();
+        if there {
+            self.present_set().insert(id.hex.clone());
+        }
+        there
+    }
+
+    fn present_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.present.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stores `bytes` under `id` once they are verified; a blob already there is kept.
@@ -666,9 +690,13 @@ impl CasStore {
         let first = match tokio::time::timeout(idle, stream.next_message()).await {
             Ok(first) => first?,
             Err(_) => {
-                return Err(CasError::BadWrite {
-                    digest: String::new(),
-                    reason: format!("no first message within {idle:?}"),
+                return Err(CasError::Idle {
+                    digest: BlobId {
+                        hex: "(not named yet)".to_owned(),
+                        size: 0,
+                    },
+                    idle,
+                    committed: 0,
                 });
             }
         };
@@ -875,7 +903,8 @@ impl CasStore {
         for dir in dirs.values() {
             for f in &dir.files {
                 let id = BlobId::parse(f.digest.as_ref().unwrap_or(&Digest::default()))?;
-                if !self.has(&id) {
+                // On disk, not from the set of known blobs: this is what the copy will read.
+                if !self.blob_path(&id).exists() {
                     return Err(CasError::Missing {
                         root: root.clone(),
                         digest: id,
@@ -892,9 +921,11 @@ impl CasStore {
         fs_err::create_dir(&context).map_err(CasError::Fs)?;
         let maker = Maker {
             store: self,
+            root,
             dirs: &dirs,
+            made: std::cell::Cell::new(0),
         };
-        maker.fill(&context, root)?;
+        maker.fill(&context, root, 0)?;
         let lock = tmp.path().join("lock");
         fs_err::File::create(&lock).map_err(CasError::Fs)?;
         let made = tmp.keep();
@@ -1040,6 +1071,7 @@ impl CasStore {
                     continue;
                 }
                 let path = dir.join(&hex);
+                self.present_set().remove(&hex);
                 if fs_err::remove_file(&path).is_ok() {
                     pruned.blobs += 1;
                     pruned.bytes += meta.len();
@@ -1177,17 +1209,42 @@ impl WriteSource for Streaming<WriteRequest> {
 /// through can be a link a client planted.
 struct Maker<'a> {
     store: &'a CasStore,
+    root: &'a BlobId,
     dirs: &'a HashMap<BlobId, Directory>,
+    /// Entries made so far, against [`CasLimits::max_tree_entries`].
+    made: std::cell::Cell<u64>,
 }
 
 impl Maker<'_> {
-    fn fill(&self, path: &Path, id: &BlobId) -> Result<(), CasError> {
-        let Some(dir) = self.dirs.get(id) else {
-            return Err(CasError::BadTree {
-                root: id.clone(),
-                reason: "a directory vanished while the tree was made".to_owned(),
-            });
+    fn fill(&self, path: &Path, id: &BlobId, depth: usize) -> Result<(), CasError> {
+        let limits = &self.store.limits;
+        let bad = |reason: String| CasError::BadTree {
+            root: self.root.clone(),
+            reason,
         };
+        // The walk saw each Directory once, at its shallowest; one that is also deeper, or
+        // repeated, is caught here, before it is made.
+        if depth > limits.max_depth {
+            return Err(bad(format!(
+                "nested deeper than the limit of {} directories",
+                limits.max_depth
+            )));
+        }
+        let Some(dir) = self.dirs.get(id) else {
+            return Err(bad(format!(
+                "directory {id} vanished while the tree was made"
+            )));
+        };
+        let entries =
+            (dir.files.len() + dir.directories.len() + dir.symlinks.len() + dir.specials.len())
+                as u64;
+        self.made.set(self.made.get() + entries);
+        if self.made.get() > limits.max_tree_entries {
+            return Err(bad(format!(
+                "more than the limit of {} entries",
+                limits.max_tree_entries
+            )));
+        }
         let name_of = |name: &[u8]| path.join(std::ffi::OsStr::from_bytes(name));
         for f in &dir.files {
             let blob = BlobId::parse(f.digest.as_ref().unwrap_or(&Digest::default()))?;
@@ -1238,7 +1295,7 @@ impl Maker<'_> {
             let child = BlobId::parse(d.digest.as_ref().unwrap_or(&Digest::default()))?;
             let dest = name_of(&d.name);
             fs_err::create_dir(&dest).map_err(CasError::Fs)?;
-            self.fill(&dest, &child)?;
+            self.fill(&dest, &child, depth + 1)?;
             // Last, once its entries are made: a read-only directory cannot take them, and
             // making them would move its mtime.
             apply_meta(&dest, meta(d.meta.as_ref()), None)?;

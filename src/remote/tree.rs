@@ -218,7 +218,10 @@ impl Walker<'_> {
                 ));
                 continue;
             }
-            if self.ignore.matches(&child_rel) || !self.scope.wants_all_under(&child_rel) {
+            // A symlink on the way to a source is sent, and so is where it leads (see
+            // `build`); anything else only inside a source.
+            let wanted = ft.is_symlink() || self.scope.wants_all_under(&child_rel);
+            if self.ignore.matches(&child_rel) || !wanted {
                 continue;
             }
             let node = node_meta(&child_abs, &meta);

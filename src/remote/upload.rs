@@ -23,8 +23,11 @@ use super::tree::{self, Blob, Tree};
 
 /// A blob bigger than this goes in a `Write` stream of its own, resumable.
 const BIG_BLOB: u64 = 1 << 20;
-/// The data of one BatchUpdateBlobs request, well under gRPC's 4 MiB message limit.
+/// One BatchUpdateBlobs request, encoded, well under gRPC's 4 MiB message limit.
 const BATCH_BYTES: u64 = 3 << 20;
+/// A blob's share of a batch beside its data: its digest (64 hex digits and a size) and the
+/// field tags and lengths around it, rounded up.
+const PER_BLOB: u64 = 96;
 /// One `Write` message's data.
 const CHUNK: usize = 1 << 20;
 /// Requests in flight at once.
@@ -195,11 +198,13 @@ where
             big.push(digest.hash.clone());
             continue;
         }
-        if batch_bytes + size > BATCH_BYTES {
+        // What the blob adds to the encoded request: its data, digest and framing.
+        let cost = size + PER_BLOB;
+        if batch_bytes + cost > BATCH_BYTES {
             batches.push(Vec::new());
             batch_bytes = 0;
         }
-        batch_bytes += size;
+        batch_bytes += cost;
         if let Some(last) = batches.last_mut() {
             last.push(digest.hash.clone());
         }
@@ -393,4 +398,226 @@ where
         counters.blobs.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use hoist_server::cas::{CasLimits, CasStore};
+    use hoist_worker::{ContextSource as _, LocalContext};
+
+    use super::*;
+
+    struct Served {
+        dir: tempfile::TempDir,
+        store: Arc<CasStore>,
+        socket: std::path::PathBuf,
+    }
+
+    async fn serve() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(CasStore::open(&dir.path().join("cas"), CasLimits::default()).unwrap());
+        let socket = dir.path().join("cas.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let service = Arc::clone(&store).service();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
+        Served { dir, store, socket }
+    }
+
+    async fn send(s: &Served, context: &Path, dockerfile: &str) -> Uploaded {
+        let channel = crate::cmd::debug::unix_channel(&s.socket).await.unwrap();
+        upload(
+            CasClient::new(channel),
+            context,
+            dockerfile,
+            None,
+            &s.dir.path().join("client-stat"),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A context with what a build can meet: nested directories, an empty one, modes with
+    /// setuid and sticky, a symlink, a FIFO, a big file (streamed) and an ignored file.
+    fn context() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs_err::create_dir_all(d.join("a/b")).unwrap();
+        fs_err::create_dir_all(d.join("empty")).unwrap();
+        fs_err::write(d.join("a/x"), "x\n").unwrap();
+        fs_err::write(d.join("a/b/y"), "y\n").unwrap();
+        fs_err::write(d.join("secret.key"), "no\n").unwrap();
+        fs_err::write(d.join(".dockerignore"), "*.key\n").unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        fs_err::write(d.join("a/big"), big).unwrap();
+        fs_err::set_permissions(d.join("a/x"), std::fs::Permissions::from_mode(0o4750)).unwrap();
+        fs_err::set_permissions(d.join("empty"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::os::unix::fs::symlink("../a/x", d.join("a/b/link")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o640),
+            0,
+        )
+        .unwrap();
+        dir
+    }
+
+    const COPY_ALL: &str = "FROM scratch\nCOPY . /src\n";
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_uploaded_context_checks_out_as_the_same_files() {
+        let s = serve().await;
+        let ctx = context();
+        let up = send(&s, ctx.path(), COPY_ALL).await;
+        assert_eq!(up.ignore_patterns, ["*.key"]);
+        // a/x, a/b/y, a/big, .dockerignore; not secret.key.
+        assert_eq!((up.files, up.blobs_sent), (4, 4));
+        let store = Arc::clone(&s.store);
+        let root = up.root.clone();
+        let lease = tokio::task::spawn_blocking(move || store.checkout(&root))
+            .await
+            .unwrap()
+            .unwrap();
+        let tree = lease.path();
+        for file in ["a/x", "a/b/y", "a/big", ".dockerignore"] {
+            let (sent, got) = (ctx.path().join(file), tree.join(file));
+            assert_eq!(
+                fs_err::read(&sent).unwrap(),
+                fs_err::read(&got).unwrap(),
+                "{file}"
+            );
+            let (sent, got) = (
+                fs_err::metadata(&sent).unwrap(),
+                fs_err::metadata(&got).unwrap(),
+            );
+            assert_eq!(sent.mode(), got.mode(), "{file}");
+            assert_eq!(
+                (sent.mtime(), sent.mtime_nsec()),
+                (got.mtime(), got.mtime_nsec()),
+                "{file}"
+            );
+            assert_eq!(
+                got.nlink(),
+                1,
+                "{file}: a checked-out file shares its inode"
+            );
+        }
+        assert!(
+            !tree.join("secret.key").exists(),
+            ".dockerignore was not applied"
+        );
+        assert_eq!(
+            fs_err::metadata(tree.join("empty")).unwrap().mode(),
+            fs_err::metadata(ctx.path().join("empty")).unwrap().mode()
+        );
+        assert_eq!(
+            fs_err::read_link(tree.join("a/b/link")).unwrap(),
+            Path::new("../a/x")
+        );
+        let fifo = fs_err::symlink_metadata(tree.join("fifo")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+        assert_eq!(fifo.mode() & 0o7777, 0o640);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unchanged_context_costs_one_question_and_an_edit_its_file_and_parents() {
+        let s = serve().await;
+        let ctx = context();
+        let first = send(&s, ctx.path(), COPY_ALL).await;
+        let again = send(&s, ctx.path(), COPY_ALL).await;
+        assert_eq!(again.root, first.root);
+        assert_eq!((again.blobs_sent, again.dirs_sent), (0, 0));
+        assert!(again.bytes_sent < 200, "{} bytes sent", again.bytes_sent);
+
+        fs_err::write(ctx.path().join("a/b/y"), "edited\n").unwrap();
+        let edited = send(&s, ctx.path(), COPY_ALL).await;
+        assert_ne!(edited.root, first.root);
+        // The file, and the directories a/b, a and the root above it.
+        assert_eq!((edited.blobs_sent, edited.dirs_sent), (1, 3));
+        assert!(edited.bytes_sent < 4000, "{} bytes sent", edited.bytes_sent);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn only_what_the_dockerfile_can_copy_is_sent() {
+        let s = serve().await;
+        let ctx = context();
+        fs_err::create_dir_all(ctx.path().join("other")).unwrap();
+        fs_err::write(ctx.path().join("other/z"), "z\n").unwrap();
+        std::os::unix::fs::symlink("other", ctx.path().join("via")).unwrap();
+        let up = send(
+            &s,
+            ctx.path(),
+            "FROM scratch\nCOPY a/b /b\nRUN --mount=source=via/z,target=/z true\n",
+        )
+        .await;
+        let store = Arc::clone(&s.store);
+        let tree = tokio::task::spawn_blocking(move || store.checkout(&up.root))
+            .await
+            .unwrap()
+            .unwrap();
+        let t = tree.path();
+        assert!(t.join("a/b/y").exists());
+        // The bind mount's source goes through a link: the link and its target are sent.
+        assert!(t.join("via").is_symlink() && t.join("other/z").exists());
+        assert!(!t.join("a/x").exists() && !t.join("a/big").exists() && !t.join("fifo").exists());
+    }
+
+    /// Batches were once sized by their data alone: thousands of small files made a request
+    /// past gRPC's 4 MiB message limit, which the server refused.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn many_small_files_fit_in_batches_the_server_accepts() {
+        let s = serve().await;
+        let ctx = tempfile::tempdir().unwrap();
+        for d in 0..16 {
+            let dir = ctx.path().join(format!("d{d:02}"));
+            fs_err::create_dir(&dir).unwrap();
+            for f in 0..1000u32 {
+                let mut body = format!("{d:02}/{f:04}\n").into_bytes();
+                body.resize(200, b'.');
+                fs_err::write(dir.join(format!("f{f:04}")), body).unwrap();
+            }
+        }
+        let up = send(&s, ctx.path(), COPY_ALL).await;
+        assert_eq!((up.files, up.blobs_sent), (16_000, 16_000));
+    }
+
+    /// A cache key must not depend on where the build runs: the content key of a selection of
+    /// a local context equals that of the same context uploaded and checked out.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_remote_context_has_the_content_keys_of_the_local_one() {
+        let s = serve().await;
+        let ctx = context();
+        let up = send(&s, ctx.path(), COPY_ALL).await;
+        let state = tempfile::tempdir().unwrap();
+        let store = Arc::clone(&s.store);
+        let root = up.root.clone();
+        let lease = tokio::task::spawn_blocking(move || store.checkout(&root))
+            .await
+            .unwrap()
+            .unwrap();
+        let remote = hoist_server::context::RemoteContext::new(
+            lease,
+            up.ignore_patterns.clone(),
+            state.path(),
+        );
+        let local = LocalContext::new(ctx.path(), state.path());
+        let ignore =
+            hoist_parser::ignore::Matcher::new(remote.ignore_patterns(None).unwrap()).unwrap();
+        for sources in [vec!["."], vec!["a"], vec!["a/b/*", "fifo"], vec!["empty"]] {
+            let sources: Vec<String> = sources.into_iter().map(str::to_owned).collect();
+            let key = |c: &dyn hoist_worker::ContextSource| {
+                let selection = c.select(&sources, &ignore).unwrap();
+                c.content_key(&selection).unwrap().0
+            };
+            assert_eq!(key(&local), key(&remote), "{sources:?}");
+        }
+    }
 }
