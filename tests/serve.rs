@@ -246,18 +246,40 @@ impl Pki {
     /// A self-signed CA: NAME.crt and NAME.key.
     fn ca(&self, name: &str) {
         self.openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-days", "2", "-subj", &format!("/CN=hoist test {name}"),
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=hoist test {name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
         ]);
     }
 
     /// NAME.crt and NAME.key signed by the CA `ca`, for `usage` (serverAuth or clientAuth).
     fn leaf(&self, name: &str, ca: &str, usage: &str) {
         self.openssl(&[
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-subj", &format!("/CN=hoist test {name}"),
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"),
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN=hoist test {name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
         ]);
         fs_err::write(
             self.path(&format!("{name}.ext")),
@@ -267,9 +289,21 @@ impl Pki {
         )
         .unwrap();
         self.openssl(&[
-            "x509", "-req", "-days", "2", "-in", &format!("{name}.csr"),
-            "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial",
-            "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.crt"),
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.crt"),
         ]);
     }
 
@@ -345,9 +379,7 @@ fn strs(v: &[String]) -> Vec<&str> {
 fn tcp_with_tls_and_a_token_builds_and_refuses_missing_wrong_and_foreign_credentials() {
     let tls = TlsServer::start(&[]);
     let addr = tls.server.addr("tcp");
-    let p = Project::new(
-        "FROM scratch\nADD rootfs.tar /\nRUN echo built-over-tls > /proof\n",
-    );
+    let p = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo built-over-tls > /proof\n");
     let flags = tls.client_flags("client");
     let dest = tempfile::tempdir().unwrap();
     let output = format!("type=local,dest={}", dest.path().display());
@@ -368,8 +400,7 @@ fn tcp_with_tls_and_a_token_builds_and_refuses_missing_wrong_and_foreign_credent
     let mut with_file = args.clone();
     with_file.extend(["--remote-token-file", token_file.to_str().unwrap()]);
     ok(&remote(&p, &addr, &with_file), &tls.server);
-    tls.server
-        .wait_logged("build", 2, Duration::from_secs(10));
+    tls.server.wait_logged("build", 2, Duration::from_secs(10));
 
     // No token: refused, and it says what is missing.
     let stderr = failed(&remote(&p, &addr, &args));
@@ -489,7 +520,11 @@ fn htpasswd_line(user: &str, password: &str) -> Vec<u8> {
 #[test]
 fn a_push_uses_registry_credentials_that_only_the_client_has() {
     let auth = tempfile::tempdir().unwrap();
-    fs_err::write(auth.path().join("htpasswd"), htpasswd_line("ci", "pa55word")).unwrap();
+    fs_err::write(
+        auth.path().join("htpasswd"),
+        htpasswd_line("ci", "pa55word"),
+    )
+    .unwrap();
     let registry = Registry::start_with(&format!(
         "auth:\n  htpasswd:\n    realm: hoist-test\n    path: {}\n",
         auth.path().join("htpasswd").display()
@@ -535,7 +570,12 @@ fn a_push_uses_registry_credentials_that_only_the_client_has() {
 
     // A client without the credentials cannot push the same, and is told which registry.
     let other = format!("{}/private/app:2", registry.addr);
-    let stderr = failed(&remote_env(&p, &unix, &["-t", &other, "--push"], &empty_env));
+    let stderr = failed(&remote_env(
+        &p,
+        &unix,
+        &["-t", &other, "--push"],
+        &empty_env,
+    ));
     assert!(
         stderr.contains(&registry.addr),
         "the failed push does not name the registry:\n{stderr}"
@@ -611,7 +651,11 @@ fn local_and_oci_outputs_and_the_id_files_come_back_to_the_client() {
         .arg(format!("docker://{image}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         meta["containerimage.digest"].as_str(),
         Some(String::from_utf8_lossy(&out.stdout).trim()),
@@ -621,5 +665,379 @@ fn local_and_oci_outputs_and_the_id_files_come_back_to_the_client() {
         meta["containerimage.config.digest"].as_str(),
         Some(config_digest.as_str()),
         "--metadata-file: {meta}"
+    );
+}
+
+/// Waits (up to `timeout`) until `done` holds; panics with `what` otherwise.
+fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} (waited {timeout:?})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A metric once it stopped moving (the server adds upload bytes to it every second).
+fn settled_metric(server: &Server, name: &str) -> f64 {
+    let mut last = server.metric(name);
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = server.metric(name);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Bytes of the files under `dir`, and how many there are.
+fn usage(dir: &Path) -> (u64, usize) {
+    let files = files_under(dir);
+    let bytes = files
+        .iter()
+        .filter_map(|f| fs_err::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    (bytes, files.len())
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn a_client_killed_mid_upload_the_next_upload_sends_only_what_the_server_lacks() {
+    let (_dir, server) = unix_server(&["--insecure-no-auth", "--metrics-addr", "127.0.0.1:0"]);
+    let addr = server.addr("unix");
+    let p = Project::new(
+        "FROM scratch\nADD rootfs.tar /\n\
+         RUN --mount=type=bind,source=big,target=/big ls /big | wc -l > /count\n",
+    );
+    // 200 MiB of random bytes in 50 files.
+    fs_err::create_dir(p.path("big")).unwrap();
+    let mut random = fs_err::File::open("/dev/urandom").unwrap();
+    for i in 0..50 {
+        let mut file = fs_err::File::create(p.path(&format!("big/{i:02}.bin"))).unwrap();
+        std::io::copy(&mut std::io::Read::take(&mut random, 4 * MIB), &mut file).unwrap();
+    }
+    let (context_bytes, _) = usage(p.dir.path());
+
+    let blobs = server.root.join("serve/cas/blobs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(["build", "--progress=plain", "--remote", &addr, "--root"])
+        .arg(p.root.path())
+        .arg(p.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while usage(&blobs).0 < 40 * MIB {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the client ended ({status}) before it had uploaded 40 MiB");
+        }
+        assert!(Instant::now() < deadline, "the upload never reached 40 MiB");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let sent_before = settled_metric(&server, "hoist_bytes_uploaded_total");
+    let (kept, _) = usage(&blobs);
+    assert!(
+        kept < context_bytes - 40 * MIB,
+        "the upload was nearly done ({kept} of {context_bytes} bytes) when the client was killed"
+    );
+
+    let dest = tempfile::tempdir().unwrap();
+    let output = format!("type=local,dest={}", dest.path().display());
+    ok(&remote(&p, &addr, &["-o", &output]), &server);
+    assert_eq!(
+        fs_err::read_to_string(dest.path().join("count")).unwrap(),
+        "50\n"
+    );
+    let sent_after = settled_metric(&server, "hoist_bytes_uploaded_total");
+    // The next upload sent the rest (plus the tree's messages), not the whole context again.
+    let resent = sent_after - sent_before;
+    assert!(
+        resent <= (context_bytes - kept + MIB) as f64,
+        "the second upload sent {resent} bytes; the server already had {kept} of the context's {context_bytes}"
+    );
+    assert!(
+        sent_after <= (context_bytes + MIB) as f64,
+        "{sent_after} bytes were uploaded in all for a context of {context_bytes}"
+    );
+}
+
+#[test]
+fn a_client_killed_mid_build_cancels_it_and_leaves_no_sandbox_or_mount() {
+    let (_dir, server) = unix_server(&["--insecure-no-auth"]);
+    let addr = server.addr("unix");
+    let p = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo started && sleep 3597\n");
+    let (mut running, _lines) = p.start_until("started", &["--remote", &addr]);
+    assert!(
+        !processes_running(&["sleep", "3597"]).is_empty(),
+        "the RUN's process is not visible from here"
+    );
+    running.0.kill().unwrap();
+    running.0.wait().unwrap();
+
+    let builds = server.wait_logged("build", 1, Duration::from_secs(30));
+    assert_eq!(builds[0]["result"], "canceled", "{}", server.log());
+    eventually(
+        "the RUN of a build whose client was killed still runs",
+        Duration::from_secs(30),
+        || processes_running(&["sleep", "3597"]).is_empty(),
+    );
+    eventually(
+        "mounts are left under the server's root",
+        Duration::from_secs(30),
+        || mounts_under(&server.root).is_empty(),
+    );
+    p.write(
+        "Dockerfile",
+        "FROM scratch\nADD rootfs.tar /\nRUN echo next\n",
+    );
+    ok(&remote(&p, &addr, &[]), &server);
+}
+
+#[test]
+fn a_server_killed_mid_build_restarts_on_its_root_and_leaves_no_mount_or_cgroup() {
+    let root = tempfile::tempdir().unwrap();
+    let (_socket, unix) = socket();
+    let mut server = Server::start_in(root.path(), &["--addr", &unix, "--insecure-no-auth"], &[]);
+    let p = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo started && sleep 3596\n");
+    let (mut client, _lines) = p.start_until("started", &["--remote", &unix]);
+    let killed = server.pid;
+    assert!(
+        !support::cgroups_of_process(killed).is_empty(),
+        "the RUN's cgroup is not where the test looks"
+    );
+    server.kill_9();
+
+    // The client is told the server went away, rather than waiting forever.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = client.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client still waits for a dead server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    eventually(
+        "the RUN outlived its killed server",
+        Duration::from_secs(10),
+        || processes_running(&["sleep", "3596"]).is_empty(),
+    );
+
+    let server = Server::start_in(root.path(), &["--addr", &unix, "--insecure-no-auth"], &[]);
+    p.write(
+        "Dockerfile",
+        "FROM scratch\nADD rootfs.tar /\nRUN echo after-restart > /proof\n",
+    );
+    let dest = tempfile::tempdir().unwrap();
+    let output = format!("type=local,dest={}", dest.path().display());
+    ok(&remote(&p, &unix, &["-o", &output]), &server);
+    assert_eq!(
+        fs_err::read_to_string(dest.path().join("proof")).unwrap(),
+        "after-restart\n"
+    );
+    assert!(
+        support::cgroups_of_process(killed).is_empty(),
+        "cgroups of the killed server: {:?}",
+        support::cgroups_of_process(killed)
+    );
+    assert!(
+        mounts_under(root.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(root.path())
+    );
+}
+
+/// An HTTP/2 frame.
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).unwrap();
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// An HPACK string, short and without Huffman coding.
+fn hpack_str(out: &mut Vec<u8>, s: &str) {
+    out.push(u8::try_from(s.len()).unwrap());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The bytes of a gRPC call `Control/Solve` with an empty SolveRequest and no credentials, as
+/// a program in a RUN step could send them with `nc`: a server that let it through starts a
+/// build (which fails for want of a context, and is logged).
+fn raw_solve_request(authority: &str) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
+    // :method POST and :scheme http from the static table; the rest as literals.
+    let mut headers = vec![0x83, 0x86];
+    headers.push(0x04); // :path
+    hpack_str(&mut headers, "/hoist.v1.Control/Solve");
+    headers.push(0x01); // :authority
+    hpack_str(&mut headers, authority);
+    for (name, value) in [("content-type", "application/grpc"), ("te", "trailers")] {
+        headers.push(0x00);
+        hpack_str(&mut headers, name);
+        hpack_str(&mut headers, value);
+    }
+    frame(&mut out, 0x1, 0x4, 1, &headers); // HEADERS, END_HEADERS
+    // One message, uncompressed: ClientMessage { solve: SolveRequest {} }.
+    frame(&mut out, 0x0, 0x1, 1, &[0, 0, 0, 0, 2, 0x0a, 0x00]); // DATA, END_STREAM
+    out
+}
+
+#[test]
+fn a_run_step_cannot_reach_the_api_over_the_network_or_the_socket() {
+    let (socket_dir, unix) = socket();
+    let tokens = socket_dir.path().join("tokens");
+    fs_err::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let server = Server::start(&[
+        "--addr",
+        "tcp://127.0.0.1:0",
+        "--addr",
+        &unix,
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--allow-insecure-entitlement",
+        "network.host",
+    ]);
+    let port = server.addr("tcp").rsplit(':').next().unwrap().to_owned();
+    // The same request sent to a server without auth starts a build: the request is real.
+    let open = Server::start(&["--addr", "tcp://127.0.0.1:0", "--insecure-no-auth"]);
+    let open_port = open.addr("tcp").rsplit(':').next().unwrap().to_owned();
+    let sock = unix.trim_start_matches("unix://");
+
+    let p = Project::new(&format!(
+        "FROM scratch\nADD rootfs.tar /\nCOPY req /req\n\
+         RUN --network=host (cat /req; sleep 2) | timeout 10 nc 127.0.0.1 {port} > /answer; \
+             (cat /req; sleep 2) | timeout 10 nc 127.0.0.1 {open_port} > /open-answer; \
+             test -s /answer && test -s /open-answer\n\
+         RUN test ! -e {sock} && test ! -e {dir} && echo no-socket > /socket-check\n",
+        dir = socket_dir.path().display()
+    ));
+    fs_err::write(p.path("req"), raw_solve_request("127.0.0.1")).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let output = format!("type=local,dest={}", dest.path().display());
+    ok(
+        &remote_env(
+            &p,
+            &server.addr("tcp"),
+            &["--allow", "network.host", "-o", &output],
+            &[("HOIST_TOKEN", TOKEN)],
+        ),
+        &server,
+    );
+    assert_eq!(
+        fs_err::read_to_string(dest.path().join("socket-check")).unwrap(),
+        "no-socket\n"
+    );
+    // The open server took the RUN's request as a build; the guarded one did not.
+    let taken = open.wait_logged("build", 1, Duration::from_secs(10));
+    assert_eq!(taken.len(), 1, "{}", open.log());
+    let builds = server.wait_logged("build", 1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let builds_now = server.logged("build");
+    assert_eq!(
+        builds_now.len(),
+        1,
+        "a RUN step started a build on the server that runs it:\n{}",
+        server.log()
+    );
+    assert_eq!(builds[0]["result"], "success");
+}
+
+/// Waits (up to two minutes) for a client started with `start_until` to end; its status and
+/// the rest of its progress.
+fn finish(
+    mut client: Running,
+    lines: &std::sync::mpsc::Receiver<String>,
+) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = client.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the client never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rest: Vec<String> = lines.try_iter().collect();
+    (status, rest.join("\n"))
+}
+
+#[test]
+fn sigterm_lets_the_running_build_finish_refuses_new_ones_and_then_exits() {
+    let (_dir, mut server) = unix_server(&["--insecure-no-auth", "--grace", "120"]);
+    let addr = server.addr("unix");
+    let p = Project::new(
+        "FROM scratch\nADD rootfs.tar /\nRUN echo started && sleep 5 && echo finished > /done\n",
+    );
+    let dest = tempfile::tempdir().unwrap();
+    let output = format!("type=local,dest={}", dest.path().display());
+    let (running, lines) = p.start_until("started", &["--remote", &addr, "-o", &output]);
+    server.signal(rustix::process::Signal::TERM);
+    server.wait_logged(
+        "draining: no new builds; running ones may finish",
+        1,
+        Duration::from_secs(10),
+    );
+
+    let late = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo late\n");
+    let stderr = failed(&remote(&late, &addr, &[]));
+    assert!(
+        stderr.contains("shutting down"),
+        "a build refused during the drain does not say why:\n{stderr}"
+    );
+
+    let (status, rest) = finish(running, &lines);
+    assert!(
+        status.success(),
+        "the running build failed in the drain:\n{rest}"
+    );
+    assert_eq!(
+        fs_err::read_to_string(dest.path().join("done")).unwrap(),
+        "finished\n"
+    );
+    let exit = server.wait_exit(Duration::from_secs(60));
+    assert!(
+        exit.success(),
+        "the server exited with {exit}:\n{}",
+        server.log()
+    );
+    let builds = server.logged("build");
+    assert_eq!(builds.len(), 1, "{}", server.log());
+    assert_eq!(builds[0]["result"], "success");
+}
+
+#[test]
+fn builds_past_max_builds_wait_in_the_queue_and_all_succeed() {
+    let (_dir, server) = unix_server(&["--insecure-no-auth", "--max-builds", "1"]);
+    let addr = server.addr("unix");
+    let first = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo started && sleep 6\n");
+    let (running, lines) = first.start_until("started", &["--remote", &addr]);
+    let second = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo second > /second\n");
+    let dest = tempfile::tempdir().unwrap();
+    let output = format!("type=local,dest={}", dest.path().display());
+    let stderr = ok(&remote(&second, &addr, &["-o", &output]), &server);
+    assert!(
+        stderr.contains("waiting for a build slot") && stderr.contains("place 1 in the queue"),
+        "the queued build did not say it waited:\n{stderr}"
+    );
+    assert_eq!(
+        fs_err::read_to_string(dest.path().join("second")).unwrap(),
+        "second\n"
+    );
+    let (status, rest) = finish(running, &lines);
+    assert!(status.success(), "the first build failed:\n{rest}");
+    let builds = server.wait_logged("build", 2, Duration::from_secs(10));
+    assert!(
+        builds.iter().all(|b| b["result"] == "success"),
+        "{builds:?}"
     );
 }

@@ -428,7 +428,12 @@ impl Server {
         self.addrs
             .iter()
             .find(|a| a.starts_with(&format!("{scheme}://")))
-            .unwrap_or_else(|| panic!("the server listens on no {scheme} address: {:?}", self.addrs))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the server listens on no {scheme} address: {:?}",
+                    self.addrs
+                )
+            })
             .clone()
     }
 
@@ -449,7 +454,12 @@ impl Server {
     }
 
     /// Waits (up to `timeout`) until it has logged `count` lines with `"msg": msg`.
-    pub fn wait_logged(&self, msg: &str, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    pub fn wait_logged(
+        &self,
+        msg: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let found = self.logged(msg);
@@ -500,7 +510,10 @@ impl Server {
 
     /// `GET` of its `/metrics` page (needs `--metrics-addr`).
     pub fn metrics_text(&self) -> String {
-        let url = self.metrics.as_deref().expect("started without --metrics-addr");
+        let url = self
+            .metrics
+            .as_deref()
+            .expect("started without --metrics-addr");
         let hostport = url
             .trim_start_matches("http://")
             .trim_end_matches("/metrics");
@@ -574,4 +587,28 @@ impl Registry {
             _dir: dir,
         }
     }
+}
+
+/// The cgroups that the hoist process `pid` made (the executor names them
+/// `<pid>-<start>-<n>`), in every hierarchy.
+pub fn cgroups_of_process(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("{pid}-");
+    let mut found = Vec::new();
+    let mut stack = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = fs_err::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                found.push(e.path());
+            } else if depth < 5 {
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    found
 }
