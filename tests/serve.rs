@@ -799,9 +799,10 @@ fn a_client_killed_mid_build_cancels_it_and_leaves_no_sandbox_or_mount() {
     let addr = server.addr("unix");
     let p = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo started && sleep 3597\n");
     let (mut running, _lines) = p.start_until("started", &["--remote", &addr]);
-    assert!(
-        !processes_running(&["sleep", "3597"]).is_empty(),
-        "the RUN's process is not visible from here"
+    eventually(
+        "the RUN's process is not visible from here",
+        Duration::from_secs(10),
+        || !processes_running(&["sleep", "3597"]).is_empty(),
     );
     running.0.kill().unwrap();
     running.0.wait().unwrap();
