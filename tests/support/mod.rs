@@ -333,3 +333,282 @@ pub fn debian_rootfs_tar() -> PathBuf {
     fs_err::rename(&partial, &tar).unwrap();
     tar
 }
+
+/// A real `hoist serve` process on a state root, with its log (stderr, one JSON object a line)
+/// collected as it comes. Killed (its own PID only) and reaped when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub pid: u32,
+    /// The addresses it listens on, as its "serving" line gave them (`unix:///…`, `tcp://…`).
+    pub addrs: Vec<String>,
+    /// `http://HOST:PORT/metrics`, when started with `--metrics-addr`.
+    pub metrics: Option<String>,
+    pub root: PathBuf,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _root: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts `hoist serve ARGS` on a fresh state root.
+    pub fn start(args: &[&str]) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let mut server = Self::start_in(root.path(), args, &[]);
+        server._root = Some(root);
+        server
+    }
+
+    /// Starts `hoist serve --root ROOT ARGS` with `env` added to its environment, and waits
+    /// for its "serving" line.
+    pub fn start_in(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .arg("serve")
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let lines = std::sync::Arc::clone(&lines);
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    lines.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut server = Self {
+            child: Some(child),
+            pid,
+            addrs: Vec::new(),
+            metrics: None,
+            root: root.to_path_buf(),
+            lines,
+            _root: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "hoist serve {args:?} never said it was serving; its log:\n{}",
+                        server.log()
+                    )
+                });
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if value["msg"] == "serving" {
+                server.addrs = value["addrs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_owned())
+                    .collect();
+                server.metrics = value["metrics"].as_str().map(str::to_owned);
+                return server;
+            }
+        }
+    }
+
+    /// The first address of the given scheme (`unix` or `tcp`).
+    pub fn addr(&self, scheme: &str) -> String {
+        self.addrs
+            .iter()
+            .find(|a| a.starts_with(&format!("{scheme}://")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the server listens on no {scheme} address: {:?}",
+                    self.addrs
+                )
+            })
+            .clone()
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Its log lines that parse as JSON and have `"msg": msg`.
+    pub fn logged(&self, msg: &str) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["msg"] == msg)
+            .collect()
+    }
+
+    /// Waits (up to `timeout`) until it has logged `count` lines with `"msg": msg`.
+    pub fn wait_logged(
+        &self,
+        msg: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.logged(msg);
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server logged {} {msg:?} line(s) within {timeout:?}, not {count}; its log:\n{}",
+                found.len(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` to the server's own PID.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.pid).unwrap()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Waits (up to `timeout`) for the server to exit; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("the server was already reaped");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server still ran {timeout:?} after it was told to stop; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9` of the server (no cleanup of its own), reaped.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// `GET` of its `/metrics` page (needs `--metrics-addr`).
+    pub fn metrics_text(&self) -> String {
+        let url = self
+            .metrics
+            .as_deref()
+            .expect("started without --metrics-addr");
+        let hostport = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics");
+        let mut conn = std::net::TcpStream::connect(hostport).unwrap();
+        use std::io::{Read as _, Write as _};
+        write!(
+            conn,
+            "GET /metrics HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// The value of the metric line that starts with `name` (with its labels, if any).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Registry {
+    /// A registry whose extra configuration (YAML at the top level, e.g. an `auth:` section)
+    /// is `extra`.
+    pub fn start_with(extra: &str) -> Self {
+        let bin = "/usr/bin/docker-registry";
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("config.yml");
+        fs_err::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{extra}",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not start on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+/// The cgroups that the hoist process `pid` made (the executor names them
+/// `<pid>-<start>-<n>`), in every hierarchy.
+pub fn cgroups_of_process(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("{pid}-");
+    let mut found = Vec::new();
+    let mut stack = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = fs_err::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                found.push(e.path());
+            } else if depth < 5 {
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    found
+}
