@@ -175,11 +175,63 @@ pub(crate) async fn connect(addr: &Addr, creds: &ClientCreds) -> anyhow::Result<
         Addr::Unix(path) => connect_unix(path).await?,
         Addr::Tcp(hostport) => connect_tcp(addr, hostport, creds.tls.as_ref()).await?,
     };
-    Ok(Connection {
+    let connection = Connection {
         addr: addr.clone(),
         channel,
         credentials,
-    })
+    };
+    if creds.tls.is_some() {
+        connection.first_request().await?;
+    }
+    Ok(connection)
+}
+
+impl Connection {
+    /// Makes the connection's first request, and reads its failure. With TLS 1.3 a server
+    /// checks the client's certificate only after the client has sent its first request; a
+    /// refused certificate then often reaches the client as the connection closing under that
+    /// request, with the server's alert lost. Here, a close that comes at the first request is
+    /// known to be that.
+    async fn first_request(&self) -> anyhow::Result<()> {
+        let addr = &self.addr;
+        match self.control().info(hoist_proto::v1::InfoRequest {}).await {
+            Ok(_) => Ok(()),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                Err(explain(addr, &status))
+            }
+            Err(status) => {
+                let chain = error_chain(&status);
+                if looks_like_tls(&chain) || looks_like_a_close(&chain) {
+                    bail!(
+                        "the server at {addr} refused the TLS connection at the first request, \
+                         which is how it refuses a client certificate it does not accept ({chain}); \
+                         it accepts certificates signed by its --tls-client-ca: give yours with \
+                         --remote-tls-cert and --remote-tls-key"
+                    )
+                }
+                Err(explain(addr, &status))
+            }
+        }
+    }
+}
+
+/// A connection that the other side closed or reset under a request.
+fn looks_like_a_close(chain: &str) -> bool {
+    [
+        "connection closed",
+        "Canceled",
+        "canceled",
+        "Broken pipe",
+        "BrokenPipe",
+        "reset",
+    ]
+    .iter()
+    .any(|word| chain.contains(word))
 }
 
 fn endpoint(uri: String) -> anyhow::Result<Endpoint> {
