@@ -517,6 +517,63 @@ impl Drop for Agent {
     }
 }
 
+/// Compiles the agent query (a static program that prints how many keys `$SSH_AUTH_SOCK`'s
+/// agent holds) to `dest`.
+fn compile_agent_query(dest: &Path) {
+    let built = Command::new("gcc")
+        .args(["-static", "-O2", "-x", "c", "-o"])
+        .arg(dest)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut gcc| {
+            use std::io::Write as _;
+            gcc.stdin
+                .take()
+                .unwrap()
+                .write_all(AGENT_QUERY.as_bytes())?;
+            gcc.wait()
+        })
+        .expect("gcc");
+    assert!(built.success(), "gcc -static failed (libc6-dev installed?)");
+}
+
+/// A build on a server reaches the agent of its client, over the build's stream.
+#[test]
+fn a_remote_build_reaches_its_clients_ssh_agent() {
+    let agent = Agent::start();
+    let p = Project::new(
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         COPY agentq /usr/bin/agentq\n\
+         RUN --mount=type=ssh agentq > /keys && agentq >> /keys\n\
+         RUN --mount=type=ssh,id=absent test -z \"$SSH_AUTH_SOCK\" && touch /absent-ok\n",
+    );
+    compile_agent_query(&p.path("agentq"));
+    let dir = tempfile::Builder::new()
+        .prefix("hoist-ssh-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let addr = format!("unix://{}", dir.path().join("s.sock").display());
+    let server = support::Server::start(&["--addr", &addr, "--insecure-no-auth"]);
+    let default = format!("default={}", agent.socket.display());
+    let dest = tempfile::tempdir().unwrap();
+    let output = format!("type=local,dest={}", dest.path().display());
+    let out = p.hoist(&["--remote", &addr, "--ssh", &default, "-o", &output]);
+    assert!(
+        out.status.success(),
+        "{}\nthe server's log:\n{}",
+        stderr(&out),
+        server.log()
+    );
+    // Two connections, one after the other, each to the client's agent and its one key.
+    assert_eq!(
+        fs_err::read_to_string(dest.path().join("keys")).unwrap(),
+        "1\n1\n"
+    );
+    assert!(dest.path().join("absent-ok").exists());
+}
+
 #[test]
 fn ssh_mounts_reach_the_agent_with_the_mounts_owner_and_mode() {
     let agent = Agent::start();
@@ -531,22 +588,7 @@ fn ssh_mounts_reach_the_agent_with_the_mounts_owner_and_mode() {
          RUN --mount=type=ssh,id=absent test -z \"$SSH_AUTH_SOCK\" && touch /absent-ok\n\
          RUN --mount=type=ssh,id=keys agentq > /keys-from-file\n",
     );
-    let built = Command::new("gcc")
-        .args(["-static", "-O2", "-x", "c", "-o"])
-        .arg(p.path("agentq"))
-        .arg("-")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut gcc| {
-            use std::io::Write as _;
-            gcc.stdin
-                .take()
-                .unwrap()
-                .write_all(AGENT_QUERY.as_bytes())?;
-            gcc.wait()
-        })
-        .expect("gcc");
-    assert!(built.success(), "gcc -static failed (libc6-dev installed?)");
+    compile_agent_query(&p.path("agentq"));
     let default = format!("default={}", agent.socket.display());
     let other = format!("other={}", agent.socket.display());
     // A key file, as buildx takes it: hoist runs an agent with it for the build.

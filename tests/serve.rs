@@ -1069,3 +1069,167 @@ fn builds_past_max_builds_wait_in_the_queue_and_all_succeed() {
         "{builds:?}"
     );
 }
+
+/// `hoist CMD --remote ADDR ARGS` (not a build), with its output.
+fn remote_cmd(cmd: &str, addr: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .arg(cmd)
+        .args(["--remote", addr])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stdout_of(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn info_logs_du_prune_builds_attach_and_cancel_work_against_the_server() {
+    let (_dir, server) = unix_server(&["--insecure-no-auth", "--max-builds", "3"]);
+    let addr = server.addr("unix");
+    let info = stdout_of(&remote_cmd("info", &addr, &[]));
+    assert!(
+        info.contains(&format!("server:          {addr}")) && info.contains("at most 3 at once"),
+        "{info}"
+    );
+
+    let p = Project::new("FROM scratch\nADD rootfs.tar /\nRUN echo logged-on-the-server\n");
+    ok(&remote(&p, &addr, &[]), &server);
+    let build = server.logged("build")[0]["build"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let log = stdout_of(&remote_cmd("logs", &addr, &[&build]));
+    assert!(
+        log.starts_with(&format!("#0 build {build}\n")) && log.contains("logged-on-the-server\n"),
+        "{log}"
+    );
+    let step = stdout_of(&remote_cmd("logs", &addr, &[&build, "4"]));
+    assert_eq!(step, "logged-on-the-server\n");
+    let missing = remote_cmd("logs", &addr, &["000000000000"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no build 000000000000"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    let du = stdout_of(&remote_cmd("du", &addr, &[]));
+    assert!(du.contains("context") && du.contains("tree "), "{du}");
+    let pruned = stdout_of(&remote_cmd("prune", &addr, &["--all"]));
+    assert!(pruned.contains("removed context"), "{pruned}");
+    let du = stdout_of(&remote_cmd("du", &addr, &[]));
+    assert!(!du.contains("tree "), "a pruned tree is still there:\n{du}");
+
+    // A running build is listed, can be followed from its start, and cancelled.
+    let slow = Project::new(
+        "FROM scratch\nADD rootfs.tar /\nRUN echo started && sleep 60 && echo never\n",
+    );
+    let mut client = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .arg("build")
+        .arg("--root")
+        .arg(slow.root.path())
+        .args(["--progress=plain", "--remote", &addr])
+        .arg(slow.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let running = loop {
+        let list = stdout_of(&remote_cmd("builds", &addr, &[]));
+        if let Some(id) = list
+            .lines()
+            .find(|l| l.contains(" running "))
+            .and_then(|l| l.split_whitespace().next())
+            .filter(|id| *id != "-")
+        {
+            break id.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running build listed:\n{list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut attached = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(["attach", "--progress", "plain", "--remote", &addr, &running])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The attached view replays the build from its start.
+    let mut seen = String::new();
+    let mut reader = std::io::BufReader::new(attached.stderr.take().unwrap());
+    while !seen.contains("started") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        assert!(
+            n > 0,
+            "the attached view ended before the RUN's output:\n{seen}"
+        );
+        seen.push_str(&line);
+    }
+    let cancelled = remote_cmd("cancel", &addr, &[&running]);
+    assert!(cancelled.status.success(), "{cancelled:?}");
+    let status = client.wait().unwrap();
+    assert!(!status.success(), "a cancelled build succeeded");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    assert!(attached.wait().unwrap().success());
+    assert!(rest.contains("CANCELED"), "{seen}{rest}");
+    let lines = server.wait_logged("build", 2, Duration::from_secs(30));
+    assert_eq!(lines[1]["result"], "canceled", "{lines:?}");
+    let again = remote_cmd("cancel", &addr, &[&running]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no running build"),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_step_two_clients_need_at_once_runs_once_for_both() {
+    let (_dir, server) = unix_server(&["--insecure-no-auth"]);
+    let addr = server.addr("unix");
+    // The step's output differs on every run: two results that are equal come from one run.
+    let dockerfile = "FROM scratch\nADD rootfs.tar /\n\
+                      RUN sleep 3 && cat /proc/sys/kernel/random/uuid > /ran\n";
+    let a = Project::new(dockerfile);
+    let b = Project::new(dockerfile);
+    let outs: Vec<_> = [&a, &b]
+        .into_iter()
+        .map(|p| {
+            let dest = tempfile::tempdir().unwrap();
+            let output = format!("type=local,dest={}", dest.path().display());
+            let client = Command::new(env!("CARGO_BIN_EXE_hoist"))
+                .arg("build")
+                .arg("--root")
+                .arg(p.root.path())
+                .args(["--progress=plain", "--remote", &addr, "-o", &output])
+                .arg(p.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (client, dest)
+        })
+        .collect();
+    let mut ran = Vec::new();
+    for (client, dest) in outs {
+        let out = client.wait_with_output().unwrap();
+        ok(&out, &server);
+        ran.push(fs_err::read_to_string(dest.path().join("ran")).unwrap());
+    }
+    assert_eq!(ran[0], ran[1], "the shared step ran once per client");
+    assert_eq!(server.logged("build").len(), 2);
+}

@@ -720,13 +720,33 @@ impl CasStore {
                 committed_size: first_size(&id),
             });
         }
-        if !self
+        // Two clients that send the same new file at once: the second waits for the first's
+        // upload, which is then its own; only if that one stops short is it told to resume.
+        let waited_since = tokio::time::Instant::now();
+        while !self
             .writing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id.hex.clone())
         {
-            return Err(CasError::Busy { digest: id });
+            if waited_since.elapsed() > idle {
+                return Err(CasError::Busy { digest: id });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.has(&id) {
+                return Ok(WriteResponse {
+                    committed_size: first_size(&id),
+                });
+            }
+        }
+        if self.has(&id) {
+            self.writing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id.hex);
+            return Ok(WriteResponse {
+                committed_size: first_size(&id),
+            });
         }
         let _writing = WritingGuard {
             store: &self,

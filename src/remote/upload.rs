@@ -305,8 +305,40 @@ where
     Ok(())
 }
 
-/// Streams one big blob, from where an earlier, interrupted upload of it stopped.
+/// Streams one big blob, from where an earlier, interrupted upload of it stopped. Another
+/// client's upload of the same blob that stopped short (the server says Aborted) is resumed
+/// where it stopped.
 async fn send_stream<C>(
+    cas: CasClient<C>,
+    tree: &Arc<Tree>,
+    hash: &str,
+    counters: &Arc<Counters>,
+) -> anyhow::Result<()>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<StdError>,
+    C::ResponseBody: Body<Data = Bytes> + Send + 'static,
+    <C::ResponseBody as Body>::Error: Into<StdError> + Send,
+{
+    let mut attempt = 1;
+    loop {
+        match send_stream_once(cas.clone(), tree, hash, counters).await {
+            Err(e)
+                if attempt < 3
+                    && e.chain().any(|c| {
+                        c.downcast_ref::<tonic::Status>()
+                            .is_some_and(|s| s.code() == tonic::Code::Aborted)
+                    }) =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn send_stream_once<C>(
     mut cas: CasClient<C>,
     tree: &Arc<Tree>,
     hash: &str,
