@@ -808,7 +808,21 @@ impl StatCache {
     /// # Errors
     /// I/O errors naming the path; a path that is not a regular file is one.
     pub fn file_digest(&self, abs: &Path, key: &str) -> Result<String, ContextError> {
-        let stat = StatKey::of(&fs_err::symlink_metadata(abs)?);
+        self.file_digest_with_stat(abs, key, &fs_err::symlink_metadata(abs)?)
+    }
+
+    /// [`StatCache::file_digest`] with the file's stat already taken (by a walk that read
+    /// its directory): an unchanged file then costs no system call at all.
+    ///
+    /// # Errors
+    /// As [`StatCache::file_digest`].
+    pub fn file_digest_with_stat(
+        &self,
+        abs: &Path,
+        key: &str,
+        meta: &std::fs::Metadata,
+    ) -> Result<String, ContextError> {
+        let stat = StatKey::of(meta);
         if let Some(digest) = self.lock().lookup(Some(key), &stat) {
             return Ok(digest.to_owned());
         }

@@ -194,29 +194,26 @@ impl Connection {
     /// known to be that.
     async fn first_request(&self) -> anyhow::Result<()> {
         let addr = &self.addr;
-        match self.control().info(hoist_proto::v1::InfoRequest {}).await {
-            Ok(_) => Ok(()),
-            Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-                ) =>
-            {
-                Err(explain(addr, &status))
-            }
-            Err(status) => {
-                let chain = error_chain(&status);
-                if looks_like_tls(&chain) || looks_like_a_close(&chain) {
-                    bail!(
-                        "the server at {addr} refused the TLS connection at the first request, \
-                         which is how it refuses a client certificate it does not accept ({chain}); \
-                         it accepts certificates signed by its --tls-client-ca: give yours with \
-                         --remote-tls-cert and --remote-tls-key"
-                    )
-                }
-                Err(explain(addr, &status))
+        // Any answer at all, a refusal of the token included, means the TLS session stands;
+        // the command's own request reports the rest.
+        let Err(status) = self.control().info(hoist_proto::v1::InfoRequest {}).await else {
+            return Ok(());
+        };
+        let chain = error_chain(&status);
+        if status.code() == tonic::Code::Unknown
+            || status.code() == tonic::Code::Unavailable
+            || status.code() == tonic::Code::Cancelled
+        {
+            if looks_like_tls(&chain) || looks_like_a_close(&chain) {
+                bail!(
+                    "the server at {addr} refused the TLS connection at the first request, \
+                     which is how it refuses a client certificate it does not accept ({chain}); \
+                     it accepts certificates signed by its --tls-client-ca: give yours with \
+                     --remote-tls-cert and --remote-tls-key"
+                )
             }
         }
+        Ok(())
     }
 }
 

@@ -162,26 +162,45 @@ pub(crate) const MAX_DIRECTORY_WITH_MTIMES: usize = 3 << 20;
 /// One directory as walked, before it is hashed.
 #[derive(Default)]
 struct Walked {
-    files: Vec<(Vec<u8>, usize, NodeMeta)>,
+    files: Vec<(Vec<u8>, FileRef, NodeMeta)>,
     dirs: Vec<(Vec<u8>, Walked, NodeMeta)>,
     symlinks: Vec<SymlinkNode>,
     specials: Vec<SpecialNode>,
+    /// Where the symlinks met below lead inside the context, as clean relative paths.
+    link_targets: BTreeSet<String>,
+}
+
+/// A file to hash, with the stat the walk took (the stat cache's check needs no second one).
+struct FileRef {
+    abs: PathBuf,
+    /// The stat cache's key.
+    rel: String,
+    meta: std::fs::Metadata,
+}
+
+impl Walked {
+    /// The files of this directory and those below, in the order [`assemble`] takes them.
+    fn file_refs<'a>(&'a self, out: &mut Vec<&'a FileRef>) {
+        out.extend(self.files.iter().map(|(_, f, _)| f));
+        for (_, child, _) in &self.dirs {
+            child.file_refs(out);
+        }
+    }
 }
 
 struct Walker<'a> {
     scope: &'a Scope,
     ignore: &'a Matcher,
-    /// Every file to hash: absolute path, relative path (the stat cache's key), size.
-    files: Vec<(PathBuf, String, u64)>,
-    /// Link targets inside the context, as clean relative paths.
-    link_targets: BTreeSet<String>,
 }
 
 impl Walker<'_> {
-    fn walk(&mut self, abs: &Path, rel: &str) -> anyhow::Result<Walked> {
+    /// Walks the directory `abs` (`rel` in the context); its subdirectories are walked in
+    /// parallel.
+    fn walk(&self, abs: &Path, rel: &str) -> anyhow::Result<Walked> {
         let mut out = Walked::default();
         let mut children: Vec<_> = fs_err::read_dir(abs)?.collect::<Result<_, _>>()?;
         children.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+        let mut subdirs = Vec::new();
         for child in children {
             let name = child.file_name();
             let child_rel = if rel.is_empty() {
@@ -200,22 +219,7 @@ impl Walker<'_> {
                 if decision == DirDecision::Excluded {
                     continue;
                 }
-                let walked = self.walk(&child_abs, &child_rel)?;
-                let empty = walked.files.is_empty()
-                    && walked.dirs.is_empty()
-                    && walked.symlinks.is_empty()
-                    && walked.specials.is_empty();
-                // A directory the patterns exclude is sent only for what it holds that they
-                // let back in; one on the way to a source, only if the source is there.
-                let on_the_way = !self.scope.wants_all_under(&child_rel);
-                if empty && (decision == DirDecision::MustDescend || on_the_way) {
-                    continue;
-                }
-                out.dirs.push((
-                    name.as_bytes().to_vec(),
-                    walked,
-                    node_meta(&child_abs, &meta),
-                ));
+                subdirs.push((name, child_abs, child_rel, meta, decision));
                 continue;
             }
             // A symlink on the way to a source is sent, and so is where it leads (see
@@ -227,9 +231,15 @@ impl Walker<'_> {
             let node = node_meta(&child_abs, &meta);
             let name = name.as_bytes().to_vec();
             if ft.is_file() {
-                self.files
-                    .push((child_abs.clone(), child_rel.clone(), meta.len()));
-                out.files.push((name, self.files.len() - 1, node));
+                out.files.push((
+                    name,
+                    FileRef {
+                        abs: child_abs,
+                        rel: child_rel,
+                        meta,
+                    },
+                    node,
+                ));
             } else if ft.is_symlink() {
                 let target = fs_err::read_link(&child_abs)?;
                 let target_bytes = target.as_os_str().as_bytes().to_vec();
@@ -239,7 +249,7 @@ impl Walker<'_> {
                     rel.to_owned()
                 };
                 let inside = clean_relative(&format!("{base}/{}", target.to_string_lossy()));
-                self.link_targets.insert(inside);
+                out.link_targets.insert(inside);
                 out.symlinks.push(SymlinkNode {
                     name,
                     target: target_bytes,
@@ -271,6 +281,31 @@ impl Walker<'_> {
                 });
             }
             // Sockets cannot be part of a layer: a build leaves them out, and so does this.
+        }
+        let walked: Vec<anyhow::Result<Walked>> = subdirs
+            .par_iter()
+            .map(|(_, child_abs, child_rel, _, _)| self.walk(child_abs, child_rel))
+            .collect();
+        for ((name, child_abs, child_rel, meta, decision), walked) in
+            subdirs.into_iter().zip(walked)
+        {
+            let mut walked = walked?;
+            out.link_targets.append(&mut walked.link_targets);
+            let empty = walked.files.is_empty()
+                && walked.dirs.is_empty()
+                && walked.symlinks.is_empty()
+                && walked.specials.is_empty();
+            // A directory the patterns exclude is sent only for what it holds that they
+            // let back in; one on the way to a source, only if the source is there.
+            let on_the_way = !self.scope.wants_all_under(&child_rel);
+            if empty && (decision == DirDecision::MustDescend || on_the_way) {
+                continue;
+            }
+            out.dirs.push((
+                name.as_bytes().to_vec(),
+                walked,
+                node_meta(&child_abs, &meta),
+            ));
         }
         Ok(out)
     }
@@ -326,26 +361,23 @@ pub(crate) fn build(
         whole: scope.whole,
         roots: scope.roots.clone(),
     };
-    let mut walker;
     let mut walked;
     let mut rounds = 0;
     loop {
-        walker = Walker {
+        let walker = Walker {
             scope: &scope_now,
             ignore,
-            files: Vec::new(),
-            link_targets: BTreeSet::new(),
         };
         walked = walker
             .walk(root, "")
             .with_context(|| format!("reading the build context {}", root.display()))?;
-        let new: Vec<String> = walker
+        let new: Vec<String> = walked
             .link_targets
             .iter()
             .filter(|t| !t.is_empty() && !scope_now.wants_all_under(t))
             .cloned()
             .collect();
-        let targets_whole = walker.link_targets.iter().any(String::is_empty);
+        let targets_whole = walked.link_targets.iter().any(String::is_empty);
         rounds += 1;
         if (new.is_empty() && (!targets_whole || scope_now.whole)) || rounds > 40 {
             break;
@@ -357,56 +389,57 @@ pub(crate) fn build(
             roots,
         };
     }
-    let files = std::mem::take(&mut walker.files);
+    let mut files = Vec::new();
+    walked.file_refs(&mut files);
     let digests: Vec<String> = files
         .par_iter()
-        .map(|(abs, rel, _)| {
+        .map(|f| {
             cache
-                .file_digest(abs, rel)
-                .with_context(|| format!("hashing {}", abs.display()))
+                .file_digest_with_stat(&f.abs, &f.rel, &f.meta)
+                .with_context(|| format!("hashing {}", f.abs.display()))
         })
         .collect::<anyhow::Result<_>>()?;
     let mut blobs = HashMap::new();
-    for ((abs, _, size), hex) in files.iter().zip(&digests) {
+    for (f, hex) in files.iter().zip(&digests) {
         let digest = Digest {
             hash: hex.clone(),
-            size_bytes: i64::try_from(*size).unwrap_or(i64::MAX),
+            size_bytes: i64::try_from(f.meta.len()).unwrap_or(i64::MAX),
         };
         blobs.insert(
             hex.clone(),
             (
                 digest,
                 Blob::File {
-                    path: abs.clone(),
-                    size: *size,
+                    path: f.abs.clone(),
+                    size: f.meta.len(),
                 },
             ),
         );
     }
-    let root_digest = assemble(walked, &files, &digests, &mut blobs);
+    let count = files.len() as u64;
+    drop(files);
+    let root_digest = assemble(walked, &mut digests.into_iter(), &mut blobs);
     Ok(Tree {
         root: root_digest,
         blobs,
-        files: files.len() as u64,
+        files: count,
     })
 }
-
 /// The Directory of `walked`, its digest, and those of the directories below, into `blobs`.
 fn assemble(
     walked: Walked,
-    files: &[(PathBuf, String, u64)],
-    digests: &[String],
+    digests: &mut impl Iterator<Item = String>,
     blobs: &mut HashMap<String, (Digest, Blob)>,
 ) -> Digest {
     let mut dir = Directory {
         files: walked
             .files
             .into_iter()
-            .map(|(name, i, meta)| FileNode {
+            .map(|(name, file, meta)| FileNode {
                 name,
                 digest: Some(Digest {
-                    hash: digests[i].clone(),
-                    size_bytes: i64::try_from(files[i].2).unwrap_or(i64::MAX),
+                    hash: digests.next().unwrap_or_default(),
+                    size_bytes: i64::try_from(file.meta.len()).unwrap_or(i64::MAX),
                 }),
                 meta: Some(meta),
             })
@@ -416,7 +449,7 @@ fn assemble(
         specials: walked.specials,
     };
     for (name, child, meta) in walked.dirs {
-        let digest = assemble(child, files, digests, blobs);
+        let digest = assemble(child, digests, blobs);
         dir.directories.push(DirectoryNode {
             name,
             digest: Some(digest),
