@@ -200,18 +200,17 @@ impl Connection {
             return Ok(());
         };
         let chain = error_chain(&status);
-        if status.code() == tonic::Code::Unknown
-            || status.code() == tonic::Code::Unavailable
-            || status.code() == tonic::Code::Cancelled
-        {
-            if looks_like_tls(&chain) || looks_like_a_close(&chain) {
-                bail!(
-                    "the server at {addr} refused the TLS connection at the first request, \
+        let transport = matches!(
+            status.code(),
+            tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+        );
+        if transport && (looks_like_tls(&chain) || looks_like_a_close(&chain)) {
+            bail!(
+                "the server at {addr} refused the TLS connection at the first request, \
                      which is how it refuses a client certificate it does not accept ({chain}); \
                      it accepts certificates signed by its --tls-client-ca: give yours with \
                      --remote-tls-cert and --remote-tls-key"
-                )
-            }
+            )
         }
         Ok(())
     }
