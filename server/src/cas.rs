@@ -370,6 +370,17 @@ pub fn decode_directory(
     for n in &dir.files {
         digest_of(&n.name, n.digest.as_ref(), limits.max_blob)?;
         check_meta(n.meta.as_ref()).map_err(|e| named(&n.name, e))?;
+        if !n.hardlink.is_empty()
+            && (n.hardlink.len() > 4095
+                || n.hardlink
+                    .split(|b| *b == b'/')
+                    .any(|c| c.is_empty() || c == b"." || c == b".." || c.contains(&0)))
+        {
+            return Err(named(
+                &n.name,
+                "a hardlink path that is not the relative path of a file in the tree".to_owned(),
+            ));
+        }
     }
     for n in &dir.directories {
         digest_of(&n.name, n.digest.as_ref(), limits.max_directory)?;
@@ -944,8 +955,9 @@ impl CasStore {
             root,
             dirs: &dirs,
             made: std::cell::Cell::new(0),
+            files: std::cell::RefCell::new(HashMap::new()),
         };
-        maker.fill(&context, root, 0)?;
+        maker.fill(&context, b"", root, 0)?;
         let lock = tmp.path().join("lock");
         fs_err::File::create(&lock).map_err(CasError::Fs)?;
         let made = tmp.keep();
@@ -1233,10 +1245,14 @@ struct Maker<'a> {
     dirs: &'a HashMap<BlobId, Directory>,
     /// Entries made so far, against [`CasLimits::max_tree_entries`].
     made: std::cell::Cell<u64>,
+    /// Regular files made so far, by their path from the root, with their digests: what a
+    /// later hardlink may name.
+    files: std::cell::RefCell<HashMap<Vec<u8>, (PathBuf, String)>>,
 }
 
 impl Maker<'_> {
-    fn fill(&self, path: &Path, id: &BlobId, depth: usize) -> Result<(), CasError> {
+    /// Makes the entries of Directory `id` in `path`, which is `rel` from the tree's root.
+    fn fill(&self, path: &Path, rel: &[u8], id: &BlobId, depth: usize) -> Result<(), CasError> {
         let limits = &self.store.limits;
         let bad = |reason: String| CasError::BadTree {
             root: self.root.clone(),
@@ -1266,9 +1282,41 @@ impl Maker<'_> {
             )));
         }
         let name_of = |name: &[u8]| path.join(std::ffi::OsStr::from_bytes(name));
+        let rel_of = |name: &[u8]| {
+            let mut rel_name = rel.to_vec();
+            if !rel_name.is_empty() {
+                rel_name.push(b'/');
+            }
+            rel_name.extend_from_slice(name);
+            rel_name
+        };
         for f in &dir.files {
             let blob = BlobId::parse(f.digest.as_ref().unwrap_or(&Digest::default()))?;
             let dest = name_of(&f.name);
+            if !f.hardlink.is_empty() {
+                // Only a regular file this checkout made before may be linked to: never a
+                // path through a link, nor one outside the tree.
+                let files = self.files.borrow();
+                let Some((target, hex)) = files.get(&f.hardlink) else {
+                    return Err(bad(format!(
+                        "{:?} is a hardlink of {:?}, which is not a file made before it",
+                        String::from_utf8_lossy(&rel_of(&f.name)),
+                        String::from_utf8_lossy(&f.hardlink)
+                    )));
+                };
+                if *hex != blob.hex {
+                    return Err(bad(format!(
+                        "{:?} is a hardlink of {:?} but names other content",
+                        String::from_utf8_lossy(&rel_of(&f.name)),
+                        String::from_utf8_lossy(&f.hardlink)
+                    )));
+                }
+                fs_err::hard_link(target, &dest).map_err(CasError::Fs)?;
+                continue;
+            }
+            self.files
+                .borrow_mut()
+                .insert(rel_of(&f.name), (dest.clone(), blob.hex.clone()));
             let src_path = self.store.blob_path(&blob);
             let mut src = fs_err::File::open(&src_path).map_err(CasError::Fs)?;
             // A copy, not a hardlink of the blob: COPY keeps hardlinks among context files,
@@ -1315,7 +1363,7 @@ impl Maker<'_> {
             let child = BlobId::parse(d.digest.as_ref().unwrap_or(&Digest::default()))?;
             let dest = name_of(&d.name);
             fs_err::create_dir(&dest).map_err(CasError::Fs)?;
-            self.fill(&dest, &child, depth + 1)?;
+            self.fill(&dest, &rel_of(&d.name), &child, depth + 1)?;
             // Last, once its entries are made: a read-only directory cannot take them, and
             // making them would move its mtime.
             apply_meta(&dest, meta(d.meta.as_ref()), None)?;

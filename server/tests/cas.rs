@@ -86,7 +86,104 @@ fn file(name: &[u8], content: &[u8]) -> FileNode {
         name: name.to_vec(),
         digest: Some(digest_of(content)),
         meta: meta(),
+        hardlink: Vec::new(),
     }
+}
+
+/// A file that says it is a hardlink of `of`.
+fn link(name: &[u8], content: &[u8], of: &[u8]) -> FileNode {
+    FileNode {
+        hardlink: of.to_vec(),
+        ..file(name, content)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hardlinks_reach_only_files_the_checkout_made_before_them() {
+    let mut s = serve(CasLimits::default()).await;
+    let (x, y) = (b"x".to_vec(), b"y".to_vec());
+    put(&mut s.client, &[(digest_of(&x), x), (digest_of(&y), y)]).await;
+    // A path that could leave the tree is refused as soon as the Directory is read.
+    let escaping = put_dir(
+        &mut s.client,
+        &Directory {
+            files: vec![file(b"a", b"x"), link(b"b", b"x", b"../a")],
+            ..Directory::default()
+        },
+    )
+    .await;
+    let err = missing_tree(&mut s.client, &escaping).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("hardlink"), "{}", err.message());
+    // Links to what is not a file made before, or to other content, fail the checkout.
+    let sub = put_dir(
+        &mut s.client,
+        &Directory {
+            files: vec![file(b"z", b"x")],
+            ..Directory::default()
+        },
+    )
+    .await;
+    for (what, dir) in [
+        (
+            "not a file made before it",
+            Directory {
+                files: vec![link(b"a", b"x", b"sub/z")],
+                directories: vec![hoist_proto::v1::DirectoryNode {
+                    name: b"sub".to_vec(),
+                    digest: Some(sub.clone()),
+                    meta: meta(),
+                }],
+                ..Directory::default()
+            },
+        ),
+        (
+            "other content",
+            Directory {
+                files: vec![file(b"a", b"x"), link(b"b", b"y", b"a")],
+                ..Directory::default()
+            },
+        ),
+        (
+            "not a file made before it",
+            Directory {
+                files: vec![link(b"b", b"x", b"l")],
+                symlinks: vec![SymlinkNode {
+                    name: b"l".to_vec(),
+                    target: b"/etc/passwd".to_vec(),
+                    meta: meta(),
+                }],
+                ..Directory::default()
+            },
+        ),
+    ] {
+        let root = put_dir(&mut s.client, &dir).await;
+        let store = Arc::clone(&s.store);
+        let err = tokio::task::spawn_blocking(move || store.checkout(&root))
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(what), "{what}: {err}");
+    }
+    // And a good one is a link again.
+    let good = put_dir(
+        &mut s.client,
+        &Directory {
+            files: vec![file(b"a", b"x"), link(b"b", b"x", b"a")],
+            ..Directory::default()
+        },
+    )
+    .await;
+    let store = Arc::clone(&s.store);
+    let lease = tokio::task::spawn_blocking(move || store.checkout(&good))
+        .await
+        .unwrap()
+        .unwrap();
+    let ino = |f: &str| {
+        std::os::unix::fs::MetadataExt::ino(&fs_err::metadata(lease.path().join(f)).unwrap())
+    };
+    assert_eq!(ino("a"), ino("b"));
 }
 
 /// Stores blobs through BatchUpdateBlobs, returning each one's (code, message).

@@ -418,7 +418,13 @@ pub(crate) fn build(
     }
     let count = files.len() as u64;
     drop(files);
-    let root_digest = assemble(walked, &mut digests.into_iter(), &mut blobs);
+    let root_digest = assemble(
+        walked,
+        b"",
+        &mut digests.into_iter(),
+        &mut HashMap::new(),
+        &mut blobs,
+    );
     Ok(Tree {
         root: root_digest,
         blobs,
@@ -426,22 +432,51 @@ pub(crate) fn build(
     })
 }
 /// The Directory of `walked`, its digest, and those of the directories below, into `blobs`.
+///
+/// `rel` is the directory's path from the root; `linked` holds the first path met of each
+/// file with more than one link, so that the later ones go as hardlinks of it (COPY keeps
+/// hardlinks, so the server's tree must have them too).
 fn assemble(
     walked: Walked,
+    rel: &[u8],
     digests: &mut impl Iterator<Item = String>,
+    linked: &mut HashMap<(u64, u64), Vec<u8>>,
     blobs: &mut HashMap<String, (Digest, Blob)>,
 ) -> Digest {
+    let path_of = |name: &[u8]| {
+        let mut path = rel.to_vec();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        path
+    };
     let mut dir = Directory {
         files: walked
             .files
             .into_iter()
-            .map(|(name, file, meta)| FileNode {
-                name,
-                digest: Some(Digest {
-                    hash: digests.next().unwrap_or_default(),
-                    size_bytes: i64::try_from(file.meta.len()).unwrap_or(i64::MAX),
-                }),
-                meta: Some(meta),
+            .map(|(name, file, meta)| {
+                let hardlink = if file.meta.nlink() > 1 {
+                    let id = (file.meta.dev(), file.meta.ino());
+                    match linked.get(&id) {
+                        Some(first) => first.clone(),
+                        None => {
+                            linked.insert(id, path_of(&name));
+                            Vec::new()
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
+                FileNode {
+                    digest: Some(Digest {
+                        hash: digests.next().unwrap_or_default(),
+                        size_bytes: i64::try_from(file.meta.len()).unwrap_or(i64::MAX),
+                    }),
+                    name,
+                    meta: Some(meta),
+                    hardlink,
+                }
             })
             .collect(),
         directories: Vec::new(),
@@ -449,7 +484,7 @@ fn assemble(
         specials: walked.specials,
     };
     for (name, child, meta) in walked.dirs {
-        let digest = assemble(child, digests, blobs);
+        let digest = assemble(child, &path_of(&name), digests, linked, blobs);
         dir.directories.push(DirectoryNode {
             name,
             digest: Some(digest),

@@ -491,6 +491,9 @@ mod tests {
         fs_err::set_permissions(d.join("a/x"), std::fs::Permissions::from_mode(0o4750)).unwrap();
         fs_err::set_permissions(d.join("empty"), std::fs::Permissions::from_mode(0o1777)).unwrap();
         std::os::unix::fs::symlink("../a/x", d.join("a/b/link")).unwrap();
+        // Hardlinks, within a directory and across two: COPY keeps them.
+        fs_err::hard_link(d.join("a/b/y"), d.join("a/b/y2")).unwrap();
+        fs_err::hard_link(d.join("a/b/y"), d.join("a/y3")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
             d.join("fifo"),
@@ -510,8 +513,9 @@ mod tests {
         let ctx = context();
         let up = send(&s, ctx.path(), COPY_ALL).await;
         assert_eq!(up.ignore_patterns, ["*.key"]);
-        // a/x, a/b/y, a/big, .dockerignore; not secret.key.
-        assert_eq!((up.files, up.blobs_sent), (4, 4));
+        // a/x, a/b/y (and its two hardlinks), a/big, .dockerignore; not secret.key. The links
+        // need no blob of their own.
+        assert_eq!((up.files, up.blobs_sent), (6, 4));
         let store = Arc::clone(&s.store);
         let root = up.root.clone();
         let lease = tokio::task::spawn_blocking(move || store.checkout(&root))
@@ -538,10 +542,15 @@ mod tests {
             );
             assert_eq!(
                 got.nlink(),
-                1,
-                "{file}: a checked-out file shares its inode"
+                sent.nlink(),
+                "{file}: a checked-out file shares an inode it should not, or misses a link"
             );
         }
+        // The hardlinks are links of each other again, and of nothing else.
+        let inode = |f: &str| fs_err::metadata(tree.join(f)).unwrap().ino();
+        assert_eq!(inode("a/b/y"), inode("a/b/y2"));
+        assert_eq!(inode("a/b/y"), inode("a/y3"));
+        assert_ne!(inode("a/b/y"), inode("a/x"));
         assert!(
             !tree.join("secret.key").exists(),
             ".dockerignore was not applied"
