@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::{Project, Registry, steps_that_ran};
+use support::{Project, Registry, files_under, steps_that_ran};
 
 fn runtimes() -> [&'static str; 2] {
     ["builtin", "/usr/sbin/runc"]
@@ -23,28 +23,6 @@ fn ok(out: &Output) -> String {
     let text = stderr(out);
     assert!(out.status.success(), "hoist build failed:\n{text}");
     text
-}
-
-/// Every file under `dir`, recursively (not following symlinks).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs_err::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                out.push(entry.path());
-            }
-        }
-    }
-    out
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

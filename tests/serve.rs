@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Project, Registry, Running, Server, mounts_under, processes_running};
+use support::{Project, Registry, Running, Server, files_under, mounts_under, processes_running};
 
 /// `hoist build --remote ADDR --progress=plain ARGS CONTEXT` from `p`, with `env` added.
 fn remote_env(p: &Project, addr: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -68,24 +68,6 @@ fn unix_server(args: &[&str]) -> (tempfile::TempDir, Server) {
     all.extend_from_slice(args);
     let server = Server::start(&all);
     (dir, server)
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs_err::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => found.push(e.path()),
-                _ => {}
-            }
-        }
-    }
-    found
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

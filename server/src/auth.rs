@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::error_chain;
+
 /// A token shorter than this is too easy to guess to guard a build service.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -273,21 +275,6 @@ fn expect_certificate(pem: &[u8], path: &Path, what: &'static str) -> Result<(),
         });
     }
     Ok(())
-}
-
-/// An error and its causes on one line: tonic's errors keep the useful part in their sources.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let shown = cause.to_string();
-        if !text.contains(&shown) {
-            text.push_str(": ");
-            text.push_str(&shown);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl Group {

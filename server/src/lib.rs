@@ -28,3 +28,20 @@ pub mod serve;
 pub mod session;
 
 pub use addr::Addr;
+
+/// An error and its causes on one line, each cause once: tonic's and hyper's errors keep the
+/// useful part in their sources, often repeating it.
+#[must_use]
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let shown = cause.to_string();
+        if !text.contains(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        source = cause.source();
+    }
+    text
+}

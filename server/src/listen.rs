@@ -19,7 +19,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::Addr;
-use crate::auth::{AuthConfig, error_chain};
+use crate::auth::AuthConfig;
+use crate::error_chain;
 
 /// The socket's mode: its owner and group may connect, nobody else.
 const SOCKET_MODE: u32 = 0o660;

@@ -54,7 +54,7 @@ struct CasContexts {
 }
 
 fn cas_status(e: &CasError) -> Status {
-    let text = crate::auth::error_chain(e);
+    let text = crate::error_chain(e);
     match e {
         CasError::Fs(_) => Status::internal(text),
         _ => Status::failed_precondition(text),

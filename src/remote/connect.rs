@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use hoist_proto::v1::cas_client::CasClient;
 use hoist_proto::v1::control_client::ControlClient;
-use hoist_server::Addr;
+use hoist_server::{Addr, error_chain};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -382,21 +382,6 @@ pub(crate) fn explain(addr: &Addr, status: &tonic::Status) -> anyhow::Error {
             }
         }
     }
-}
-
-/// An error and its causes on one line: tonic keeps the useful part in the sources.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let shown = cause.to_string();
-        if !text.contains(&shown) {
-            text.push_str(": ");
-            text.push_str(&shown);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -85,30 +85,6 @@ fn kill_9(mut running: Running) {
     running.0.wait().unwrap();
 }
 
-/// The cgroups of the killed process `pid` (named `<pid>-<start>-<n>` by the executor), in
-/// every hierarchy.
-fn cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let prefix = format!("{pid}-");
-    let mut found = Vec::new();
-    let mut stack = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = fs_err::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                found.push(e.path());
-            } else if depth < 5 {
-                stack.push((e.path(), depth + 1));
-            }
-        }
-    }
-    found
-}
-
 /// What the dead process left: at least `min` bytes of debris under `tmp/`. Then the next
 /// start of hoist on the root reclaims it all and says so, and leaves nothing of its own.
 fn next_start_reclaims(p: &Project, killed: u32, min: u64) {
@@ -132,9 +108,9 @@ fn next_start_reclaims(p: &Project, killed: u32, min: u64) {
         .collect();
     assert!(left.is_empty(), "left in tmp/: {left:?}");
     assert!(
-        cgroups_of(killed).is_empty(),
+        crate::support::cgroups_of_process(killed).is_empty(),
         "cgroups of the killed build: {:?}",
-        cgroups_of(killed)
+        crate::support::cgroups_of_process(killed)
     );
     assert!(
         mounts_under(p.root.path()).is_empty(),

@@ -25,42 +25,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Self {
-        let bin = "/usr/bin/docker-registry";
-        assert!(
-            Path::new(bin).exists(),
-            "{bin} is missing: apt-get install docker-registry"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let config = dir.path().join("config.yml");
-        fs_err::write(
-            &config,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the registry did not start on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            addr,
-            _dir: dir,
-        }
+        Self::start_with("")
     }
 }
 
@@ -555,6 +520,10 @@ impl Registry {
     /// is `extra`.
     pub fn start_with(extra: &str) -> Self {
         let bin = "/usr/bin/docker-registry";
+        assert!(
+            Path::new(bin).exists(),
+            "{bin} is missing: apt-get install docker-registry"
+        );
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("config.yml");
@@ -607,6 +576,25 @@ pub fn cgroups_of_process(pid: u32) -> Vec<PathBuf> {
                 found.push(e.path());
             } else if depth < 5 {
                 stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    found
+}
+
+/// Every regular file under `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs_err::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => found.push(e.path()),
+                _ => {}
             }
         }
     }
