@@ -122,7 +122,13 @@ impl ScratchArea {
                 .tempdir_in(tmp)
                 .map_err(io_err("create a scratch area in", tmp))?
                 .keep();
-            let lock = open_dir(&new).map_err(io_err("open", &new))?;
+            let lock = match open_dir(&new) {
+                Ok(lock) => lock,
+                // Another process's start-up reclaimed it as debris before it could be
+                // opened and locked here: start over with another.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("open", &new)(e)),
+            };
             flock(&lock, FlockOperation::LockExclusive)
                 .map_err(|e| io_err("lock", &new)(e.into()))?;
             let id = new
