@@ -219,3 +219,97 @@ fn pull_and_push_need_no_sandbox_and_no_build_index() {
         "pull or push opened the build index"
     );
 }
+
+/// The media types of an image's layers in the registry, bottom first, as skopeo reads them.
+fn layer_media_types(image: &str) -> Vec<String> {
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo (apt-get install skopeo)");
+    let manifest: serde_json::Value = serde_json::from_slice(&ok(&raw).into_bytes()).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// buildx's `-o` names the image, pushes it and picks zstd; a base image pulled as gzip keeps
+/// its layer under the new zstd one, and podman pulls and runs the mixed image.
+#[test]
+fn zstd_layers_pushed_with_buildx_output_syntax_run_under_podman() {
+    let registry = Registry::start();
+    let root = tempfile::tempdir().unwrap();
+    let base_ctx = tempfile::tempdir().unwrap();
+    let status =
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/busybox-rootfs.sh"))
+            .arg(base_ctx.path().join("rootfs.tar"))
+            .status()
+            .unwrap();
+    assert!(status.success());
+    fs_err::write(
+        base_ctx.path().join("Dockerfile"),
+        "FROM scratch\nADD rootfs.tar /\n",
+    )
+    .unwrap();
+    let base = format!("{}/zstd/base:1", registry.addr);
+    ok(&hoist(
+        root.path(),
+        &[
+            "build",
+            "--progress=plain",
+            "-o",
+            &format!("type=image,name={base},push=true"),
+            base_ctx.path().to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        layer_media_types(&base),
+        ["application/vnd.oci.image.layer.v1.tar+gzip"]
+    );
+
+    let app_ctx = tempfile::tempdir().unwrap();
+    fs_err::write(
+        app_ctx.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN echo zstd-layer > /made\nCMD [\"cat\", \"/made\"]\n"),
+    )
+    .unwrap();
+    let (one, two) = (
+        format!("{}/zstd/app:1", registry.addr),
+        format!("{}/zstd/app:2", registry.addr),
+    );
+    // A fresh store: the base comes back from the registry as its gzip blob.
+    let app_root = tempfile::tempdir().unwrap();
+    ok(&hoist(
+        app_root.path(),
+        &[
+            "build",
+            "--progress=plain",
+            "-o",
+            &format!("type=registry,\"name={one},{two}\",compression=zstd,compression-level=19"),
+            app_ctx.path().to_str().unwrap(),
+        ],
+    ));
+    for image in [&one, &two] {
+        assert_eq!(
+            layer_media_types(image),
+            [
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                "application/vnd.oci.image.layer.v1.tar+zstd"
+            ],
+            "{image}"
+        );
+    }
+    let run = Command::new("podman")
+        .args(["run", "--rm", "--tls-verify=false", "--pull=always", &two])
+        .output()
+        .expect("podman (apt-get install podman)");
+    assert!(
+        run.status.success(),
+        "podman run {two}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "zstd-layer\n");
+}

@@ -315,6 +315,16 @@ impl ControlService {
                 }),
             },
             registry: Some(Arc::new(registry)),
+            compression: hoist_cache::CompressionOptions {
+                level: solve.compression_level,
+                ..hoist_cache::CompressionOptions::new(
+                    match pb::LayerCompression::try_from(solve.compression) {
+                        Ok(pb::LayerCompression::Zstd) => hoist_cache::Compression::Zstd,
+                        Ok(pb::LayerCompression::Uncompressed) => hoist_cache::Compression::None,
+                        _ => hoist_cache::Compression::Gzip,
+                    },
+                )
+            },
         })
     }
 

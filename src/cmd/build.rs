@@ -18,7 +18,7 @@ use hoist_worker::{BuildOutcome, BuildRequest, Dockerfile, LocalContext, LocalSe
 
 use crate::cmd::engine::{self, EngineArgs};
 use crate::cmd::remote::RemoteArgs;
-use crate::cmd::{Output, key_value};
+use crate::cmd::{Output, OutputSpec, key_value};
 use crate::progress;
 
 #[derive(Debug, Args)]
@@ -189,6 +189,60 @@ fn allowed(grants: &[String], entitlement: &str) -> anyhow::Result<bool> {
     Ok(found)
 }
 
+/// What the `-o` specs say about the one image a build makes, merged with `-t`, `--push` and
+/// `--docker-mediatypes`.
+struct ImageSettings {
+    tags: Vec<String>,
+    push: bool,
+    docker_mediatypes: bool,
+    compression: hoist_cache::CompressionOptions,
+}
+
+fn image_settings(args: &BuildArgs, specs: &[OutputSpec]) -> anyhow::Result<ImageSettings> {
+    let mut tags = args.tags.clone();
+    for name in specs.iter().flat_map(|s| &s.names) {
+        if !tags.contains(name) {
+            tags.push(name.clone());
+        }
+    }
+    // A build makes one image: its outputs must agree on how.
+    let mut compression: Option<hoist_cache::CompressionOptions> = None;
+    let mut oci: Option<bool> = args.docker_mediatypes.then_some(false);
+    for spec in specs {
+        if let Some(c) = &spec.compression {
+            match &compression {
+                Some(had) if (had.compression, had.level) != (c.compression, c.level) => bail!(
+                    "the outputs ask for different compressions ({:?} and {:?}): a build makes \
+                     one image; give the same compression= to each",
+                    had.compression,
+                    c.compression
+                ),
+                _ => compression = Some(*c),
+            }
+        }
+        if let Some(o) = spec.oci_mediatypes {
+            if oci.is_some_and(|had| had != o) {
+                bail!(
+                    "the outputs (or --docker-mediatypes) ask for both OCI and Docker media \
+                     types: a build makes one image"
+                );
+            }
+            oci = Some(o);
+        }
+    }
+    let compression = compression.unwrap_or_default();
+    let docker_mediatypes = oci == Some(false);
+    if docker_mediatypes && compression.compression == hoist_cache::Compression::Zstd {
+        bail!("compression=zstd needs OCI media types: Docker's have no zstd layer type");
+    }
+    Ok(ImageSettings {
+        tags,
+        push: args.push || specs.iter().any(|s| s.push),
+        docker_mediatypes,
+        compression,
+    })
+}
+
 /// The Dockerfile as docker finds it: `-f FILE` relative to the working directory, `-f -`
 /// from standard input, else `Dockerfile` in the context.
 fn read_dockerfile(file: Option<&Path>, context: &Path) -> anyhow::Result<Dockerfile> {
@@ -248,14 +302,20 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             bail!("{flag} is not supported yet; build without it");
         }
     }
-    let outputs: Vec<Output> = args
+    let specs: Vec<OutputSpec> = args
         .outputs
         .iter()
-        .map(|o| Output::parse(o))
+        .map(|o| OutputSpec::parse(o))
         .collect::<Result<_, _>>()?;
-    let push = args.push || outputs.iter().any(|o| matches!(o, Output::Registry));
+    let image = image_settings(&args, &specs)?;
+    let mut args = args;
+    args.tags.clone_from(&image.tags);
+    args.docker_mediatypes = image.docker_mediatypes;
+    let compression = image.compression;
+    let outputs: Vec<Output> = specs.into_iter().map(|s| s.output).collect();
+    let push = image.push;
     if push && args.tags.is_empty() {
-        bail!("--push needs at least one -t NAME to push to");
+        bail!("--push needs at least one -t NAME (or -o name=NAME) to push to");
     }
     if let Some(list) = args.platform.as_deref().filter(|p| p.contains(',')) {
         bail!(
@@ -295,7 +355,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         _ => NetworkMode::Default,
     };
     if let Some(addr) = args.remote.addr()? {
-        return run_remote(&args, &addr, &outputs, session, build_args, network, push);
+        return run_remote(&args, &addr, &outputs, session, build_args, network, &image);
     }
     let request = BuildRequest {
         session: Arc::new(session),
@@ -325,6 +385,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             || args.metadata_file.is_some(),
         limits: limits(&args)?,
         registry: None,
+        compression,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -492,8 +553,9 @@ fn run_remote(
     session: LocalSession,
     build_args: BTreeMap<String, String>,
     network: NetworkMode,
-    push: bool,
+    image: &ImageSettings,
 ) -> anyhow::Result<ExitCode> {
+    let (push, compression) = (image.push, image.compression);
     use crate::remote::build::OutputDest;
     use hoist_proto::v1 as pb;
     let dockerfile = read_dockerfile(args.file.as_deref(), &args.path)?;
@@ -567,6 +629,13 @@ fn run_remote(
             secret_ids: session.secret_ids().map(str::to_owned).collect(),
             ssh_ids: session.ssh_ids().map(str::to_owned).collect(),
             outputs: wire_outputs,
+            compression: match compression.compression {
+                hoist_cache::Compression::Gzip => pb::LayerCompression::Gzip,
+                hoist_cache::Compression::Zstd => pb::LayerCompression::Zstd,
+                hoist_cache::Compression::None => pb::LayerCompression::Uncompressed,
+            }
+            .into(),
+            compression_level: compression.level,
         };
         let events = Arc::new(progress::DisplayQueue::with_logs_command(format!(
             "hoist logs --remote {addr}"

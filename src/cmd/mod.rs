@@ -39,6 +39,190 @@ pub(crate) fn key_value(kv: &str, flag: &str) -> anyhow::Result<(String, String)
     }
 }
 
+/// Splits `-o`'s value as buildx does (CSV): a field in double quotes may hold commas, as
+/// `"name=a:1,b:2"` does.
+fn csv_fields(spec: &str) -> anyhow::Result<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    for c in spec.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    if quoted {
+        anyhow::bail!("output {spec:?}: a quote is not closed");
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
+/// One `hoist build -o` in buildx's syntax: where the image goes, and how it is made.
+#[derive(Debug)]
+pub(crate) struct OutputSpec {
+    pub(crate) output: Output,
+    /// `name=A,B`: names in the local store (and push targets with `push=true`).
+    pub(crate) names: Vec<String>,
+    pub(crate) push: bool,
+    /// `compression=`, `compression-level=`.
+    pub(crate) compression: Option<hoist_cache::CompressionOptions>,
+    /// `oci-mediatypes=`.
+    pub(crate) oci_mediatypes: Option<bool>,
+}
+
+/// Keys every image output takes, besides `type`.
+const IMAGE_KEYS: &[&str] = &[
+    "compression",
+    "compression-level",
+    "force-compression",
+    "oci-mediatypes",
+];
+
+impl OutputSpec {
+    /// Parses buildx's `-o`: `type=image|registry` with `name=`, `push=`; `type=oci|docker|tar`
+    /// with `dest=` (and `tar=false` for an OCI directory); `type=local,dest=`; and for every
+    /// image `compression=gzip|zstd|uncompressed`, `compression-level=N`,
+    /// `oci-mediatypes=true|false`. An unknown key, or a value out of range, is an error that
+    /// lists the valid ones.
+    pub(crate) fn parse(spec: &str) -> anyhow::Result<Self> {
+        use anyhow::{Context as _, bail};
+        let mut fields = std::collections::BTreeMap::new();
+        for kv in csv_fields(spec)? {
+            let Some((key, value)) = kv.split_once('=') else {
+                bail!("output {spec:?}: {kv:?} is not KEY=VALUE");
+            };
+            if fields.insert(key.to_owned(), value.to_owned()).is_some() {
+                bail!("output {spec:?}: {key} is given twice");
+            }
+        }
+        let kind = fields.get("type").cloned().with_context(|| {
+            format!("output {spec:?} has no type=: expected for example type=oci,dest=out.tar")
+        })?;
+        let allowed: Vec<&str> = match kind.as_str() {
+            "image" | "registry" => [&["type", "name", "push"][..], IMAGE_KEYS].concat(),
+            "oci" => [&["type", "dest", "tar"][..], IMAGE_KEYS].concat(),
+            "docker" | "tar" => [&["type", "dest"][..], IMAGE_KEYS].concat(),
+            "local" => vec!["type", "dest"],
+            other => bail!(
+                "unknown output type {other:?}: expected image, registry, oci, docker, local or tar"
+            ),
+        };
+        if let Some(key) = fields.keys().find(|k| {
+            let annotation = k.starts_with("annotation.") || k.starts_with("annotation-");
+            !allowed.contains(&k.as_str()) && !annotation
+        }) {
+            bail!(
+                "output {spec:?}: hoist does not know {key}= for type={kind}; the keys it takes \
+                 here are {}",
+                allowed.join(", ")
+            );
+        }
+        if let Some(key) = fields.keys().find(|k| k.starts_with("annotation")) {
+            bail!("output {spec:?}: {key}= is not supported yet; build without annotations");
+        }
+        let bool_of = |key: &str| -> anyhow::Result<Option<bool>> {
+            fields
+                .get(key)
+                .map(|v| match v.as_str() {
+                    "true" => Ok(true),
+                    "false" => Ok(false),
+                    other => bail!("output {spec:?}: {key}={other}: expected true or false"),
+                })
+                .transpose()
+        };
+        if bool_of("force-compression")? == Some(true) {
+            bail!(
+                "output {spec:?}: force-compression=true is not supported yet: base image \
+                 layers keep the compression they were pulled with"
+            );
+        }
+        let compression = match fields.get("compression").map(String::as_str) {
+            None => None,
+            Some("gzip") => Some(hoist_cache::Compression::Gzip),
+            Some("zstd") => Some(hoist_cache::Compression::Zstd),
+            Some("uncompressed") => Some(hoist_cache::Compression::None),
+            Some(other) => {
+                bail!("output {spec:?}: compression={other}: expected gzip, zstd or uncompressed")
+            }
+        };
+        let level = fields
+            .get("compression-level")
+            .map(|v| {
+                let range = match compression.unwrap_or_default() {
+                    hoist_cache::Compression::Gzip => 0..=9,
+                    hoist_cache::Compression::Zstd => 1..=22,
+                    hoist_cache::Compression::None => {
+                        bail!("output {spec:?}: compression-level= needs compression=gzip or zstd")
+                    }
+                };
+                v.parse::<i32>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .with_context(|| {
+                        format!(
+                            "output {spec:?}: compression-level={v}: expected {} to {} for {}",
+                            range.start(),
+                            range.end(),
+                            fields.get("compression").map_or("gzip", String::as_str)
+                        )
+                    })
+            })
+            .transpose()?;
+        let compression = match (compression, level) {
+            (None, None) => None,
+            (c, level) => Some(hoist_cache::CompressionOptions {
+                level,
+                ..hoist_cache::CompressionOptions::new(c.unwrap_or_default())
+            }),
+        };
+        let dest = || -> anyhow::Result<PathBuf> {
+            fields
+                .get("dest")
+                .map(PathBuf::from)
+                .with_context(|| format!("output {spec:?} needs dest=PATH"))
+        };
+        let output = match kind.as_str() {
+            "image" => Output::Image,
+            "registry" => Output::Registry,
+            "oci" => {
+                let dest = dest()?;
+                // Without tar=, a dest ending in .tar is a tar and any other a directory, as
+                // hoist has always read it; tar=false is buildx's way to ask for a directory.
+                let tar =
+                    bool_of("tar")?.unwrap_or_else(|| dest.extension().is_some_and(|e| e == "tar"));
+                if tar {
+                    Output::OciTar(dest)
+                } else {
+                    Output::OciDir(dest)
+                }
+            }
+            "tar" => Output::OciTar(dest()?),
+            "docker" => Output::Docker(dest()?),
+            _ => Output::Local(dest()?),
+        };
+        let push = bool_of("push")?.unwrap_or(false) || matches!(output, Output::Registry);
+        let names: Vec<String> = fields
+            .get("name")
+            .map(|n| {
+                n.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            output,
+            names,
+            push,
+            compression,
+            oci_mediatypes: bool_of("oci-mediatypes")?,
+        })
+    }
+}
+
 /// Where `-o type=…` sends an image.
 #[derive(Debug)]
 pub(crate) enum Output {

@@ -10,24 +10,71 @@ fn stderr_of(out: &std::process::Output) -> String {
 }
 
 #[test]
-fn output_keys_that_hoist_would_ignore_are_refused() {
+fn output_keys_and_values_that_hoist_would_ignore_are_refused() {
     let p = Project::new("FROM scratch\nADD rootfs.tar /\n");
-    for (spec, key) in [
-        ("type=image,name=127.0.0.1:9/x:1,push=true", "name="),
-        ("type=registry,compression=zstd", "compression="),
-        ("type=local,dest=/tmp/hoist-never,foo=bar", "foo="),
+    for (spec, expect) in [
+        (
+            "type=local,dest=/tmp/hoist-never,foo=bar",
+            "hoist does not know foo= for type=local; the keys it takes here are type, dest",
+        ),
+        (
+            "type=image,dest=/tmp/hoist-never",
+            "hoist does not know dest= for type=image; the keys it takes here are type, name, push",
+        ),
+        (
+            "type=image,compression=brotli",
+            "compression=brotli: expected gzip, zstd or uncompressed",
+        ),
+        (
+            "type=image,compression=zstd,compression-level=23",
+            "compression-level=23: expected 1 to 22 for zstd",
+        ),
+        (
+            "type=image,compression-level=10",
+            "compression-level=10: expected 0 to 9 for gzip",
+        ),
+        (
+            "type=image,push=maybe",
+            "push=maybe: expected true or false",
+        ),
+        (
+            "type=image,compression=zstd,oci-mediatypes=false",
+            "compression=zstd needs OCI media types",
+        ),
+        (
+            "type=image,force-compression=true",
+            "force-compression=true is not supported yet",
+        ),
+        (
+            "type=image,annotation.org.example=1",
+            "annotation.org.example= is not supported yet",
+        ),
+        ("type=image,\"name=a,b", "a quote is not closed"),
     ] {
         let out = p.hoist(&["-o", spec]);
         let stderr = stderr_of(&out);
         assert!(!out.status.success(), "-o {spec} was accepted:\n{stderr}");
+        assert!(stderr.contains(expect), "-o {spec}: {stderr}");
         assert!(
-            stderr.contains(key) && stderr.contains("not supported yet"),
-            "-o {spec}: {stderr}"
+            crate::support::steps_that_ran(&stderr).is_empty(),
+            "-o {spec} ran steps: {stderr}"
         );
     }
     let out = p.hoist(&["-o", "type=local,dest"]);
     assert!(
         stderr_of(&out).contains("is not KEY=VALUE"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Two outputs of one build must agree on the one image it makes.
+    let out = p.hoist(&[
+        "-o",
+        "type=image,compression=zstd",
+        "-o",
+        "type=oci,dest=/tmp/hoist-never.tar,compression=gzip",
+    ]);
+    assert!(
+        stderr_of(&out).contains("the outputs ask for different compressions"),
         "{}",
         stderr_of(&out)
     );

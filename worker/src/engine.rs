@@ -56,6 +56,9 @@ pub struct BuildRequest {
     pub write_image: bool,
     /// cgroup limits of every RUN.
     pub limits: hoist_executor::spec::Limits,
+    /// How the image's new layers are compressed (`-o compression=…`); base image layers
+    /// keep the blobs they were pulled as.
+    pub compression: hoist_cache::CompressionOptions,
     /// The registry client of this build, when it is not the engine's: a remote build pulls
     /// and pushes with its client's credentials (see
     /// [`Client::with_credential_source`]).
@@ -283,7 +286,10 @@ impl Engine {
         let layers = {
             let state = Arc::clone(&self.state);
             let chain = Arc::clone(chain);
-            let options = BuildWorker::default_diff_options();
+            let options = hoist_cache::DiffOptions {
+                compression: request.compression,
+                ..BuildWorker::default_diff_options()
+            };
             tokio::task::spawn_blocking(move || state.layer_blobs(&chain, &options))
                 .await
                 .map_err(|e| {
