@@ -239,60 +239,22 @@ pub(crate) enum Output {
 }
 
 impl Output {
-    /// Parses `type=…[,dest=…]`. `type=oci` writes a tar when `dest` ends in `.tar`, else a
-    /// directory; `type=tar` always writes an OCI layout tar.
+    /// Parses a file output of an image that exists already (`hoist save -o`): `type=` and
+    /// `dest=` (and `tar=false`) as a build's `-o` takes them; what would change the image
+    /// (`compression=`, `name=`, …) is refused, since saving writes the image as it is.
     pub(crate) fn parse(spec: &str) -> anyhow::Result<Self> {
-        use anyhow::{Context as _, bail};
-        let mut fields = std::collections::BTreeMap::new();
-        for kv in spec.split(',') {
-            let Some((key, value)) = kv.split_once('=') else {
-                bail!("output {spec:?}: {kv:?} is not KEY=VALUE");
-            };
-            if fields.insert(key, value).is_some() {
-                bail!("output {spec:?}: {key} is given twice");
-            }
-        }
-        // Keys that BuildKit knows and hoist does not act on yet (name=, push=,
-        // compression=, …) are refused: ignored, they would leave a build that looks done
-        // and did not do what was asked.
-        let allowed: &[&str] = match fields.get("type").copied() {
-            Some("image" | "registry") => &["type"],
-            _ => &["type", "dest"],
-        };
-        if let Some(key) = fields.keys().find(|k| !allowed.contains(k)) {
-            bail!(
-                "output {spec:?}: {key}= is not supported yet; the keys hoist takes here are {}. \
-                 Name the image with -t and push it with --push",
-                allowed.join(", ")
+        let parsed = OutputSpec::parse(spec)?;
+        if parsed.compression.is_some()
+            || parsed.oci_mediatypes.is_some()
+            || !parsed.names.is_empty()
+            || (parsed.push && !matches!(parsed.output, Self::Registry))
+        {
+            anyhow::bail!(
+                "output {spec:?}: saving writes the image as it is stored; give only type= and \
+                 dest= (build with -o compression=… or name=… to change it)"
             );
         }
-        let dest = || -> anyhow::Result<PathBuf> {
-            fields
-                .get("dest")
-                .map(PathBuf::from)
-                .with_context(|| format!("output {spec:?} needs dest=PATH"))
-        };
-        Ok(match fields.get("type").copied() {
-            Some("image") => Self::Image,
-            Some("registry") => Self::Registry,
-            Some("oci") => {
-                let dest = dest()?;
-                if dest.extension().is_some_and(|e| e == "tar") {
-                    Self::OciTar(dest)
-                } else {
-                    Self::OciDir(dest)
-                }
-            }
-            Some("tar") => Self::OciTar(dest()?),
-            Some("docker") => Self::Docker(dest()?),
-            Some("local") => Self::Local(dest()?),
-            Some(other) => bail!(
-                "unknown output type {other:?}: expected image, registry, oci, docker, local or tar"
-            ),
-            None => {
-                bail!("output {spec:?} has no type=: expected for example type=oci,dest=out.tar")
-            }
-        })
+        Ok(parsed.output)
     }
 
     /// Writes a file output of the image `manifest` under `names`; the store and registry
