@@ -388,9 +388,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         compression,
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::cmd::runtime()?;
     runtime.block_on(async {
         let engine = engine::open(&args.engine, args.max_parallelism)?;
         let events = Arc::new(progress::DisplayQueue::default());
@@ -580,7 +578,7 @@ fn run_remote(
         dests.push(dest);
     }
     let stat_dir = client_cache_dir(args);
-    let runtime = crate::cmd::remote::runtime()?;
+    let runtime = crate::cmd::runtime()?;
     runtime.block_on(async {
         let connection = args.remote.connect(addr).await?;
         let explain = |s: tonic::Status| crate::remote::connect::explain(connection.addr(), &s);

@@ -8,7 +8,8 @@ use anyhow::bail;
 use clap::Args;
 use hoist_solver::progress::ProgressSink;
 
-use crate::cmd::remote::{RemoteArgs, runtime};
+use crate::cmd::remote::RemoteArgs;
+use crate::cmd::runtime;
 use crate::progress;
 use crate::remote::connect::explain;
 

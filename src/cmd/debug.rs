@@ -122,13 +122,6 @@ fn unix_path(addr: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 /// A plain channel to a unix socket (no TLS, no token: a debugging tool).
 pub(crate) async fn unix_channel(path: &Path) -> anyhow::Result<tonic::transport::Channel> {
     let path = path.to_path_buf();
@@ -154,7 +147,7 @@ fn upload(args: &UploadArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| args.context.join("Dockerfile"));
     let text = fs_err::read_to_string(&dockerfile)?;
     let started = std::time::Instant::now();
-    let uploaded = runtime()?.block_on(async {
+    let uploaded = crate::cmd::runtime()?.block_on(async {
         let channel = unix_channel(&socket).await?;
         let cas = hoist_proto::v1::cas_client::CasClient::new(channel);
         crate::remote::upload::upload(
@@ -185,7 +178,7 @@ fn serve_cas(args: &ServeCasArgs) -> anyhow::Result<ExitCode> {
         &args.root,
         hoist_server::cas::CasLimits::default(),
     )?);
-    runtime()?.block_on(async {
+    crate::cmd::runtime()?.block_on(async {
         let _ = fs_err::remove_file(&socket);
         let listener = tokio::net::UnixListener::bind(&socket)
             .with_context(|| format!("listening on {}", socket.display()))?;

@@ -9,7 +9,8 @@ use hoist_worker::cache_mounts::CacheMounts;
 
 use crate::cmd::engine::{EngineArgs, open_store};
 use crate::cmd::image::human;
-use crate::cmd::remote::{RemoteArgs, runtime};
+use crate::cmd::remote::RemoteArgs;
+use crate::cmd::runtime;
 use crate::remote::connect::explain;
 
 #[derive(Debug, Args)]

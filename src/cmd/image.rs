@@ -59,15 +59,9 @@ fn platform(p: Option<&str>) -> anyhow::Result<Platform> {
     )
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
 pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
     let platform = platform(args.platform.as_deref())?;
-    runtime()?.block_on(async {
+    crate::cmd::runtime()?.block_on(async {
         let (state, client) = engine::open_store(&args.engine)?;
         let descriptor = hoist_registry::observe(
             progress(),
@@ -81,7 +75,7 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) fn push(args: &PushArgs) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(async {
+    crate::cmd::runtime()?.block_on(async {
         let (state, client) = engine::open_store(&args.engine)?;
         let pinned = hoist_registry::observe(
             progress(),

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::cmd::engine::EngineArgs;
-use crate::cmd::remote::{RemoteArgs, runtime};
+use crate::cmd::remote::RemoteArgs;
+use crate::cmd::runtime;
 use crate::remote::connect::explain;
 
 #[derive(Debug, Args)]

@@ -7,7 +7,8 @@ use clap::Args;
 use hoist_worker::logs::LogStore;
 
 use crate::cmd::engine::EngineArgs;
-use crate::cmd::remote::{RemoteArgs, runtime};
+use crate::cmd::remote::RemoteArgs;
+use crate::cmd::runtime;
 use crate::remote::connect::explain;
 
 #[derive(Debug, Args)]

@@ -17,6 +17,15 @@ pub(crate) mod serve;
 use std::io::Write as _;
 use std::path::PathBuf;
 
+/// The async runtime a command runs its work on.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 /// Renders an error and its causes on stderr, once, at the edge.
 pub(crate) fn report(err: &anyhow::Error) {
     let mut stderr = std::io::stderr().lock();

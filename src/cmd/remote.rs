@@ -50,10 +50,3 @@ impl RemoteArgs {
         connect(addr, &creds).await
     }
 }
-
-/// The runtime of a call to a server.
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}

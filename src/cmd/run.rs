@@ -57,9 +57,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             _ => NetworkMode::None,
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::cmd::runtime()?;
     let code = runtime.block_on(async {
         let engine = engine::open(&args.engine, None)?;
         let mut stdout = tokio::io::stdout();

@@ -102,9 +102,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         cas_limits: CasLimits::default(),
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::cmd::runtime()?;
     runtime.block_on(async {
         let engine = Arc::new(engine::open(&args.engine, args.max_parallelism)?);
         let shutdown = tokio_util::sync::CancellationToken::new();
