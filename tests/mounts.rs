@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::{Project, Registry, files_under, steps_that_ran};
+use support::{Project, Registry, contains, files_under, holding, steps_that_ran};
 
 fn runtimes() -> [&'static str; 2] {
     ["builtin", "/usr/sbin/runc"]
@@ -23,30 +23,6 @@ fn ok(out: &Output) -> String {
     let text = stderr(out);
     assert!(out.status.success(), "hoist build failed:\n{text}");
     text
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The files under `dir` that hold `needle`, gzip streams read decompressed.
-fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    files_under(dir)
-        .into_iter()
-        .filter(|f| {
-            let Ok(bytes) = fs_err::read(f) else {
-                return false;
-            };
-            if contains(&bytes, needle) {
-                return true;
-            }
-            if bytes.starts_with(&[0x1f, 0x8b]) {
-                let out = Command::new("gzip").args(["-dc"]).arg(f).output().unwrap();
-                return contains(&out.stdout, needle);
-            }
-            false
-        })
-        .collect()
 }
 
 #[test]

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Project, Registry, Running, Server, files_under, mounts_under, processes_running};
+use support::{
+    Project, Registry, Running, Server, files_under, holding, mounts_under, processes_running,
+};
 
 /// `hoist build --remote ADDR --progress=plain ARGS CONTEXT` from `p`, with `env` added.
 fn remote_env(p: &Project, addr: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -68,30 +70,6 @@ fn unix_server(args: &[&str]) -> (tempfile::TempDir, Server) {
     all.extend_from_slice(args);
     let server = Server::start(&all);
     (dir, server)
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The files under `dir` that hold `needle`, as is or gzip-compressed (a layer).
-fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    files_under(dir)
-        .into_iter()
-        .filter(|f| {
-            let Ok(bytes) = fs_err::read(f) else {
-                return false;
-            };
-            if contains(&bytes, needle) {
-                return true;
-            }
-            if bytes.starts_with(&[0x1f, 0x8b]) {
-                let out = Command::new("gzip").args(["-dc"]).arg(f).output().unwrap();
-                return contains(&out.stdout, needle);
-            }
-            false
-        })
-        .collect()
 }
 
 fn sha256_hex(data: &[u8]) -> String {

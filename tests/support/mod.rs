@@ -600,3 +600,28 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The files under `dir` that hold `needle`, as is or gzip-compressed (a layer blob).
+pub fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|f| {
+            let Ok(bytes) = fs_err::read(f) else {
+                return false;
+            };
+            if contains(&bytes, needle) {
+                return true;
+            }
+            if bytes.starts_with(&[0x1f, 0x8b]) {
+                let out = Command::new("gzip").args(["-dc"]).arg(f).output().unwrap();
+                return contains(&out.stdout, needle);
+            }
+            false
+        })
+        .collect()
+}
