@@ -23,13 +23,15 @@
     clippy::expect_used
 )] // a report, not library code
 
+mod common;
+
+use common::{BUSYBOX, ensure_busybox, median, write};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const REGISTRY: &str = "127.0.0.1:5000";
-const BUSYBOX: &str = "127.0.0.1:5000/library/busybox:latest";
 
 /// BuildKit v0.24 on this VM and the targets, in seconds.
 const TARGETS: &[(&str, f64, f64)] = &[
@@ -90,11 +92,6 @@ fn measure(cmd: &mut Command) -> Measure {
         seconds: start.elapsed().as_secs_f64(),
         peak_kib: m.peak_kib,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 struct Args {
@@ -192,13 +189,6 @@ impl Builder for Docker {
     }
 }
 
-fn write(path: &Path, text: &str) {
-    if let Some(dir) = path.parent() {
-        fs_err::create_dir_all(dir).unwrap();
-    }
-    fs_err::write(path, text).unwrap();
-}
-
 /// BuildKit's benchmark context: 5,000 files of 123 bytes plus 1, 10, 50 and 100 MiB files.
 fn big_context(dir: &Path) {
     for i in 0..5000 {
@@ -219,51 +209,6 @@ fn big_context(dir: &Path) {
         }
         fs_err::write(dir.join(format!("big-{name}.bin")), &bytes).unwrap();
     }
-}
-
-fn ensure_busybox() {
-    let have = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            &format!("docker://{BUSYBOX}"),
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if have {
-        return;
-    }
-    eprintln!("seeding {BUSYBOX} with hoist");
-    let dir = tempfile::tempdir().unwrap();
-    let status =
-        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/busybox-rootfs.sh"))
-            .arg(dir.path().join("rootfs.tar"))
-            .status()
-            .unwrap();
-    assert!(status.success());
-    write(
-        &dir.path().join("Dockerfile"),
-        "FROM scratch\nADD rootfs.tar /\nCMD [\"sh\"]\n",
-    );
-    let root = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args([
-            "build",
-            "--progress=plain",
-            "-t",
-            BUSYBOX,
-            "--push",
-            "--root",
-        ])
-        .arg(root.path())
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// About one second of busybox shell arithmetic on this machine.

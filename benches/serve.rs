@@ -37,6 +37,9 @@
     clippy::cast_precision_loss
 )] // a report, not library code
 
+mod common;
+
+use common::{BUSYBOX, ensure_busybox, median, write};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -44,7 +47,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-const BUSYBOX: &str = "127.0.0.1:5000/library/busybox:latest";
 const HOIST: &str = env!("CARGO_BIN_EXE_hoist");
 const DOCKER: &str = "/usr/bin/docker";
 /// What the issue measured for 16 concurrent S1 builds through docker 20.10's BuildKit here.
@@ -90,20 +92,8 @@ fn args() -> Args {
     a
 }
 
-fn write(path: &Path, text: &str) {
-    if let Some(dir) = path.parent() {
-        fs_err::create_dir_all(dir).unwrap();
-    }
-    fs_err::write(path, text).unwrap();
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A field of /proc/PID/status in KiB (VmRSS, VmHWM), if the process is still there.
@@ -435,51 +425,6 @@ fn built_ids(batch: &Batch) -> impl Iterator<Item = String> + '_ {
         .filter(|c| c.ok)
         .map(|c| c.stdout.trim().to_owned())
         .filter(|id| !id.is_empty())
-}
-
-fn ensure_busybox() {
-    let have = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            &format!("docker://{BUSYBOX}"),
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if have {
-        return;
-    }
-    eprintln!("seeding {BUSYBOX} with hoist");
-    let dir = tempfile::tempdir().unwrap();
-    let status =
-        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/busybox-rootfs.sh"))
-            .arg(dir.path().join("rootfs.tar"))
-            .status()
-            .unwrap();
-    assert!(status.success(), "scripts/busybox-rootfs.sh failed");
-    write(
-        &dir.path().join("Dockerfile"),
-        "FROM scratch\nADD rootfs.tar /\nCMD [\"sh\"]\n",
-    );
-    let root = tempfile::tempdir().unwrap();
-    let out = Command::new(HOIST)
-        .args([
-            "build",
-            "--progress=plain",
-            "-t",
-            BUSYBOX,
-            "--push",
-            "--root",
-        ])
-        .arg(root.path())
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pushing {BUSYBOX}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// hoist's figures from one batch through a fresh server.
