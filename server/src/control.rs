@@ -674,13 +674,9 @@ struct BuildEvents {
 }
 
 impl BuildEvents {
-    fn send(&self, event: &Event) {
-        let bytes = match event {
-            Event::Log { data, .. } => data.len(),
-            _ => 0,
-        };
+    /// Queues one event for the client; `bytes` is the output it carries.
+    fn send(&self, wire: pb::Event, bytes: usize) {
         self.queued.fetch_add(bytes, Ordering::SeqCst);
-        let wire = crate::convert::event_out(event);
         let _ = self.events.send(Forward::Message(
             pb::ServerMessage {
                 kind: Some(pb::server_message::Kind::Event(wire)),
@@ -700,12 +696,17 @@ impl ProgressSink for BuildEvents {
             }
             _ => {}
         }
-        self.entry.record(&crate::convert::event_out(&event));
+        let wire = crate::convert::event_out(&event);
+        self.entry.record(&wire);
+        let bytes = match &event {
+            Event::Log { data, .. } => data.len(),
+            _ => 0,
+        };
         if let Some(id) = event.id() {
-            if let Event::Log { data, .. } = &event
-                && self.queued.load(Ordering::SeqCst) + data.len() > STREAM_LOG_BUDGET
+            if matches!(event, Event::Log { .. })
+                && self.queued.load(Ordering::SeqCst) + bytes > STREAM_LOG_BUDGET
             {
-                *locked(&self.skipped).entry(id).or_default() += data.len() as u64;
+                *locked(&self.skipped).entry(id).or_default() += bytes as u64;
                 return;
             }
             if let Some(bytes) = locked(&self.skipped).remove(&id) {
@@ -714,14 +715,17 @@ impl ProgressSink for BuildEvents {
                      `hoist logs --remote ADDR {}` prints all of it]\n",
                     self.entry.id()
                 );
-                self.send(&Event::Log {
+                let note = note.into_bytes();
+                let len = note.len();
+                let wire = crate::convert::event_out(&Event::Log {
                     id,
                     stream: hoist_solver::progress::Stream::Stderr,
-                    data: note.into_bytes(),
+                    data: note,
                 });
+                self.send(wire, len);
             }
         }
-        self.send(&event);
+        self.send(wire, bytes);
     }
 }
 
