@@ -209,9 +209,19 @@ where
             last.push(digest.hash.clone());
         }
     }
+    // Small blobs go in batches, big ones streamed; at most PARALLEL requests at once.
+    enum Upload {
+        Batch(Vec<String>),
+        Stream(String),
+    }
+    let uploads = batches
+        .into_iter()
+        .filter(|b| !b.is_empty())
+        .map(Upload::Batch)
+        .chain(big.into_iter().map(Upload::Stream));
     let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
-    for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+    for upload in uploads {
         let (cas, tree, counters, limit) = (
             cas.clone(),
             Arc::clone(tree),
@@ -220,19 +230,10 @@ where
         );
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await?;
-            send_batch(cas, &tree, batch, &counters).await
-        });
-    }
-    for hash in big {
-        let (cas, tree, counters, limit) = (
-            cas.clone(),
-            Arc::clone(tree),
-            Arc::clone(counters),
-            Arc::clone(&limit),
-        );
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await?;
-            send_stream(cas, &tree, &hash, &counters).await
+            match upload {
+                Upload::Batch(batch) => send_batch(cas, &tree, batch, &counters).await,
+                Upload::Stream(hash) => send_stream(cas, &tree, &hash, &counters).await,
+            }
         });
     }
     while let Some(done) = tasks.join_next().await {
