@@ -14,9 +14,9 @@ use hoist_proto::v1::{
     FindMissingBlobsResponse, FindMissingTreeRequest, FindMissingTreeResponse,
     QueryWriteStatusRequest, QueryWriteStatusResponse, WriteRequest, WriteResponse,
 };
-use hoist_server::Addr;
 use hoist_server::auth::{AuthConfig, TlsFiles};
 use hoist_server::listen::{self, ListenError};
+use hoist_server::{Addr, error_chain};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Response, Status};
@@ -212,17 +212,6 @@ async fn channel(hostport: &str, tls: Option<ClientTlsConfig>) -> Result<Channel
         endpoint = endpoint.tls_config(tls).unwrap();
     }
     endpoint.connect().await.map_err(|e| error_chain(&e))
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Asks the stub `Cas` about one blob, with `token` as a bearer token if given.
