@@ -457,6 +457,8 @@ pub struct CasStore {
     root: PathBuf,
     limits: CasLimits,
     received: AtomicU64,
+    /// Where blob data received is counted too (`hoist_bytes_uploaded_total`), when served.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Blobs known to be stored, so that asking about an unchanged tree of 50,000 files costs
     /// no 50,000 stats. Only this process removes blobs (prune), and it forgets them here
     /// first: the store belongs to one server.
@@ -488,6 +490,7 @@ impl CasStore {
             root: root.to_path_buf(),
             limits,
             received: AtomicU64::new(0),
+            metrics: None,
             present: Mutex::new(HashSet::new()),
             writing: Mutex::new(HashSet::new()),
             leased: Arc::new(Mutex::new(HashMap::new())),
@@ -500,10 +503,24 @@ impl CasStore {
         &self.limits
     }
 
-    /// Blob data received so far, by every upload (for metrics).
+    /// Counts the blob data uploads send into `metrics` too, as it arrives.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Blob data received so far, by every upload.
     #[must_use]
     pub fn bytes_received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    fn count_received(&self, bytes: u64) {
+        self.received.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.uploaded(bytes);
+        }
     }
 
     /// The gRPC service over this store.
@@ -542,8 +559,7 @@ impl CasStore {
     /// # Errors
     /// [`CasError::Mismatch`], [`CasError::TooBig`] or I/O.
     pub fn put(&self, id: &BlobId, bytes: &[u8]) -> Result<(), CasError> {
-        self.received
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.count_received(bytes.len() as u64);
         if bytes.len() as u64 > self.limits.max_blob {
             return Err(CasError::TooBig {
                 digest: id.to_string(),
@@ -816,7 +832,7 @@ impl CasStore {
                 });
             }
             let len = req.data.len() as u64;
-            self.received.fetch_add(len, Ordering::Relaxed);
+            self.count_received(len);
             if committed + len > id.size {
                 return Err(CasError::BadWrite {
                     digest: id.to_string(),

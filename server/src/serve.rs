@@ -141,13 +141,15 @@ pub async fn serve(
     ready: impl FnOnce(&Ready),
 ) -> Result<(), ServeError> {
     let cas_dir = serve_dir(&engine.state.root).join("cas");
-    let store = Arc::new(
-        CasStore::open(&cas_dir, options.cas_limits.clone()).map_err(|source| ServeError::Cas {
-            path: cas_dir.clone(),
-            source,
-        })?,
-    );
     let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(
+        CasStore::open(&cas_dir, options.cas_limits.clone())
+            .map_err(|source| ServeError::Cas {
+                path: cas_dir.clone(),
+                source,
+            })?
+            .with_metrics(Arc::clone(&metrics)),
+    );
     let contexts = Arc::new(CasContexts {
         store: Arc::clone(&store),
         state_root: engine.state.root.clone(),
@@ -184,25 +186,6 @@ pub async fn serve(
     if let Some(listener) = metrics_listener {
         tokio::spawn(listener.serve(Arc::clone(&metrics), stop_listening.clone()));
     }
-    // Upload bytes reach the metrics from the store's counter.
-    {
-        let metrics = Arc::clone(&metrics);
-        let store = Arc::clone(&store);
-        let stop = stop_listening.clone();
-        tokio::spawn(async move {
-            let mut counted = 0;
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = stop.cancelled() => return,
-                }
-                let now = store.bytes_received();
-                metrics.uploaded(now.saturating_sub(counted));
-                counted = now;
-            }
-        });
-    }
-
     tokio::select! {
         () = shutdown.cancelled() => {}
         // A listener that fails ends the server.
