@@ -25,6 +25,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::locked;
 use crate::metrics::{BuildResultLabel, Metrics};
 use crate::session::{Callbacks, Outbound, RemoteCredentials, RemoteSession};
 
@@ -118,10 +119,6 @@ impl Running {
         }
         history.listeners.retain(|l| l.send(event.clone()).is_ok());
     }
-}
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The builds of the server, the slots they run in, and whether it still takes new ones.

@@ -16,6 +16,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::locked;
+
 /// What the server sends down a build's stream.
 pub type Outbound = mpsc::Sender<Result<pb::ServerMessage, tonic::Status>>;
 
@@ -38,10 +40,6 @@ pub struct Callbacks {
     agent_dir: Mutex<Option<tempfile::TempDir>>,
     /// Cancelled when the client's stream ends: nothing asked after that is answered.
     gone: CancellationToken,
-}
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Callbacks {
