@@ -71,18 +71,18 @@ impl From<&Descriptor> for BlobRecord {
 
 /// A record's digests are sha256 ones, written and read as `"sha256:<hex>"`: the blobs and
 /// snapshots they name are stored under no other algorithm, so any other is a bad record.
-mod sha256 {
+pub(crate) mod sha256 {
     use oci_spec::image::Digest;
     use serde::{Deserialize as _, Deserializer, Serializer, de, ser};
 
     use crate::content::require_sha256;
 
-    pub(super) fn serialize<S: Serializer>(digest: &Digest, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(digest: &Digest, s: S) -> Result<S::Ok, S::Error> {
         let digest = require_sha256(digest).map_err(ser::Error::custom)?;
         s.serialize_str(digest.as_ref())
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
         let text = String::deserialize(d)?;
         let digest: Digest = text
             .parse()

@@ -60,6 +60,7 @@ pub mod context;
 pub mod copy;
 mod diff;
 mod digest;
+pub mod exchange;
 mod image;
 pub mod index;
 mod layout;

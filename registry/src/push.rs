@@ -312,8 +312,10 @@ impl Client {
             let d = digest.clone();
             blocking(&digest, move || store.stat(&d)).await?
         };
+        // A blob the store lacks may still be pushed without its bytes: the target may have
+        // it, or mount it from another repository (a blob an imported build cache named).
         match stored {
-            None => return Err(PushError::MissingBlob { digest }),
+            None => {}
             Some(n) if n != size => {
                 return Err(PushError::SizeMismatch {
                     digest,
@@ -367,6 +369,12 @@ impl Client {
                 // Anything else (say, no pull access to the source): try the next source.
                 _ => {}
             }
+        }
+        if stored.is_none() {
+            if let Some(abandoned) = session {
+                self.cancel_upload(target, &abandoned, &wait).await;
+            }
+            return Err(PushError::MissingBlob { digest });
         }
         let mut offset = 0u64;
         let mut resumed_from = 0u64;

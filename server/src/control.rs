@@ -259,6 +259,7 @@ impl ControlService {
                 limits.memory_bytes
             )));
         }
+        let (cache_from, cache_to) = cache_specs(&solve.cache_from, &solve.cache_to)?;
         let registry = self
             .engine
             .registry
@@ -312,6 +313,9 @@ impl ControlService {
                 }),
             },
             registry: Some(Arc::new(registry)),
+            cache_from,
+            cache_to,
+            push_only: solve.push_only,
             compression: hoist_cache::CompressionOptions {
                 level: solve.compression_level,
                 ..hoist_cache::CompressionOptions::new(
@@ -987,4 +991,44 @@ impl pb::control_server::Control for ControlService {
             max_parallelism: u32::try_from(self.engine.max_parallelism()).unwrap_or(u32::MAX),
         }))
     }
+}
+
+/// A remote build's `--cache-from` and `--cache-to`. A local directory would be the server's,
+/// not the client's: only registries are taken.
+fn cache_specs(
+    from: &[String],
+    to: &[String],
+) -> Result<
+    (
+        Vec<hoist_worker::exchange::CacheImport>,
+        Vec<hoist_worker::exchange::CacheExport>,
+    ),
+    Status,
+> {
+    use hoist_worker::exchange::{CacheExport, CacheImport, CacheLocation};
+    let local = |flag: &str, spec: &str| {
+        Status::invalid_argument(format!(
+            "{flag} {spec:?}: type=local is not available for a remote build (the directory \
+             would be on the server); use type=registry,ref=REF"
+        ))
+    };
+    let mut imports = Vec::new();
+    for spec in from {
+        let import =
+            CacheImport::parse(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if matches!(import.location, CacheLocation::Local(_)) {
+            return Err(local("--cache-from", spec));
+        }
+        imports.push(import);
+    }
+    let mut exports = Vec::new();
+    for spec in to {
+        let export =
+            CacheExport::parse(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if matches!(export.location, CacheLocation::Local(_)) {
+            return Err(local("--cache-to", spec));
+        }
+        exports.push(export);
+    }
+    Ok((imports, exports))
 }

@@ -96,10 +96,14 @@ pub(crate) struct BuildArgs {
     /// an ssh-agent for the build), or ID alone for $SSH_AUTH_SOCK.
     #[arg(long, value_name = "ID[=SOCKET|KEYFILE]")]
     ssh: Vec<String>,
-    /// Not supported yet: refused rather than ignored.
-    #[arg(long = "cache-from", hide = true)]
+    /// Use a build cache that --cache-to wrote: type=registry,ref=REF (or a bare REF), or
+    /// type=local,src=DIR. Repeatable; the first cache that has a step wins.
+    #[arg(long = "cache-from", value_name = "type=…")]
     cache_from: Vec<String>,
-    #[arg(long = "cache-to", hide = true)]
+    /// Write the build cache: type=registry,ref=REF or type=local,dest=DIR, with
+    /// mode=min|max (the final image's steps, or every stage's), compression=gzip|zstd|
+    /// uncompressed, compression-level=N, ignore-error=true. Repeatable.
+    #[arg(long = "cache-to", value_name = "type=…")]
     cache_to: Vec<String>,
     #[command(flatten)]
     remote: RemoteArgs,
@@ -187,6 +191,14 @@ fn allowed(grants: &[String], entitlement: &str) -> anyhow::Result<bool> {
         found |= grant == entitlement;
     }
     Ok(found)
+}
+
+/// Whether the image goes only to registries, so that layers an imported cache named need not
+/// be pulled here.
+fn push_only(push: bool, outputs: &[Output]) -> bool {
+    push && outputs
+        .iter()
+        .all(|o| matches!(o, Output::Image | Output::Registry))
 }
 
 /// What the `-o` specs say about the one image a build makes, merged with `-t`, `--push` and
@@ -294,14 +306,16 @@ fn key_values(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, S
 }
 
 pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    for (flag, used) in [
-        ("--cache-from", !args.cache_from.is_empty()),
-        ("--cache-to", !args.cache_to.is_empty()),
-    ] {
-        if used {
-            bail!("{flag} is not supported yet; build without it");
-        }
-    }
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|s| hoist_worker::exchange::CacheImport::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|s| hoist_worker::exchange::CacheExport::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let specs: Vec<OutputSpec> = args
         .outputs
         .iter()
@@ -386,6 +400,9 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         limits: limits(&args)?,
         registry: None,
         compression,
+        cache_from,
+        cache_to,
+        push_only: push_only(push, &outputs),
     };
 
     let runtime = crate::cmd::runtime()?;
@@ -634,6 +651,9 @@ fn run_remote(
             }
             .into(),
             compression_level: compression.level,
+            cache_from: args.cache_from.clone(),
+            cache_to: args.cache_to.clone(),
+            push_only: push_only(push, outputs),
         };
         let events = Arc::new(progress::DisplayQueue::with_logs_command(format!(
             "hoist logs --remote {addr}"

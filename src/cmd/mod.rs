@@ -147,45 +147,8 @@ impl OutputSpec {
                  layers keep the compression they were pulled with"
             );
         }
-        let compression = match fields.get("compression").map(String::as_str) {
-            None => None,
-            Some("gzip") => Some(hoist_cache::Compression::Gzip),
-            Some("zstd") => Some(hoist_cache::Compression::Zstd),
-            Some("uncompressed") => Some(hoist_cache::Compression::None),
-            Some(other) => {
-                bail!("output {spec:?}: compression={other}: expected gzip, zstd or uncompressed")
-            }
-        };
-        let level = fields
-            .get("compression-level")
-            .map(|v| {
-                let range = match compression.unwrap_or_default() {
-                    hoist_cache::Compression::Gzip => 0..=9,
-                    hoist_cache::Compression::Zstd => 1..=22,
-                    hoist_cache::Compression::None => {
-                        bail!("output {spec:?}: compression-level= needs compression=gzip or zstd")
-                    }
-                };
-                v.parse::<i32>()
-                    .ok()
-                    .filter(|n| range.contains(n))
-                    .with_context(|| {
-                        format!(
-                            "output {spec:?}: compression-level={v}: expected {} to {} for {}",
-                            range.start(),
-                            range.end(),
-                            fields.get("compression").map_or("gzip", String::as_str)
-                        )
-                    })
-            })
-            .transpose()?;
-        let compression = match (compression, level) {
-            (None, None) => None,
-            (c, level) => Some(hoist_cache::CompressionOptions {
-                level,
-                ..hoist_cache::CompressionOptions::new(c.unwrap_or_default())
-            }),
-        };
+        let compression = hoist_worker::exchange::parse_compression(&fields)
+            .map_err(|reason| anyhow::anyhow!("output {spec:?}: {reason}"))?;
         let dest = || -> anyhow::Result<PathBuf> {
             fields
                 .get("dest")

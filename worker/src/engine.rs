@@ -63,6 +63,15 @@ pub struct BuildRequest {
     /// and pushes with its client's credentials (see
     /// [`Client::with_credential_source`]).
     pub registry: Option<Arc<Client>>,
+    /// `--cache-from`, in order: the first cache that has a step wins.
+    pub cache_from: Vec<crate::exchange::CacheImport>,
+    /// `--cache-to`: each is written after the image is pushed.
+    pub cache_to: Vec<crate::exchange::CacheExport>,
+    /// The image goes only to registries (`--push` / `type=registry` and nothing that writes
+    /// files): layers that an imported cache hit named are then mounted or copied between
+    /// repositories, never pulled here, and the image is named in the local store only when
+    /// every blob of it is here.
+    pub push_only: bool,
 }
 
 /// What a build produced.
@@ -97,6 +106,8 @@ pub enum BuildError {
     Image(#[from] hoist_cache::ImageError),
     #[error("compressing the image's layers")]
     Layers(#[from] crate::WorkerError),
+    #[error("fetching the image's layers")]
+    Fetch(#[source] crate::WorkerError),
     #[error("naming the image in the local store")]
     Store(#[from] hoist_cache::LayoutError),
     #[error("invalid tag {tag:?}")]
@@ -207,12 +218,48 @@ impl Engine {
         // Lowering resolves base images; it is synchronous, so it runs on a blocking thread
         // that drives the registry calls on this runtime.
         let registry = Arc::clone(request.registry.as_ref().unwrap_or(&self.registry));
+        let internal = InternalSteps {
+            progress: Arc::clone(&progress),
+            next: Arc::default(),
+        };
+        // The cache documents load while the frontend resolves images and the context is
+        // hashed; a step waits for them only when the local cache misses.
+        let imported = (!request.cache_from.is_empty() && !request.no_cache).then(|| {
+            let steps = internal.clone();
+            let ids: Vec<(String, usize)> = request
+                .cache_from
+                .iter()
+                .map(|c| {
+                    let name = format!("[internal] importing cache from {}", c.location);
+                    (c.location.to_string(), steps.start(&name))
+                })
+                .collect();
+            let started = std::time::Instant::now();
+            crate::exchange::ImportedCache::start(
+                Arc::clone(&self.state),
+                Arc::clone(&registry),
+                request.cache_from.clone(),
+                Box::new(move |location, result| {
+                    let shown = location.to_string();
+                    let Some((_, id)) = ids.iter().find(|(l, _)| *l == shown) else {
+                        return;
+                    };
+                    match result {
+                        Ok(n) => steps.log(*id, &format!("{n} cached steps\n")),
+                        Err(why) => {
+                            steps.log(*id, &format!("warning: cache {shown} not used: {why}\n"))
+                        }
+                    }
+                    steps.finish(*id, started.elapsed(), None);
+                }),
+            )
+        });
         let resolver = RegistryResolver {
             client: Arc::clone(&registry),
             handle: tokio::runtime::Handle::current(),
             state: Arc::clone(&self.state),
             progress: Arc::clone(&progress),
-            steps: std::sync::atomic::AtomicUsize::new(0),
+            steps: Arc::clone(&internal.next),
         };
         let mut plan = {
             let source = source.to_owned();
@@ -242,17 +289,57 @@ impl Engine {
             limits: request.limits,
             selections: Mutex::default(),
         });
-        let solution = self
-            .solver
-            .solve(Job {
-                graph: &plan.graph,
-                roots: vec![plan.root],
-                worker,
-                progress,
-                cancel,
-                no_cache: request.no_cache,
-            })
-            .await?;
+        // A blob of an imported cache that turns out bad (unreachable, or not what its record
+        // says) is marked so, and the build is solved again: the steps that needed it now
+        // miss and run. Each round marks at least one more blob bad.
+        let mut retries = 0;
+        let solution = loop {
+            let bad_before = imported.as_ref().map_or(0, |i| i.bad.count());
+            let solved = self
+                .solver
+                .solve(Job {
+                    graph: &plan.graph,
+                    roots: vec![plan.root],
+                    worker: Arc::clone(&worker) as _,
+                    progress: Arc::clone(&progress),
+                    cancel: cancel.clone(),
+                    no_cache: request.no_cache,
+                    imported: imported
+                        .clone()
+                        .map(|i| Arc::new(i) as Arc<dyn hoist_solver::scheduler::Cache<Output>>),
+                })
+                .await
+                .map_err(BuildError::from);
+            // Outputs that write files need every blob here; a push mounts or copies them.
+            let solved = match solved {
+                Ok(solution) if !request.push_only => match solution.results.first() {
+                    Some(Output::Chain(chain)) => {
+                        let blobs: Vec<Descriptor> =
+                            chain.iter().filter_map(|l| l.blob.clone()).collect();
+                        self.state.fetch_blobs(&blobs).await.map(|()| solution)
+                    }
+                    _ => Ok(solution),
+                }
+                .map_err(BuildError::Fetch),
+                solved => solved,
+            };
+            match solved {
+                Err(e)
+                    if retries < 8
+                        && !cancel.is_cancelled()
+                        && imported.as_ref().map_or(0, |i| i.bad.count()) > bad_before =>
+                {
+                    retries += 1;
+                    let id = internal.start("[internal] imported cache refused");
+                    internal.log(
+                        id,
+                        &format!("warning: {}\n", crate::exchange::error_text(&e)),
+                    );
+                    internal.finish(id, std::time::Duration::ZERO, None);
+                }
+                solved => break solved?,
+            }
+        };
         request.context.finish();
         let Some(Output::Chain(chain)) = solution.results.first() else {
             return Err(BuildError::Internal(
@@ -272,6 +359,15 @@ impl Engine {
         if !(request.write_image || request.push || !request.tags.is_empty()) {
             let config =
                 hoist_cache::write_config(&self.state.blobs, &config, &extras, request.media)?;
+            self.export_caches(
+                request,
+                &plan.graph,
+                plan.root,
+                &solution,
+                imported.as_ref(),
+                &internal,
+            )
+            .await?;
             return Ok(BuildOutcome {
                 build: build.to_owned(),
                 manifest: None,
@@ -323,20 +419,26 @@ impl Engine {
         };
 
         let store = ImageStore::open(&self.state.root)?;
+        let complete = layers.iter().all(|l| self.state.blobs.has(l.digest()));
         let mut pushed = Vec::new();
         for tag in &request.tags {
             let reference: Reference = tag.parse().map_err(|source| BuildError::Tag {
                 tag: tag.clone(),
                 source,
             })?;
-            store.tag(&reference.to_string(), &manifest)?;
+            // An image whose blobs stayed in an imported cache's registry is not named here:
+            // nothing local could read it.
+            if complete {
+                store.tag(&reference.to_string(), &manifest)?;
+            }
             if request.push {
+                let mount_from = self.state.prepare_push(&reference, &layers).await?;
                 let report = registry
                     .push(
                         &reference,
                         &manifest,
                         self.state.registry_store(),
-                        &PushOptions::default(),
+                        &PushOptions { mount_from },
                     )
                     .await
                     .map_err(|source| BuildError::Push {
@@ -346,6 +448,15 @@ impl Engine {
                 pushed.push(report.reference.to_string());
             }
         }
+        self.export_caches(
+            request,
+            &plan.graph,
+            plan.root,
+            &solution,
+            imported.as_ref(),
+            &internal,
+        )
+        .await?;
         Ok(BuildOutcome {
             build: build.to_owned(),
             manifest: Some(manifest),
@@ -460,8 +571,156 @@ struct RegistryResolver {
     handle: tokio::runtime::Handle,
     state: Arc<State>,
     progress: Arc<dyn ProgressSink>,
-    /// Internal steps shown so far.
-    steps: std::sync::atomic::AtomicUsize,
+    /// Internal steps shown so far (shared with the build's other internal steps).
+    steps: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The build's own steps that no vertex stands for (`[internal] …`): cache import and
+/// export, and their warnings.
+#[derive(Clone)]
+struct InternalSteps {
+    progress: Arc<dyn ProgressSink>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl InternalSteps {
+    fn start(&self, name: &str) -> usize {
+        use hoist_solver::progress::{Event, internal_id};
+        let id = internal_id(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        self.progress.event(Event::Started {
+            id,
+            name: name.to_owned(),
+            digest: String::new(),
+            line: None,
+        });
+        id
+    }
+
+    fn log(&self, id: usize, line: &str) {
+        self.progress.event(hoist_solver::progress::Event::Log {
+            id,
+            stream: hoist_solver::progress::Stream::Stdout,
+            data: line.as_bytes().to_vec(),
+        });
+    }
+
+    fn finish(&self, id: usize, wall: std::time::Duration, error: Option<String>) {
+        use hoist_solver::progress::Event;
+        self.progress.event(match error {
+            None => Event::Finished {
+                id,
+                wall,
+                usage: None,
+            },
+            Some(error) => Event::Failed {
+                id,
+                error,
+                wall,
+                usage: None,
+            },
+        });
+    }
+}
+
+impl Engine {
+    /// Writes each `--cache-to`: the steps of the final image (`mode=min`) or of every stage
+    /// (`mode=max`), each with the layer chain that rebuilds it. A step this build did not need
+    /// (a later step hit) is exported from the local or imported record of its key.
+    async fn export_caches(
+        &self,
+        request: &BuildRequest,
+        graph: &hoist_solver::graph::Graph,
+        root: hoist_solver::graph::VertexId,
+        solution: &hoist_solver::scheduler::Solution<Output>,
+        imported: Option<&crate::exchange::ImportedCache>,
+        internal: &InternalSteps,
+    ) -> Result<(), BuildError> {
+        // Blobs the image push just sent can be mounted from its repositories.
+        let pushed: Vec<Reference> = if request.push {
+            request.tags.iter().filter_map(|t| t.parse().ok()).collect()
+        } else {
+            Vec::new()
+        };
+        use crate::exchange::ExportMode;
+        use hoist_solver::scheduler::Cache as _;
+        if request.cache_to.is_empty() {
+            return Ok(());
+        }
+        // The final image's steps: the root and what it is built on (first inputs).
+        let mut min = std::collections::HashSet::new();
+        let mut at = Some(root);
+        while let Some(id) = at {
+            min.insert(id);
+            at = graph.vertex(id).inputs.first().copied();
+        }
+        let local = IndexCache {
+            state: Arc::clone(&self.state),
+        };
+        for export in &request.cache_to {
+            let started = std::time::Instant::now();
+            let id = internal.start(&format!(
+                "[internal] exporting cache to {}",
+                export.location
+            ));
+            let mut records = Vec::new();
+            for v in &solution.vertices {
+                if export.mode == ExportMode::Min && !min.contains(&v.id) {
+                    continue;
+                }
+                let chain = match &v.result {
+                    Some(Output::Chain(chain)) => Some(Arc::clone(chain)),
+                    Some(Output::Context(_)) => None,
+                    None => {
+                        let vertex = graph.vertex(v.id);
+                        match local.lookup(&v.key, vertex).await {
+                            Ok(Some(Output::Chain(chain))) => Some(chain),
+                            _ => match imported {
+                                Some(i) => i.chain_of(&v.key).await.map(Arc::new),
+                                None => None,
+                            },
+                        }
+                    }
+                };
+                if let Some(chain) = chain {
+                    records.push((v.key, chain));
+                }
+            }
+            let exported = crate::exchange::export(
+                &self.state,
+                request.registry.as_ref().unwrap_or(&self.registry),
+                export,
+                records,
+                request.compression,
+                &pushed,
+            )
+            .await;
+            match exported {
+                Ok(report) => {
+                    internal.log(
+                        id,
+                        &format!(
+                            "{} steps, {} blobs; {} blobs sent ({} bytes), the rest were there or mounted\n",
+                            report.records, report.blobs, report.uploaded, report.bytes_sent
+                        ),
+                    );
+                    if let Some(m) = report.manifest {
+                        internal.log(id, &format!("cache manifest {m}\n"));
+                    }
+                    internal.finish(id, started.elapsed(), None);
+                }
+                Err(e) if export.ignore_error => {
+                    let why = crate::exchange::error_text(&e);
+                    internal.log(id, &format!("warning: {why} (ignore-error=true)\n"));
+                    internal.finish(id, started.elapsed(), None);
+                }
+                Err(e) => {
+                    internal.finish(id, started.elapsed(), Some(crate::exchange::error_text(&e)));
+                    return Err(BuildError::Layers(e));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ImageResolver for RegistryResolver {

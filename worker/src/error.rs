@@ -113,6 +113,15 @@ pub enum WorkerError {
     SshMissing { id: String },
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),
+    #[error(
+        "blob {digest} of an imported cache: {reason}; the steps that need it are built \
+         instead"
+    )]
+    ImportedBlob { digest: Digest, reason: String },
+    #[error("blob {digest} is in no store and no imported cache")]
+    BlobMissing { digest: Digest },
+    #[error("exporting the cache to {target}: {reason}")]
+    CacheExport { target: String, reason: String },
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("cancelled")]

@@ -36,6 +36,7 @@ pub mod cache_mounts;
 pub mod context;
 pub mod engine;
 pub mod error;
+pub mod exchange;
 pub mod exec;
 pub mod file;
 pub mod image;

@@ -21,6 +21,7 @@ use hoist_executor::{Executor, Rootfs, RunRequest};
 use hoist_solver::scheduler::BoxError;
 
 use crate::error::{WorkerError, io_err};
+use crate::exchange::{BlobSource, SourceKind};
 
 /// `PATH` for a process whose image sets none (Docker's default).
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -68,6 +69,8 @@ pub struct State {
     scratch: Arc<ScratchArea>,
     /// What opening the state reclaimed from processes that died mid-work.
     pub reclaimed: Reclaimed,
+    /// Where blobs that imported cache hits named can be had (see [`crate::exchange`]).
+    blob_sources: std::sync::Mutex<std::collections::HashMap<Digest, Arc<BlobSource>>>,
 }
 
 impl State {
@@ -97,7 +100,167 @@ impl State {
             index_opening: std::sync::Mutex::new(()),
             scratch,
             reclaimed,
+            blob_sources: std::sync::Mutex::default(),
         })
+    }
+
+    /// Records where imported blobs can be fetched from, for [`State::materialize`].
+    pub(crate) fn add_blob_sources(
+        &self,
+        sources: impl Iterator<Item = (Digest, Arc<BlobSource>)>,
+    ) {
+        let mut known = self
+            .blob_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.extend(sources);
+    }
+
+    fn blob_source(&self, digest: &Digest) -> Option<Arc<BlobSource>> {
+        self.blob_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(digest)
+            .cloned()
+    }
+
+    /// Fetches into the content store every blob of `blobs` that it lacks, from where an
+    /// imported cache said it is, in parallel. A blob that cannot be had is marked bad in its
+    /// import, so that a new solve rebuilds what needed it.
+    ///
+    /// # Errors
+    /// [`WorkerError::ImportedBlob`] for a blob that failed; [`WorkerError::SnapshotGone`]-like
+    /// [`WorkerError::BlobMissing`] for one nobody can provide.
+    pub async fn fetch_blobs(self: &Arc<Self>, blobs: &[Descriptor]) -> Result<(), WorkerError> {
+        let mut missing = blobs
+            .iter()
+            .filter(|b| !self.blobs.has(b.digest()))
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut set = tokio::task::JoinSet::new();
+        let mut first_error = None;
+        loop {
+            while set.len() < 4 {
+                let Some(blob) = missing.next() else { break };
+                let state = Arc::clone(self);
+                set.spawn(async move {
+                    let Some(source) = state.blob_source(blob.digest()) else {
+                        return Err(WorkerError::BlobMissing {
+                            digest: blob.digest().clone(),
+                        });
+                    };
+                    crate::exchange::fetch(&state, &source, &blob)
+                        .await
+                        .map_err(|reason| {
+                            source.bad.mark(blob.digest());
+                            WorkerError::ImportedBlob {
+                                digest: blob.digest().clone(),
+                                reason,
+                            }
+                        })
+                });
+            }
+            let Some(joined) = set.join_next().await else {
+                break;
+            };
+            let result = joined.unwrap_or(Err(WorkerError::Internal("a blob fetch task panicked")));
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Makes the snapshots of `chain` that are missing, from blobs that an imported cache hit
+    /// named: fetched, then unpacked bottom first. Free when every snapshot is there.
+    ///
+    /// # Errors
+    /// As [`State::fetch_blobs`]; a blob whose content does not give its diffID is marked bad
+    /// and refused.
+    pub async fn materialize(self: &Arc<Self>, chain: &[Layer]) -> Result<(), WorkerError> {
+        let first_missing = chain
+            .iter()
+            .position(|l| self.snapshots.get(&l.diff_id).is_none());
+        let Some(first_missing) = first_missing else {
+            return Ok(());
+        };
+        let wanted: Vec<Descriptor> = chain[first_missing..]
+            .iter()
+            .filter(|l| self.snapshots.get(&l.diff_id).is_none())
+            .filter_map(|l| l.blob.clone())
+            .collect();
+        self.fetch_blobs(&wanted).await?;
+        let state = Arc::clone(self);
+        let chain = chain.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut lowers: Vec<PathBuf> = Vec::new();
+            for layer in &chain {
+                if let Some(dir) = state.snapshots.get(&layer.diff_id) {
+                    lowers.insert(0, dir);
+                    continue;
+                }
+                let blob = layer
+                    .blob
+                    .as_ref()
+                    .ok_or_else(|| WorkerError::SnapshotGone {
+                        layer: layer.diff_id.clone(),
+                    })?;
+                let dir = state
+                    .snapshots
+                    .unpack_on(&state.blobs, blob, &layer.diff_id, &lowers)
+                    .map_err(|e| {
+                        let source = state.blob_source(blob.digest());
+                        match source {
+                            Some(source) => {
+                                source.bad.mark(blob.digest());
+                                WorkerError::ImportedBlob {
+                                    digest: blob.digest().clone(),
+                                    reason: crate::exchange::error_text(&e),
+                                }
+                            }
+                            None => WorkerError::Snapshot {
+                                layer: blob.digest().clone(),
+                                source: e,
+                            },
+                        }
+                    })?;
+                lowers.insert(0, dir);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|_| WorkerError::Internal("the unpack task panicked"))?
+    }
+
+    /// Readies `blobs` for a push to `target`: each blob this store lacks is mounted from the
+    /// imported cache's repository when that is on the same registry (returned, for
+    /// [`hoist_registry::PushOptions::mount_from`]), and fetched here otherwise.
+    ///
+    /// # Errors
+    /// As [`State::fetch_blobs`].
+    pub async fn prepare_push(
+        self: &Arc<Self>,
+        target: &hoist_registry::Reference,
+        blobs: &[Descriptor],
+    ) -> Result<Vec<String>, WorkerError> {
+        let mut mount_from = Vec::new();
+        let mut fetch = Vec::new();
+        for blob in blobs.iter().filter(|b| !self.blobs.has(b.digest())) {
+            match self.blob_source(blob.digest()).as_deref() {
+                Some(BlobSource {
+                    from: SourceKind::Registry { reference, .. },
+                    ..
+                }) if reference.registry() == target.registry() => {
+                    if !mount_from.contains(&reference.repository().to_owned()) {
+                        mount_from.push(reference.repository().to_owned());
+                    }
+                }
+                _ => fetch.push(blob.clone()),
+            }
+        }
+        self.fetch_blobs(&fetch).await?;
+        Ok(mount_from)
     }
 
     /// The cache index (`cache.redb`), opened on first use.

@@ -161,6 +161,12 @@ impl Worker for BuildWorker {
         ctx: &'a VertexContext,
     ) -> BoxFuture<'a, Result<Output, BoxError>> {
         Box::pin(async move {
+            // An input that an imported cache hit gave has no snapshots yet.
+            for input in inputs {
+                if let Output::Chain(chain) = input {
+                    self.state.materialize(chain).await?;
+                }
+            }
             let chain = match &vertex.op {
                 Op::Source(SourceOp::Scratch) => Vec::new(),
                 Op::Source(SourceOp::Image {

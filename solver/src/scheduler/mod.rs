@@ -221,6 +221,9 @@ pub struct Job<'g, R> {
     pub cancel: CancellationToken,
     /// `--no-cache`: look nothing up (results are still recorded).
     pub no_cache: bool,
+    /// This build's own second cache (`--cache-from`), asked when the shared one misses. Its
+    /// hits are not recorded in the shared cache: they are the importer's to keep.
+    pub imported: Option<Arc<dyn Cache<R>>>,
 }
 
 impl<'g, R> Job<'g, R> {
@@ -238,6 +241,7 @@ impl<'g, R> Job<'g, R> {
             progress: Arc::new(crate::progress::Discard),
             cancel: CancellationToken::new(),
             no_cache: false,
+            imported: None,
         }
     }
 }
@@ -263,6 +267,17 @@ pub struct Solution<R> {
     pub ran: usize,
     /// Vertices whose result came from the cache.
     pub cached: usize,
+    /// Every vertex of the job, inputs first: its key, and its result when the build needed
+    /// one (a vertex below a cache hit has none). For cache export.
+    pub vertices: Vec<SolvedVertex<R>>,
+}
+
+/// One vertex of a solved job.
+#[derive(Clone, Debug)]
+pub struct SolvedVertex<R> {
+    pub id: VertexId,
+    pub key: CacheKey,
+    pub result: Option<R>,
 }
 
 /// Solves graphs; one per process, shared by its builds.
@@ -308,6 +323,7 @@ struct BuildCtx<R> {
     /// Child of the job's token: fired by the caller or by the first failure.
     cancel: CancellationToken,
     no_cache: bool,
+    imported: Option<Arc<dyn Cache<R>>>,
 }
 
 impl<R> Clone for BuildCtx<R> {
@@ -318,6 +334,7 @@ impl<R> Clone for BuildCtx<R> {
             sink: Arc::clone(&self.sink),
             cancel: self.cancel.clone(),
             no_cache: self.no_cache,
+            imported: self.imported.clone(),
         }
     }
 }
@@ -406,6 +423,7 @@ impl<R: Clone + Send + Sync + 'static> Solver<R> {
             progress,
             cancel,
             no_cache,
+            imported,
         } = job;
         let build = BuildCtx {
             shared: Arc::clone(&self.shared),
@@ -413,8 +431,9 @@ impl<R: Clone + Send + Sync + 'static> Solver<R> {
             sink: progress,
             cancel: cancel.child_token(),
             no_cache,
+            imported,
         };
-        let (nodes, root_index) = nodes_of(graph, &roots);
+        let (nodes, root_index, order) = nodes_of(graph, &roots);
 
         let (keys, key_times) = content_keys(&build, &nodes).await?;
         let mut results: Vec<Option<R>> = vec![None; nodes.len()];
@@ -433,17 +452,25 @@ impl<R: Clone + Send + Sync + 'static> Solver<R> {
             // Every wanted vertex has a result once `runs` returned without failure.
             out.push(results[i].clone().ok_or(SolveError::Cancelled)?);
         }
+        let vertices = order
+            .into_iter()
+            .zip(&keys)
+            .zip(results)
+            .map(|((id, &key), result)| SolvedVertex { id, key, result })
+            .collect();
         Ok(Solution {
             results: out,
             keys: root_index.iter().map(|&i| keys[i]).collect(),
             ran,
             cached,
+            vertices,
         })
     }
 }
 
-/// The job's vertices in topological order, and the positions of its roots among them.
-fn nodes_of(graph: &Graph, roots: &[VertexId]) -> (Vec<Node>, Vec<usize>) {
+/// The job's vertices in topological order, the positions of its roots among them, and their
+/// ids in that order.
+fn nodes_of(graph: &Graph, roots: &[VertexId]) -> (Vec<Node>, Vec<usize>, Vec<VertexId>) {
     let order = graph.reachable(roots);
     let index: HashMap<VertexId, usize> = order.iter().enumerate().map(|(i, &v)| (v, i)).collect();
     let mut nodes: Vec<Node> = order
@@ -474,7 +501,7 @@ fn nodes_of(graph: &Graph, roots: &[VertexId]) -> (Vec<Node>, Vec<usize>) {
         }
     }
     let root_index = roots.iter().filter_map(|r| index.get(r).copied()).collect();
-    (nodes, root_index)
+    (nodes, root_index, order)
 }
 
 /// Step 1: content keys for all vertices at once, then cache keys inputs first. Also returns how
@@ -537,9 +564,18 @@ async fn lookups<R: Clone + Send + Sync + 'static>(
     let mut task_node = HashMap::new();
     for (i, node) in nodes.iter().enumerate() {
         let cache = Arc::clone(&build.shared.cache);
+        let imported = build.imported.clone();
         let vertex = Arc::clone(&node.vertex);
         let key = keys[i];
-        let handle = set.spawn(async move { cache.lookup(&key, &vertex).await });
+        let handle = set.spawn(async move {
+            match cache.lookup(&key, &vertex).await {
+                Ok(None) => match imported {
+                    Some(imported) => imported.lookup(&key, &vertex).await,
+                    None => Ok(None),
+                },
+                found => found,
+            }
+        });
         task_node.insert(handle.id(), i);
     }
     let mut hits = 0;

@@ -1,0 +1,806 @@
+//! Cache import and export (`--cache-from`, `--cache-to`), in the format of
+//! [`hoist_cache::exchange`].
+//!
+//! Import is lazy. The small cache documents are fetched in the background when the build
+//! starts, while its context is hashed; a step's lookup waits for them only after the local
+//! cache missed. A hit yields the layer chain with each layer's blob descriptor and records
+//! where the blob can be had ([`State::add_blob_sources`]); nothing is pulled until a step runs
+//! on top of it or an output writes files ([`State::materialize`], [`State::fetch_blobs`]). A
+//! push to the registry that holds the blob mounts it instead.
+//!
+//! A cache that cannot be read (missing, corrupt, unauthorized, another version) costs one
+//! warning. A blob that cannot be fetched or does not match its digest or diffID is marked bad;
+//! the engine then solves again, and the steps that needed it are rebuilt.
+
+// A step fails once per build and its error carries the causes by value; boxing each
+// variant would only add noise on the slow path.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::{BoxFuture as SharedInner, FutureExt as _, Shared};
+use hoist_cache::exchange::{self, CacheDir, CacheDocument, CacheEntry};
+use hoist_cache::index::{BlobRecord, LayerRecord};
+use hoist_cache::oci_spec::image::{Descriptor, Digest};
+use hoist_cache::{Compression, CompressionOptions};
+use hoist_registry::{Client, PushOptions, Reference};
+use hoist_solver::graph::Vertex;
+use hoist_solver::scheduler::{BoxError, BoxFuture, Cache, CacheKey};
+
+use crate::error::WorkerError;
+use crate::{Layer, Output, State};
+
+/// Where a cache lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheLocation {
+    /// `type=registry,ref=REF`, or a bare `REF`.
+    Registry(Reference),
+    /// `type=local,src=DIR` / `dest=DIR`: an OCI layout directory.
+    Local(PathBuf),
+}
+
+impl std::fmt::Display for CacheLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Registry(r) => write!(f, "{r}"),
+            Self::Local(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
+/// One `--cache-from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheImport {
+    pub location: CacheLocation,
+}
+
+/// `mode=` of `--cache-to`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExportMode {
+    /// The final image's steps only.
+    #[default]
+    Min,
+    /// Every step of every stage the build reached.
+    Max,
+}
+
+/// One `--cache-to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheExport {
+    pub location: CacheLocation,
+    pub mode: ExportMode,
+    /// How layers that have no blob yet are compressed (default: as the image's).
+    pub compression: Option<CompressionOptions>,
+    /// An export failure is a warning, not a failed build.
+    pub ignore_error: bool,
+}
+
+/// A `--cache-from` or `--cache-to` that hoist cannot take.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {spec:?}: {reason}")]
+pub struct CacheSpecError {
+    pub flag: &'static str,
+    pub spec: String,
+    pub reason: String,
+}
+
+/// Splits `k=v,k=v`; a spec without `=` is a bare registry reference.
+fn spec_fields(flag: &'static str, spec: &str) -> Result<BTreeMap<String, String>, CacheSpecError> {
+    let err = |reason: String| CacheSpecError {
+        flag,
+        spec: spec.to_owned(),
+        reason,
+    };
+    let mut fields = BTreeMap::new();
+    if !spec.contains('=') {
+        if spec.is_empty() {
+            return Err(err(
+                "empty: expected type=registry,ref=REF or a reference".into()
+            ));
+        }
+        fields.insert("type".to_owned(), "registry".to_owned());
+        fields.insert("ref".to_owned(), spec.to_owned());
+        return Ok(fields);
+    }
+    for kv in spec.split(',') {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(err(format!("{kv:?} is not KEY=VALUE")));
+        };
+        if fields.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(err(format!("{k} is given twice")));
+        }
+    }
+    Ok(fields)
+}
+
+fn check_keys(
+    flag: &'static str,
+    spec: &str,
+    fields: &BTreeMap<String, String>,
+    allowed: &[&str],
+) -> Result<(), CacheSpecError> {
+    match fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(key) => Err(CacheSpecError {
+            flag,
+            spec: spec.to_owned(),
+            reason: format!(
+                "hoist does not know {key}= here; the keys it takes are {}",
+                allowed.join(", ")
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn location(
+    flag: &'static str,
+    spec: &str,
+    fields: &BTreeMap<String, String>,
+    dir_key: &str,
+) -> Result<CacheLocation, CacheSpecError> {
+    let err = |reason: String| CacheSpecError {
+        flag,
+        spec: spec.to_owned(),
+        reason,
+    };
+    match fields.get("type").map(String::as_str) {
+        Some("registry") => {
+            let raw = fields
+                .get("ref")
+                .ok_or_else(|| err("type=registry needs ref=REF".into()))?;
+            let reference: Reference = raw.parse().map_err(|e| err(format!("ref={raw}: {e}")))?;
+            Ok(CacheLocation::Registry(reference))
+        }
+        Some("local") => {
+            let dir = fields
+                .get(dir_key)
+                .filter(|d| !d.is_empty())
+                .ok_or_else(|| err(format!("type=local needs {dir_key}=DIR")))?;
+            Ok(CacheLocation::Local(PathBuf::from(dir)))
+        }
+        Some(other) => Err(err(format!(
+            "unknown cache type {other:?}: expected registry or local{}",
+            if flag == "--cache-to" {
+                " (or inline is not supported yet)"
+            } else {
+                ""
+            }
+        ))),
+        None => Err(err(
+            "no type=: expected type=registry,ref=REF or type=local".into(),
+        )),
+    }
+}
+
+impl CacheImport {
+    /// Parses a `--cache-from` as buildx does: `type=registry,ref=REF`, a bare `REF`, or
+    /// `type=local,src=DIR`.
+    ///
+    /// # Errors
+    /// An unknown type or key, or a missing `ref=`/`src=`.
+    pub fn parse(spec: &str) -> Result<Self, CacheSpecError> {
+        const FLAG: &str = "--cache-from";
+        let fields = spec_fields(FLAG, spec)?;
+        let allowed: &[&str] = match fields.get("type").map(String::as_str) {
+            Some("local") => &["type", "src"],
+            _ => &["type", "ref"],
+        };
+        check_keys(FLAG, spec, &fields, allowed)?;
+        Ok(Self {
+            location: location(FLAG, spec, &fields, "src")?,
+        })
+    }
+}
+
+impl CacheExport {
+    /// Parses a `--cache-to`: `type=registry,ref=REF` or `type=local,dest=DIR`, with
+    /// `mode=min|max`, `compression=gzip|zstd|uncompressed`, `compression-level=N` and
+    /// `ignore-error=true|false`.
+    ///
+    /// # Errors
+    /// An unknown type or key, or a value out of range; the message lists the valid ones.
+    pub fn parse(spec: &str) -> Result<Self, CacheSpecError> {
+        const FLAG: &str = "--cache-to";
+        let fields = spec_fields(FLAG, spec)?;
+        let err = |reason: String| CacheSpecError {
+            flag: FLAG,
+            spec: spec.to_owned(),
+            reason,
+        };
+        if fields.get("type").map(String::as_str) == Some("inline") {
+            return Err(err(
+                "type=inline is not supported yet; use type=registry,ref=REF".into(),
+            ));
+        }
+        let common = [
+            "type",
+            "mode",
+            "compression",
+            "compression-level",
+            "ignore-error",
+        ];
+        let place = if fields.get("type").map(String::as_str) == Some("local") {
+            "dest"
+        } else {
+            "ref"
+        };
+        let allowed: Vec<&str> = common.iter().copied().chain([place]).collect();
+        check_keys(FLAG, spec, &fields, &allowed)?;
+        let mode = match fields.get("mode").map(String::as_str) {
+            None | Some("min") => ExportMode::Min,
+            Some("max") => ExportMode::Max,
+            Some(other) => return Err(err(format!("mode={other}: expected min or max"))),
+        };
+        let ignore_error = match fields.get("ignore-error").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(err(format!("ignore-error={other}: expected true or false")));
+            }
+        };
+        Ok(Self {
+            location: location(FLAG, spec, &fields, "dest")?,
+            mode,
+            compression: parse_compression(&fields).map_err(err)?,
+            ignore_error,
+        })
+    }
+}
+
+/// `compression=` and `compression-level=` as buildx takes them (for `-o` and `--cache-to`):
+/// `None` when neither is given.
+///
+/// # Errors
+/// An unknown codec, or a level outside the codec's range; the message says which values are.
+pub fn parse_compression(
+    fields: &BTreeMap<String, String>,
+) -> Result<Option<CompressionOptions>, String> {
+    let compression = match fields.get("compression").map(String::as_str) {
+        None => None,
+        Some("gzip") => Some(Compression::Gzip),
+        Some("zstd") => Some(Compression::Zstd),
+        Some("uncompressed") => Some(Compression::None),
+        Some(other) => {
+            return Err(format!(
+                "compression={other}: expected gzip, zstd or uncompressed"
+            ));
+        }
+    };
+    let level = match fields.get("compression-level") {
+        None => None,
+        Some(v) => {
+            let range = match compression.unwrap_or_default() {
+                Compression::Gzip => 0..=9,
+                Compression::Zstd => 1..=22,
+                Compression::None => {
+                    return Err("compression-level= needs compression=gzip or zstd".to_owned());
+                }
+            };
+            let level = v.parse::<i32>().ok().filter(|n| range.contains(n));
+            Some(level.ok_or_else(|| {
+                format!(
+                    "compression-level={v}: expected {} to {} for {}",
+                    range.start(),
+                    range.end(),
+                    fields.get("compression").map_or("gzip", String::as_str)
+                )
+            })?)
+        }
+    };
+    Ok(match (compression, level) {
+        (None, None) => None,
+        (c, level) => Some(CompressionOptions {
+            level,
+            ..CompressionOptions::new(c.unwrap_or_default())
+        }),
+    })
+}
+
+/// Where an imported blob can be had.
+#[derive(Debug)]
+pub(crate) struct BlobSource {
+    pub(crate) from: SourceKind,
+    /// The import it came from: a blob that fails is marked bad there.
+    pub(crate) bad: Arc<BadBlobs>,
+}
+
+#[derive(Debug)]
+pub(crate) enum SourceKind {
+    Registry {
+        client: Arc<Client>,
+        reference: Reference,
+    },
+    Dir(CacheDir),
+}
+
+/// Blobs of an import that could not be had or did not match; entries naming them are
+/// misses from then on.
+#[derive(Debug, Default)]
+pub struct BadBlobs {
+    blobs: Mutex<HashSet<Digest>>,
+}
+
+impl BadBlobs {
+    pub(crate) fn mark(&self, digest: &Digest) {
+        lock(&self.blobs).insert(digest.clone());
+    }
+
+    fn contains(&self, digest: &Digest) -> bool {
+        lock(&self.blobs).contains(digest)
+    }
+
+    /// How many blobs are marked.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        lock(&self.blobs).len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The caches of one build's `--cache-from`, merged: the first that has a key wins.
+#[derive(Debug, Default)]
+struct Imported {
+    entries: HashMap<String, (Vec<Layer>, usize)>,
+    sources: Vec<Arc<BlobSource>>,
+    /// Cache mounts: id → (entry, source index).
+    mounts: BTreeMap<String, (exchange::MountEntry, usize)>,
+}
+
+type DocumentsFuture = Shared<SharedInner<'static, Arc<Imported>>>;
+
+/// The `--cache-from` caches of one build, as the scheduler's second cache.
+#[derive(Clone)]
+pub struct ImportedCache {
+    state: Arc<State>,
+    documents: DocumentsFuture,
+    pub bad: Arc<BadBlobs>,
+}
+
+impl std::fmt::Debug for ImportedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportedCache").finish_non_exhaustive()
+    }
+}
+
+/// What reading one cache said, for the build's progress.
+pub type ImportReport = Box<dyn Fn(&CacheLocation, Result<usize, String>) + Send + Sync>;
+
+impl ImportedCache {
+    /// Starts fetching the documents of `imports` in the background. `report` hears, once per
+    /// cache, how many records it had or why it could not be read.
+    #[must_use]
+    pub fn start(
+        state: Arc<State>,
+        registry: Arc<Client>,
+        imports: Vec<CacheImport>,
+        report: ImportReport,
+    ) -> Self {
+        let bad = Arc::new(BadBlobs::default());
+        let documents = {
+            let state = Arc::clone(&state);
+            let bad = Arc::clone(&bad);
+            let task = tokio::spawn(async move {
+                let mut imported = Imported::default();
+                for import in imports {
+                    let loaded = load(&state, &registry, &import.location).await;
+                    match loaded {
+                        Ok((doc, from)) => {
+                            report(&import.location, Ok(doc.records.len()));
+                            let source = imported.sources.len();
+                            imported.sources.push(Arc::new(BlobSource {
+                                from,
+                                bad: Arc::clone(&bad),
+                            }));
+                            for (key, entry) in doc.records {
+                                let layers = entry
+                                    .layers
+                                    .into_iter()
+                                    .map(|l| Layer {
+                                        diff_id: l.diff_id,
+                                        blob: l.blob.as_ref().map(BlobRecord::descriptor),
+                                    })
+                                    .collect();
+                                imported.entries.entry(key).or_insert((layers, source));
+                            }
+                            for (id, mount) in doc.mounts {
+                                imported.mounts.entry(id).or_insert((mount, source));
+                            }
+                        }
+                        Err(e) => report(&import.location, Err(e)),
+                    }
+                }
+                Arc::new(imported)
+            });
+            async move { task.await.unwrap_or_default() }
+                .boxed()
+                .shared()
+        };
+        Self {
+            state,
+            documents,
+            bad,
+        }
+    }
+
+    /// The layers recorded under `key`, with their sources registered, unless a blob of them
+    /// was found bad.
+    async fn entry(&self, key: &str) -> Option<Vec<Layer>> {
+        let imported = self.documents.clone().await;
+        let (layers, source) = imported.entries.get(key)?;
+        if layers
+            .iter()
+            .filter_map(|l| l.blob.as_ref())
+            .any(|b| self.bad.contains(b.digest()))
+        {
+            return None;
+        }
+        let source = &imported.sources[*source];
+        self.state.add_blob_sources(
+            layers
+                .iter()
+                .filter_map(|l| l.blob.as_ref())
+                .map(|b| (b.digest().clone(), Arc::clone(source))),
+        );
+        Some(layers.clone())
+    }
+
+    /// The layers recorded under `key`, for an export of a step that this build did not need.
+    pub async fn chain_of(&self, key: &CacheKey) -> Option<Vec<Layer>> {
+        self.entry(&key.to_string()).await
+    }
+}
+
+impl Cache<Output> for ImportedCache {
+    fn lookup<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        _vertex: &'a Vertex,
+    ) -> BoxFuture<'a, Result<Option<Output>, BoxError>> {
+        Box::pin(async move {
+            Ok(self
+                .entry(&key.to_string())
+                .await
+                .map(|layers| Output::Chain(Arc::new(layers))))
+        })
+    }
+
+    fn record<'a>(
+        &'a self,
+        _key: &'a CacheKey,
+        _vertex: &'a Vertex,
+        _result: &'a Output,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Reads one cache's document; the error is the one-line warning the user sees.
+async fn load(
+    state: &Arc<State>,
+    registry: &Arc<Client>,
+    location: &CacheLocation,
+) -> Result<(CacheDocument, SourceKind), String> {
+    let what = location.to_string();
+    match location {
+        CacheLocation::Registry(reference) => {
+            let manifest = registry
+                .fetch_manifest(reference)
+                .await
+                .map_err(|e| error_text(&e))?;
+            let document =
+                exchange::document_of(&manifest.bytes, &what).map_err(|e| e.to_string())?;
+            registry
+                .fetch_blob(reference, &document, state.registry_store())
+                .await
+                .map_err(|e| error_text(&e))?;
+            let bytes = state
+                .blobs
+                .read(document.digest())
+                .map_err(|e| error_text(&e))?;
+            let doc = CacheDocument::decode(&bytes, &what).map_err(|e| e.to_string())?;
+            Ok((
+                doc,
+                SourceKind::Registry {
+                    client: Arc::clone(registry),
+                    reference: reference.clone(),
+                },
+            ))
+        }
+        CacheLocation::Local(dir) => {
+            let dir = CacheDir::new(dir);
+            let read = {
+                let dir = dir.clone();
+                let what = what.clone();
+                tokio::task::spawn_blocking(move || -> Result<CacheDocument, String> {
+                    let manifest = dir.manifest().map_err(|e| error_text(&e))?;
+                    let bytes = read_verified(&dir, &manifest, exchange::MAX_DOCUMENT_BYTES)?;
+                    let document =
+                        exchange::document_of(&bytes, &what).map_err(|e| e.to_string())?;
+                    let bytes = read_verified(&dir, &document, exchange::MAX_DOCUMENT_BYTES)?;
+                    CacheDocument::decode(&bytes, &what).map_err(|e| e.to_string())
+                })
+            };
+            let doc = read
+                .await
+                .map_err(|_| "reading the cache panicked".to_owned())??;
+            Ok((doc, SourceKind::Dir(dir)))
+        }
+    }
+}
+
+/// A small blob of a cache directory, checked against its descriptor.
+fn read_verified(dir: &CacheDir, d: &Descriptor, max: u64) -> Result<Vec<u8>, String> {
+    let path = dir.blob_path(d.digest());
+    if d.size() > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    let bytes = fs_err::read(&path).map_err(|e| e.to_string())?;
+    if hoist_cache::sha256_of(&bytes) != *d.digest() {
+        return Err(format!(
+            "{} does not match its digest {}",
+            path.display(),
+            d.digest()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// An error with its causes on one line.
+pub(crate) fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    hoist_solver::progress::error_text(e).replace('\n', ": ")
+}
+
+/// Fetches one imported blob into the content store, verified against its digest and size.
+pub(crate) async fn fetch(
+    state: &Arc<State>,
+    source: &BlobSource,
+    blob: &Descriptor,
+) -> Result<(), String> {
+    match &source.from {
+        SourceKind::Registry { client, reference } => client
+            .fetch_blob(reference, blob, state.registry_store())
+            .await
+            .map(|_| ())
+            .map_err(|e| error_text(&e)),
+        SourceKind::Dir(dir) => {
+            let path = dir.blob_path(blob.digest());
+            let state = Arc::clone(state);
+            let blob = blob.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut file = fs_err::File::open(&path).map_err(|e| e.to_string())?;
+                state
+                    .blobs
+                    .ingest_for(&blob, &mut file)
+                    .map(|_| ())
+                    .map_err(|e| format!("{}: {}", path.display(), error_text(&e)))
+            })
+            .await
+            .map_err(|_| "the copy panicked".to_owned())?
+        }
+    }
+}
+
+/// What an export did, for the progress log.
+#[derive(Debug, Default)]
+pub struct ExportReport {
+    pub records: usize,
+    pub blobs: usize,
+    /// Blobs the target did not have, sent now.
+    pub uploaded: usize,
+    pub bytes_sent: u64,
+    pub manifest: Option<Digest>,
+}
+
+/// Writes the cache of `records` (key → chain) to `export`'s location. Layers without a blob
+/// get one (compressed as `compression`, remembered like an image's). Only what the target
+/// lacks is sent: a registry is asked for each blob (HEAD, in parallel), a local cache is
+/// checked for each file; blobs that a `--cache-from` of the same registry holds are mounted
+/// without passing through here.
+///
+/// # Errors
+/// A blob cannot be made or fetched, or the target refuses what is written.
+pub async fn export(
+    state: &Arc<State>,
+    registry: &Arc<Client>,
+    export: &CacheExport,
+    records: Vec<(CacheKey, Arc<Vec<Layer>>)>,
+    compression: CompressionOptions,
+    pushed: &[Reference],
+) -> Result<ExportReport, WorkerError> {
+    let compression = export.compression.unwrap_or(compression);
+    let made = {
+        let state = Arc::clone(state);
+        tokio::task::spawn_blocking(move || -> Result<CacheDocument, WorkerError> {
+            let options = hoist_cache::DiffOptions {
+                compression,
+                source_date_epoch: None,
+            };
+            let mut doc = CacheDocument::new();
+            for (key, chain) in records {
+                let blobs = state.layer_blobs(&chain, &options)?;
+                let layers = chain
+                    .iter()
+                    .zip(blobs)
+                    .map(|(l, b)| LayerRecord {
+                        diff_id: l.diff_id.clone(),
+                        blob: Some(BlobRecord::from(&b)),
+                    })
+                    .collect();
+                doc.records.insert(
+                    key.to_string(),
+                    CacheEntry {
+                        layers,
+                        inputs: None,
+                    },
+                );
+            }
+            Ok(doc)
+        })
+    };
+    let doc = made
+        .await
+        .map_err(|_| WorkerError::Internal("making the cache's blobs panicked"))??;
+    let blobs = doc.blobs();
+    let encoded = doc.encode().map_err(export_err(export))?;
+    let (doc_digest, doc_size) = state.blobs.put(&encoded).map_err(store_err)?;
+    let document = exchange::document_descriptor(doc_digest, doc_size);
+    let manifest_bytes = exchange::manifest_json(&document, &blobs).map_err(export_err(export))?;
+    let (m_digest, m_size) = state.blobs.put(&manifest_bytes).map_err(store_err)?;
+    let manifest = exchange::manifest_descriptor(m_digest.clone(), m_size);
+    let mut report = ExportReport {
+        records: doc.records.len(),
+        blobs: blobs.len(),
+        manifest: Some(m_digest),
+        ..ExportReport::default()
+    };
+    match &export.location {
+        CacheLocation::Registry(reference) => {
+            let mut mount_from = state.prepare_push(reference, &blobs).await?;
+            // The image pushed just before holds most of the blobs: mount them from it.
+            for image in pushed
+                .iter()
+                .filter(|p| p.registry() == reference.registry())
+            {
+                if !mount_from.iter().any(|r| r == image.repository()) {
+                    mount_from.push(image.repository().to_owned());
+                }
+            }
+            let pushed = registry
+                .push(
+                    reference,
+                    &manifest,
+                    state.registry_store(),
+                    &PushOptions { mount_from },
+                )
+                .await
+                .map_err(|source| WorkerError::CacheExport {
+                    target: reference.to_string(),
+                    reason: error_text(&source),
+                })?;
+            report.uploaded = pushed
+                .blobs
+                .iter()
+                .filter(|(_, b)| matches!(b, hoist_registry::BlobPush::Uploaded { .. }))
+                .count();
+            report.bytes_sent = pushed.bytes_sent();
+        }
+        CacheLocation::Local(dir) => {
+            let dir = CacheDir::new(dir);
+            let mut wanted = blobs.clone();
+            wanted.push(document.clone());
+            wanted.push(manifest.clone());
+            let missing: Vec<Descriptor> = wanted
+                .into_iter()
+                .filter(|b| {
+                    fs_err::metadata(dir.blob_path(b.digest()))
+                        .map(|m| m.len())
+                        .ok()
+                        != Some(b.size())
+                })
+                .collect();
+            state.fetch_blobs(&missing).await?;
+            let state = Arc::clone(state);
+            let sent = tokio::task::spawn_blocking(move || -> Result<(usize, u64), WorkerError> {
+                let mut bytes = 0;
+                for blob in &missing {
+                    bytes += copy_blob(&state, &dir, blob)?;
+                }
+                dir.set_manifest(&manifest)
+                    .map_err(|e| WorkerError::CacheExport {
+                        target: dir.root.display().to_string(),
+                        reason: error_text(&e),
+                    })?;
+                Ok((missing.len(), bytes))
+            })
+            .await
+            .map_err(|_| WorkerError::Internal("writing the cache panicked"))??;
+            // The document and manifest are counted with the blobs.
+            report.uploaded = sent.0;
+            report.bytes_sent = sent.1;
+        }
+    }
+    Ok(report)
+}
+
+/// Copies a blob of the content store into a cache directory, atomically.
+fn copy_blob(state: &State, dir: &CacheDir, blob: &Descriptor) -> Result<u64, WorkerError> {
+    let dest = dir.blob_path(blob.digest());
+    let io = |op: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source: std::io::Error| WorkerError::Io { op, path, source }
+    };
+    let parent = dest
+        .parent()
+        .ok_or(WorkerError::Internal("a blob path has no parent"))?;
+    fs_err::create_dir_all(parent).map_err(io("create", parent))?;
+    let src = state.blobs.blob_path(blob.digest()).map_err(store_err)?;
+    let tmp = parent.join(format!(".{}.tmp", blob.digest().digest()));
+    let n = fs_err::copy(&src, &tmp).map_err(io("copy into", &tmp))?;
+    fs_err::rename(&tmp, &dest).map_err(io("rename into place", &dest))?;
+    Ok(n)
+}
+
+fn store_err(e: hoist_cache::StoreError) -> WorkerError {
+    WorkerError::Io {
+        op: "store the cache document in",
+        path: PathBuf::from("blobs"),
+        source: std::io::Error::other(e),
+    }
+}
+
+fn export_err(export: &CacheExport) -> impl Fn(exchange::ExchangeError) -> WorkerError + '_ {
+    move |e| WorkerError::CacheExport {
+        target: export.location.to_string(),
+        reason: error_text(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_as_buildx_writes_them() {
+        let i = CacheImport::parse("localhost:5000/app:cache").unwrap();
+        assert!(matches!(i.location, CacheLocation::Registry(r) if r.repository() == "app"));
+        let i = CacheImport::parse("type=local,src=/tmp/c").unwrap();
+        assert_eq!(i.location, CacheLocation::Local("/tmp/c".into()));
+        let e = CacheExport::parse(
+            "type=registry,ref=localhost:5000/app:cache,mode=max,compression=zstd,ignore-error=true",
+        )
+        .unwrap();
+        assert_eq!(e.mode, ExportMode::Max);
+        assert!(e.ignore_error);
+        assert_eq!(e.compression.unwrap().compression, Compression::Zstd);
+        let e = CacheExport::parse("type=local,dest=/tmp/c").unwrap();
+        assert_eq!(e.mode, ExportMode::Min);
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_valid() {
+        for (spec, says) in [
+            ("type=gha", "expected registry or local"),
+            ("type=registry", "needs ref=REF"),
+            ("type=local", "needs dest=DIR"),
+            ("type=registry,ref=r/a,mode=all", "expected min or max"),
+            ("type=registry,ref=r/a,colour=red", "the keys it takes are"),
+            (
+                "type=registry,ref=r/a,compression-level=30,compression=zstd",
+                "1 to 22",
+            ),
+            ("type=inline", "not supported yet"),
+        ] {
+            let err = CacheExport::parse(spec).unwrap_err().to_string();
+            assert!(err.contains(says), "{spec}: {err}");
+        }
+        let err = CacheImport::parse("type=local,dest=/x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("src"), "{err}");
+    }
+}
