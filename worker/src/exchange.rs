@@ -214,6 +214,11 @@ impl CacheExport {
                 "type=inline is not supported yet; use type=registry,ref=REF".into(),
             ));
         }
+        if fields.contains_key("mounts") {
+            return Err(err(
+                "mounts= (exporting cache mounts) is not supported yet; leave it out".into(),
+            ));
+        }
         let common = [
             "type",
             "mode",
@@ -794,6 +799,10 @@ mod tests {
                 "1 to 22",
             ),
             ("type=inline", "not supported yet"),
+            (
+                "type=registry,ref=r/a,mounts=true",
+                "mounts= (exporting cache mounts) is not",
+            ),
         ] {
             let err = CacheExport::parse(spec).unwrap_err().to_string();
             assert!(err.contains(says), "{spec}: {err}");
