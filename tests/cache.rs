@@ -133,6 +133,15 @@ fn a_cache_exported_by_one_runner_builds_another_without_running_or_pulling_anyt
     for layer in layers_of(&app2) {
         assert!(!has_blob(root_b.path(), &layer), "layer {layer} was pulled");
     }
+    // A build with no output pulls nothing either.
+    let (out, root_nothing) = on_fresh_root(&p, &["--cache-from", &cache]);
+    succeeded(&out);
+    for layer in layers_of(&app2) {
+        assert!(
+            !has_blob(root_nothing.path(), &layer),
+            "layer {layer} was pulled"
+        );
+    }
     let copied = tempfile::tempdir().unwrap();
     let status = Command::new("skopeo")
         .args(["copy", "--src-tls-verify=false", "--quiet"])

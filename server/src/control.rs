@@ -315,7 +315,7 @@ impl ControlService {
             registry: Some(Arc::new(registry)),
             cache_from,
             cache_to,
-            push_only: solve.push_only,
+            lazy_layers: solve.lazy_layers,
             compression: hoist_cache::CompressionOptions {
                 level: solve.compression_level,
                 ..hoist_cache::CompressionOptions::new(

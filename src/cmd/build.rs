@@ -193,12 +193,14 @@ fn allowed(grants: &[String], entitlement: &str) -> anyhow::Result<bool> {
     Ok(found)
 }
 
-/// Whether the image goes only to registries, so that layers an imported cache named need not
-/// be pulled here.
-fn push_only(push: bool, outputs: &[Output]) -> bool {
-    push && outputs
+/// Whether no output reads the layers' bytes: the image is only pushed, or not written at all
+/// (no file output, and no name in the local store without a push). Layers an imported cache
+/// named are then not pulled here.
+fn lazy_layers(push: bool, tags: &[String], outputs: &[Output]) -> bool {
+    outputs
         .iter()
         .all(|o| matches!(o, Output::Image | Output::Registry))
+        && (push || tags.is_empty())
 }
 
 /// What the `-o` specs say about the one image a build makes, merged with `-t`, `--push` and
@@ -402,7 +404,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         compression,
         cache_from,
         cache_to,
-        push_only: push_only(push, &outputs),
+        lazy_layers: lazy_layers(push, &args.tags, &outputs),
     };
 
     let runtime = crate::cmd::runtime()?;
@@ -653,7 +655,7 @@ fn run_remote(
             compression_level: compression.level,
             cache_from: args.cache_from.clone(),
             cache_to: args.cache_to.clone(),
-            push_only: push_only(push, outputs),
+            lazy_layers: lazy_layers(push, &args.tags, outputs),
         };
         let events = Arc::new(progress::DisplayQueue::with_logs_command(format!(
             "hoist logs --remote {addr}"

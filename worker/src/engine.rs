@@ -67,11 +67,11 @@ pub struct BuildRequest {
     pub cache_from: Vec<crate::exchange::CacheImport>,
     /// `--cache-to`: each is written after the image is pushed.
     pub cache_to: Vec<crate::exchange::CacheExport>,
-    /// The image goes only to registries (`--push` / `type=registry` and nothing that writes
-    /// files): layers that an imported cache hit named are then mounted or copied between
-    /// repositories, never pulled here, and the image is named in the local store only when
-    /// every blob of it is here.
-    pub push_only: bool,
+    /// No output reads the layers' bytes: the image is only pushed (`--push`, `type=registry`),
+    /// or not written at all. Layers that an imported cache hit named are then mounted or
+    /// copied between repositories, never pulled here, and the image is named in the local
+    /// store only when every blob of it is here.
+    pub lazy_layers: bool,
 }
 
 /// What a build produced.
@@ -312,7 +312,7 @@ impl Engine {
                 .map_err(BuildError::from);
             // Outputs that write files need every blob here; a push mounts or copies them.
             let solved = match solved {
-                Ok(solution) if !request.push_only => match solution.results.first() {
+                Ok(solution) if !request.lazy_layers => match solution.results.first() {
                     Some(Output::Chain(chain)) => {
                         let blobs: Vec<Descriptor> =
                             chain.iter().filter_map(|l| l.blob.clone()).collect();
