@@ -497,3 +497,42 @@ fn remote(p: &Project, addr: &str, args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+#[test]
+fn an_inline_cache_rides_in_the_pushed_image_and_serves_the_next_runner() {
+    let registry = Registry::start();
+    let p = Project::new(DOCKERFILE);
+    let app1 = format!("{}/app:1", registry.addr);
+    let first = succeeded(&p.hoist(&["--cache-to", "type=inline", "-t", &app1, "--push"]));
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--config", "--raw"])
+        .arg(format!("docker://{app1}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = config["io.hoist.cache.v1"]["records"].as_object().unwrap();
+    assert!(!records.is_empty(), "{config}");
+
+    // Another runner names the image itself as its cache; the final stage's steps hit.
+    let app2 = format!("{}/app:2", registry.addr);
+    // It writes the inline cache too, as a CI job does: the same one, so the same image.
+    let (out, root_b) = on_fresh_root(
+        &p,
+        &[
+            "--cache-from",
+            &app1,
+            "--cache-to",
+            "type=inline",
+            "-t",
+            &app2,
+            "--push",
+        ],
+    );
+    let second = succeeded(&out);
+    assert_eq!(steps_that_ran(&second), Vec::<String>::new(), "{second}");
+    assert_eq!(pushed_digest(&first), pushed_digest(&second));
+    for layer in layers_of(&app2) {
+        assert!(!has_blob(root_b.path(), &layer), "layer {layer} was pulled");
+    }
+}

@@ -23,6 +23,9 @@ pub const ARTIFACT_TYPE: &str = "application/vnd.hoist.cache.v1";
 pub const DOCUMENT_MEDIA_TYPE: &str = "application/vnd.hoist.cache.document.v1+json";
 /// The media type of an exported cache mount's contents (a zstd tar).
 pub const MOUNT_MEDIA_TYPE: &str = "application/vnd.hoist.cache.mount.v1.tar+zstd";
+/// The top-level key of an image config that carries an inline cache document
+/// (`--cache-to type=inline`).
+pub const INLINE_KEY: &str = "io.hoist.cache.v1";
 /// The version of the document this hoist writes, and the only one it reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// The most bytes a cache document may have: it is read whole, before any step runs.

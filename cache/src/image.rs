@@ -157,6 +157,9 @@ pub struct DockerConfigExtras {
     pub on_build: Vec<String>,
     /// `SHELL`.
     pub shell: Vec<String>,
+    /// hoist's inline build cache (`--cache-to type=inline`): a cache document, written at
+    /// the config's top level under [`crate::exchange::INLINE_KEY`].
+    pub inline_cache: Option<serde_json::Value>,
 }
 
 impl DockerConfigExtras {
@@ -181,6 +184,7 @@ impl DockerConfigExtras {
             healthcheck: serde_json::from_value(cfg["Healthcheck"].clone()).ok(),
             on_build: strings("OnBuild"),
             shell: strings("Shell"),
+            inline_cache: v.get(crate::exchange::INLINE_KEY).cloned(),
         }
     }
 }
@@ -259,6 +263,9 @@ pub fn write_config(
         source,
     };
     let mut value = serde_json::to_value(config).map_err(json_err)?;
+    if let (Some(obj), Some(cache)) = (value.as_object_mut(), &extras.inline_cache) {
+        obj.insert(crate::exchange::INLINE_KEY.into(), cache.clone());
+    }
     if let Some(obj) = value.as_object_mut() {
         let cfg = obj.entry("config").or_insert_with(|| serde_json::json!({}));
         if let Some(cfg) = cfg.as_object_mut() {

@@ -120,6 +120,7 @@ fn build(compression: Compression, media: MediaTypes) -> Built {
         }),
         on_build: vec!["RUN echo child".into()],
         shell: vec!["/bin/sh".into(), "-c".into()],
+        inline_cache: None,
     };
     let manifest = write_image(store.blobs(), &config, &extras, &layers, media, None).unwrap();
     let root = state.path().to_path_buf();

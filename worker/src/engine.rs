@@ -348,7 +348,7 @@ impl Engine {
         };
 
         let created = created_time(&options.build_args)?;
-        let (config, extras) = image_config(
+        let (config, mut extras) = image_config(
             std::mem::take(&mut plan.config),
             plan.author.take(),
             std::mem::take(&mut plan.history),
@@ -356,6 +356,28 @@ impl Engine {
             &options.target_platform,
             &created,
         );
+        if request
+            .cache_to
+            .iter()
+            .any(|c| c.location == crate::exchange::CacheLocation::Inline)
+        {
+            let id = internal.start("[internal] inline cache in the image config");
+            let records = self
+                .cache_records(
+                    crate::exchange::ExportMode::Min,
+                    &plan.graph,
+                    plan.root,
+                    &solution,
+                    imported.as_ref(),
+                )
+                .await;
+            let doc = crate::exchange::document(&self.state, records, request.compression).await?;
+            internal.log(id, &format!("{} steps\n", doc.records.len()));
+            internal.finish(id, std::time::Duration::ZERO, None);
+            extras.inline_cache = Some(serde_json::to_value(&doc).map_err(|e| {
+                BuildError::Internal(format!("encoding the inline cache failed: {e}"))
+            })?);
+        }
         if !(request.write_image || request.push || !request.tags.is_empty()) {
             let config =
                 hoist_cache::write_config(&self.state.blobs, &config, &extras, request.media)?;
@@ -541,6 +563,7 @@ fn image_config(
         }),
         on_build: std::mem::take(&mut config.on_build),
         shell: std::mem::take(&mut config.shell),
+        inline_cache: None,
     };
     let mut image = ImageConfiguration::default();
     image.set_created(Some(created.to_owned()));
@@ -623,6 +646,51 @@ impl InternalSteps {
 }
 
 impl Engine {
+    /// The steps a cache export of `mode` holds, each with its key and layer chain: the steps
+    /// of the final image (`min`: the root and what it is built on, first input by first input)
+    /// or every step the build reached (`max`). A step this build did not need (a later step
+    /// hit) is taken from the local or imported record of its key.
+    async fn cache_records(
+        &self,
+        mode: crate::exchange::ExportMode,
+        graph: &hoist_solver::graph::Graph,
+        root: hoist_solver::graph::VertexId,
+        solution: &hoist_solver::scheduler::Solution<Output>,
+        imported: Option<&crate::exchange::ImportedCache>,
+    ) -> Vec<(hoist_solver::scheduler::CacheKey, Arc<Vec<crate::Layer>>)> {
+        use hoist_solver::scheduler::Cache as _;
+        let mut min = std::collections::HashSet::new();
+        let mut at = Some(root);
+        while let Some(id) = at {
+            min.insert(id);
+            at = graph.vertex(id).inputs.first().copied();
+        }
+        let local = IndexCache {
+            state: Arc::clone(&self.state),
+        };
+        let mut records = Vec::new();
+        for v in &solution.vertices {
+            if mode == crate::exchange::ExportMode::Min && !min.contains(&v.id) {
+                continue;
+            }
+            let chain = match &v.result {
+                Some(Output::Chain(chain)) => Some(Arc::clone(chain)),
+                Some(Output::Context(_)) => None,
+                None => match local.lookup(&v.key, graph.vertex(v.id)).await {
+                    Ok(Some(Output::Chain(chain))) => Some(chain),
+                    _ => match imported {
+                        Some(i) => i.chain_of(&v.key).await.map(Arc::new),
+                        None => None,
+                    },
+                },
+            };
+            if let Some(chain) = chain {
+                records.push((v.key, chain));
+            }
+        }
+        records
+    }
+
     /// Writes each `--cache-to`: the steps of the final image (`mode=min`) or of every stage
     /// (`mode=max`), each with the layer chain that rebuilds it. A step this build did not need
     /// (a later step hit) is exported from the local or imported record of its key.
@@ -641,50 +709,18 @@ impl Engine {
         } else {
             Vec::new()
         };
-        use crate::exchange::ExportMode;
-        use hoist_solver::scheduler::Cache as _;
-        if request.cache_to.is_empty() {
-            return Ok(());
-        }
-        // The final image's steps: the root and what it is built on (first inputs).
-        let mut min = std::collections::HashSet::new();
-        let mut at = Some(root);
-        while let Some(id) = at {
-            min.insert(id);
-            at = graph.vertex(id).inputs.first().copied();
-        }
-        let local = IndexCache {
-            state: Arc::clone(&self.state),
-        };
         for export in &request.cache_to {
+            if export.location == crate::exchange::CacheLocation::Inline {
+                continue;
+            }
             let started = std::time::Instant::now();
             let id = internal.start(&format!(
                 "[internal] exporting cache to {}",
                 export.location
             ));
-            let mut records = Vec::new();
-            for v in &solution.vertices {
-                if export.mode == ExportMode::Min && !min.contains(&v.id) {
-                    continue;
-                }
-                let chain = match &v.result {
-                    Some(Output::Chain(chain)) => Some(Arc::clone(chain)),
-                    Some(Output::Context(_)) => None,
-                    None => {
-                        let vertex = graph.vertex(v.id);
-                        match local.lookup(&v.key, vertex).await {
-                            Ok(Some(Output::Chain(chain))) => Some(chain),
-                            _ => match imported {
-                                Some(i) => i.chain_of(&v.key).await.map(Arc::new),
-                                None => None,
-                            },
-                        }
-                    }
-                };
-                if let Some(chain) = chain {
-                    records.push((v.key, chain));
-                }
-            }
+            let records = self
+                .cache_records(export.mode, graph, root, solution, imported)
+                .await;
             let exported = crate::exchange::export(
                 &self.state,
                 request.registry.as_ref().unwrap_or(&self.registry),

@@ -39,6 +39,9 @@ pub enum CacheLocation {
     Registry(Reference),
     /// `type=local,src=DIR` / `dest=DIR`: an OCI layout directory.
     Local(PathBuf),
+    /// `--cache-to type=inline`: in the image's config. An image pushed so is read back by a
+    /// `--cache-from` of its reference.
+    Inline,
 }
 
 impl std::fmt::Display for CacheLocation {
@@ -46,6 +49,7 @@ impl std::fmt::Display for CacheLocation {
         match self {
             Self::Registry(r) => write!(f, "{r}"),
             Self::Local(dir) => write!(f, "{}", dir.display()),
+            Self::Inline => f.write_str("the image (inline)"),
         }
     }
 }
@@ -160,10 +164,11 @@ fn location(
                 .ok_or_else(|| err(format!("type=local needs {dir_key}=DIR")))?;
             Ok(CacheLocation::Local(PathBuf::from(dir)))
         }
+        Some("inline") if flag == "--cache-to" => Ok(CacheLocation::Inline),
         Some(other) => Err(err(format!(
             "unknown cache type {other:?}: expected registry or local{}",
             if flag == "--cache-to" {
-                " (or inline is not supported yet)"
+                " or inline"
             } else {
                 ""
             }
@@ -210,9 +215,18 @@ impl CacheExport {
             reason,
         };
         if fields.get("type").map(String::as_str) == Some("inline") {
-            return Err(err(
-                "type=inline is not supported yet; use type=registry,ref=REF".into(),
-            ));
+            check_keys(FLAG, spec, &fields, &["type", "mode"])?;
+            if fields.get("mode").is_some_and(|m| m != "min") {
+                return Err(err(
+                    "type=inline takes mode=min only: the image carries its own steps".into(),
+                ));
+            }
+            return Ok(Self {
+                location: CacheLocation::Inline,
+                mode: ExportMode::Min,
+                compression: None,
+                ignore_error: false,
+            });
         }
         if fields.contains_key("mounts") {
             return Err(err(
@@ -497,8 +511,21 @@ async fn load(
                 .fetch_manifest(reference)
                 .await
                 .map_err(|e| error_text(&e))?;
-            let document =
-                exchange::document_of(&manifest.bytes, &what).map_err(|e| e.to_string())?;
+            let document = match exchange::document_of(&manifest.bytes, &what) {
+                Ok(document) => document,
+                Err(not_a_cache) => {
+                    let doc = inline_document(state, registry, reference, &manifest.bytes, &what)
+                        .await?
+                        .ok_or_else(|| not_a_cache.to_string())?;
+                    return Ok((
+                        doc,
+                        SourceKind::Registry {
+                            client: Arc::clone(registry),
+                            reference: reference.clone(),
+                        },
+                    ));
+                }
+            };
             registry
                 .fetch_blob(reference, &document, state.registry_store())
                 .await
@@ -515,6 +542,9 @@ async fn load(
                     reference: reference.clone(),
                 },
             ))
+        }
+        CacheLocation::Inline => {
+            Err("an inline cache is read through the image's reference".into())
         }
         CacheLocation::Local(dir) => {
             let dir = CacheDir::new(dir);
@@ -536,6 +566,50 @@ async fn load(
             Ok((doc, SourceKind::Dir(dir)))
         }
     }
+}
+
+/// The cache document an image carries in its config (`--cache-to type=inline`), if it is an
+/// image that has one.
+async fn inline_document(
+    state: &Arc<State>,
+    registry: &Arc<Client>,
+    reference: &Reference,
+    manifest: &[u8],
+    what: &str,
+) -> Result<Option<CacheDocument>, String> {
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        config: Option<Descriptor>,
+    }
+    let Some(config) = serde_json::from_slice::<Manifest>(manifest)
+        .ok()
+        .and_then(|m| m.config)
+        .filter(|c| {
+            c.media_type().as_ref() == hoist_cache::content::DOCKER_CONFIG
+                || *c.media_type() == hoist_cache::oci_spec::image::MediaType::ImageConfig
+        })
+    else {
+        return Ok(None);
+    };
+    if config.size() > exchange::MAX_DOCUMENT_BYTES {
+        return Ok(None);
+    }
+    registry
+        .fetch_blob(reference, &config, state.registry_store())
+        .await
+        .map_err(|e| error_text(&e))?;
+    let bytes = state
+        .blobs
+        .read(config.digest())
+        .map_err(|e| error_text(&e))?;
+    let parsed: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    let Some(inline) = parsed.get(exchange::INLINE_KEY) else {
+        return Ok(None);
+    };
+    let text = serde_json::to_vec(inline).map_err(|e| e.to_string())?;
+    CacheDocument::decode(&text, what)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// A small blob of a cache directory, checked against its descriptor.
@@ -617,39 +691,7 @@ pub async fn export(
     compression: CompressionOptions,
     pushed: &[Reference],
 ) -> Result<ExportReport, WorkerError> {
-    let compression = export.compression.unwrap_or(compression);
-    let made = {
-        let state = Arc::clone(state);
-        tokio::task::spawn_blocking(move || -> Result<CacheDocument, WorkerError> {
-            let options = hoist_cache::DiffOptions {
-                compression,
-                source_date_epoch: None,
-            };
-            let mut doc = CacheDocument::new();
-            for (key, chain) in records {
-                let blobs = state.layer_blobs(&chain, &options)?;
-                let layers = chain
-                    .iter()
-                    .zip(blobs)
-                    .map(|(l, b)| LayerRecord {
-                        diff_id: l.diff_id.clone(),
-                        blob: Some(BlobRecord::from(&b)),
-                    })
-                    .collect();
-                doc.records.insert(
-                    key.to_string(),
-                    CacheEntry {
-                        layers,
-                        inputs: None,
-                    },
-                );
-            }
-            Ok(doc)
-        })
-    };
-    let doc = made
-        .await
-        .map_err(|_| WorkerError::Internal("making the cache's blobs panicked"))??;
+    let doc = document(state, records, export.compression.unwrap_or(compression)).await?;
     let blobs = doc.blobs();
     let encoded = doc.encode().map_err(export_err(export))?;
     let (doc_digest, doc_size) = state.blobs.put(&encoded).map_err(store_err)?;
@@ -694,6 +736,11 @@ pub async fn export(
                 .count();
             report.bytes_sent = pushed.bytes_sent();
         }
+        CacheLocation::Inline => {
+            return Err(WorkerError::Internal(
+                "an inline cache is written with the image config",
+            ));
+        }
         CacheLocation::Local(dir) => {
             let dir = CacheDir::new(dir);
             let mut wanted = blobs.clone();
@@ -730,6 +777,45 @@ pub async fn export(
         }
     }
     Ok(report)
+}
+
+/// The cache document of `records` (key → chain): each layer with its blob, made now
+/// (compressed as `compression`, and remembered as for an image) where it has none yet.
+///
+/// # Errors
+/// A layer's snapshot is gone, or its blob cannot be stored.
+pub async fn document(
+    state: &Arc<State>,
+    records: Vec<(CacheKey, Arc<Vec<Layer>>)>,
+    compression: CompressionOptions,
+) -> Result<CacheDocument, WorkerError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || -> Result<CacheDocument, WorkerError> {
+        let options = hoist_cache::DiffOptions {
+            compression,
+            source_date_epoch: None,
+        };
+        let mut doc = CacheDocument::new();
+        for (key, chain) in records {
+            let blobs = state.layer_blobs(&chain, &options)?;
+            let layers = chain
+                .iter()
+                .zip(blobs)
+                .map(|(l, b)| LayerRecord {
+                    diff_id: l.diff_id.clone(),
+                    blob: Some(BlobRecord::from(&b)),
+                })
+                .collect();
+            let entry = CacheEntry {
+                layers,
+                inputs: None,
+            };
+            doc.records.insert(key.to_string(), entry);
+        }
+        Ok(doc)
+    })
+    .await
+    .map_err(|_| WorkerError::Internal("making the cache's blobs panicked"))?
 }
 
 /// Copies a blob of the content store into a cache directory, atomically.
@@ -798,7 +884,7 @@ mod tests {
                 "type=registry,ref=r/a,compression-level=30,compression=zstd",
                 "1 to 22",
             ),
-            ("type=inline", "not supported yet"),
+            ("type=inline,mode=max", "mode=min only"),
             (
                 "type=registry,ref=r/a,mounts=true",
                 "mounts= (exporting cache mounts) is not",
