@@ -105,8 +105,14 @@ fn keep_storage_removes_the_least_recently_used_records_first() {
         "the root holds {after} bytes after prune --keep-storage {keep}:\n{printed}"
     );
     assert!(!build(&p, "a", &[]), "a was used last and must stay cached");
-    assert!(!build(&p, "c", &[]), "c was used after b and must stay cached");
-    assert!(build(&p, "b", &[]), "b was used least recently and must go first");
+    assert!(
+        !build(&p, "c", &[]),
+        "c was used after b and must stay cached"
+    );
+    assert!(
+        build(&p, "b", &[]),
+        "b was used least recently and must go first"
+    );
 }
 
 #[test]
@@ -197,9 +203,11 @@ fn prune_all_during_a_build_in_another_process_keeps_what_the_build_holds() {
         fs_err::read_to_string(dest.path().join("n2")).unwrap(),
         "held\n"
     );
-    assert!(fs_err::read_to_string(dest.path().join("sum"))
-        .unwrap()
-        .ends_with("/big\n"));
+    assert!(
+        fs_err::read_to_string(dest.path().join("sum"))
+            .unwrap()
+            .ends_with("/big\n")
+    );
     // What nobody held went; what the build held (and recorded) stayed.
     assert!(printed.contains("cache record(s)"), "{printed}");
     let again = p.hoist(&["--build-arg", "N=held"]);
@@ -209,7 +217,10 @@ fn prune_all_during_a_build_in_another_process_keeps_what_the_build_holds() {
         Vec::<String>::new(),
         "the held build's results were removed:\n{printed}"
     );
-    assert!(build(&p, "other", &[]), "the other build's records were kept");
+    assert!(
+        build(&p, "other", &[]),
+        "the other build's records were kept"
+    );
 }
 
 #[test]

@@ -288,7 +288,9 @@ impl CacheMounts {
                 if lock && let Some(free) = free {
                     locks.push(free);
                 }
-                let name = instance.file_name().map(|n| n.to_string_lossy().into_owned());
+                let name = instance
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned());
                 let rel = instance
                     .strip_prefix(&self.state.root)
                     .unwrap_or(&instance)
@@ -353,7 +355,10 @@ impl CacheMounts {
 /// Removes a mount's directory unless a step holds one of its locks.
 fn remove_if_free(dir: &Path) -> Result<(), WorkerError> {
     let mut held = Vec::new();
-    for entry in fs_err::read_dir(dir).map_err(io_err("list", dir))?.flatten() {
+    for entry in fs_err::read_dir(dir)
+        .map_err(io_err("list", dir))?
+        .flatten()
+    {
         if entry.path().extension().is_some_and(|e| e == "lock") {
             match try_lock(&entry.path()) {
                 Some(lock) => held.push(lock),

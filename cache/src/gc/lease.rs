@@ -221,11 +221,7 @@ impl Lease {
 
     /// Runs `f` under the shared lock; when it fails, the lock is kept (pinned) until no build
     /// runs. Returns whether `f` succeeded.
-    fn shared(
-        &self,
-        inner: &mut Inner,
-        f: impl FnOnce(&mut Inner) -> std::io::Result<()>,
-    ) -> bool {
+    fn shared(&self, inner: &mut Inner, f: impl FnOnce(&mut Inner) -> std::io::Result<()>) -> bool {
         if inner.gc_lock.is_none() {
             let path = self.root.join(GC_LOCK);
             match open_lock(&path) {
@@ -298,7 +294,8 @@ fn write_header(inner: &mut Inner, since: u64) -> std::io::Result<()> {
 fn write_since(inner: &mut Inner, since: u64) -> std::io::Result<()> {
     let (file, _) = inner.slot.as_mut().ok_or_else(no_slot)?;
     let at = (MAGIC.len() + SINCE.len()) as u64;
-    file.file().write_all_at(format!("{since:0WIDTH$}").as_bytes(), at)
+    file.file()
+        .write_all_at(format!("{since:0WIDTH$}").as_bytes(), at)
 }
 
 /// Takes `gc.lock` exclusively: no holder adds a line while the guard lives.

@@ -226,7 +226,11 @@ pub fn measure(root: &Path) -> Result<Measured, GcError> {
                 let rel = path.strip_prefix(root).unwrap_or(&path);
                 classify(rel, meta.is_dir())
             });
-            add(unit.as_ref().unwrap_or(&Unit::Metadata), &meta, &mut measured);
+            add(
+                unit.as_ref().unwrap_or(&Unit::Metadata),
+                &meta,
+                &mut measured,
+            );
             if meta.is_dir() {
                 stack.push((path, unit));
             }
@@ -255,7 +259,11 @@ impl Policy {
             return false;
         }
         let old_enough = self.until.is_none_or(|until| {
-            record.last_used.unwrap_or(0).saturating_add(until.as_secs()) <= self.now
+            record
+                .last_used
+                .unwrap_or(0)
+                .saturating_add(until.as_secs())
+                <= self.now
         });
         match record.kind {
             Kind::Debris | Kind::Unreferenced => true,
@@ -586,11 +594,16 @@ fn usage_of(records: Vec<Record>, measured: &Measured) -> Usage {
         })
         .collect();
     out.sort_by(|a, b| {
-        (a.record.kind, std::cmp::Reverse(a.exclusive + a.shared), &a.record.id).cmp(&(
-            b.record.kind,
-            std::cmp::Reverse(b.exclusive + b.shared),
-            &b.record.id,
-        ))
+        (
+            a.record.kind,
+            std::cmp::Reverse(a.exclusive + a.shared),
+            &a.record.id,
+        )
+            .cmp(&(
+                b.record.kind,
+                std::cmp::Reverse(b.exclusive + b.shared),
+                &b.record.id,
+            ))
     });
     Usage {
         records: out,
@@ -820,7 +833,11 @@ const LAST_MEASURE: &str = "gc.state";
 
 fn fs_used(root: &Path) -> Option<u64> {
     let fs = rustix::fs::statvfs(root).ok()?;
-    Some(fs.f_blocks.saturating_sub(fs.f_bfree).saturating_mul(fs.f_frsize))
+    Some(
+        fs.f_blocks
+            .saturating_sub(fs.f_bfree)
+            .saturating_mul(fs.f_frsize),
+    )
 }
 
 /// Whether the root may be over `budget`, told without walking it: the last measure plus
@@ -878,7 +895,10 @@ mod tests {
         assert_eq!(m.units.values().sum::<u64>(), m.total);
         assert_eq!(m.units[&Unit::Blob("bb".into())], 7);
         assert_eq!(m.units[&Unit::Log("abc".into())], 7);
-        assert!(m.units[&Unit::Snapshot("aa".into())] > 10, "the dir counts too");
+        assert!(
+            m.units[&Unit::Snapshot("aa".into())] > 10,
+            "the dir counts too"
+        );
         assert!(m.units.contains_key(&Unit::Path("cache-mounts/k/0".into())));
         assert!(m.units.contains_key(&Unit::Path("ingest/blob-1".into())));
     }
