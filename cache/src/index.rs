@@ -391,6 +391,9 @@ impl CacheIndex {
 /// in which the collector drops records (least recently used first).
 const USED: TableDefinition<'_, &str, u64> = TableDefinition::new("used.v1");
 
+/// How large the log of found keys' times may grow before a build folds it into `used.v1`.
+const USED_LOG_FOLD: u64 = 1 << 20;
+
 /// What a collector reads of the index (see [`CacheIndex::gc_entries`]).
 #[derive(Debug, Default)]
 pub struct GcEntries {
@@ -422,13 +425,23 @@ impl CacheIndex {
         }
     }
 
-    /// Writes the last-used time of every key found since the last call, in one commit, and
-    /// only for keys whose time is older than this second: a build that finds everything
-    /// cached again at once writes nothing.
+    /// Where found keys' times wait to be folded into `used.v1`: `<index>.used`.
+    fn used_log(&self) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".used");
+        self.path.with_file_name(name)
+    }
+
+    /// Notes the last-used time of every key found since the last call. A write transaction
+    /// costs a fully cached build more than the build itself (its commit syncs the file), so
+    /// the times are appended to a log without syncing instead, one `write` per build, and
+    /// folded into `used.v1` by the collector (or here, once the log is large). A time lost
+    /// in a crash only makes a record look older.
     ///
     /// # Errors
-    /// [`IndexError::Access`] when the store fails.
+    /// The log cannot be written, or folding it fails.
     pub fn flush_used(&self) -> Result<(), IndexError> {
+        use std::io::Write as _;
         let touched: Vec<String> = match self.touched.lock() {
             Ok(mut touched) => touched.drain().collect(),
             Err(_) => return Ok(()),
@@ -437,39 +450,82 @@ impl CacheIndex {
             return Ok(());
         }
         let now = crate::gc::now();
-        let stale: Vec<&String> = {
-            let txn = self.begin_read()?;
-            match txn.open_table(USED) {
-                Ok(table) => {
-                    let mut stale = Vec::new();
-                    for key in &touched {
-                        let at = table.get(key.as_str()).map_err(self.access())?;
-                        if at.is_none_or(|at| at.value() < now) {
-                            stale.push(key);
-                        }
-                    }
-                    stale
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => touched.iter().collect(),
-                Err(e) => return Err(self.access()(e)),
-            }
+        let mut text = String::new();
+        for key in &touched {
+            text.push_str(&format!("{now} {key}\n"));
+        }
+        let path = self.used_log();
+        let access = |source: std::io::Error| IndexError::Access {
+            path: path.clone(),
+            source: Box::new(source),
         };
-        if stale.is_empty() {
+        // One append: concurrent builds' lines do not interleave.
+        let mut log = fs_err::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(access)?;
+        log.write_all(text.as_bytes()).map_err(access)?;
+        if log.metadata().map_err(access)?.len() > USED_LOG_FOLD {
+            self.fold_used()?;
+        }
+        Ok(())
+    }
+
+    /// The times in the log, the newest of each key.
+    fn read_used_log(&self) -> std::collections::HashMap<String, u64> {
+        let mut out = std::collections::HashMap::new();
+        let Ok(text) = fs_err::read_to_string(self.used_log()) else {
+            return out;
+        };
+        for line in text.lines() {
+            if let Some((at, key)) = line.split_once(' ')
+                && let Ok(at) = at.parse::<u64>()
+            {
+                let e = out.entry(key.to_owned()).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
+        out
+    }
+
+    /// Moves the logged times into `used.v1` (for keys that still have a result) and empties
+    /// the log. A line appended between the read and the truncation is lost: its record only
+    /// looks older.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store or the log fails.
+    pub fn fold_used(&self) -> Result<(), IndexError> {
+        let logged = self.read_used_log();
+        if logged.is_empty() {
             return Ok(());
         }
         let txn = self.writer()?.begin_write().map_err(self.access())?;
         {
             let results = txn.open_table(RESULTS).map_err(self.access())?;
             let mut used = txn.open_table(USED).map_err(self.access())?;
-            for key in stale {
-                // A record a collector removed meanwhile gets no time.
-                if results.get(key.as_str()).map_err(self.access())?.is_some() {
-                    used.insert(key.as_str(), now).map_err(self.access())?;
+            for (key, at) in &logged {
+                if results.get(key.as_str()).map_err(self.access())?.is_none() {
+                    continue;
+                }
+                let stored = used
+                    .get(key.as_str())
+                    .map_err(self.access())?
+                    .map(|v| v.value());
+                if stored.is_none_or(|s| s < *at) {
+                    used.insert(key.as_str(), *at).map_err(self.access())?;
                 }
             }
         }
         txn.commit().map_err(self.access())?;
-        Ok(())
+        let path = self.used_log();
+        match fs_err::OpenOptions::new().write(true).open(&path) {
+            Ok(log) => log.set_len(0).map_err(|source| IndexError::Access {
+                path,
+                source: Box::new(source),
+            }),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Everything a collector needs from the index, read in one transaction.
@@ -477,6 +533,7 @@ impl CacheIndex {
     /// # Errors
     /// [`IndexError::Access`] when the store fails.
     pub fn gc_entries(&self) -> Result<GcEntries, IndexError> {
+        let logged = self.read_used_log();
         let txn = self.begin_read()?;
         let mut out = GcEntries::default();
         let mut times = std::collections::HashMap::new();
@@ -497,7 +554,7 @@ impl CacheIndex {
                     let (k, v) = item.map_err(self.access())?;
                     let key = k.value().to_owned();
                     let record = serde_json::from_slice(v.value()).ok();
-                    let used = times.get(&key).copied();
+                    let used = times.get(&key).copied().max(logged.get(&key).copied());
                     out.results.push((key, record, used));
                 }
             }

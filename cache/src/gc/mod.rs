@@ -707,6 +707,7 @@ pub fn collect(
     // Measured before the lock: what appears meanwhile is not in it, so it is not removed.
     let measured = measure(root)?;
     let lock = lease::lock_exclusive(root)?;
+    index.fold_used()?;
     let inventory = inventory(root, index, &measured, extra, policy.now)?;
     let victims = plan(&inventory, &measured, policy);
     let freed: Vec<&Unit> = victims.iter().flat_map(|(_, units)| units).collect();
