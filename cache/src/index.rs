@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use oci_spec::image::{Descriptor, Digest, MediaType};
@@ -159,6 +160,10 @@ pub struct CacheIndex {
     writer: Mutex<Option<Arc<Database>>>,
     reader: Option<ReadOnlyDatabase>,
     path: PathBuf,
+    /// The process's lease: a key found or written is held for the running builds.
+    lease: Option<Arc<crate::gc::Lease>>,
+    /// Keys found since the last [`CacheIndex::flush_used`].
+    touched: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for CacheIndex {
@@ -198,6 +203,8 @@ impl CacheIndex {
             writer: Mutex::new(None),
             reader,
             path: path.to_path_buf(),
+            lease: None,
+            touched: Mutex::default(),
         };
         if index.reader.is_none() {
             // A new index, or one the reader cannot open: the writer creates or repairs it.
@@ -283,6 +290,11 @@ impl CacheIndex {
         })?;
         let txn = self.writer()?.begin_write().map_err(self.access())?;
         {
+            if table.name() == RESULTS.name() {
+                // A result is used when it is recorded, in the same commit.
+                let mut used = txn.open_table(USED).map_err(self.access())?;
+                used.insert(key, crate::gc::now()).map_err(self.access())?;
+            }
             let mut table = txn.open_table(table).map_err(self.access())?;
             table.insert(key, bytes.as_slice()).map_err(self.access())?;
         }
@@ -297,7 +309,11 @@ impl CacheIndex {
     /// a record that does not decode. The index does not turn a bad record into a miss itself,
     /// so that what is wrong stays visible; a cache may (see [`IndexError::is_bad_record`]).
     pub fn get(&self, key: &str) -> Result<Option<CacheRecord>, IndexError> {
-        self.read(RESULTS, key)
+        let found: Option<CacheRecord> = self.read(RESULTS, key)?;
+        if found.is_some() {
+            self.used(key);
+        }
+        Ok(found)
     }
 
     /// Records a result under a key, atomically.
@@ -306,6 +322,9 @@ impl CacheIndex {
     /// [`IndexError::Access`] when the store fails, [`IndexError::Encode`] for a digest that
     /// is not sha256.
     pub fn put(&self, key: &str, record: &CacheRecord) -> Result<(), IndexError> {
+        if let Some(lease) = &self.lease {
+            lease.hold(crate::gc::Item::Key(key.to_owned()));
+        }
         self.write(RESULTS, key, record)
     }
 
@@ -363,6 +382,232 @@ impl CacheIndex {
             }
         }
         Ok(out)
+    }
+}
+
+// ---- Garbage collection: last-used times, leases, and what a collector reads and removes.
+
+/// cache key → when a build last found or recorded it, in seconds since the epoch: the order
+/// in which the collector drops records (least recently used first).
+const USED: TableDefinition<'_, &str, u64> = TableDefinition::new("used.v1");
+
+/// How large the log of found keys' times may grow before a build folds it into `used.v1`.
+const USED_LOG_FOLD: u64 = 1 << 20;
+
+/// What a collector reads of the index (see [`CacheIndex::gc_entries`]).
+#[derive(Debug, Default)]
+pub struct GcEntries {
+    /// Every result: its key, its record (`None` when it does not decode) and when it was last
+    /// used (`None` for a record written before times were kept).
+    pub results: Vec<(String, Option<CacheRecord>, Option<u64>)>,
+    /// Every compressed-blob record, by its key.
+    pub blobs: Vec<(String, BlobRecord)>,
+    /// Every key with a last-used time.
+    pub used: Vec<String>,
+}
+
+impl CacheIndex {
+    /// The same index, holding each key it finds or writes in `lease`.
+    #[must_use]
+    pub fn with_lease(mut self, lease: Arc<crate::gc::Lease>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// A key was found: it is held for the running builds, and its last-used time is written
+    /// at the next [`CacheIndex::flush_used`], once per build rather than once per step.
+    fn used(&self, key: &str) {
+        if let Some(lease) = &self.lease {
+            lease.hold(crate::gc::Item::Key(key.to_owned()));
+        }
+        if let Ok(mut touched) = self.touched.lock() {
+            touched.insert(key.to_owned());
+        }
+    }
+
+    /// Where found keys' times wait to be folded into `used.v1`: `<index>.used`.
+    fn used_log(&self) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".used");
+        self.path.with_file_name(name)
+    }
+
+    /// Notes the last-used time of every key found since the last call. A write transaction
+    /// costs a fully cached build more than the build itself (its commit syncs the file), so
+    /// the times are appended to a log without syncing instead, one `write` per build, and
+    /// folded into `used.v1` by the collector (or here, once the log is large). A time lost
+    /// in a crash only makes a record look older.
+    ///
+    /// # Errors
+    /// The log cannot be written, or folding it fails.
+    pub fn flush_used(&self) -> Result<(), IndexError> {
+        use std::io::Write as _;
+        let touched: Vec<String> = match self.touched.lock() {
+            Ok(mut touched) => touched.drain().collect(),
+            Err(_) => return Ok(()),
+        };
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let now = crate::gc::now();
+        let mut text = String::new();
+        for key in &touched {
+            text.push_str(&format!("{now} {key}\n"));
+        }
+        let path = self.used_log();
+        let access = |source: std::io::Error| IndexError::Access {
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        // One append: concurrent builds' lines do not interleave.
+        let mut log = fs_err::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(access)?;
+        log.write_all(text.as_bytes()).map_err(access)?;
+        if log.metadata().map_err(access)?.len() > USED_LOG_FOLD {
+            self.fold_used()?;
+        }
+        Ok(())
+    }
+
+    /// The times in the log, the newest of each key.
+    fn read_used_log(&self) -> std::collections::HashMap<String, u64> {
+        let mut out = std::collections::HashMap::new();
+        let Ok(text) = fs_err::read_to_string(self.used_log()) else {
+            return out;
+        };
+        for line in text.lines() {
+            if let Some((at, key)) = line.split_once(' ')
+                && let Ok(at) = at.parse::<u64>()
+            {
+                let e = out.entry(key.to_owned()).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
+        out
+    }
+
+    /// Moves the logged times into `used.v1` (for keys that still have a result) and empties
+    /// the log. A line appended between the read and the truncation is lost: its record only
+    /// looks older.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store or the log fails.
+    pub fn fold_used(&self) -> Result<(), IndexError> {
+        let logged = self.read_used_log();
+        if logged.is_empty() {
+            return Ok(());
+        }
+        let txn = self.writer()?.begin_write().map_err(self.access())?;
+        {
+            let results = txn.open_table(RESULTS).map_err(self.access())?;
+            let mut used = txn.open_table(USED).map_err(self.access())?;
+            for (key, at) in &logged {
+                if results.get(key.as_str()).map_err(self.access())?.is_none() {
+                    continue;
+                }
+                let stored = used
+                    .get(key.as_str())
+                    .map_err(self.access())?
+                    .map(|v| v.value());
+                if stored.is_none_or(|s| s < *at) {
+                    used.insert(key.as_str(), *at).map_err(self.access())?;
+                }
+            }
+        }
+        txn.commit().map_err(self.access())?;
+        let path = self.used_log();
+        match fs_err::OpenOptions::new().write(true).open(&path) {
+            Ok(log) => log.set_len(0).map_err(|source| IndexError::Access {
+                path,
+                source: Box::new(source),
+            }),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Everything a collector needs from the index, read in one transaction.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store fails.
+    pub fn gc_entries(&self) -> Result<GcEntries, IndexError> {
+        let logged = self.read_used_log();
+        let txn = self.begin_read()?;
+        let mut out = GcEntries::default();
+        let mut times = std::collections::HashMap::new();
+        match txn.open_table(USED) {
+            Ok(table) => {
+                for item in table.iter().map_err(self.access())? {
+                    let (k, v) = item.map_err(self.access())?;
+                    times.insert(k.value().to_owned(), v.value());
+                    out.used.push(k.value().to_owned());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.access()(e)),
+        }
+        match txn.open_table(RESULTS) {
+            Ok(table) => {
+                for item in table.iter().map_err(self.access())? {
+                    let (k, v) = item.map_err(self.access())?;
+                    let key = k.value().to_owned();
+                    let record = serde_json::from_slice(v.value()).ok();
+                    let used = times.get(&key).copied().max(logged.get(&key).copied());
+                    out.results.push((key, record, used));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.access()(e)),
+        }
+        match txn.open_table(BLOBS) {
+            Ok(table) => {
+                for item in table.iter().map_err(self.access())? {
+                    let (k, v) = item.map_err(self.access())?;
+                    if let Ok(blob) = serde_json::from_slice(v.value()) {
+                        out.blobs.push((k.value().to_owned(), blob));
+                    }
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.access()(e)),
+        }
+        Ok(out)
+    }
+
+    /// Removes results (with their times), compressed-blob records and stray times, in one
+    /// commit.
+    ///
+    /// # Errors
+    /// [`IndexError::Access`] when the store fails.
+    pub fn remove_for_gc(
+        &self,
+        keys: &[String],
+        blob_keys: &[String],
+        used_keys: &[String],
+    ) -> Result<(), IndexError> {
+        if keys.is_empty() && blob_keys.is_empty() && used_keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.writer()?.begin_write().map_err(self.access())?;
+        {
+            let mut results = txn.open_table(RESULTS).map_err(self.access())?;
+            let mut used = txn.open_table(USED).map_err(self.access())?;
+            let mut blobs = txn.open_table(BLOBS).map_err(self.access())?;
+            for key in keys {
+                results.remove(key.as_str()).map_err(self.access())?;
+                used.remove(key.as_str()).map_err(self.access())?;
+            }
+            for key in used_keys {
+                used.remove(key.as_str()).map_err(self.access())?;
+            }
+            for key in blob_keys {
+                blobs.remove(key.as_str()).map_err(self.access())?;
+            }
+        }
+        txn.commit().map_err(self.access())?;
+        Ok(())
     }
 }
 

@@ -40,6 +40,8 @@
 //!   by content as Docker does, and extraction with the same confinement as layer apply.
 //! - [`context`], [`copy`] and [`index`]: build-context selection and hashing, COPY/ADD file
 //!   operations without a container, and the cache index (redb) from cache key to result.
+//! - [`gc`]: what the state root holds record by record, the leases of running builds, and
+//!   the collector that removes the least recently used records.
 //!
 //! # State root layout
 //!
@@ -61,6 +63,7 @@ pub mod copy;
 mod diff;
 mod digest;
 pub mod exchange;
+pub mod gc;
 mod image;
 pub mod index;
 mod layout;

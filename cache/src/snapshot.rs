@@ -91,6 +91,8 @@ pub struct SnapshotStore {
     /// Where snapshots are unpacked until their diffID checked out: the process's scratch area
     /// when one was given ([`SnapshotStore::with_scratch`]), else beside them.
     scratch: Option<std::sync::Arc<crate::scratch::ScratchArea>>,
+    /// The process's lease: a snapshot looked at or made is held for the running builds.
+    lease: Option<std::sync::Arc<crate::gc::Lease>>,
 }
 
 impl SnapshotStore {
@@ -100,6 +102,23 @@ impl SnapshotStore {
         Self {
             root: state_root.join("snapshots"),
             scratch: None,
+            lease: None,
+        }
+    }
+
+    /// The same store, holding in `lease` each snapshot it is asked about or makes, before it
+    /// looks (see [`crate::gc::lease`]), so that no collector removes it under a build.
+    #[must_use]
+    pub fn with_lease(mut self, lease: std::sync::Arc<crate::gc::Lease>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Holds the snapshot of `diff_id` for the running builds: call it before looking whether
+    /// it exists, or making it.
+    pub fn hold(&self, diff_id: &Digest) {
+        if let Some(lease) = &self.lease {
+            lease.hold(crate::gc::Item::Snapshot(diff_id.digest().to_owned()));
         }
     }
 
@@ -133,6 +152,7 @@ impl SnapshotStore {
     /// The snapshot of `diff_id`, if it has been unpacked.
     #[must_use]
     pub fn get(&self, diff_id: &Digest) -> Option<PathBuf> {
+        self.hold(diff_id);
         self.path(diff_id).ok().filter(|p| p.is_dir())
     }
 
@@ -163,6 +183,7 @@ impl SnapshotStore {
         lowers: &[PathBuf],
     ) -> Result<PathBuf, SnapshotError> {
         let dest = self.path(diff_id)?;
+        self.hold(diff_id);
         if dest.is_dir() {
             return Ok(dest);
         }

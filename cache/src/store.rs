@@ -118,6 +118,8 @@ pub struct BlobStore {
     /// Where blobs are written until they are complete: the process's scratch area when one
     /// was given ([`BlobStore::with_scratch`]), else `<root>/ingest`.
     scratch: Option<std::sync::Arc<crate::scratch::ScratchArea>>,
+    /// The process's lease: a blob looked at or stored is held for the running builds.
+    lease: Option<std::sync::Arc<crate::gc::Lease>>,
 }
 
 impl BlobStore {
@@ -127,6 +129,21 @@ impl BlobStore {
         Self {
             root: root.into(),
             scratch: None,
+            lease: None,
+        }
+    }
+
+    /// The same store, holding in `lease` each blob it is asked about or stores, before it
+    /// looks (see [`crate::gc::lease`]), so that no collector removes it under a build.
+    #[must_use]
+    pub fn with_lease(mut self, lease: std::sync::Arc<crate::gc::Lease>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    fn hold(&self, digest: &Digest) {
+        if let Some(lease) = &self.lease {
+            lease.hold(crate::gc::Item::Blob(digest.digest().to_owned()));
         }
     }
 
@@ -156,6 +173,7 @@ impl BlobStore {
     /// Whether the blob is present.
     #[must_use]
     pub fn has(&self, digest: &Digest) -> bool {
+        self.hold(digest);
         self.blob_path(digest).is_ok_and(|p| p.is_file())
     }
 
@@ -180,6 +198,7 @@ impl BlobStore {
     /// The digest is not sha256, or statting fails for another reason than absence.
     pub fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
         let path = self.blob_path(digest)?;
+        self.hold(digest);
         match fs_err::metadata(&path) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -434,6 +453,7 @@ impl BlobWriter {
                 source,
             })?;
         let dest = self.store.blob_path(&actual)?;
+        self.store.hold(&actual);
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
         fs_err::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
             path: dir.clone(),

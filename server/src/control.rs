@@ -527,6 +527,8 @@ impl ControlService {
         };
         let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || -> Result<(), Status> {
+            // What the output reads stays until it is sent, whatever a GC meanwhile decides.
+            let _hold = hoist_worker::gc::BuildHold::new(&engine.state);
             let failed = |what: &str, e: &dyn std::fmt::Display| {
                 if cancel.is_cancelled() {
                     Status::cancelled("the build's client went away")
@@ -870,17 +872,24 @@ impl pb::control_server::Control for ControlService {
         let engine = Arc::clone(&self.engine);
         let contexts = Arc::clone(&self.contexts);
         let records = tokio::task::spawn_blocking(move || -> Result<_, Status> {
-            let mounts = hoist_worker::cache_mounts::CacheMounts::new(Arc::clone(&engine.state))
-                .usage()
-                .map_err(|e| Status::internal(format!("reading the cache mounts: {e}")))?;
-            let mut records: Vec<pb::UsageRecord> = mounts
+            let usage = hoist_worker::gc::usage(&engine.state).map_err(|e| {
+                Status::internal(format!(
+                    "measuring {}: {}",
+                    engine.state.root.display(),
+                    crate::error_chain(&e)
+                ))
+            })?;
+            // The uploaded trees are listed one by one below.
+            let mut records: Vec<pb::UsageRecord> = usage
+                .records
                 .into_iter()
-                .map(|m| pb::UsageRecord {
-                    kind: "cache-mount".to_owned(),
-                    id: m.id,
-                    bytes: m.bytes,
-                    in_use: m.in_use,
-                    instances: m.instances as u64,
+                .filter(|r| r.record.kind != hoist_cache::gc::Kind::Server)
+                .map(|r| pb::UsageRecord {
+                    kind: r.record.kind.name().to_owned(),
+                    id: r.record.id,
+                    bytes: r.exclusive,
+                    in_use: r.record.held,
+                    instances: 1,
                 })
                 .collect();
             records.extend(contexts.usage()?);
@@ -910,18 +919,29 @@ impl pb::control_server::Control for ControlService {
                     ..pb::PruneEvent::default()
                 }));
             };
-            match hoist_worker::cache_mounts::CacheMounts::new(Arc::clone(&engine.state)).prune() {
-                Ok(pruned) if pruned.instances > 0 => send(pb::UsageRecord {
-                    kind: "cache-mount".to_owned(),
-                    id: "(instances no build holds)".to_owned(),
-                    bytes: pruned.bytes,
-                    in_use: false,
-                    instances: pruned.instances as u64,
-                }),
-                Ok(_) => {}
+            let policy = hoist_cache::gc::Policy {
+                all,
+                keep_storage: None,
+                until: None,
+                now: hoist_cache::gc::now(),
+            };
+            match hoist_worker::gc::prune(&engine.state, &policy) {
+                Ok(collected) => {
+                    for (record, bytes) in collected.removed {
+                        send(pb::UsageRecord {
+                            kind: record.kind.name().to_owned(),
+                            id: record.id,
+                            bytes,
+                            in_use: false,
+                            instances: 1,
+                        });
+                    }
+                }
                 Err(e) => {
                     let _ = tx.blocking_send(Err(Status::internal(format!(
-                        "pruning the cache mounts: {e}"
+                        "pruning {}: {}",
+                        engine.state.root.display(),
+                        crate::error_chain(&e)
                     ))));
                     return;
                 }

@@ -29,6 +29,10 @@ pub struct ServeOptions {
     /// How long running builds may take to finish after `SIGTERM` before they are cancelled.
     pub grace: Duration,
     pub cas_limits: CasLimits,
+    /// The automatic GC keeps the state root under this many bytes (`--gc-keep-storage`):
+    /// checked every `gc_interval`, which costs one `statvfs` while the root is under it.
+    pub gc_keep_storage: u64,
+    pub gc_interval: Duration,
 }
 
 /// The server could not start, or a listener failed.
@@ -154,6 +158,7 @@ pub async fn serve(
         store: Arc::clone(&store),
         state_root: engine.state.root.clone(),
     });
+    let log_gc = Arc::clone(&log);
     let (control, builds) = ControlService::new(
         Arc::clone(&engine),
         contexts,
@@ -182,6 +187,13 @@ pub async fn serve(
     });
 
     let stop_listening = CancellationToken::new();
+    tokio::spawn(collect_garbage(
+        Arc::clone(&engine),
+        options.gc_keep_storage,
+        options.gc_interval,
+        Arc::clone(&log_gc),
+        stop_listening.clone(),
+    ));
     let mut serving = tokio::spawn(listeners.serve(routes, stop_listening.clone()));
     if let Some(listener) = metrics_listener {
         tokio::spawn(listener.serve(Arc::clone(&metrics), stop_listening.clone()));
@@ -211,6 +223,39 @@ pub async fn serve(
     }
     stop_listening.cancel();
     serving.await.unwrap_or(Ok(())).map_err(ServeError::from)
+}
+
+/// The automatic GC of a server: every `interval`, removes the least recently used records
+/// while the state root is over `budget`; never what a running build holds.
+async fn collect_garbage(
+    engine: Arc<Engine>,
+    budget: u64,
+    interval: Duration,
+    log: BuildLogLine,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let state = Arc::clone(&engine.state);
+        let done =
+            tokio::task::spawn_blocking(move || hoist_worker::gc::auto(&state, budget)).await;
+        let line = match done {
+            Ok(Ok(Some(collected))) if collected.bytes > 0 => serde_json::json!({
+                "msg": "gc",
+                "removed_records": collected.removed.len(),
+                "removed_bytes": collected.bytes,
+                "root_bytes": collected.after,
+                "keep_storage": budget,
+            }),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => serde_json::json!({"msg": "gc failed", "error": crate::error_chain(&e)}),
+            Err(e) => serde_json::json!({"msg": "gc failed", "error": e.to_string()}),
+        };
+        log(&line);
+    }
 }
 
 /// The server's own records under a state root.

@@ -74,6 +74,11 @@ pub(crate) struct BuildArgs {
     /// Run at most this many steps at once (default: the number of CPUs).
     #[arg(long)]
     max_parallelism: Option<usize>,
+    /// After the build, remove the least recently used cache records until the state root is
+    /// at most this large (default: a tenth of its filesystem, at most 20 GB).
+    #[arg(long, env = "HOIST_GC_KEEP_STORAGE", value_name = "SIZE",
+          value_parser = crate::cmd::disk::parse_size)]
+    gc_keep_storage: Option<u64>,
     /// Memory limit of each RUN, in bytes or with a unit: 512m, 2g.
     #[arg(short = 'm', long, value_name = "BYTES")]
     memory: Option<String>,
@@ -160,7 +165,7 @@ fn limits(args: &BuildArgs) -> anyhow::Result<Limits> {
 }
 
 /// `512m`, `2g`, `1024k`, `100b` or plain bytes; units are powers of 1024, as in Docker.
-fn parse_bytes(text: &str) -> Option<i64> {
+pub(crate) fn parse_bytes(text: &str) -> Option<i64> {
     let t = text.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').filter(|r| !r.is_empty()).unwrap_or(&t);
     let (digits, shift) = match t.chars().last()? {
@@ -410,6 +415,8 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::cmd::runtime()?;
     runtime.block_on(async {
         let engine = engine::open(&args.engine, args.max_parallelism)?;
+        // Held through the outputs too, which read the snapshots after the build.
+        let hold = hoist_worker::gc::BuildHold::new(&engine.state);
         let events = Arc::new(progress::DisplayQueue::default());
         let mode = if args.quiet {
             progress::Mode::Quiet
@@ -436,6 +443,8 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         let _ = renderer.await;
         let outcome = result.map_err(anyhow::Error::from)?;
         finish(&engine, &args, &outputs, &outcome)?;
+        drop(hold);
+        crate::cmd::disk::auto_gc(&engine.state, args.gc_keep_storage);
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -63,6 +63,9 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
     let platform = platform(args.platform.as_deref())?;
     crate::cmd::runtime()?.block_on(async {
         let (state, client) = engine::open_store(&args.engine)?;
+        // A prune meanwhile must not remove the blobs before the image is named.
+        let state = std::sync::Arc::new(state);
+        let _hold = hoist_worker::gc::BuildHold::new(&state);
         let descriptor = hoist_registry::observe(
             progress(),
             hoist_worker::image::pull(&state, &client, &args.image, &platform),
@@ -77,6 +80,8 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn push(args: &PushArgs) -> anyhow::Result<ExitCode> {
     crate::cmd::runtime()?.block_on(async {
         let (state, client) = engine::open_store(&args.engine)?;
+        let state = std::sync::Arc::new(state);
+        let _hold = hoist_worker::gc::BuildHold::new(&state);
         let pinned = hoist_registry::observe(
             progress(),
             hoist_worker::image::push(&state, &client, &args.name, args.target.as_deref()),

@@ -60,6 +60,8 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::cmd::runtime()?;
     let code = runtime.block_on(async {
         let engine = engine::open(&args.engine, None)?;
+        // A prune meanwhile must not take the image's snapshots from under the container.
+        let _hold = hoist_worker::gc::BuildHold::new(&engine.state);
         let mut stdout = tokio::io::stdout();
         let mut stderr = tokio::io::stderr();
         let code = hoist_worker::image::run(

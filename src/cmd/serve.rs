@@ -57,6 +57,14 @@ pub(crate) struct ServeArgs {
     /// After SIGTERM, how long running builds may take to finish before they are cancelled.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     grace: u64,
+    /// Keep the state root under this size, removing the least recently used cache records
+    /// (default: a tenth of its filesystem, at most 20 GB). Named images and what running
+    /// builds hold stay.
+    #[arg(long, value_name = "SIZE", value_parser = crate::cmd::disk::parse_size)]
+    gc_keep_storage: Option<u64>,
+    /// How often the automatic GC checks the state root's size.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, hide = true)]
+    gc_interval: u64,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -100,6 +108,10 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         },
         grace: Duration::from_secs(args.grace),
         cas_limits: CasLimits::default(),
+        gc_keep_storage: args
+            .gc_keep_storage
+            .unwrap_or_else(|| hoist_cache::gc::default_budget(&args.engine.root())),
+        gc_interval: Duration::from_secs(args.gc_interval.max(1)),
     };
 
     let runtime = crate::cmd::runtime()?;

@@ -150,6 +150,8 @@ impl CacheMounts {
                 Err(rustix::io::Errno::WOULDBLOCK) => continue,
                 Err(e) => return Err(io_err("lock", &lock_path)(e.into())),
             }
+            // The lock file's time is the instance's last use, which the collector orders by.
+            let _ = lock.file().set_modified(std::time::SystemTime::now());
             let path = dir.join(i.to_string());
             self.ensure_instance(&dir, &path, mount)?;
             return Ok(CacheLease { path, _lock: lock });
@@ -260,25 +262,72 @@ impl CacheMounts {
             // A mount with no instance left goes too, unless a step holds one of its locks
             // (it is about to make an instance).
             if instances(&dir)?.is_empty() {
-                let mut held = Vec::new();
-                let mut free = true;
-                for entry in fs_err::read_dir(&dir)
-                    .map_err(io_err("list", &dir))?
-                    .flatten()
-                {
-                    if entry.path().extension().is_some_and(|e| e == "lock") {
-                        match try_lock(&entry.path()) {
-                            Some(lock) => held.push(lock),
-                            None => free = false,
-                        }
-                    }
-                }
-                if free {
-                    fs_err::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
-                }
+                remove_if_free(&dir)?;
             }
         }
         Ok(pruned)
+    }
+
+    /// Every instance as a record for the collector, with when a step last mounted it; one
+    /// that a step holds now is marked held. With `lock`, the free ones are locked and the
+    /// locks returned: keep them until the collection ends, so that no step takes an instance
+    /// that is being removed.
+    ///
+    /// # Errors
+    /// The directory cannot be listed.
+    pub fn gc_records(
+        &self,
+        lock: bool,
+    ) -> Result<(Vec<hoist_cache::gc::Record>, Vec<fs_err::File>), WorkerError> {
+        let mut records = Vec::new();
+        let mut locks = Vec::new();
+        for (dir, meta) in self.entries()? {
+            for (instance, lock_path) in instances(&dir)? {
+                let free = try_lock(&lock_path);
+                let held = free.is_none();
+                if lock && let Some(free) = free {
+                    locks.push(free);
+                }
+                let name = instance
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned());
+                let rel = instance
+                    .strip_prefix(&self.state.root)
+                    .unwrap_or(&instance)
+                    .to_path_buf();
+                records.push(crate::gc::record(
+                    hoist_cache::gc::Kind::CacheMount,
+                    format!("{} #{}", meta.id, name.unwrap_or_default()),
+                    format!(
+                        "RUN --mount=type=cache,id={}{}",
+                        meta.id,
+                        if meta.seeded {
+                            format!(",from=…,source={}", meta.source)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    crate::gc::modified(&lock_path),
+                    held,
+                    vec![hoist_cache::gc::Unit::Path(rel)],
+                ));
+            }
+        }
+        Ok((records, locks))
+    }
+
+    /// Removes each mount left with no instance, unless a step holds one of its locks (it is
+    /// about to make an instance).
+    ///
+    /// # Errors
+    /// A directory cannot be listed or removed.
+    pub fn remove_empty(&self) -> Result<(), WorkerError> {
+        for (dir, _) in self.entries()? {
+            if instances(&dir)?.is_empty() {
+                remove_if_free(&dir)?;
+            }
+        }
+        Ok(())
     }
 
     fn entries(&self) -> Result<Vec<(PathBuf, Meta)>, WorkerError> {
@@ -301,6 +350,23 @@ impl CacheMounts {
         }
         Ok(out)
     }
+}
+
+/// Removes a mount's directory unless a step holds one of its locks.
+fn remove_if_free(dir: &Path) -> Result<(), WorkerError> {
+    let mut held = Vec::new();
+    for entry in fs_err::read_dir(dir)
+        .map_err(io_err("list", dir))?
+        .flatten()
+    {
+        if entry.path().extension().is_some_and(|e| e == "lock") {
+            match try_lock(&entry.path()) {
+                Some(lock) => held.push(lock),
+                None => return Ok(()),
+            }
+        }
+    }
+    fs_err::remove_dir_all(dir).map_err(io_err("remove", dir))
 }
 
 /// The instances of a mount's directory, with their lock files.

@@ -183,9 +183,15 @@ impl Engine {
         progress: Arc<dyn ProgressSink>,
         cancel: CancellationToken,
     ) -> Result<BuildOutcome, BuildError> {
+        // What the build uses is held against collectors until it ends.
+        let _hold = crate::gc::BuildHold::new(&self.state);
         // Every event goes through the build's log first, so the whole output can be read
         // back afterwards (`hoist logs`), whatever the renderer kept.
-        let log = Arc::new(crate::logs::LogStore::new(&self.state.root).start(progress)?);
+        let log = Arc::new(
+            crate::logs::LogStore::new(&self.state.root)
+                .with_lease(Arc::clone(&self.state.lease))
+                .start(progress)?,
+        );
         log.event(hoist_solver::progress::Event::Build {
             build: log.build().to_owned(),
         });

@@ -29,6 +29,8 @@
 //!   [`source`], [`exec`] and [`file`], as BuildKit's `solver/llbsolver/ops`.
 //! - [`IndexCache`]: the cache index as the scheduler's [`hoist_solver::Cache`].
 //! - [`image`]: `hoist run`, `pull` and `push` on the same state.
+//! - [`gc`]: `hoist du` and `hoist prune` over every kind of record, the hold a running
+//!   build keeps on what it uses, and the automatic collection after builds.
 #![forbid(unsafe_code)]
 
 pub mod cache;
@@ -39,6 +41,7 @@ pub mod error;
 pub mod exchange;
 pub mod exec;
 pub mod file;
+pub mod gc;
 pub mod image;
 pub mod logs;
 mod mounts;

@@ -78,6 +78,8 @@ fn new_build_id() -> String {
 #[derive(Debug, Clone)]
 pub struct LogStore {
     dir: PathBuf,
+    /// The process's lease: a new build's logs are held until it ends.
+    lease: Option<Arc<hoist_cache::gc::Lease>>,
 }
 
 /// One step of a recorded build, as its `steps` file tells it.
@@ -95,7 +97,40 @@ impl LogStore {
     pub fn new(root: &Path) -> Self {
         Self {
             dir: root.join("logs"),
+            lease: None,
         }
+    }
+
+    /// The same store, holding each new build's logs in `lease` (see [`hoist_cache::gc`]).
+    #[must_use]
+    pub fn with_lease(mut self, lease: Arc<hoist_cache::gc::Lease>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Every kept build's logs as a record for the collector, last used when its steps file
+    /// last changed.
+    #[must_use]
+    pub fn gc_records(&self) -> Vec<hoist_cache::gc::Record> {
+        let Ok(builds) = self.builds() else {
+            return Vec::new();
+        };
+        builds
+            .into_iter()
+            .map(|(modified, build)| {
+                let at = modified
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                crate::gc::record(
+                    hoist_cache::gc::Kind::Log,
+                    build.clone(),
+                    format!("the logs of build {build} (hoist logs {build})"),
+                    Some(at),
+                    false,
+                    vec![hoist_cache::gc::Unit::Log(build)],
+                )
+            })
+            .collect()
     }
 
     /// The newest build's id.
@@ -260,6 +295,9 @@ impl LogStore {
         fs_err::create_dir_all(&self.dir).map_err(io_err("create", &self.dir))?;
         self.prune();
         let build = new_build_id();
+        if let Some(lease) = &self.lease {
+            lease.hold(hoist_cache::gc::Item::Log(build.clone()));
+        }
         let steps_path = self.dir.join(format!("{build}.steps"));
         let steps = fs_err::File::create(&steps_path).map_err(io_err("create", &steps_path))?;
         Ok(BuildLog {

@@ -71,6 +71,8 @@ pub struct State {
     pub reclaimed: Reclaimed,
     /// Where blobs that imported cache hits named can be had (see [`crate::exchange`]).
     blob_sources: std::sync::Mutex<std::collections::HashMap<Digest, Arc<BlobSource>>>,
+    /// What this process's running builds hold, for collectors (see [`crate::gc`]).
+    pub lease: Arc<hoist_cache::gc::Lease>,
 }
 
 impl State {
@@ -90,11 +92,17 @@ impl State {
         hoist_cache::spread_directories(&tmp)?;
         let reclaimed = scratch::reclaim_stale(&tmp)?;
         let scratch = Arc::new(ScratchArea::new(&tmp));
-        let snapshots = SnapshotStore::new(root).with_scratch(Arc::clone(&scratch));
+        let lease = hoist_cache::gc::Lease::new(root);
+        let snapshots = SnapshotStore::new(root)
+            .with_scratch(Arc::clone(&scratch))
+            .with_lease(Arc::clone(&lease));
         hoist_cache::spread_directories(&snapshots.dir())?;
         Ok(Self {
             root: root.to_path_buf(),
-            blobs: BlobStore::new(root).with_scratch(Arc::clone(&scratch)),
+            blobs: BlobStore::new(root)
+                .with_scratch(Arc::clone(&scratch))
+                .with_lease(Arc::clone(&lease)),
+            lease,
             snapshots,
             index: std::sync::OnceLock::new(),
             index_opening: std::sync::Mutex::new(()),
@@ -279,7 +287,8 @@ impl State {
         if let Some(index) = self.index.get() {
             return Ok(index);
         }
-        let index = CacheIndex::open(&self.root.join("cache.redb"))?;
+        let index =
+            CacheIndex::open(&self.root.join("cache.redb"))?.with_lease(Arc::clone(&self.lease));
         Ok(self.index.get_or_init(|| index))
     }
 
@@ -347,6 +356,7 @@ impl State {
     /// (no whiteouts), which serves as the lowest lowerdir in their place.
     pub(crate) fn merge(&self, layers: &[Layer]) -> Result<(), WorkerError> {
         let target = self.merged_path(layers);
+        crate::gc::hold_merged(self, &target);
         if target.is_dir() {
             return Ok(());
         }
@@ -446,6 +456,8 @@ impl State {
                 layer: diff_id.clone(),
                 source,
             })?;
+        // Held before it is looked at or made: see `hoist_cache::gc::lease`.
+        self.snapshots.hold(&diff_id);
         if !target.is_dir() {
             if let Some(parent) = target.parent() {
                 fs_err::create_dir_all(parent).map_err(io_err("create", parent))?;
