@@ -536,3 +536,67 @@ fn an_inline_cache_rides_in_the_pushed_image_and_serves_the_next_runner() {
         assert!(!has_blob(root_b.path(), &layer), "layer {layer} was pulled");
     }
 }
+
+/// A RUN that keeps a file in a cache mount and says what it found there.
+const MOUNT_DOCKERFILE: &str = "\
+FROM scratch
+ADD rootfs.tar /
+ARG V=1
+RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
+    if [ -f /var/cache/pkgs/token ]; then echo \"found $(cat /var/cache/pkgs/token)\"; \
+    else head -c 6 /dev/urandom | od -An -tx1 | tr -d ' ' > /var/cache/pkgs/token; \
+    echo \"made $(cat /var/cache/pkgs/token)\"; fi; echo $V > /v
+";
+
+/// The token the cache-mount RUN printed (`made X` or `found X`).
+fn token(stderr: &str, verb: &str) -> Option<String> {
+    stderr.lines().find_map(|l| {
+        l.split_once(&format!(" {verb} "))
+            .map(|(_, t)| t.trim().to_owned())
+    })
+}
+
+#[test]
+fn cache_mounts_travel_with_mounts_true_and_stay_home_without_it() {
+    let registry = Registry::start();
+    let p = Project::new(MOUNT_DOCKERFILE);
+    let cache = format!("{}/cache:mounts", registry.addr);
+    let to = format!("type=registry,ref={cache},mode=max,mounts=true");
+    let first = succeeded(&p.hoist(&["--cache-to", &to]));
+    let made = token(&first, "made").unwrap_or_else(|| panic!("{first}"));
+    assert!(first.contains("1 cache mounts"), "{first}");
+
+    // Runner B: a changed build-arg reruns the step; its mount starts from A's.
+    let (out, _b) = on_fresh_root(&p, &["--cache-from", &cache, "--build-arg", "V=2"]);
+    let second = succeeded(&out);
+    assert!(
+        second.contains("restored from the imported cache"),
+        "{second}"
+    );
+    assert_eq!(
+        token(&second, "found").as_deref(),
+        Some(made.as_str()),
+        "{second}"
+    );
+
+    // Without mounts=true the mount is not exported: a fresh runner starts it empty.
+    let plain = tempfile::tempdir().unwrap();
+    let to = format!("type=local,dest={},mode=max", plain.path().display());
+    succeeded(&p.hoist(&["--cache-to", &to]));
+    let from = format!("type=local,src={}", plain.path().display());
+    let (out, _c) = on_fresh_root(&p, &["--cache-from", &from, "--build-arg", "V=3"]);
+    let third = succeeded(&out);
+    assert!(token(&third, "made").is_some(), "{third}");
+
+    // A mount over the size cap is left out with a warning.
+    let capped = tempfile::tempdir().unwrap();
+    let to = format!(
+        "type=local,dest={},mounts=true,mounts-max=1",
+        capped.path().display()
+    );
+    let capped_out = succeeded(&p.hoist(&["--cache-to", &to]));
+    assert!(
+        capped_out.contains("warning: cache mount \"pkgs\" left out"),
+        "{capped_out}"
+    );
+}

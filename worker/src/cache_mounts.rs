@@ -40,6 +40,24 @@ pub struct CacheMount {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// A tar of the mount's contents (blob in the content store, its diffID) that a new,
+    /// unseeded instance starts from: a cache mount restored from `--cache-from`.
+    pub restore: Option<(
+        hoist_cache::oci_spec::image::Descriptor,
+        hoist_cache::Digest,
+    )>,
+}
+
+impl CacheMount {
+    /// The name of the mount's directory: the sha256 of its id, source and seed layers.
+    fn key(&self) -> hoist_cache::Digest {
+        let mut identity = format!("{}\n{}\n", self.id, self.source);
+        for layer in self.seed.iter().flatten() {
+            identity.push_str(layer.diff_id.as_ref());
+            identity.push('\n');
+        }
+        hoist_cache::sha256_of(identity.as_bytes())
+    }
 }
 
 /// One instance in use by a step; the lock is released when it drops.
@@ -118,13 +136,7 @@ impl CacheMounts {
         mount: &CacheMount,
         sharing: CacheSharing,
     ) -> Result<CacheLease, WorkerError> {
-        let mut identity = format!("{}\n{}\n", mount.id, mount.source);
-        for layer in mount.seed.iter().flatten() {
-            identity.push_str(layer.diff_id.as_ref());
-            identity.push('\n');
-        }
-        let key = hoist_cache::sha256_of(identity.as_bytes());
-        let dir = self.dir().join(key.digest());
+        let dir = self.dir().join(mount.key().digest());
         fs_err::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let meta_path = dir.join("meta.json");
         if !meta_path.exists() {
@@ -203,6 +215,13 @@ impl CacheMounts {
             }
             None => {
                 fs_err::create_dir(&fs).map_err(io_err("create", &fs))?;
+                if let Some((blob, diff_id)) = &mount.restore
+                    && self.restore(&fs, blob, diff_id).is_err()
+                {
+                    // Only a cache: a restore that fails starts the mount empty instead.
+                    fs_err::remove_dir_all(&fs).map_err(io_err("remove", &fs))?;
+                    fs_err::create_dir(&fs).map_err(io_err("create", &fs))?;
+                }
                 fs
             }
         };
@@ -216,6 +235,72 @@ impl CacheMounts {
         }
         fs_err::rename(&root, path).map_err(io_err("rename into place", path))?;
         Ok(())
+    }
+
+    /// Writes an exported mount's tar into `dest`, checked against its diffID.
+    fn restore(
+        &self,
+        dest: &Path,
+        blob: &hoist_cache::oci_spec::image::Descriptor,
+        diff_id: &hoist_cache::Digest,
+    ) -> Result<(), WorkerError> {
+        let reader = self
+            .state
+            .blobs
+            .open(blob.digest())
+            .map_err(|e| WorkerError::Io {
+                op: "open the cache mount blob for",
+                path: dest.to_path_buf(),
+                source: std::io::Error::other(e),
+            })?;
+        hoist_cache::apply_layer(
+            reader,
+            dest,
+            &hoist_cache::ApplyOptions {
+                whiteouts: hoist_cache::WhiteoutMode::Remove,
+                expected_diff_id: Some(diff_id.clone()),
+                lower_dirs: Vec::new(),
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| WorkerError::Io {
+            op: "restore the cache mount into",
+            path: dest.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
+    }
+
+    /// Whether `mount` has an instance on this root already (then a restore is not needed).
+    #[must_use]
+    pub fn exists(&self, mount: &CacheMount) -> bool {
+        self.dir().join(mount.key().digest()).join("0").is_dir()
+    }
+
+    /// Instance 0 of the unseeded mount `id` with `source`, locked shared so that no `locked`
+    /// step writes it meanwhile, for an export; `None` when there is none.
+    ///
+    /// # Errors
+    /// The lock cannot be taken.
+    pub fn for_export(&self, id: &str, source: &str) -> Result<Option<CacheLease>, WorkerError> {
+        let mount = CacheMount {
+            id: id.to_owned(),
+            seed: None,
+            source: source.to_owned(),
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            restore: None,
+        };
+        let dir = self.dir().join(mount.key().digest());
+        let path = dir.join("0");
+        if !path.is_dir() {
+            return Ok(None);
+        }
+        let lock_path = dir.join("0.lock");
+        let lock = open_lock(&lock_path)?;
+        rustix::fs::flock(&lock, FlockOperation::LockShared)
+            .map_err(|e| io_err("lock", &lock_path)(e.into()))?;
+        Ok(Some(CacheLease { path, _lock: lock }))
     }
 
     /// Every cache mount with its size, for `hoist du`.
@@ -403,7 +488,7 @@ fn try_lock(path: &Path) -> Option<fs_err::File> {
 }
 
 /// Bytes of disk that the files under `dir` hold.
-fn tree_bytes(dir: &Path) -> u64 {
+pub(crate) fn tree_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut bytes = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -440,6 +525,7 @@ mod tests {
             mode: 0o755,
             uid: 0,
             gid: 0,
+            restore: None,
         }
     }
 

@@ -294,6 +294,7 @@ impl Engine {
             },
             limits: request.limits,
             selections: Mutex::default(),
+            imported: imported.clone(),
         });
         // A blob of an imported cache that turns out bad (unreachable, or not what its record
         // says) is marked so, and the build is solved again: the steps that needed it now
@@ -715,6 +716,24 @@ impl Engine {
         } else {
             Vec::new()
         };
+        // The unseeded cache mounts of the steps this build reached, for `mounts=true`.
+        let mut mounts: Vec<(String, String)> = Vec::new();
+        for v in &solution.vertices {
+            if let hoist_solver::op::Op::Exec(exec) = &graph.vertex(v.id).op {
+                for m in &exec.mounts {
+                    if let hoist_solver::op::Mount::Cache {
+                        id,
+                        seed: None,
+                        source,
+                        ..
+                    } = m
+                        && !mounts.iter().any(|(i, _)| i == id)
+                    {
+                        mounts.push((id.clone(), source.clone()));
+                    }
+                }
+            }
+        }
         for export in &request.cache_to {
             if export.location == crate::exchange::CacheLocation::Inline {
                 continue;
@@ -734,6 +753,7 @@ impl Engine {
                 records,
                 request.compression,
                 &pushed,
+                mounts.clone(),
             )
             .await;
             match exported {
@@ -745,6 +765,19 @@ impl Engine {
                             report.records, report.blobs, report.uploaded, report.bytes_sent
                         ),
                     );
+                    if export.mounts {
+                        internal.log(id, &format!("{} cache mounts\n", report.mounts));
+                    }
+                    for (mount, bytes) in &report.skipped_mounts {
+                        internal.log(
+                            id,
+                            &format!(
+                                "warning: cache mount {mount:?} left out: {bytes} bytes, more \
+                                 than mounts-max={}\n",
+                                export.mounts_max
+                            ),
+                        );
+                    }
                     if let Some(m) = report.manifest {
                         internal.log(id, &format!("cache manifest {m}\n"));
                     }

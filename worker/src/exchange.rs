@@ -79,6 +79,26 @@ pub struct CacheExport {
     pub compression: Option<CompressionOptions>,
     /// An export failure is a warning, not a failed build.
     pub ignore_error: bool,
+    /// `mounts=true`: the build's cache mounts go too, each as its own blob.
+    pub mounts: bool,
+    /// `mounts-max=SIZE`: a cache mount bigger than this is left out (default 1 GiB).
+    pub mounts_max: u64,
+}
+
+/// The default `mounts-max=`.
+const DEFAULT_MOUNTS_MAX: u64 = 1 << 30;
+
+/// `512m`, `2g`, `100k` or plain bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (digits, shift) = match lower.char_indices().last()? {
+        (i, 'k') => (&lower[..i], 10),
+        (i, 'm') => (&lower[..i], 20),
+        (i, 'g') => (&lower[..i], 30),
+        _ => (lower, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 /// A `--cache-from` or `--cache-to` that hoist cannot take.
@@ -226,12 +246,9 @@ impl CacheExport {
                 mode: ExportMode::Min,
                 compression: None,
                 ignore_error: false,
+                mounts: false,
+                mounts_max: DEFAULT_MOUNTS_MAX,
             });
-        }
-        if fields.contains_key("mounts") {
-            return Err(err(
-                "mounts= (exporting cache mounts) is not supported yet; leave it out".into(),
-            ));
         }
         let common = [
             "type",
@@ -239,6 +256,8 @@ impl CacheExport {
             "compression",
             "compression-level",
             "ignore-error",
+            "mounts",
+            "mounts-max",
         ];
         let place = if fields.get("type").map(String::as_str) == Some("local") {
             "dest"
@@ -259,11 +278,26 @@ impl CacheExport {
                 return Err(err(format!("ignore-error={other}: expected true or false")));
             }
         };
+        let mounts = match fields.get("mounts").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(err(format!("mounts={other}: expected true or false"))),
+        };
+        let mounts_max = match fields.get("mounts-max") {
+            None => DEFAULT_MOUNTS_MAX,
+            Some(v) => parse_size(v).ok_or_else(|| {
+                err(format!(
+                    "mounts-max={v}: expected a size in bytes, or with k, m or g"
+                ))
+            })?,
+        };
         Ok(Self {
             location: location(FLAG, spec, &fields, "dest")?,
             mode,
             compression: parse_compression(&fields).map_err(err)?,
             ignore_error,
+            mounts,
+            mounts_max,
         })
     }
 }
@@ -468,6 +502,22 @@ impl ImportedCache {
         Some(layers.clone())
     }
 
+    /// The exported contents of cache mount `id` (blob, diffID), with the blob's source
+    /// registered, when an imported cache has them.
+    pub async fn mount(&self, id: &str) -> Option<(Descriptor, Digest)> {
+        let imported = self.documents.clone().await;
+        let (entry, source) = imported.mounts.get(id)?;
+        let blob = entry.blob.descriptor();
+        if self.bad.contains(blob.digest()) {
+            return None;
+        }
+        self.state.add_blob_sources(std::iter::once((
+            blob.digest().clone(),
+            Arc::clone(&imported.sources[*source]),
+        )));
+        Some((blob, entry.diff_id.clone()))
+    }
+
     /// The layers recorded under `key`, for an export of a step that this build did not need.
     pub async fn chain_of(&self, key: &CacheKey) -> Option<Vec<Layer>> {
         self.entry(&key.to_string()).await
@@ -668,6 +718,9 @@ pub(crate) async fn fetch(
 #[derive(Debug, Default)]
 pub struct ExportReport {
     pub records: usize,
+    /// Cache mounts exported, and those left out for their size (id, bytes).
+    pub mounts: usize,
+    pub skipped_mounts: Vec<(String, u64)>,
     pub blobs: usize,
     /// Blobs the target did not have, sent now.
     pub uploaded: usize,
@@ -690,8 +743,15 @@ pub async fn export(
     records: Vec<(CacheKey, Arc<Vec<Layer>>)>,
     compression: CompressionOptions,
     pushed: &[Reference],
+    mounts: Vec<(String, String)>,
 ) -> Result<ExportReport, WorkerError> {
-    let doc = document(state, records, export.compression.unwrap_or(compression)).await?;
+    let mut report_skipped = Vec::new();
+    let mut doc = document(state, records, export.compression.unwrap_or(compression)).await?;
+    if export.mounts {
+        let (entries, skipped) = mount_entries(state, mounts, export.mounts_max).await?;
+        doc.mounts = entries;
+        report_skipped = skipped;
+    }
     let blobs = doc.blobs();
     let encoded = doc.encode().map_err(export_err(export))?;
     let (doc_digest, doc_size) = state.blobs.put(&encoded).map_err(store_err)?;
@@ -701,6 +761,8 @@ pub async fn export(
     let manifest = exchange::manifest_descriptor(m_digest.clone(), m_size);
     let mut report = ExportReport {
         records: doc.records.len(),
+        mounts: doc.mounts.len(),
+        skipped_mounts: report_skipped,
         blobs: blobs.len(),
         manifest: Some(m_digest),
         ..ExportReport::default()
@@ -818,6 +880,59 @@ pub async fn document(
     .map_err(|_| WorkerError::Internal("making the cache's blobs panicked"))?
 }
 
+/// The build's cache mounts (id, source), each as a zstd tar in the content store; those
+/// bigger than `max` are left out and returned apart.
+async fn mount_entries(
+    state: &Arc<State>,
+    mounts: Vec<(String, String)>,
+    max: u64,
+) -> Result<(BTreeMap<String, exchange::MountEntry>, Vec<(String, u64)>), WorkerError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || {
+        let cache_mounts = crate::cache_mounts::CacheMounts::new(Arc::clone(&state));
+        let mut entries = BTreeMap::new();
+        let mut skipped = Vec::new();
+        for (id, source) in mounts {
+            if entries.contains_key(&id) {
+                continue;
+            }
+            let Some(lease) = cache_mounts.for_export(&id, &source)? else {
+                continue;
+            };
+            let bytes = crate::cache_mounts::tree_bytes(lease.path());
+            if bytes > max {
+                skipped.push((id, bytes));
+                continue;
+            }
+            let options = hoist_cache::DiffOptions {
+                compression: CompressionOptions::new(Compression::Zstd),
+                source_date_epoch: None,
+            };
+            let digests = hoist_cache::store_upperdir_layer(&state.blobs, lease.path(), &options)
+                .map_err(|source| WorkerError::Diff {
+                path: lease.path().to_path_buf(),
+                source,
+            })?;
+            entries.insert(
+                id,
+                exchange::MountEntry {
+                    blob: BlobRecord {
+                        digest: digests.digest,
+                        size: digests.size,
+                        media_type: hoist_cache::oci_spec::image::MediaType::Other(
+                            exchange::MOUNT_MEDIA_TYPE.to_owned(),
+                        ),
+                    },
+                    diff_id: digests.diff_id,
+                },
+            );
+        }
+        Ok((entries, skipped))
+    })
+    .await
+    .map_err(|_| WorkerError::Internal("exporting the cache mounts panicked"))?
+}
+
 /// Copies a blob of the content store into a cache directory, atomically.
 fn copy_blob(state: &State, dir: &CacheDir, blob: &Descriptor) -> Result<u64, WorkerError> {
     let dest = dir.blob_path(blob.digest());
@@ -886,8 +1001,12 @@ mod tests {
             ),
             ("type=inline,mode=max", "mode=min only"),
             (
-                "type=registry,ref=r/a,mounts=true",
-                "mounts= (exporting cache mounts) is not",
+                "type=registry,ref=r/a,mounts=yes",
+                "mounts=yes: expected true or false",
+            ),
+            (
+                "type=registry,ref=r/a,mounts-max=lots",
+                "mounts-max=lots: expected a size",
             ),
         ] {
             let err = CacheExport::parse(spec).unwrap_err().to_string();

@@ -35,7 +35,7 @@ impl BuildWorker {
             .ok_or(WorkerError::Internal("a RUN without input"))?
             .chain()?
             .to_vec();
-        let mounts = self.prepare_mounts(exec, inputs).await?;
+        let mounts = self.prepare_mounts(exec, inputs, ctx).await?;
         let mut env: Vec<String> = exec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.extend(self.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
         env.extend(mounts.env.iter().cloned());

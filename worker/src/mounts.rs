@@ -29,6 +29,8 @@ use crate::cache_mounts::{CacheLease, CacheMount};
 use crate::error::{WorkerError, io_err};
 use crate::file::View;
 use crate::{BuildWorker, Output};
+use hoist_solver::progress::Stream;
+use hoist_solver::scheduler::VertexContext;
 
 /// What a RUN's mounts became: spec mounts for the sandbox, variables for its process, and
 /// what must live until it ends.
@@ -67,6 +69,7 @@ impl BuildWorker {
         &self,
         exec: &ExecOp,
         inputs: &[Output],
+        ctx: &VertexContext,
     ) -> Result<Prepared, WorkerError> {
         let mut prepared = Prepared::default();
         let mut secret_files = Vec::new();
@@ -107,20 +110,46 @@ impl BuildWorker {
                         ),
                         None => None,
                     };
-                    let lease = self
-                        .cache_mounts()
-                        .lease(
-                            CacheMount {
-                                id: id.clone(),
-                                seed,
-                                source: source.clone(),
-                                mode: *mode,
-                                uid: *uid,
-                                gid: *gid,
-                            },
-                            *sharing,
-                        )
-                        .await?;
+                    let mut mount = CacheMount {
+                        id: id.clone(),
+                        seed,
+                        source: source.clone(),
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                        restore: None,
+                    };
+                    // A mount this root has never had starts from what `--cache-from`
+                    // exported of it (`--cache-to …,mounts=true`), when it has it.
+                    if mount.seed.is_none()
+                        && let Some(imported) = &self.imported
+                        && !self.cache_mounts().exists(&mount)
+                        && let Some((blob, diff_id)) = imported.mount(id).await
+                    {
+                        match self.state.fetch_blobs(std::slice::from_ref(&blob)).await {
+                            Ok(()) => {
+                                ctx.log(
+                                    Stream::Stdout,
+                                    format!(
+                                        "cache mount {id:?} restored from the imported cache \
+                                         ({} bytes)\n",
+                                        blob.size()
+                                    )
+                                    .as_bytes(),
+                                );
+                                mount.restore = Some((blob, diff_id));
+                            }
+                            Err(e) => ctx.log(
+                                Stream::Stderr,
+                                format!(
+                                    "warning: cache mount {id:?} starts empty: {}\n",
+                                    crate::exchange::error_text(&e)
+                                )
+                                .as_bytes(),
+                            ),
+                        }
+                    }
+                    let lease = self.cache_mounts().lease(mount, *sharing).await?;
                     prepared
                         .mounts
                         .push(bind(lease.path(), target, *read_only)?);

@@ -88,6 +88,8 @@ pub struct BuildWorker {
     /// Context selections made while computing content keys, by vertex digest, so that the
     /// source's run uses the very files that were hashed instead of walking the context again.
     pub selections: Mutex<HashMap<VertexDigest, (Arc<Selection>, ContextSummary)>>,
+    /// The build's `--cache-from` caches, for the cache mounts they carry.
+    pub imported: Option<crate::exchange::ImportedCache>,
 }
 
 impl std::fmt::Debug for BuildWorker {
