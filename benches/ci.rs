@@ -5,7 +5,7 @@
 //! to and from the registry. Asserts nothing about speed; a build that fails ends the bench.
 //!
 //! ```text
-//! cargo bench -p hoist --bench ci -- [--runs N] [--no-peers]
+//! cargo bench -p hoist --bench ci -- [--runs N] [--no-peers] [--steps]
 //! ```
 //!
 //! The context is BuildKit's S3 context (162 MiB, see `common::big_context`); the Dockerfile:
@@ -79,12 +79,15 @@ const TARGET_RATIO: f64 = 0.5;
 struct Args {
     runs: usize,
     peers: bool,
+    /// Print hoist's step lines (names and times) of each case's last run.
+    steps: bool,
 }
 
 fn args() -> Args {
     let mut a = Args {
         runs: 3,
         peers: true,
+        steps: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -97,6 +100,7 @@ fn args() -> Args {
                     .unwrap_or(3);
             }
             "--no-peers" => a.peers = false,
+            "--steps" => a.steps = true,
             _ => {} // cargo bench passes --bench
         }
     }
@@ -300,6 +304,37 @@ fn export_line(progress: &str) -> Option<String> {
     parts.nth(2).map(|rest| rest.trim().to_owned())
 }
 
+/// hoist's progress cut to one line per step (its end and its name) plus the lines outside
+/// steps: where a run's time went.
+fn step_lines(progress: &str) -> Vec<String> {
+    let mut names = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for line in progress.lines() {
+        match line.split_once(' ') {
+            Some((id, rest)) if id.starts_with('#') => {
+                if rest.starts_with('[') {
+                    names.insert(id, rest);
+                } else if ["DONE", "CACHED", "ERROR"]
+                    .iter()
+                    .any(|s| rest.starts_with(s))
+                {
+                    let name = names.get(id).copied().unwrap_or("");
+                    out.push(format!("{rest:<44} {name}"));
+                }
+            }
+            _ => out.push(line.to_owned()),
+        }
+    }
+    out
+}
+
+fn print_steps(case: &str, r: &Run) {
+    println!("           hoist's steps, {case}:");
+    for line in step_lines(&r.stderr) {
+        println!("             {line}");
+    }
+}
+
 fn mb(bytes: u64) -> String {
     if bytes < 1_000_000 {
         format!("{:.1} kB", bytes as f64 / 1e3)
@@ -332,6 +367,9 @@ fn summarize(runs: &[Run]) -> Case {
         runs: runs.len(),
     }
 }
+
+/// One row of the table: its name, its case, and the issue's BuildKit figure if it gives one.
+type Row = (&'static str, fn(&Results) -> &Case, Option<f64>);
 
 /// Every case of one builder.
 struct Results {
@@ -391,7 +429,8 @@ fn hoist_build(root: &Path, ctx: &Path, extra: &[&str]) -> Command {
     c
 }
 
-fn run_hoist(p: &Project, registry: &Registry, work: &Path, runs: usize) -> Results {
+fn run_hoist(p: &Project, registry: &Registry, work: &Path, args: &Args) -> Results {
+    let runs = args.runs;
     let reg = &registry.addr;
     let image = format!("{reg}/ci/hoist-app");
     let cache = format!("{reg}/ci/hoist-cache:main");
@@ -402,6 +441,9 @@ fn run_hoist(p: &Project, registry: &Registry, work: &Path, runs: usize) -> Resu
 
     let cold = run(&mut hoist_build(&root_a, &p.dir, &a_args), registry);
     report_run("hoist", "A cold", &cold);
+    if args.steps {
+        print_steps("A cold", &cold);
+    }
     if let Some(line) = export_line(&cold.stderr) {
         println!("           hoist's cache export: {line}");
     }
@@ -416,15 +458,21 @@ fn run_hoist(p: &Project, registry: &Registry, work: &Path, runs: usize) -> Resu
     if let Some(line) = noop.last().and_then(|r| export_line(&r.stderr)) {
         println!("           hoist's cache export: {line}");
     }
+    if args.steps {
+        print_steps("A no-op export", noop.last().unwrap());
+    }
     let a_noop = summarize(&noop);
 
     let b = |case: &str, i: usize, extra: &[&str]| {
         let root = work.join(format!("hoist-b-{case}-{i}"));
         let tag = format!("{image}:b-{case}");
-        let mut args = vec!["--cache-from", &cache, "-t", &tag, "--push"];
-        args.extend_from_slice(extra);
-        let r = run(&mut hoist_build(&root, &p.dir, &args), registry);
+        let mut flags = vec!["--cache-from", &cache, "-t", &tag, "--push"];
+        flags.extend_from_slice(extra);
+        let r = run(&mut hoist_build(&root, &p.dir, &flags), registry);
         report_run("hoist", &format!("B {case}"), &r);
+        if args.steps && i + 1 == runs {
+            print_steps(&format!("B {case}"), &r);
+        }
         let _ = fs_err::remove_dir_all(&root);
         r
     };
@@ -586,7 +634,7 @@ fn main() {
         args.runs
     );
 
-    let hoist = run_hoist(&project, &registry, work.path(), args.runs);
+    let hoist = run_hoist(&project, &registry, work.path(), &args);
     let peers =
         args.peers && Path::new(DOCKER).exists() && Path::new("/var/run/docker.sock").exists();
     if args.peers && !peers {
@@ -599,14 +647,17 @@ fn main() {
         println!(
             "BuildKit here is docker 20.10's built-in BuildKit with the inline cache \
              (BUILDKIT_INLINE_CACHE=1 + --cache-from IMAGE, mode=min semantics): registry cache \
-             export with mode=max needs buildx, which is not installed and cannot be."
+             export with mode=max needs buildx, which is not installed and cannot be. \
+             Unlike BuildKit v0.24 pushing straight from its cache, docker 20.10 pulls every \
+             layer of a cache hit into its image store before it pushes; the issue's v0.24 \
+             figures are beside the table."
         );
     }
     println!(
-        "{:<22} {:>8} {:>9} {:>7} {:>8} {:>16}",
-        "case (median)", "hoist", "BuildKit", "ratio", "target", "issue's BuildKit"
+        "{:<22} {:>8} {:>9} {:>7} {:>8} {:>16} {:>12}",
+        "case (median)", "hoist", "BuildKit", "ratio", "target", "issue's BuildKit", "hoist/issue"
     );
-    let rows: [(&str, fn(&Results) -> &Case, Option<f64>); 5] = [
+    let rows: [Row; 5] = [
         ("A cold (1 run)", |r| &r.a_cold, None),
         ("A no-op export", |r| &r.a_noop, Some(ISSUE_NOOP_EXPORT)),
         ("B same commit", |r| &r.same, Some(ISSUE_SAME_COMMIT)),
@@ -627,8 +678,11 @@ fn main() {
         } else {
             format!("≤{TARGET_RATIO:.2}")
         };
-        let issue = issue.map_or_else(|| "-".to_owned(), |s| format!("{s:.2}s"));
-        println!("{name:<22} {h:>7.3}s {bk:>9} {ratio:>7} {target:>8} {issue:>16}",);
+        let (issue, versus) = issue.map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |s| (format!("{s:.2}s"), format!("{:.2}", h / s)),
+        );
+        println!("{name:<22} {h:>7.3}s {bk:>9} {ratio:>7} {target:>8} {issue:>16} {versus:>12}");
     }
 
     println!(
