@@ -235,8 +235,11 @@ struct Run {
     seconds: f64,
     pulled: u64,
     pushed: u64,
-    /// hoist: the `[internal] exporting cache` step's own time, from its progress.
+    /// hoist: the `[internal] exporting cache` step's own time, from its progress; docker:
+    /// the time of `docker push`, which carries the inline cache.
     export: Option<f64>,
+    /// What `export` is called in the per-run lines.
+    export_is: &'static str,
     stderr: String,
 }
 
@@ -264,6 +267,7 @@ fn run(cmd: &mut Command, registry: &Registry) -> Run {
         pulled: after.0 - before.0,
         pushed: after.1 - before.1,
         export: export_seconds(&stderr),
+        export_is: "export",
         stderr,
     }
 }
@@ -275,6 +279,7 @@ fn both(first: Run, second: Run) -> Run {
         pulled: first.pulled + second.pulled,
         pushed: first.pushed + second.pushed,
         export: Some(second.seconds),
+        export_is: "push",
         stderr: format!("{}{}", first.stderr, second.stderr),
     }
 }
@@ -588,7 +593,7 @@ fn run_docker(p: &Project, registry: &Registry, runs: usize) -> Results {
 fn report_run(builder: &str, case: &str, r: &Run) {
     let export = r
         .export
-        .map(|e| format!("  export {e:.3}s"))
+        .map(|e| format!("  {} {e:.3}s", r.export_is))
         .unwrap_or_default();
     println!(
         "{builder:<9} {case:<15} {:>7.3}s  pulled {:>9}  pushed {:>9}{export}",
