@@ -25,7 +25,7 @@
 
 mod common;
 
-use common::{BUSYBOX, ensure_busybox, median, write};
+use common::{BUSYBOX, big_context, ensure_busybox, median, write};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -186,28 +186,6 @@ impl Builder for Docker {
             .args(extra)
             .arg(context);
         c
-    }
-}
-
-/// BuildKit's benchmark context: 5,000 files of 123 bytes plus 1, 10, 50 and 100 MiB files.
-fn big_context(dir: &Path) {
-    for i in 0..5000 {
-        write(
-            &dir.join(format!("small/{:02}/{i:05}.txt", i % 50)),
-            &format!("{i:0>122}\n"),
-        );
-    }
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    for (name, mib) in [("1m", 1usize), ("10m", 10), ("50m", 50), ("100m", 100)] {
-        let mut bytes = vec![0u8; mib << 20];
-        for chunk in bytes.chunks_mut(8) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let n = chunk.len();
-            chunk.copy_from_slice(&seed.to_le_bytes()[..n]);
-        }
-        fs_err::write(dir.join(format!("big-{name}.bin")), &bytes).unwrap();
     }
 }
 
