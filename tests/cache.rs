@@ -386,37 +386,10 @@ fn bad_cache_flags_are_refused_before_anything_runs() {
     }
 }
 
-/// `user:password` in bcrypt, as the registry's htpasswd auth wants it.
-fn htpasswd_line(user: &str, password: &str) -> Vec<u8> {
-    let out = Command::new("htpasswd")
-        .args(["-nbB", user, password])
-        .output()
-        .expect("run htpasswd (apache2-utils)");
-    assert!(out.status.success());
-    out.stdout
-}
-
 #[test]
 fn a_protected_registry_takes_the_cache_with_credentials_and_without_them_it_is_a_warning() {
-    let auth = tempfile::tempdir().unwrap();
-    fs_err::write(
-        auth.path().join("htpasswd"),
-        htpasswd_line("ci", "pa55word"),
-    )
-    .unwrap();
-    let registry = Registry::start_with(&format!(
-        "auth:\n  htpasswd:\n    realm: hoist-test\n    path: {}\n",
-        auth.path().join("htpasswd").display()
-    ));
-    let with = tempfile::tempdir().unwrap();
-    fs_err::write(
-        with.path().join("config.json"),
-        format!(
-            r#"{{"auths": {{"{}": {{"username": "ci", "password": "pa55word"}}}}}}"#,
-            registry.addr
-        ),
-    )
-    .unwrap();
+    let (registry, _auth) = support::htpasswd_registry("ci", "pa55word");
+    let with = support::docker_config(&registry, "ci", "pa55word");
     let without = tempfile::tempdir().unwrap();
     let creds = [("DOCKER_CONFIG", with.path().to_str().unwrap())];
     let none = [("DOCKER_CONFIG", without.path().to_str().unwrap())];

@@ -494,39 +494,12 @@ fn a_secret_reaches_the_run_but_not_the_server_and_a_cache_mount_persists_across
     assert!(leaks.is_empty(), "the secret is in {leaks:?}");
 }
 
-/// `user:password` in bcrypt, as the registry's htpasswd auth wants it.
-fn htpasswd_line(user: &str, password: &str) -> Vec<u8> {
-    let out = Command::new("htpasswd")
-        .args(["-nbB", user, password])
-        .output()
-        .expect("run htpasswd (apache2-utils)");
-    assert!(out.status.success());
-    out.stdout
-}
-
 #[test]
 fn a_push_uses_registry_credentials_that_only_the_client_has() {
-    let auth = tempfile::tempdir().unwrap();
-    fs_err::write(
-        auth.path().join("htpasswd"),
-        htpasswd_line("ci", "pa55word"),
-    )
-    .unwrap();
-    let registry = Registry::start_with(&format!(
-        "auth:\n  htpasswd:\n    realm: hoist-test\n    path: {}\n",
-        auth.path().join("htpasswd").display()
-    ));
+    let (registry, _auth) = support::htpasswd_registry("ci", "pa55word");
     // The server has no credentials at all; the client has the registry's in its config.
     let empty = tempfile::tempdir().unwrap();
-    let client_config = tempfile::tempdir().unwrap();
-    fs_err::write(
-        client_config.path().join("config.json"),
-        format!(
-            r#"{{"auths": {{"{}": {{"username": "ci", "password": "pa55word"}}}}}}"#,
-            registry.addr
-        ),
-    )
-    .unwrap();
+    let client_config = support::docker_config(&registry, "ci", "pa55word");
     let empty_env = [("DOCKER_CONFIG", empty.path().to_str().unwrap())];
     let (_socket, unix) = socket();
     let root = tempfile::tempdir().unwrap();

@@ -625,3 +625,34 @@ pub fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// A registry that takes only `user` with `password` (htpasswd), with the directory that holds
+/// its password file (keep it while the registry runs).
+pub fn htpasswd_registry(user: &str, password: &str) -> (Registry, tempfile::TempDir) {
+    let out = Command::new("htpasswd")
+        .args(["-nbB", user, password])
+        .output()
+        .expect("run htpasswd (apache2-utils)");
+    assert!(out.status.success());
+    let auth = tempfile::tempdir().unwrap();
+    fs_err::write(auth.path().join("htpasswd"), out.stdout).unwrap();
+    let registry = Registry::start_with(&format!(
+        "auth:\n  htpasswd:\n    realm: hoist-test\n    path: {}\n",
+        auth.path().join("htpasswd").display()
+    ));
+    (registry, auth)
+}
+
+/// A docker config directory (for `DOCKER_CONFIG`) with `user`'s credentials for `registry`.
+pub fn docker_config(registry: &Registry, user: &str, password: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(
+        dir.path().join("config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"username": "{user}", "password": "{password}"}}}}}}"#,
+            registry.addr
+        ),
+    )
+    .unwrap();
+    dir
+}
