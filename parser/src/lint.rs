@@ -247,10 +247,9 @@ impl<'s> Linter<'s> {
         &self.warnings
     }
 
-    /// The warnings, ordered by line as BuildKit prints them.
-    #[must_use]
-    pub fn into_warnings(self) -> Vec<Warning> {
-        let mut warnings = self.warnings;
+    /// Takes the warnings so far, ordered by line as BuildKit prints them.
+    pub fn take_warnings(&mut self) -> Vec<Warning> {
+        let mut warnings = std::mem::take(&mut self.warnings);
         warnings.sort_by_key(|w| w.line);
         warnings
     }

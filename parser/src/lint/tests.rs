@@ -7,7 +7,7 @@ fn lint(source: &str) -> Vec<(&'static str, usize)> {
     let mut linter = Linter::new(source, config);
     check_file(&file, &mut linter);
     linter
-        .into_warnings()
+        .take_warnings()
         .into_iter()
         .map(|w| (w.rule, w.line))
         .collect()
