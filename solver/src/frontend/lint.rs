@@ -515,3 +515,6 @@ fn path_component(c: &str) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests;
