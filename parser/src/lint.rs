@@ -329,8 +329,7 @@ fn empty_continuations(file: &Dockerfile, linter: &mut Linter<'_>) {
             continue;
         };
         let span = instruction.span();
-        let end = first_heredoc_start(instruction)
-            .map_or(span.end, |body| body.saturating_sub(1));
+        let end = first_heredoc_start(instruction).map_or(span.end, |body| body.saturating_sub(1));
         let line = linter.index.line(end.min(linter.source.len()));
         if linter.enabled(NO_EMPTY_CONTINUATION) {
             linter.report_at_line(

@@ -471,7 +471,12 @@ fn run_check(args: &BuildArgs, request: &BuildRequest) -> anyhow::Result<ExitCod
         let dockerfile = &request.dockerfile;
         let warnings: Vec<checks::Shown> = report.warnings.iter().map(Into::into).collect();
         let mut out = std::io::stdout().lock();
-        checks::write_warnings(&mut out, &warnings, &dockerfile.name, Some(&dockerfile.text))?;
+        checks::write_warnings(
+            &mut out,
+            &warnings,
+            &dockerfile.name,
+            Some(&dockerfile.text),
+        )?;
         if let Some(error) = &report.error {
             #[allow(clippy::print_stderr)] // the error that stopped the checks, as main shows one
             {

@@ -114,7 +114,8 @@ fn a_blank_line_does_not_end_a_description_but_an_empty_comment_does() {
 
 #[test]
 fn skip_silences_rules_and_unknown_names_are_ignored() {
-    let src = "#check=skip=ConsistentInstructionCasing,NoSuchRule\nFROM scratch as base\ncopy a /\n";
+    let src =
+        "#check=skip=ConsistentInstructionCasing,NoSuchRule\nFROM scratch as base\ncopy a /\n";
     assert_eq!(lint(src), [("FromAsCasing", 2)]);
     let src = "#check=skip=all\nFROM scratch as base\ncopy a /\n";
     assert!(lint(src).is_empty());
@@ -128,7 +129,10 @@ fn check_options_are_read_as_buildkit_reads_them() {
     let c = CheckConfig::parse(" skip = A , B ; error = True ").unwrap();
     assert_eq!(c.skip, ["A", "B"].map(String::from).into());
     assert!(c.error);
-    assert!(!c.enabled(&Rule { name: "A", ..*UNDEFINED_VAR }));
+    assert!(!c.enabled(&Rule {
+        name: "A",
+        ..*UNDEFINED_VAR
+    }));
     assert!(c.enabled(rule("FromAsCasing").unwrap()));
     let c = CheckConfig::parse("experimental=all;error=0").unwrap();
     assert!(c.experimental_all && !c.error);
@@ -168,7 +172,13 @@ fn secret_names_follow_buildkit_word_list() {
     ] {
         assert!(looks_secret(name), "{name}");
     }
-    for name in ["PUBLIC_KEY", "public_token", "sunflower", "keyboard", "monkey"] {
+    for name in [
+        "PUBLIC_KEY",
+        "public_token",
+        "sunflower",
+        "keyboard",
+        "monkey",
+    ] {
         assert!(!looks_secret(name), "{name}");
     }
 }

@@ -142,7 +142,9 @@ impl Lowering<'_> {
                 continue;
             }
             let message = match lint::suggest(&name, keys.iter().copied()) {
-                Some(close) => format!("variable '${name}' is not defined (did you mean ${close}?)"),
+                Some(close) => {
+                    format!("variable '${name}' is not defined (did you mean ${close}?)")
+                }
                 None => format!("variable '${name}' is not defined before this use"),
             };
             self.report(lint::UNDEFINED_VAR, span, message);
@@ -289,10 +291,10 @@ impl Lowering<'_> {
         {
             return;
         }
-        let Some(matcher) = self
-            .ignore_matcher
-            .get_or_init(|| hoist_parser::ignore::Matcher::new(self.opts.ignore_patterns.iter().map(String::as_str)).ok())
-        else {
+        let Some(matcher) = self.ignore_matcher.get_or_init(|| {
+            hoist_parser::ignore::Matcher::new(self.opts.ignore_patterns.iter().map(String::as_str))
+                .ok()
+        }) else {
             return;
         };
         let clean = join_path("/", source);
@@ -301,7 +303,9 @@ impl Lowering<'_> {
             self.report(
                 lint::COPY_IGNORED_FILE,
                 span,
-                format!("{keyword} names {source:?}, which .dockerignore excludes from the context"),
+                format!(
+                    "{keyword} names {source:?}, which .dockerignore excludes from the context"
+                ),
             );
         }
     }
@@ -368,20 +372,28 @@ impl Lowering<'_> {
         }
     }
 
-    fn undefined_in_from(&self, unmatched: &BTreeSet<String>, declared: &BTreeSet<&str>, span: Span) {
+    fn undefined_in_from(
+        &self,
+        unmatched: &BTreeSet<String>,
+        declared: &BTreeSet<&str>,
+        span: Span,
+    ) {
         for name in unmatched {
             if declared.contains(name.as_str()) {
                 continue;
             }
-            let options = declared.iter().copied().chain(self.global_scope.keys().map(String::as_str));
+            let options = declared
+                .iter()
+                .copied()
+                .chain(self.global_scope.keys().map(String::as_str));
             let message = match lint::suggest(name, options) {
                 Some(close) => format!(
                     "FROM uses ARG '{name}', which is not declared before the first FROM (did \
                      you mean {close}?)"
                 ),
-                None => format!(
-                    "FROM uses ARG '{name}', which is not declared before the first FROM"
-                ),
+                None => {
+                    format!("FROM uses ARG '{name}', which is not declared before the first FROM")
+                }
             };
             self.report(lint::UNDEFINED_ARG_IN_FROM, span, message);
         }
@@ -465,8 +477,13 @@ pub(super) fn valid_reference(name: &str) -> bool {
     };
     if let Some(tag) = tag {
         let ok = tag.len() <= 128
-            && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-            && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            && tag
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !ok {
             return false;
         }
@@ -478,14 +495,19 @@ pub(super) fn valid_reference(name: &str) -> bool {
     if components.len() > 1 {
         let first = components[0];
         if first.contains(['.', ':']) || first == "localhost" {
-            let domain_ok = first.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            let domain_ok = first
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
             if !domain_ok {
                 return false;
             }
             components.remove(0);
         }
     }
-    if components.len() == 1 && components[0].len() == 64 && components[0].bytes().all(|b| b.is_ascii_hexdigit()) {
+    if components.len() == 1
+        && components[0].len() == 64
+        && components[0].bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return false;
     }
     components.iter().all(|c| path_component(c))

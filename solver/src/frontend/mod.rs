@@ -33,8 +33,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 use crate::platform::Platform;
-use hoist_parser::shell::{Env, Lexer};
 use hoist_parser::lint::{Linter, Warning};
+use hoist_parser::shell::{Env, Lexer};
 use hoist_parser::{Command, Dockerfile, Instruction, LineIndex, Span};
 
 pub use config::{HealthConfig, HistoryEntry, ImageConfig};
@@ -197,14 +197,13 @@ pub fn check(
         }
     };
     hoist_parser::lint::check_file(file, &mut linter.borrow_mut());
-    let lowered = Lowering::new(file, source, opts, resolver, Rc::clone(&linter)).and_then(
-        |mut lowering| {
+    let lowered =
+        Lowering::new(file, source, opts, resolver, Rc::clone(&linter)).and_then(|mut lowering| {
             for index in 0..lowering.stages.len() {
                 lowering.lower_stage(index)?;
             }
             Ok(())
-        },
-    );
+        });
     let mut linter = linter.borrow_mut();
     CheckReport {
         warnings: linter.take_warnings(),
@@ -520,8 +519,10 @@ impl<'a> Lowering<'a> {
     }
 
     fn expand(&self, word: &str, scope: &dyn Env, span: Span) -> Result<String, FrontendError> {
-        self.recorded(scope, |scope| Lexer::new(self.escape).process_word(word, scope))
-            .map_err(expand_error(word, span))
+        self.recorded(scope, |scope| {
+            Lexer::new(self.escape).process_word(word, scope)
+        })
+        .map_err(expand_error(word, span))
     }
 
     /// As [`Self::expand`], but borrows a word in which nothing can expand.
@@ -682,12 +683,7 @@ impl<'a> Lowering<'a> {
                 format!("[{label}] FROM {}", resolved.pinned),
                 self.location(from.span),
             );
-            self.base_platform(
-                &base_name,
-                &platform,
-                resolved.platform.as_ref(),
-                from.span,
-            );
+            self.base_platform(&base_name, &platform, resolved.platform.as_ref(), from.span);
             StageState::from_base(root, resolved.config, resolved.history, platform)
         };
 

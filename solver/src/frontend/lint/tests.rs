@@ -181,7 +181,10 @@ const CASES: &[(&str, &str, &[usize], &str, &[(&str, &str)], &[&str])] = &[
 #[test]
 fn each_frontend_rule_fires_where_buildkit_does_and_not_otherwise() {
     for (rule, bad, lines, good, args, ignore) in CASES {
-        assert!(hoist_parser::lint::rule(rule).is_some(), "{rule} is not a rule");
+        assert!(
+            hoist_parser::lint::rule(rule).is_some(),
+            "{rule} is not a rule"
+        );
         let opts = options(args, ignore);
         assert_eq!(&lines_of(rule, bad, &opts), lines, "{rule} on {bad:?}");
         assert_eq!(lines_of(rule, good, &opts), [0; 0], "{rule} on {good:?}");
@@ -243,7 +246,10 @@ fn error_true_fails_the_build_naming_each_rule_and_line() {
 fn the_check_build_arg_overrides_the_directive() {
     let src = "# check=skip=all\nFROM scratch as base\n";
     let file = hoist_parser::parse(src).unwrap();
-    let opts = options(&[(CHECK_BUILD_ARG, "skip=ConsistentInstructionCasing")], &[]);
+    let opts = options(
+        &[(CHECK_BUILD_ARG, "skip=ConsistentInstructionCasing")],
+        &[],
+    );
     let plan = lower(&file, src, &opts, &Images).unwrap();
     assert_eq!(plan.warnings.len(), 1);
     assert_eq!(plan.warnings[0].rule, "FromAsCasing");
@@ -282,7 +288,15 @@ fn references_are_validated_as_docker_reads_them() {
     ] {
         assert!(valid_reference(good), "{good}");
     }
-    for bad in ["", "busybox:", "Busybox", "busybox:-x", "a//b", ":tag", "a-"] {
+    for bad in [
+        "",
+        "busybox:",
+        "Busybox",
+        "busybox:-x",
+        "a//b",
+        ":tag",
+        "a-",
+    ] {
         assert!(!valid_reference(bad), "{bad}");
     }
 }
