@@ -12,6 +12,9 @@
 //! BuildKit expands. [`ignore`] implements `.dockerignore` patterns; [`dump`] prints the AST in
 //! BuildKit's test dump format, which the conformance suite compares byte for byte.
 //!
+//! [`lint`] holds the build checks (BuildKit's linter rules) that need only the file, and the
+//! `check` directive's configuration that the solver's checks share.
+//!
 //! Errors are [`ParseError`]s that carry a span; [`LineIndex`] turns a span into `line:column`
 //! only when an error is shown.
 #![forbid(unsafe_code)]
@@ -24,6 +27,7 @@ mod grammar;
 pub mod heredoc;
 pub mod ignore;
 mod json;
+pub mod lint;
 pub mod pathmatch;
 pub mod shell;
 

@@ -501,6 +501,16 @@ impl ControlService {
             ran: outcome.ran as u64,
             cached: outcome.cached as u64,
             unused_build_args: outcome.unused_build_args.clone(),
+            warnings: outcome
+                .warnings
+                .iter()
+                .map(|w| pb::BuildWarning {
+                    rule: w.rule.to_owned(),
+                    line: w.line as u64,
+                    message: w.message.clone(),
+                    url: w.url.to_owned(),
+                })
+                .collect(),
         })
     }
 

@@ -18,7 +18,7 @@ use hoist_worker::{BuildOutcome, BuildRequest, Dockerfile, LocalContext, LocalSe
 
 use crate::cmd::engine::{self, EngineArgs};
 use crate::cmd::remote::RemoteArgs;
-use crate::cmd::{Output, OutputSpec, key_value};
+use crate::cmd::{Output, OutputSpec, checks, key_value};
 use crate::progress;
 
 #[derive(Debug, Args)]
@@ -110,6 +110,10 @@ pub(crate) struct BuildArgs {
     /// uncompressed, compression-level=N, ignore-error=true. Repeatable.
     #[arg(long = "cache-to", value_name = "type=…")]
     cache_to: Vec<String>,
+    /// Run the build checks only (BuildKit's Dockerfile linter rules, over every stage), print
+    /// what they find and build nothing; exits 1 when a check fails.
+    #[arg(long)]
+    check: bool,
     #[command(flatten)]
     remote: RemoteArgs,
     #[command(flatten)]
@@ -376,6 +380,9 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         _ => NetworkMode::Default,
     };
     if let Some(addr) = args.remote.addr()? {
+        if args.check {
+            bail!("--check with --remote is not supported yet: run the checks without --remote");
+        }
         return run_remote(&args, &addr, &outputs, session, build_args, network, &image);
     }
     let request = BuildRequest {
@@ -412,6 +419,9 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         lazy_layers: lazy_layers(push, &args.tags, &outputs),
     };
 
+    if args.check {
+        return run_check(&args, &request);
+    }
     let runtime = crate::cmd::runtime()?;
     runtime.block_on(async {
         let engine = engine::open(&args.engine, args.max_parallelism)?;
@@ -442,10 +452,60 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         events.close();
         let _ = renderer.await;
         let outcome = result.map_err(anyhow::Error::from)?;
-        finish(&engine, &args, &outputs, &outcome)?;
+        finish(&engine, &args, &outputs, &outcome, &request.dockerfile)?;
         drop(hold);
         crate::cmd::disk::auto_gc(&engine.state, args.gc_keep_storage);
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `hoist build --check`: the checks' findings on stdout, nothing built.
+fn run_check(args: &BuildArgs, request: &BuildRequest) -> anyhow::Result<ExitCode> {
+    let runtime = crate::cmd::runtime()?;
+    runtime.block_on(async {
+        let engine = engine::open(&args.engine, args.max_parallelism)?;
+        let events = Arc::new(progress::DisplayQueue::default());
+        let mode = if args.quiet {
+            progress::Mode::Quiet
+        } else {
+            args.progress
+        };
+        let renderer = tokio::spawn(progress::render(mode, Arc::clone(&events)));
+        let report = engine
+            .check(request, Arc::clone(&events) as Arc<dyn ProgressSink>)
+            .await;
+        events.close();
+        let _ = renderer.await;
+        let report = report.map_err(anyhow::Error::from)?;
+        let dockerfile = &request.dockerfile;
+        let warnings: Vec<checks::Shown> = report.warnings.iter().map(Into::into).collect();
+        let mut out = std::io::stdout().lock();
+        checks::write_warnings(
+            &mut out,
+            &warnings,
+            &dockerfile.name,
+            Some(&dockerfile.text),
+        )?;
+        if let Some(error) = &report.error {
+            #[allow(clippy::print_stderr)] // the error that stopped the checks, as main shows one
+            {
+                eprintln!(
+                    "error: {}",
+                    error.render(&dockerfile.name, &dockerfile.text)
+                );
+            }
+        }
+        if warnings.is_empty() {
+            writeln!(out, "check complete, no warnings found")?;
+        } else {
+            writeln!(out, "check complete, {}", checks::count(warnings.len()))?;
+        }
+        // As buildx: any warning, or an error, and the check fails.
+        Ok(if warnings.is_empty() && report.error.is_none() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
     })
 }
 
@@ -454,6 +514,7 @@ fn finish(
     args: &BuildArgs,
     outputs: &[Output],
     outcome: &BuildOutcome,
+    dockerfile: &Dockerfile,
 ) -> anyhow::Result<()> {
     // Opened only for an output that reads the image from it (opening makes the layout).
     let store = match &outcome.manifest {
@@ -488,7 +549,9 @@ fn finish(
             ran: outcome.ran,
             cached: outcome.cached,
             unused_build_args: outcome.unused_build_args.clone(),
+            warnings: outcome.warnings.iter().map(Into::into).collect(),
         },
+        dockerfile,
     )
 }
 
@@ -500,26 +563,37 @@ struct Summary {
     ran: usize,
     cached: usize,
     unused_build_args: Vec<String>,
+    warnings: Vec<checks::Shown>,
 }
 
 /// Writes `--iidfile` and `--metadata-file`, and prints the result and how to run it.
-fn report(args: &BuildArgs, outputs: &[Output], outcome: &Summary) -> anyhow::Result<()> {
+fn report(
+    args: &BuildArgs,
+    outputs: &[Output],
+    outcome: &Summary,
+    dockerfile: &Dockerfile,
+) -> anyhow::Result<()> {
     if let Some(path) = &args.iidfile {
         fs_err::write(path, &outcome.config_digest)?;
     }
     if let Some(path) = &args.metadata_file {
-        let metadata = serde_json::json!({
+        let mut metadata = serde_json::json!({
             "containerimage.digest": outcome.manifest,
             "containerimage.config.digest": outcome.config_digest,
             "image.name": args.tags.join(","),
             "pushed": outcome.pushed,
         });
+        if !outcome.warnings.is_empty() {
+            metadata["buildx.build.warnings"] =
+                checks::metadata(&outcome.warnings, &dockerfile.name);
+        }
         fs_err::write(path, serde_json::to_vec_pretty(&metadata)?)?;
     }
     if args.quiet || args.progress == progress::Mode::Quiet {
         writeln!(std::io::stdout().lock(), "{}", outcome.config_digest)?;
         return Ok(());
     }
+    checks::print_after_build(&outcome.warnings, &dockerfile.name, Some(&dockerfile.text))?;
     let mut err = std::io::stderr().lock();
     for name in &outcome.unused_build_args {
         writeln!(err, "warning: build-arg {name} was not consumed by any ARG")?;
@@ -709,7 +783,9 @@ fn run_remote(
                 ran: usize::try_from(result.ran).unwrap_or(usize::MAX),
                 cached: usize::try_from(result.cached).unwrap_or(usize::MAX),
                 unused_build_args: result.unused_build_args,
+                warnings: result.warnings.into_iter().map(Into::into).collect(),
             },
+            &dockerfile,
         )?;
         Ok(ExitCode::SUCCESS)
     })

@@ -3,6 +3,7 @@
 
 pub(crate) mod build;
 pub(crate) mod builds;
+pub(crate) mod checks;
 pub(crate) mod debug;
 pub(crate) mod disk;
 pub(crate) mod engine;

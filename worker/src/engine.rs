@@ -90,6 +90,8 @@ pub struct BuildOutcome {
     pub cached: usize,
     /// Build-args that no ARG used.
     pub unused_build_args: Vec<String>,
+    /// What the build checks found.
+    pub warnings: Vec<hoist_parser::lint::Warning>,
 }
 
 /// A build that failed, with what the user can do about it.
@@ -406,6 +408,7 @@ impl Engine {
                 ran: solution.ran,
                 cached: solution.cached,
                 unused_build_args: plan.unused_build_args,
+                warnings: plan.warnings,
             });
         }
         let layers = {
@@ -495,7 +498,40 @@ impl Engine {
             ran: solution.ran,
             cached: solution.cached,
             unused_build_args: plan.unused_build_args,
+            warnings: plan.warnings,
         })
+    }
+
+    /// `hoist build --check`: the build checks over every stage, with base images resolved as
+    /// a build resolves them, and no step run.
+    ///
+    /// # Errors
+    /// A Dockerfile that does not parse, or a `.dockerignore` that cannot be read; what stops
+    /// the checks later is in the report.
+    pub async fn check(
+        &self,
+        request: &BuildRequest,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<frontend::CheckReport, BuildError> {
+        let source = request.dockerfile.text.clone();
+        let file = hoist_parser::parse(&source).map_err(|e| {
+            let index = hoist_parser::LineIndex::new(&source);
+            BuildError::Dockerfile(e.render(&request.dockerfile.name, &source, &index))
+        })?;
+        let mut options = request.options.clone();
+        options.ignore_patterns = request
+            .context
+            .ignore_patterns(request.dockerfile.path.as_deref())?;
+        let resolver = RegistryResolver {
+            client: Arc::clone(request.registry.as_ref().unwrap_or(&self.registry)),
+            handle: tokio::runtime::Handle::current(),
+            state: Arc::clone(&self.state),
+            progress,
+            steps: Arc::default(),
+        };
+        tokio::task::spawn_blocking(move || frontend::check(&file, &source, &options, &resolver))
+            .await
+            .map_err(|e| BuildError::Internal(format!("the frontend panicked: {e}")))
     }
 }
 
@@ -866,16 +902,29 @@ impl RegistryResolver {
             config: Option<ImageConfig>,
             #[serde(default)]
             history: Vec<HistoryEntry>,
+            #[serde(default)]
+            os: String,
+            #[serde(default)]
+            architecture: String,
+            #[serde(default)]
+            variant: Option<String>,
         }
         let parsed_config: Raw =
             serde_json::from_slice(&raw).map_err(|source| ResolveError::Config {
                 digest: config_desc.digest().to_string(),
                 source,
             })?;
+        let platform = (!parsed_config.os.is_empty() && !parsed_config.architecture.is_empty())
+            .then(|| Platform {
+                os: parsed_config.os,
+                architecture: parsed_config.architecture,
+                variant: parsed_config.variant.filter(|v| !v.is_empty()),
+            });
         Ok(ResolvedImage {
             pinned: resolved.reference.to_string(),
             config: parsed_config.config.unwrap_or_default(),
             history: parsed_config.history,
+            platform,
         })
     }
 }

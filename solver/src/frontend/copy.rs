@@ -148,6 +148,9 @@ impl Lowering<'_> {
                     word.span,
                 ));
             }
+            if !flags.contains_key("from") {
+                self.copy_ignored(name, &value, span);
+            }
             src.push(value);
         }
 

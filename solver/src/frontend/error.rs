@@ -98,6 +98,15 @@ pub enum FrontendErrorKind {
     },
     #[error("invalid platform {value:?}: expected os/arch[/variant]")]
     Platform { value: String },
+    #[error("invalid check options: {source}")]
+    CheckOptions {
+        source: hoist_parser::lint::CheckConfigError,
+    },
+    /// `error=true` in the `check` directive, and the checks found something.
+    #[error(
+        "lint violation found for rules: {rules} ({found}); fix them, or skip a rule with          `# check=skip=RULE`"
+    )]
+    LintViolation { rules: String, found: String },
 }
 
 impl FrontendError {

@@ -20,6 +20,7 @@ mod copy;
 mod error;
 mod flags;
 mod gofmt;
+mod lint;
 mod mounts;
 mod run;
 mod scope;
@@ -27,9 +28,12 @@ mod stage;
 mod values;
 
 use std::borrow::Cow;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 
 use crate::platform::Platform;
+use hoist_parser::lint::{Linter, Warning};
 use hoist_parser::shell::{Env, Lexer};
 use hoist_parser::{Command, Dockerfile, Instruction, LineIndex, Span};
 
@@ -128,6 +132,8 @@ pub struct ResolvedImage {
     pub config: ImageConfig,
     /// The image's history, which the built image's history continues.
     pub history: Vec<HistoryEntry>,
+    /// The platform its config names, if it names one.
+    pub platform: Option<Platform>,
 }
 
 /// Resolves base images while lowering (BuildKit's "metadata resolver").
@@ -159,6 +165,51 @@ pub struct BuildPlan {
     pub stages: Vec<String>,
     /// Build-args that no reached ARG declared (Docker warns about these).
     pub unused_build_args: Vec<String>,
+    /// What the build checks found, by line; the `check` directive chose the rules.
+    pub warnings: Vec<Warning>,
+}
+
+/// What [`check`] found: the warnings, and the error that stopped the checks, if any.
+#[derive(Debug)]
+pub struct CheckReport {
+    pub warnings: Vec<Warning>,
+    pub error: Option<FrontendError>,
+    /// `error=true` in the `check` directive: warnings fail a build.
+    pub error_on_warnings: bool,
+}
+
+/// Runs the build checks over every stage, reached by the target or not, as a build would
+/// lower them (base images are resolved), without building anything: `hoist build --check`.
+pub fn check(
+    file: &Dockerfile,
+    source: &str,
+    opts: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> CheckReport {
+    let linter = match lint::linter(file, source, opts) {
+        Ok(linter) => Rc::new(RefCell::new(linter)),
+        Err(error) => {
+            return CheckReport {
+                warnings: Vec::new(),
+                error: Some(error),
+                error_on_warnings: false,
+            };
+        }
+    };
+    hoist_parser::lint::check_file(file, &mut linter.borrow_mut());
+    let lowered =
+        Lowering::new(file, source, opts, resolver, Rc::clone(&linter)).and_then(|mut lowering| {
+            for index in 0..lowering.stages.len() {
+                lowering.lower_stage(index)?;
+            }
+            Ok(())
+        });
+    let mut linter = linter.borrow_mut();
+    CheckReport {
+        warnings: linter.take_warnings(),
+        error: lowered.err(),
+        error_on_warnings: linter.config().error,
+    }
 }
 
 /// Lowers a Dockerfile into a build plan.
@@ -171,9 +222,17 @@ pub fn lower(
     opts: &BuildOptions,
     resolver: &dyn ImageResolver,
 ) -> Result<BuildPlan, FrontendError> {
-    let mut lowering = Lowering::new(file, source, opts, resolver)?;
+    let linter = Rc::new(RefCell::new(lint::linter(file, source, opts)?));
+    hoist_parser::lint::check_file(file, &mut linter.borrow_mut());
+    let mut lowering = Lowering::new(file, source, opts, resolver, Rc::clone(&linter))?;
     let target = lowering.target_index()?;
     lowering.lower_stage(target)?;
+    let warnings = linter.borrow_mut().take_warnings();
+    if linter.borrow().config().error
+        && let Some(first) = warnings.first()
+    {
+        return Err(lint_violation(&warnings, first.span));
+    }
     let stage = lowering
         .lowered
         .get_mut(target)
@@ -189,8 +248,10 @@ pub fn lower(
         .filter(|k| {
             !lowering.used_args.contains(*k)
                 && !PROXY_ARGS.contains(&k.as_str())
-                // Read by the build itself (the image's created time), as in BuildKit.
+                // Read by the build itself (the image's created time, the checks), as in
+                // BuildKit.
                 && k.as_str() != "SOURCE_DATE_EPOCH"
+                && k.as_str() != lint::CHECK_BUILD_ARG
         })
         .cloned()
         .collect();
@@ -203,7 +264,30 @@ pub fn lower(
         proxy_env: proxy_env(opts),
         stages: lowering.order,
         unused_build_args,
+        warnings,
     })
+}
+
+/// `error=true` and warnings: the build fails, naming each rule and where it was broken.
+fn lint_violation(warnings: &[Warning], span: Span) -> FrontendError {
+    let mut rules: Vec<&str> = Vec::new();
+    for w in warnings {
+        if !rules.contains(&w.rule) {
+            rules.push(w.rule);
+        }
+    }
+    let found = warnings
+        .iter()
+        .map(|w| format!("line {} {}: {}", w.line, w.rule, w.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    FrontendError::new(
+        FrontendErrorKind::LintViolation {
+            rules: rules.join(", "),
+            found,
+        },
+        span,
+    )
 }
 
 fn proxy_env(opts: &BuildOptions) -> Vec<(String, String)> {
@@ -230,6 +314,7 @@ struct Lowered {
     author: Option<String>,
     history: Vec<HistoryEntry>,
     platform: Platform,
+    lint: lint::StageLint,
 }
 
 struct Lowering<'a> {
@@ -253,6 +338,14 @@ struct Lowering<'a> {
     graph: Graph,
     order: Vec<String>,
     context: Option<VertexId>,
+    /// Shared with the caller, which takes the warnings even when lowering fails.
+    linter: Rc<RefCell<Linter<'a>>>,
+    /// Whether word expansions record the variables they miss (while a stage instruction is
+    /// dispatched), and those missed so far by the current instruction.
+    recording: Cell<bool>,
+    missed: RefCell<Vec<String>>,
+    /// `.dockerignore` as a matcher, for CopyIgnoredFile; made on first use.
+    ignore_matcher: OnceCell<Option<hoist_parser::ignore::Matcher>>,
 }
 
 impl<'a> Lowering<'a> {
@@ -261,6 +354,7 @@ impl<'a> Lowering<'a> {
         source: &'a str,
         opts: &'a BuildOptions,
         resolver: &'a dyn ImageResolver,
+        linter: Rc<RefCell<Linter<'a>>>,
     ) -> Result<Self, FrontendError> {
         let mut lowering = Self {
             source,
@@ -278,15 +372,21 @@ impl<'a> Lowering<'a> {
             graph: Graph::new(),
             order: Vec::new(),
             context: None,
+            linter,
+            recording: Cell::new(false),
+            missed: RefCell::default(),
+            ignore_matcher: OnceCell::new(),
         };
         lowering.global_scope = lowering.platform_args().into_iter().collect();
         let mut rest = file.instructions.as_slice();
+        let mut global_args = Vec::new();
         // Global ARGs, before the first FROM.
         while let Some((first, tail)) = rest.split_first() {
             match first {
                 Instruction::From(_) => break,
                 Instruction::Arg(arg) => {
                     for decl in &arg.args {
+                        global_args.push(decl);
                         let value = match opts.build_args.get(&decl.name) {
                             Some(v) => {
                                 lowering.used_args.insert(decl.name.clone());
@@ -369,6 +469,7 @@ impl<'a> Lowering<'a> {
         }
         lowering.lowered = vec![None; lowering.stages.len()];
         lowering.in_progress = vec![false; lowering.stages.len()];
+        lowering.lint_froms(&global_args);
         Ok(lowering)
     }
 
@@ -418,9 +519,10 @@ impl<'a> Lowering<'a> {
     }
 
     fn expand(&self, word: &str, scope: &dyn Env, span: Span) -> Result<String, FrontendError> {
-        Lexer::new(self.escape)
-            .process_word(word, scope)
-            .map_err(expand_error(word, span))
+        self.recorded(scope, |scope| {
+            Lexer::new(self.escape).process_word(word, scope)
+        })
+        .map_err(expand_error(word, span))
     }
 
     /// As [`Self::expand`], but borrows a word in which nothing can expand.
@@ -430,9 +532,10 @@ impl<'a> Lowering<'a> {
         scope: &dyn Env,
         span: Span,
     ) -> Result<Cow<'w, str>, FrontendError> {
-        Lexer::new(self.escape)
-            .process_word_cow(word, scope)
-            .map_err(expand_error(word, span))
+        self.recorded(scope, |scope| {
+            Lexer::new(self.escape).process_word_cow(word, scope)
+        })
+        .map_err(expand_error(word, span))
     }
 
     fn expand_words(
@@ -488,7 +591,18 @@ impl<'a> Lowering<'a> {
         Ok(self.lowered[index].insert(lowered))
     }
 
+    /// Lowers a stage; another stage's instruction may be what reached it (COPY --from), so
+    /// the words of this one are kept apart from that instruction's for UndefinedVar.
     fn lower_new_stage(&mut self, index: usize) -> Result<Lowered, FrontendError> {
+        let recording = self.recording.replace(false);
+        let missed = std::mem::take(&mut *self.missed.borrow_mut());
+        let lowered = self.lower_stage_instructions(index);
+        self.recording.set(recording);
+        *self.missed.borrow_mut() = missed;
+        lowered
+    }
+
+    fn lower_stage_instructions(&mut self, index: usize) -> Result<Lowered, FrontendError> {
         if self.in_progress[index] {
             return Err(FrontendError::new(
                 FrontendErrorKind::Cycle {
@@ -525,12 +639,15 @@ impl<'a> Lowering<'a> {
             } else {
                 base.platform.clone()
             };
-            StageState::from_base(
+            let lint = base.lint.inherited();
+            let mut state = StageState::from_base(
                 base.root,
                 base.config.clone(),
                 base.history.clone(),
                 platform,
-            )
+            );
+            state.lint = lint;
+            state
         } else if base_name.eq_ignore_ascii_case("scratch") {
             let root = self.graph.add(
                 Op::Source(SourceOp::Scratch),
@@ -566,6 +683,7 @@ impl<'a> Lowering<'a> {
                 format!("[{label}] FROM {}", resolved.pinned),
                 self.location(from.span),
             );
+            self.base_platform(&base_name, &platform, resolved.platform.as_ref(), from.span);
             StageState::from_base(root, resolved.config, resolved.history, platform)
         };
 
@@ -638,11 +756,31 @@ impl<'a> Lowering<'a> {
         self.dispatch_at(state, index, step, instruction, raw, None)
     }
 
-    /// Applies one instruction, written as `raw`. `at` overrides where vertices say they come
-    /// from (for ONBUILD triggers, whose text is not part of this Dockerfile). Only the steps
-    /// that make a vertex summarize `raw` into their name: an instruction may be megabytes long.
-    #[allow(clippy::too_many_lines)] // one arm per instruction reads best side by side
+    /// Applies one instruction, written as `raw`, and runs the checks on it. `at` overrides
+    /// where vertices say they come from (for ONBUILD triggers, whose text is not part of this
+    /// Dockerfile).
     fn dispatch_at(
+        &mut self,
+        state: &mut StageState,
+        index: usize,
+        step: &str,
+        instruction: &Instruction,
+        raw: &str,
+        at: Option<Span>,
+    ) -> Result<(), FrontendError> {
+        let span = at.unwrap_or_else(|| instruction.span());
+        self.lint_instruction(state, instruction, span);
+        let recording = self.recording.replace(true);
+        let applied = self.apply(state, index, step, instruction, raw, at);
+        self.recording.set(recording);
+        self.flush_missed(state, span);
+        applied
+    }
+
+    /// Applies one instruction. Only the steps that make a vertex summarize `raw` into their
+    /// name: an instruction may be megabytes long.
+    #[allow(clippy::too_many_lines)] // one arm per instruction reads best side by side
+    fn apply(
         &mut self,
         state: &mut StageState,
         index: usize,
@@ -657,6 +795,7 @@ impl<'a> Lowering<'a> {
                 check_flags(&arg.flags, "ARG", &[], &[])?;
                 let mut commit = Vec::new();
                 for decl in &arg.args {
+                    self.secret_name("ARG", &decl.name, span);
                     let value = if let Some(v) = self.opts.build_args.get(&decl.name) {
                         Some(v.clone())
                     } else if let Some(d) = &decl.default {
@@ -670,6 +809,9 @@ impl<'a> Lowering<'a> {
                             .map(|(_, v)| v)
                     };
                     self.used_args.insert(decl.name.clone());
+                    // Only the ARGs before this one count as declared for its default.
+                    self.flush_missed(state, span);
+                    state.lint.declared.insert(decl.name.clone());
                     commit.push(match &value {
                         Some(v) => format!("{}={v}", decl.name),
                         None => decl.name.clone(),
@@ -685,6 +827,7 @@ impl<'a> Lowering<'a> {
                 for pair in &env.pairs {
                     let key = self.expand(&pair.key, &scope, pair.span)?;
                     let value = self.expand_cow(&pair.value, &scope, pair.span)?;
+                    self.secret_name("ENV", &key, span);
                     pairs.push((key, value));
                 }
                 for (k, v) in &pairs {
@@ -742,7 +885,7 @@ impl<'a> Lowering<'a> {
                 let mut listed = Vec::new();
                 for port in &e.ports {
                     for word in self.expand_words(&port.value, &scope, port.span)? {
-                        for p in expose_ports(&word).map_err(|reason| {
+                        for p in expose_ports(self.expose(&word, span)).map_err(|reason| {
                             FrontendError::new(
                                 FrontendErrorKind::FlagValue {
                                     flag: "port".into(),
@@ -787,6 +930,7 @@ impl<'a> Lowering<'a> {
                 check_flags(&w.flags, "WORKDIR", &[], &[])?;
                 let value = required(w.path.as_ref(), "WORKDIR", "a path", span)?;
                 let path = self.expand(&value.value, &state.scope(), value.span)?;
+                self.workdir(state, &path, span);
                 let dir = join_path(&state.workdir(), &path);
                 state.config.working_dir.clone_from(&dir);
                 if dir == "/" {

@@ -25,6 +25,8 @@ pub(super) struct StageState {
     pub(super) args: StageArgs,
     /// Whether this stage set CMD (so a later ENTRYPOINT keeps it).
     pub(super) cmd_set: bool,
+    /// What the build checks track.
+    pub(super) lint: super::lint::StageLint,
 }
 
 impl StageState {
@@ -44,6 +46,7 @@ impl StageState {
             env,
             args: StageArgs::default(),
             cmd_set: false,
+            lint: super::lint::StageLint::default(),
         }
     }
 
@@ -56,6 +59,7 @@ impl StageState {
             author: self.author,
             history: self.history,
             platform: self.platform,
+            lint: self.lint,
         }
     }
 

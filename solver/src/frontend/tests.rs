@@ -36,6 +36,7 @@ impl ImageResolver for FakeResolver {
                     ..ImageConfig::default()
                 }),
             history: Vec::new(),
+            platform: None,
         })
     }
 }
