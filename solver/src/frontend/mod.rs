@@ -315,6 +315,9 @@ struct Lowered {
     history: Vec<HistoryEntry>,
     platform: Platform,
     lint: lint::StageLint,
+    /// The ARGs the stage declared, with their values: a stage built FROM it inherits them,
+    /// as in BuildKit (moby/buildkit#5048).
+    args: scope::StageArgs,
 }
 
 struct Lowering<'a> {
@@ -647,6 +650,7 @@ impl<'a> Lowering<'a> {
                 platform,
             );
             state.lint = lint;
+            state.args = base.args.clone();
             state
         } else if base_name.eq_ignore_ascii_case("scratch") {
             let root = self.graph.add(

@@ -60,6 +60,7 @@ impl StageState {
             history: self.history,
             platform: self.platform,
             lint: self.lint,
+            args: self.args,
         }
     }
 

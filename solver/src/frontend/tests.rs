@@ -212,6 +212,23 @@ mod args_and_env {
     }
 
     #[test]
+    fn a_stage_built_from_another_inherits_its_args_with_their_values() {
+        // As BuildKit does (moby/buildkit#5048): `NAME` declared in `base` reaches `build`.
+        let src = "FROM alpine AS base\nARG NAME=joe\nFROM base AS build\nRUN echo hello $NAME\n";
+        let built = plan_with(src, &args(&[("NAME", "ann")]), &FakeResolver::default()).unwrap();
+        let runs = execs(&built);
+        assert!(
+            runs[0].env.contains(&("NAME".into(), "ann".into())),
+            "{:?}",
+            runs[0].env
+        );
+        // A stage built from an image, not a stage, inherits nothing.
+        let src = "FROM alpine AS base\nARG NAME=joe\nFROM alpine\nRUN echo hello $NAME\n";
+        let from_image = plan(src);
+        assert!(!execs(&from_image)[0].env.iter().any(|(k, _)| k == "NAME"));
+    }
+
+    #[test]
     fn global_args_are_not_in_a_stage_without_arg() {
         let plan = plan("ARG V=1\nFROM alpine\nRUN echo\nENV X=${V:-unset}\n");
         assert_eq!(plan.config.env_get("X"), Some("unset"));
