@@ -416,7 +416,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         events.close();
         let _ = renderer.await;
         let outcome = result.map_err(anyhow::Error::from)?;
-        finish(&engine, &args, &outputs, &outcome)?;
+        finish(&engine, &args, &outputs, &outcome, events.steps())?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -426,6 +426,7 @@ fn finish(
     args: &BuildArgs,
     outputs: &[Output],
     outcome: &BuildOutcome,
+    steps: Vec<progress::StepReport>,
 ) -> anyhow::Result<()> {
     // Opened only for an output that reads the image from it (opening makes the layout).
     let store = match &outcome.manifest {
@@ -460,6 +461,7 @@ fn finish(
             ran: outcome.ran,
             cached: outcome.cached,
             unused_build_args: outcome.unused_build_args.clone(),
+            steps,
         },
     )
 }
@@ -472,6 +474,8 @@ struct Summary {
     ran: usize,
     cached: usize,
     unused_build_args: Vec<String>,
+    /// Every step, cached or not and why, for `--metadata-file`.
+    steps: Vec<progress::StepReport>,
 }
 
 /// Writes `--iidfile` and `--metadata-file`, and prints the result and how to run it.
@@ -485,6 +489,7 @@ fn report(args: &BuildArgs, outputs: &[Output], outcome: &Summary) -> anyhow::Re
             "containerimage.config.digest": outcome.config_digest,
             "image.name": args.tags.join(","),
             "pushed": outcome.pushed,
+            "hoist.steps": outcome.steps.iter().map(progress::StepReport::to_json).collect::<Vec<_>>(),
         });
         fs_err::write(path, serde_json::to_vec_pretty(&metadata)?)?;
     }
@@ -678,6 +683,7 @@ fn run_remote(
                 ran: usize::try_from(result.ran).unwrap_or(usize::MAX),
                 cached: usize::try_from(result.cached).unwrap_or(usize::MAX),
                 unused_build_args: result.unused_build_args,
+                steps: events.steps(),
             },
         )?;
         Ok(ExitCode::SUCCESS)

@@ -251,6 +251,7 @@ impl Engine {
                 progress,
                 cancel,
                 no_cache: request.no_cache,
+                history: Some(self.history(request)),
             })
             .await?;
         request.context.finish();
@@ -356,6 +357,24 @@ impl Engine {
             cached: solution.cached,
             unused_build_args: plan.unused_build_args,
         })
+    }
+}
+
+impl Engine {
+    /// Where a build's steps record their inputs and find their last ones: a local build's
+    /// Dockerfile by its absolute path, so that two projects' `Dockerfile`s stay apart.
+    fn history(&self, request: &BuildRequest) -> hoist_solver::scheduler::BuildHistory {
+        let dockerfile = &request.dockerfile;
+        hoist_solver::scheduler::BuildHistory {
+            store: Arc::new(crate::history::IndexHistory {
+                state: Arc::clone(&self.state),
+            }),
+            dockerfile: dockerfile
+                .path
+                .as_ref()
+                .map_or_else(|| dockerfile.name.clone(), |p| p.display().to_string()),
+            build_args: request.options.build_args.keys().cloned().collect(),
+        }
     }
 }
 
@@ -477,6 +496,7 @@ impl ImageResolver for RegistryResolver {
             name: format!("[internal] load metadata for {parsed}"),
             digest: String::new(),
             line: None,
+            reason: None,
         });
         let started = std::time::Instant::now();
         let sink = Arc::clone(&self.progress);

@@ -38,6 +38,7 @@ pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod file;
+pub mod history;
 pub mod image;
 pub mod logs;
 mod mounts;

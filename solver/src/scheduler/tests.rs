@@ -384,6 +384,7 @@ async fn computes_values_through_the_graph() {
             name: "sum".into(),
             digest: g.vertex(sum).digest.to_string(),
             line: Some(4),
+            reason: None,
         }
     );
     let Event::Finished {
