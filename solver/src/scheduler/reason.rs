@@ -252,6 +252,8 @@ pub fn explain(previous: Option<&StepInputs>, current: &StepInputs, inputs_ran: 
         );
     }
     let mut reasons = op_reasons(previous, current);
+    // The step above last: what the step itself reads comes first.
+    let mut above = None;
     if previous.inputs.len() == current.inputs.len() {
         for (j, (old, new)) in previous.inputs.iter().zip(&current.inputs).enumerate() {
             if old.key == new.key {
@@ -264,7 +266,7 @@ pub fn explain(previous: Option<&StepInputs>, current: &StepInputs, inputs_ran: 
             let ran = inputs_ran.get(j).copied().unwrap_or(false);
             let verb = if ran { "ran" } else { "changed" };
             if j == 0 {
-                reasons.push(format!("the step above it {verb}"));
+                above = Some(format!("the step above it {verb}"));
             } else {
                 reasons.push(format!("its input {} {verb}", new.name));
             }
@@ -272,6 +274,7 @@ pub fn explain(previous: Option<&StepInputs>, current: &StepInputs, inputs_ran: 
     } else {
         reasons.push("its inputs changed".to_owned());
     }
+    reasons.extend(above);
     if reasons.is_empty() {
         // Everything recorded is alike, yet the key differs: the content behind a key that
         // is not recorded (an input's files beyond what is kept, say).
@@ -662,6 +665,12 @@ mod tests {
         assert_eq!(
             explain(Some(&old), &new, &[false, true]),
             "2 files changed: Cargo.lock, src/main.rs"
+        );
+        let mut below_a_new_step = new.clone();
+        below_a_new_step.inputs[0].key = key(9);
+        assert_eq!(
+            explain(Some(&old), &below_a_new_step, &[true, true]),
+            "2 files changed: Cargo.lock, src/main.rs; the step above it ran"
         );
         let many: Vec<(String, String)> = (0..8).map(|i| (format!("f{i}"), "d".into())).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
