@@ -82,6 +82,40 @@ struct QueueState {
     closed: bool,
     /// The command that prints a build's log: `hoist logs`, or with `--remote ADDR`.
     logs_command: Option<String>,
+    /// Every step shown, in order, for `--metadata-file`.
+    steps: Vec<StepReport>,
+}
+
+/// A step as `--metadata-file` lists it (`hoist.steps`): whether it was cached, and if not,
+/// why it ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StepReport {
+    /// Its number in the progress output (`#3`).
+    pub(crate) step: usize,
+    pub(crate) name: String,
+    /// Its Dockerfile line.
+    pub(crate) line: Option<usize>,
+    pub(crate) cached: bool,
+    pub(crate) reason: Option<String>,
+}
+
+impl StepReport {
+    /// `{"step": 3, "name": …, "line": 4, "cached": false, "reason": …}`, without the line
+    /// or reason a step does not have.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let mut object = serde_json::json!({
+            "step": self.step,
+            "name": self.name,
+            "cached": self.cached,
+        });
+        if let Some(line) = self.line {
+            object["line"] = line.into();
+        }
+        if let Some(reason) = &self.reason {
+            object["reason"] = reason.as_str().into();
+        }
+        object
+    }
 }
 
 impl QueueState {
@@ -124,6 +158,11 @@ impl DisplayQueue {
         queue
     }
 
+    /// The steps shown so far, in the order they were first shown.
+    pub(crate) fn steps(&self) -> Vec<StepReport> {
+        self.lock().steps.clone()
+    }
+
     /// No more events will come: the renderer ends once it has drawn what is queued.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
@@ -158,6 +197,23 @@ impl ProgressSink for DisplayQueue {
     fn event(&self, event: Event) {
         let mut state = self.lock();
         let number = state.numbers.of(&event);
+        let report = match &event {
+            Event::Started {
+                name, line, reason, ..
+            } => Some((name, line, false, reason.clone())),
+            Event::Cached { name, line, .. } => Some((name, line, true, None)),
+            _ => None,
+        };
+        if let (Some((name, line, cached, reason)), Some(step)) = (report, number) {
+            let report = StepReport {
+                step,
+                name: name.clone(),
+                line: *line,
+                cached,
+                reason,
+            };
+            state.steps.push(report);
+        }
         match (&event, event.id()) {
             (Event::Build { build }, _) => build.clone_into(&mut state.build),
             (Event::Log { data, .. }, Some(id))
@@ -252,9 +308,14 @@ impl Renderer {
                 );
                 self.line(&line);
             }
-            Event::Started { id, name, .. } => {
+            Event::Started {
+                id, name, reason, ..
+            } => {
                 let n = self.step(event, *id, name).number;
                 self.line(&format!("#{n} {name}"));
+                if let Some(reason) = reason {
+                    self.line(&format!("#{n} miss: {reason}"));
+                }
             }
             Event::Cached { id, name, .. } => {
                 let step = self.step(event, *id, name);
@@ -461,6 +522,7 @@ mod tests {
                 name: "[stage-0 2/3] RUN make".into(),
                 digest: "sha256:bb".into(),
                 line: Some(2),
+                reason: Some("build-arg VERSION changed (1.2 → 1.3)".into()),
             },
             Event::Log {
                 id: 8,
@@ -491,6 +553,7 @@ mod tests {
                 name: "[stage-0 3/3] RUN false".into(),
                 digest: "sha256:cc".into(),
                 line: Some(3),
+                reason: None,
             },
             Event::Failed {
                 id: 9,
@@ -534,6 +597,7 @@ mod tests {
                 "#1 [stage-0 1/3] FROM busybox",
                 "#1 CACHED",
                 "#2 [stage-0 2/3] RUN make",
+                "#2 miss: build-arg VERSION changed (1.2 → 1.3)",
                 "#2 compiling a",
                 "#2 warning: w",
                 "#2 compiling b",

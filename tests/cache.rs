@@ -573,3 +573,23 @@ fn cache_mounts_travel_with_mounts_true_and_stay_home_without_it() {
         "{capped_out}"
     );
 }
+
+#[test]
+fn a_step_that_misses_an_imported_cache_says_what_changed_since_the_exporting_build() {
+    let registry = Registry::start();
+    let p = Project::new(DOCKERFILE);
+    let cache = format!("{}/cache:why", registry.addr);
+    let to = format!("type=registry,ref={cache},mode=max");
+    succeeded(&p.hoist(&["--cache-to", &to, "--build-arg", "V=1.2"]));
+    // Another runner, which never built this Dockerfile, with the build-arg changed.
+    let (out, _b) = on_fresh_root(&p, &["--cache-from", &cache, "--build-arg", "V=1.3"]);
+    let stderr = succeeded(&out);
+    assert!(
+        stderr.contains("miss: build-arg V changed (1.2 → 1.3)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("no earlier build of this step"),
+        "{stderr}"
+    );
+}

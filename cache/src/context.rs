@@ -884,6 +884,10 @@ pub struct ContentKey {
     pub files_read: u64,
     /// Their bytes (their sizes as selected).
     pub bytes_read: u64,
+    /// The content digest (hex sha256) of each selected regular file, by entry index of the
+    /// selection; `None` for other entries and for hardlinks. Kept so that a step that misses
+    /// the cache can name the files that changed without reading them again.
+    pub file_digests: Vec<Option<String>>,
 }
 
 /// A selected file that its stat does not vouch for: it is read.
@@ -1013,11 +1017,12 @@ pub fn content_key(
         key: String::new(),
         files_read: 0,
         bytes_read: 0,
+        file_digests: Vec::new(),
     };
     let digests = file_digests(root, selection, cache, &mut out)?;
     let mut hasher = Sha256::new();
     hasher.update(b"hoist.context.v1\0");
-    for (entry, digest) in selection.entries.iter().zip(digests) {
+    for (entry, digest) in selection.entries.iter().zip(&digests) {
         hasher.update(bytes(&entry.dest));
         hasher.update(b"\0");
         hasher.update(bytes(&entry.path));
@@ -1045,11 +1050,12 @@ pub fn content_key(
             }
             EntryKind::File => {
                 hasher.update(b"file\0");
-                hasher.update(digest.unwrap_or_default().as_bytes());
+                hasher.update(digest.as_deref().unwrap_or_default().as_bytes());
                 hasher.update(b"\0");
             }
         }
     }
     out.key = format!("sha256:{}", hex::encode(hasher.finalize()));
+    out.file_digests = digests;
     Ok(out)
 }

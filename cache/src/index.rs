@@ -747,3 +747,117 @@ mod tests {
         assert_eq!(raw(&index, BLOBS, &blob_key), old_blob.as_bytes());
     }
 }
+
+/// Why steps ran: `k <cache key>` → JSON of the inputs a step that ran under that key was made
+/// from, and `h <step identity>` → JSON of the cache key last recorded for that place in a
+/// Dockerfile. The solver owns both encodings (`hoist_solver::scheduler::StepInputs`); the
+/// index keeps them. Written once per step that ran, read only for a step that missed.
+const STEPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("history.v1");
+
+fn inputs_row(key: &str) -> String {
+    format!("k {key}")
+}
+
+fn identity_row(identity: &str) -> String {
+    format!("h {identity}")
+}
+
+impl CacheIndex {
+    /// The inputs recorded for a cache key, if any.
+    ///
+    /// # Errors
+    /// As [`CacheIndex::get`].
+    pub fn step_inputs<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, IndexError> {
+        self.read(STEPS, &inputs_row(key))
+    }
+
+    /// The inputs last recorded for a step identity, if any.
+    ///
+    /// # Errors
+    /// As [`CacheIndex::get`].
+    pub fn last_step_inputs<T: serde::de::DeserializeOwned>(
+        &self,
+        identity: &str,
+    ) -> Result<Option<T>, IndexError> {
+        let Some(key) = self.read::<String>(STEPS, &identity_row(identity))? else {
+            return Ok(None);
+        };
+        self.step_inputs(&key)
+    }
+
+    /// Records the inputs of a step that ran under `key`, as the last of `identity`, in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// As [`CacheIndex::put`].
+    pub fn put_step_inputs<T: Serialize>(
+        &self,
+        identity: &str,
+        key: &str,
+        inputs: &T,
+    ) -> Result<(), IndexError> {
+        self.write_step_inputs(identity, key, inputs)
+    }
+
+    fn write_step_inputs<T: Serialize>(
+        &self,
+        identity: &str,
+        key: &str,
+        inputs: &T,
+    ) -> Result<(), IndexError> {
+        let (inputs_key, identity_key) = (inputs_row(key), identity_row(identity));
+        let inputs = self.encode_step_row(&inputs_key, inputs)?;
+        let pointer = self.encode_step_row(&identity_key, &key)?;
+        let txn = self.writer()?.begin_write().map_err(self.access())?;
+        {
+            let mut table = txn.open_table(STEPS).map_err(self.access())?;
+            table
+                .insert(inputs_key.as_str(), inputs.as_slice())
+                .map_err(self.access())?;
+            table
+                .insert(identity_key.as_str(), pointer.as_slice())
+                .map_err(self.access())?;
+        }
+        txn.commit().map_err(self.access())?;
+        Ok(())
+    }
+
+    fn encode_step_row<T: Serialize + ?Sized>(
+        &self,
+        row: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, IndexError> {
+        serde_json::to_vec(value).map_err(|source| IndexError::Encode {
+            path: self.path.clone(),
+            table: STEPS.name().to_owned(),
+            key: row.to_owned(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+
+    #[test]
+    fn the_last_inputs_of_a_step_are_found_and_imported_ones_do_not_replace_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = CacheIndex::open(&dir.path().join("cache.redb")).unwrap();
+        assert_eq!(
+            index.last_step_inputs::<String>("df stage 1").unwrap(),
+            None
+        );
+        index.put_step_inputs("df stage 1", "k1", &"one").unwrap();
+        index.put_step_inputs("df stage 1", "k2", &"two").unwrap();
+        let last = index.last_step_inputs::<String>("df stage 1").unwrap();
+        assert_eq!(last.as_deref(), Some("two"));
+        assert_eq!(
+            index.step_inputs::<String>("k1").unwrap().as_deref(),
+            Some("one")
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use hoist_cache::context::{ContextError, Selection};
 use hoist_parser::ignore::Matcher;
-use hoist_worker::context::Hashed;
+use hoist_worker::context::Keyed;
 use hoist_worker::{ContextSource, LocalContext};
 
 use crate::cas::TreeLease;
@@ -49,7 +49,7 @@ impl ContextSource for RemoteContext {
         self.local.select(sources, ignore)
     }
 
-    fn content_key(&self, selection: &Selection) -> Result<(String, Hashed), ContextError> {
+    fn content_key(&self, selection: &Selection) -> Result<Keyed, ContextError> {
         self.local.content_key(selection)
     }
 

@@ -44,6 +44,7 @@ pub fn event_out(event: &Event) -> pb::Event {
         name: name.to_owned(),
         digest: digest.to_owned(),
         line: line.map(|l| l as u64),
+        reason: None,
     };
     let kind = match event {
         Event::Build { build } => Kind::Build(pb::event::BuildStarted {
@@ -54,7 +55,11 @@ pub fn event_out(event: &Event) -> pb::Event {
             name,
             digest,
             line,
-        } => Kind::Started(vertex(*id, name, digest, *line)),
+            reason,
+        } => Kind::Started(pb::event::Vertex {
+            reason: reason.clone(),
+            ..vertex(*id, name, digest, *line)
+        }),
         Event::Cached {
             id,
             name,
@@ -106,6 +111,7 @@ pub fn event_in(event: pb::Event) -> Result<Event, EventError> {
                 name: v.name,
                 digest: v.digest,
                 line: line(v.line),
+                reason: v.reason,
             },
             Kind::Cached(v) => Event::Cached {
                 id: id_in(v.id)?,
@@ -156,6 +162,14 @@ mod tests {
                 name: "[2/3] RUN make".into(),
                 digest: "sha256:ab".into(),
                 line: Some(4),
+                reason: Some("build-arg VERSION changed (1.2 → 1.3)".into()),
+            },
+            Event::Started {
+                id: 2,
+                name: "[internal] load build context".into(),
+                digest: "sha256:cd".into(),
+                line: None,
+                reason: None,
             },
             Event::Cached {
                 id: hoist_solver::progress::internal_id(0),

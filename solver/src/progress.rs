@@ -73,6 +73,10 @@ pub enum Event {
         /// The Dockerfile line of the instruction, when the vertex has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         line: Option<usize>,
+        /// Why the step missed the cache (`build-arg VERSION changed (1.2 → 1.3)`, `2 files
+        /// changed: src/main.rs, Cargo.lock`, `--no-cache`), for a Dockerfile step.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// The result came from the cache; no worker ran.
     Cached {
@@ -298,6 +302,7 @@ mod tests {
                 name: "[build 2/4] RUN make".into(),
                 digest: "sha256:00ff".into(),
                 line: Some(7),
+                reason: None,
             },
             Event::Cached {
                 id: 1,

@@ -452,7 +452,14 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         events.close();
         let _ = renderer.await;
         let outcome = result.map_err(anyhow::Error::from)?;
-        finish(&engine, &args, &outputs, &outcome, &request.dockerfile)?;
+        finish(
+            &engine,
+            &args,
+            &outputs,
+            &outcome,
+            &request.dockerfile,
+            events.steps(),
+        )?;
         drop(hold);
         crate::cmd::disk::auto_gc(&engine.state, args.gc_keep_storage);
         Ok(ExitCode::SUCCESS)
@@ -515,6 +522,7 @@ fn finish(
     outputs: &[Output],
     outcome: &BuildOutcome,
     dockerfile: &Dockerfile,
+    steps: Vec<progress::StepReport>,
 ) -> anyhow::Result<()> {
     // Opened only for an output that reads the image from it (opening makes the layout).
     let store = match &outcome.manifest {
@@ -550,6 +558,7 @@ fn finish(
             cached: outcome.cached,
             unused_build_args: outcome.unused_build_args.clone(),
             warnings: outcome.warnings.iter().map(Into::into).collect(),
+            steps,
         },
         dockerfile,
     )
@@ -564,6 +573,8 @@ struct Summary {
     cached: usize,
     unused_build_args: Vec<String>,
     warnings: Vec<checks::Shown>,
+    /// Every step, cached or not and why, for `--metadata-file`.
+    steps: Vec<progress::StepReport>,
 }
 
 /// Writes `--iidfile` and `--metadata-file`, and prints the result and how to run it.
@@ -582,6 +593,7 @@ fn report(
             "containerimage.config.digest": outcome.config_digest,
             "image.name": args.tags.join(","),
             "pushed": outcome.pushed,
+            "hoist.steps": outcome.steps.iter().map(progress::StepReport::to_json).collect::<Vec<_>>(),
         });
         if !outcome.warnings.is_empty() {
             metadata["buildx.build.warnings"] =
@@ -784,6 +796,7 @@ fn run_remote(
                 cached: usize::try_from(result.cached).unwrap_or(usize::MAX),
                 unused_build_args: result.unused_build_args,
                 warnings: result.warnings.into_iter().map(Into::into).collect(),
+                steps: events.steps(),
             },
             &dockerfile,
         )?;

@@ -657,7 +657,7 @@ mod tests {
             let sources: Vec<String> = sources.into_iter().map(str::to_owned).collect();
             let key = |c: &dyn hoist_worker::ContextSource| {
                 let selection = c.select(&sources, &ignore).unwrap();
-                c.content_key(&selection).unwrap().0
+                c.content_key(&selection).unwrap().key
             };
             assert_eq!(key(&local), key(&remote), "{sources:?}");
         }

@@ -14,6 +14,17 @@ pub struct Hashed {
     pub bytes: u64,
 }
 
+/// A selection's content key, and what computing it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed {
+    /// `sha256:…`
+    pub key: String,
+    pub hashed: Hashed,
+    /// The content digest of each regular file, by entry index of the selection (see
+    /// [`hoist_cache::context::ContentKey::file_digests`]).
+    pub file_digests: Vec<Option<String>>,
+}
+
 /// A build context: the files COPY and ADD take, selected and hashed.
 pub trait ContextSource: Send + Sync + std::fmt::Debug {
     /// The entries that `sources` (COPY's source patterns) name, less those `ignore`
@@ -23,12 +34,12 @@ pub trait ContextSource: Send + Sync + std::fmt::Debug {
     /// A source that names nothing, or a path that cannot be read.
     fn select(&self, sources: &[String], ignore: &Matcher) -> Result<Selection, ContextError>;
 
-    /// The content key of a selection (see [`hoist_cache::context::content_key`]), and what
-    /// computing it read.
+    /// The content key of a selection (see [`hoist_cache::context::content_key`]), what
+    /// computing it read, and the digest of each file.
     ///
     /// # Errors
     /// A selected file that cannot be read.
-    fn content_key(&self, selection: &Selection) -> Result<(String, Hashed), ContextError>;
+    fn content_key(&self, selection: &Selection) -> Result<Keyed, ContextError>;
 
     /// The directory that selected entries are read from.
     fn root(&self) -> &Path;
@@ -79,15 +90,16 @@ impl ContextSource for LocalContext {
         context::select(&self.dir, sources, ignore)
     }
 
-    fn content_key(&self, selection: &Selection) -> Result<(String, Hashed), ContextError> {
+    fn content_key(&self, selection: &Selection) -> Result<Keyed, ContextError> {
         let key = context::content_key(&self.dir, selection, &self.stat_cache)?;
-        Ok((
-            key.key,
-            Hashed {
+        Ok(Keyed {
+            key: key.key,
+            hashed: Hashed {
                 files: key.files_read,
                 bytes: key.bytes_read,
             },
-        ))
+            file_digests: key.file_digests,
+        })
     }
 
     fn root(&self) -> &Path {
@@ -181,8 +193,8 @@ mod tests {
                  the context's stat cache is locked for a whole key",
             );
             let read_one = Hashed { files: 1, bytes: 5 };
-            assert_eq!(second.unwrap().1, read_one);
-            assert_eq!(first.join().unwrap().unwrap().1, read_one);
+            assert_eq!(second.unwrap().hashed, read_one);
+            assert_eq!(first.join().unwrap().unwrap().hashed, read_one);
         });
     }
 }

@@ -313,6 +313,7 @@ impl Engine {
                     progress: Arc::clone(&progress),
                     cancel: cancel.clone(),
                     no_cache: request.no_cache,
+                    history: Some(self.history(request, imported.as_ref())),
                     imported: imported
                         .clone()
                         .map(|i| Arc::new(i) as Arc<dyn hoist_solver::scheduler::Cache<Output>>),
@@ -380,7 +381,13 @@ impl Engine {
                     imported.as_ref(),
                 )
                 .await;
-            let doc = crate::exchange::document(&self.state, records, request.compression).await?;
+            let doc = crate::exchange::document(
+                &self.state,
+                records,
+                request.compression,
+                crate::exchange::Inputs::None,
+            )
+            .await?;
             internal.log(id, &format!("{} steps\n", doc.records.len()));
             internal.finish(id, std::time::Duration::ZERO, None);
             extras.inline_cache = Some(serde_json::to_value(&doc).map_err(|e| {
@@ -535,6 +542,29 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Where a build's steps record their inputs and find their last ones: a local build's
+    /// Dockerfile by its absolute path, so that two projects' `Dockerfile`s stay apart.
+    fn history(
+        &self,
+        request: &BuildRequest,
+        imported: Option<&crate::exchange::ImportedCache>,
+    ) -> hoist_solver::scheduler::BuildHistory {
+        let dockerfile = &request.dockerfile;
+        hoist_solver::scheduler::BuildHistory {
+            store: Arc::new(crate::history::IndexHistory {
+                state: Arc::clone(&self.state),
+                imported: imported.cloned(),
+            }),
+            dockerfile: dockerfile
+                .path
+                .as_ref()
+                .map_or_else(|| dockerfile.name.clone(), |p| p.display().to_string()),
+            build_args: request.options.build_args.keys().cloned().collect(),
+        }
+    }
+}
+
 /// When the image was "created", for its config and the history entries it adds:
 /// `SOURCE_DATE_EPOCH` (a build-arg, as in BuildKit) when set, else the Unix epoch, so the day
 /// of a build does not enter its config (file mtimes in RUN layers still do).
@@ -658,6 +688,7 @@ impl InternalSteps {
             name: name.to_owned(),
             digest: String::new(),
             line: None,
+            reason: None,
         });
         id
     }
@@ -786,10 +817,13 @@ impl Engine {
                 &self.state,
                 request.registry.as_ref().unwrap_or(&self.registry),
                 export,
-                records,
-                request.compression,
-                &pushed,
-                mounts.clone(),
+                crate::exchange::ExportContents {
+                    records,
+                    compression: request.compression,
+                    pushed: &pushed,
+                    mounts: mounts.clone(),
+                    imported,
+                },
             )
             .await;
             match exported {
@@ -847,6 +881,7 @@ impl ImageResolver for RegistryResolver {
             name: format!("[internal] load metadata for {parsed}"),
             digest: String::new(),
             line: None,
+            reason: None,
         });
         let started = std::time::Instant::now();
         let sink = Arc::clone(&self.progress);

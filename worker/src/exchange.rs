@@ -397,11 +397,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The caches of one build's `--cache-from`, merged: the first that has a key wins.
 #[derive(Debug, Default)]
-struct Imported {
+pub(crate) struct Imported {
     entries: HashMap<String, (Vec<Layer>, usize)>,
     sources: Vec<Arc<BlobSource>>,
     /// Cache mounts: id → (entry, source index).
     mounts: BTreeMap<String, (exchange::MountEntry, usize)>,
+    /// What the exporting builds recorded of each step, for the reason of a step that misses
+    /// here: (stage, position, from-image) → inputs, the first cache's first.
+    inputs: HashMap<(String, u32, bool), hoist_solver::scheduler::StepInputs>,
+    /// The same by cache key, as exported, so that a build that only hit passes them on
+    /// when it exports again.
+    inputs_by_key: HashMap<String, serde_json::Value>,
 }
 
 type DocumentsFuture = Shared<SharedInner<'static, Arc<Imported>>>;
@@ -450,6 +456,20 @@ impl ImportedCache {
                                 bad: Arc::clone(&bad),
                             }));
                             for (key, entry) in doc.records {
+                                if let Some(v) = &entry.inputs {
+                                    imported
+                                        .inputs_by_key
+                                        .entry(key.clone())
+                                        .or_insert(v.clone());
+                                }
+                                if let Some(inputs) = entry.inputs.and_then(|v| {
+                                    serde_json::from_value::<hoist_solver::scheduler::StepInputs>(v)
+                                        .ok()
+                                }) {
+                                    let id = &inputs.identity;
+                                    let at = (id.stage.clone(), id.position, id.from_image);
+                                    imported.inputs.entry(at).or_insert(inputs);
+                                }
                                 let layers = entry
                                     .layers
                                     .into_iter()
@@ -516,6 +536,29 @@ impl ImportedCache {
             Arc::clone(&imported.sources[*source]),
         )));
         Some((blob, entry.diff_id.clone()))
+    }
+
+    /// The inputs the exporting build recorded for the step at `identity` (matched by stage
+    /// and position: the exporter's Dockerfile path is another machine's), as if this build's
+    /// Dockerfile had recorded them.
+    pub async fn previous(
+        &self,
+        identity: &hoist_solver::scheduler::StepIdentity,
+    ) -> Option<hoist_solver::scheduler::StepInputs> {
+        let imported = self.documents.clone().await;
+        let at = (
+            identity.stage.clone(),
+            identity.position,
+            identity.from_image,
+        );
+        let mut inputs = imported.inputs.get(&at)?.clone();
+        inputs.identity.dockerfile.clone_from(&identity.dockerfile);
+        Some(inputs)
+    }
+
+    /// The inputs the caches recorded, by key, for an export that passes them on.
+    pub(crate) async fn inputs_by_key(&self) -> Arc<Imported> {
+        self.documents.clone().await
     }
 
     /// The layers recorded under `key`, for an export of a step that this build did not need.
@@ -714,6 +757,21 @@ pub(crate) async fn fetch(
     }
 }
 
+/// What a build exports to each `--cache-to`.
+#[derive(Debug)]
+pub struct ExportContents<'a> {
+    /// Cache key → the step's layer chain.
+    pub records: Vec<(CacheKey, Arc<Vec<Layer>>)>,
+    /// How layers without a blob are compressed, unless the export says otherwise.
+    pub compression: CompressionOptions,
+    /// The image's pushed names: their repositories lend their blobs (mounts).
+    pub pushed: &'a [Reference],
+    /// The build's cache mounts (id, source), for `mounts=true`.
+    pub mounts: Vec<(String, String)>,
+    /// The build's `--cache-from`: what a step that only hit was made from comes from there.
+    pub imported: Option<&'a ImportedCache>,
+}
+
 /// What an export did, for the progress log.
 #[derive(Debug, Default)]
 pub struct ExportReport {
@@ -740,13 +798,22 @@ pub async fn export(
     state: &Arc<State>,
     registry: &Arc<Client>,
     export: &CacheExport,
-    records: Vec<(CacheKey, Arc<Vec<Layer>>)>,
-    compression: CompressionOptions,
-    pushed: &[Reference],
-    mounts: Vec<(String, String)>,
+    what: ExportContents<'_>,
 ) -> Result<ExportReport, WorkerError> {
+    let ExportContents {
+        records,
+        compression,
+        pushed,
+        mounts,
+        imported,
+    } = what;
     let mut report_skipped = Vec::new();
-    let mut doc = document(state, records, export.compression.unwrap_or(compression)).await?;
+    let inputs = Inputs::Exported(match imported {
+        Some(i) => Some(i.inputs_by_key().await),
+        None => None,
+    });
+    let compression = export.compression.unwrap_or(compression);
+    let mut doc = document(state, records, compression, inputs).await?;
     if export.mounts {
         let (entries, skipped) = mount_entries(state, mounts, export.mounts_max).await?;
         doc.mounts = entries;
@@ -846,10 +913,11 @@ pub async fn export(
 ///
 /// # Errors
 /// A layer's snapshot is gone, or its blob cannot be stored.
-pub async fn document(
+pub(crate) async fn document(
     state: &Arc<State>,
     records: Vec<(CacheKey, Arc<Vec<Layer>>)>,
     compression: CompressionOptions,
+    inputs: Inputs,
 ) -> Result<CacheDocument, WorkerError> {
     let state = Arc::clone(state);
     tokio::task::spawn_blocking(move || -> Result<CacheDocument, WorkerError> {
@@ -858,6 +926,7 @@ pub async fn document(
             source_date_epoch: None,
         };
         let mut doc = CacheDocument::new();
+        let index = state.index()?;
         for (key, chain) in records {
             let blobs = state.layer_blobs(&chain, &options)?;
             let layers = chain
@@ -870,7 +939,14 @@ pub async fn document(
                 .collect();
             let entry = CacheEntry {
                 layers,
-                inputs: None,
+                inputs: match &inputs {
+                    Inputs::None => None,
+                    Inputs::Exported(imported) => exported_inputs(index, &key).or_else(|| {
+                        imported
+                            .as_ref()
+                            .and_then(|i| i.inputs_by_key.get(&key.to_string()).cloned())
+                    }),
+                },
             };
             doc.records.insert(key.to_string(), entry);
         }
@@ -931,6 +1007,45 @@ async fn mount_entries(
     })
     .await
     .map_err(|_| WorkerError::Internal("exporting the cache mounts panicked"))?
+}
+
+/// Whether a cache document carries what its steps were made from (for the reasons of later
+/// misses).
+#[derive(Debug)]
+pub(crate) enum Inputs {
+    /// Not at all: an inline cache is part of the image, which must not depend on where or
+    /// after what it was built.
+    None,
+    /// This root's records, else those of the imported caches.
+    Exported(Option<Arc<Imported>>),
+}
+
+/// The most bytes a step's recorded inputs take in an exported cache; beyond, its list of
+/// context files is left out (a later miss then says that files changed, without names).
+const MAX_INPUTS_BYTES: usize = 64 << 10;
+
+/// What this root recorded of the step with `key`, for the cache document: the reason of a
+/// later miss on another machine compares with it.
+fn exported_inputs(
+    index: &hoist_cache::index::CacheIndex,
+    key: &CacheKey,
+) -> Option<serde_json::Value> {
+    let mut inputs = crate::history::inputs_of(index, key).ok()??;
+    // Where the Dockerfile was on this machine is nobody else's business; an importer
+    // matches steps by stage and position.
+    inputs.identity.dockerfile.clear();
+    let size = serde_json::to_vec(&inputs)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_INPUTS_BYTES {
+        for input in &mut inputs.inputs {
+            if let Some(files) = &mut input.files {
+                files.files.clear();
+                files.truncated = true;
+            }
+        }
+    }
+    serde_json::to_value(&inputs).ok()
 }
 
 /// Copies a blob of the content store into a cache directory, atomically.

@@ -42,6 +42,7 @@ pub mod exchange;
 pub mod exec;
 pub mod file;
 pub mod gc;
+pub mod history;
 pub mod image;
 pub mod logs;
 mod mounts;

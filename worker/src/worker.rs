@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use hoist_solver::graph::{Vertex, VertexDigest};
 use hoist_solver::op::{Op, SourceOp};
 use hoist_solver::progress::Stream;
-use hoist_solver::scheduler::{BoxError, BoxFuture, VertexContext, Worker};
+use hoist_solver::scheduler::{BoxError, BoxFuture, ContextFiles, VertexContext, Worker};
 
 use crate::context::ContextSource;
 use crate::error::WorkerError;
@@ -87,9 +87,18 @@ pub struct BuildWorker {
     pub limits: Limits,
     /// Context selections made while computing content keys, by vertex digest, so that the
     /// source's run uses the very files that were hashed instead of walking the context again.
-    pub selections: Mutex<HashMap<VertexDigest, (Arc<Selection>, ContextSummary)>>,
+    pub selections: Mutex<HashMap<VertexDigest, Keyed>>,
     /// The build's `--cache-from` caches, for the cache mounts they carry.
     pub imported: Option<crate::exchange::ImportedCache>,
+}
+
+/// A context selection as its content key was computed.
+#[derive(Clone, Debug)]
+pub struct Keyed {
+    pub selection: Arc<Selection>,
+    pub summary: ContextSummary,
+    /// The content digest of each regular file, by entry index of the selection.
+    pub file_digests: Arc<Vec<Option<String>>>,
 }
 
 impl std::fmt::Debug for BuildWorker {
@@ -134,10 +143,11 @@ impl Worker for BuildWorker {
             let selection = Arc::new(self.select_context(include, exclude)?);
             let context = Arc::clone(&self.context);
             let hashed = Arc::clone(&selection);
-            let (key, read) = tokio::task::spawn_blocking(move || context.content_key(&hashed))
+            let keyed = tokio::task::spawn_blocking(move || context.content_key(&hashed))
                 .await
                 .map_err(|_| WorkerError::Internal("the hashing task panicked"))?
                 .map_err(WorkerError::Context)?;
+            let read = keyed.hashed;
             let files = selection
                 .entries
                 .iter()
@@ -150,10 +160,25 @@ impl Worker for BuildWorker {
                 took: started.elapsed(),
             };
             if let Ok(mut selections) = self.selections.lock() {
-                selections.insert(vertex.digest, (selection, summary));
+                selections.insert(
+                    vertex.digest,
+                    Keyed {
+                        selection,
+                        summary,
+                        file_digests: Arc::new(keyed.file_digests),
+                    },
+                );
             }
-            Ok(Some(key))
+            Ok(Some(keyed.key))
         })
+    }
+
+    fn context_files(&self, vertex: &Vertex) -> Option<ContextFiles> {
+        let keyed = self.selections.lock().ok()?.get(&vertex.digest).cloned()?;
+        Some(crate::history::context_files(
+            &keyed.selection,
+            &keyed.file_digests,
+        ))
     }
 
     fn run<'a>(
@@ -184,9 +209,9 @@ impl Worker for BuildWorker {
                         .ok()
                         .and_then(|s| s.get(&vertex.digest).cloned());
                     let selection = match hashed {
-                        Some((selection, summary)) => {
-                            ctx.log(Stream::Stdout, format!("{summary}\n").as_bytes());
-                            selection
+                        Some(keyed) => {
+                            ctx.log(Stream::Stdout, format!("{}\n", keyed.summary).as_bytes());
+                            keyed.selection
                         }
                         None => Arc::new(self.select_context(include, exclude)?),
                     };

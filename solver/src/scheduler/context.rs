@@ -53,12 +53,13 @@ pub(super) struct VertexInfo {
 }
 
 impl VertexInfo {
-    pub(super) fn started(&self) -> Event {
+    pub(super) fn started(&self, reason: Option<String>) -> Event {
         Event::Started {
             id: self.id,
             name: self.name.clone(),
             digest: self.digest.to_string(),
             line: self.location.as_ref().map(|l| l.line),
+            reason,
         }
     }
 
@@ -88,12 +89,14 @@ pub(super) struct Subscriber {
     pub(super) sink: Arc<dyn ProgressSink>,
     pub(super) info: Arc<VertexInfo>,
     pub(super) started: Arc<AtomicBool>,
+    /// Why this build runs the vertex (see [`super::reason`]).
+    pub(super) reason: Option<String>,
 }
 
 impl Subscriber {
     pub(super) fn start(&self) {
         self.started.store(true, Ordering::SeqCst);
-        self.sink.event(self.info.started());
+        self.sink.event(self.info.started(self.reason.clone()));
     }
 }
 

@@ -37,6 +37,7 @@ mod context;
 mod error;
 mod flight;
 mod key;
+mod reason;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +59,10 @@ use error::{CancelledElsewhere, Panicked, worker_error};
 pub use error::{Phase, SolveError, WorkerError};
 use flight::{Outcome, Shared};
 pub use key::CacheKey;
+pub use reason::{
+    BuildHistory, ContextFiles, History, InputInputs, MAX_FILES, OpInputs, StepIdentity,
+    StepInputs, explain,
+};
 pub use tokio_util::sync::CancellationToken;
 
 use crate::graph::{Graph, Location, Vertex, VertexDigest, VertexId};
@@ -93,6 +98,14 @@ pub trait Worker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<String>, BoxError>> {
         let _ = (vertex, cancel);
         Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// The files behind a `Local` source's content key, by path, for naming what changed when
+    /// a step that reads them misses the cache. Asked only for sources of steps that missed,
+    /// after [`content_key`](Self::content_key); `None` (the default) when unknown.
+    fn context_files(&self, vertex: &Vertex) -> Option<ContextFiles> {
+        let _ = vertex;
+        None
     }
 
     /// Does the vertex's work over its inputs' results (in the order of `vertex.inputs`).
@@ -224,6 +237,9 @@ pub struct Job<'g, R> {
     /// This build's own second cache (`--cache-from`), asked when the shared one misses. Its
     /// hits are not recorded in the shared cache: they are the importer's to keep.
     pub imported: Option<Arc<dyn Cache<R>>>,
+    /// Where steps that ran record their inputs, and steps that miss find the last ones, to
+    /// say why they ran; `None` to say nothing (but `--no-cache`).
+    pub history: Option<BuildHistory>,
 }
 
 impl<'g, R> Job<'g, R> {
@@ -242,6 +258,7 @@ impl<'g, R> Job<'g, R> {
             cancel: CancellationToken::new(),
             no_cache: false,
             imported: None,
+            history: None,
         }
     }
 }
@@ -324,6 +341,7 @@ struct BuildCtx<R> {
     cancel: CancellationToken,
     no_cache: bool,
     imported: Option<Arc<dyn Cache<R>>>,
+    history: Option<Arc<BuildHistory>>,
 }
 
 impl<R> Clone for BuildCtx<R> {
@@ -335,6 +353,7 @@ impl<R> Clone for BuildCtx<R> {
             cancel: self.cancel.clone(),
             no_cache: self.no_cache,
             imported: self.imported.clone(),
+            history: self.history.clone(),
         }
     }
 }
@@ -424,6 +443,7 @@ impl<R: Clone + Send + Sync + 'static> Solver<R> {
             cancel,
             no_cache,
             imported,
+            history,
         } = job;
         let build = BuildCtx {
             shared: Arc::clone(&self.shared),
@@ -432,6 +452,7 @@ impl<R: Clone + Send + Sync + 'static> Solver<R> {
             cancel: cancel.child_token(),
             no_cache,
             imported,
+            history: history.map(Arc::new),
         };
         let (nodes, root_index, order) = nodes_of(graph, &roots);
 
@@ -623,6 +644,9 @@ async fn runs<R: Clone + Send + Sync + 'static>(
         .iter()
         .map(|n| n.inputs.iter().filter(|&&j| results[j].is_none()).count())
         .collect();
+    // An input that has a result now was a cache hit; any other input of a vertex that runs
+    // will run first.
+    let hit: Vec<bool> = results.iter().map(Option::is_some).collect();
 
     let mut set = JoinSet::new();
     let mut task_node = HashMap::new();
@@ -637,6 +661,15 @@ async fn runs<R: Clone + Send + Sync + 'static>(
             .iter()
             .filter_map(|&j| results[j].clone())
             .collect();
+        let input_steps = node
+            .inputs
+            .iter()
+            .map(|&j| InputStep {
+                key: keys[j],
+                vertex: Arc::clone(&nodes[j].vertex),
+                ran: !hit[j],
+            })
+            .collect();
         let handle = set.spawn(run_vertex(
             build.clone(),
             Arc::clone(&node.vertex),
@@ -644,6 +677,7 @@ async fn runs<R: Clone + Send + Sync + 'static>(
             keys[i],
             key_times[i],
             inputs,
+            input_steps,
         ));
         task_node.insert(handle.id(), i);
     };
@@ -722,14 +756,17 @@ async fn run_vertex<R: Clone + Send + Sync + 'static>(
     key: CacheKey,
     key_time: Duration,
     inputs: Vec<R>,
+    input_steps: Vec<InputStep>,
 ) -> Outcome<R> {
     let shared = &build.shared;
+    let (reason, record) = reason::why(&build, &vertex, key, &input_steps).await;
     let started = Arc::new(AtomicBool::new(false));
     let sub = Subscriber {
         serial: shared.next_serial.fetch_add(1, Ordering::Relaxed),
         sink: Arc::clone(&build.sink),
         info: Arc::clone(&info),
         started: Arc::clone(&started),
+        reason,
     };
     let sub_serial = sub.serial;
     let flight_key = (key, build.no_cache);
@@ -738,11 +775,16 @@ async fn run_vertex<R: Clone + Send + Sync + 'static>(
         .wait(&flight, flight_key, sub_serial, &build.cancel)
         .await;
     match &outcome {
-        Outcome::Ran { wall, usage, .. } => build.sink.event(Event::Finished {
-            id: info.id,
-            wall: key_time + *wall,
-            usage: *usage,
-        }),
+        Outcome::Ran { wall, usage, .. } => {
+            if let (Some(history), Some(record)) = (&build.history, &record) {
+                reason::record(history, record, &build.sink, info.id).await;
+            }
+            build.sink.event(Event::Finished {
+                id: info.id,
+                wall: key_time + *wall,
+                usage: *usage,
+            });
+        }
         Outcome::Cached(_) => build.sink.event(info.cached()),
         Outcome::Failed {
             error, wall, usage, ..
@@ -765,6 +807,14 @@ async fn run_vertex<R: Clone + Send + Sync + 'static>(
         }
     }
     outcome
+}
+
+/// An input of a vertex about to run, as its reason needs it.
+struct InputStep {
+    key: CacheKey,
+    vertex: Arc<Vertex>,
+    /// It ran in this build (it was no cache hit).
+    ran: bool,
 }
 
 /// Locks a mutex; a panic elsewhere while holding it leaves plain data that is still usable.

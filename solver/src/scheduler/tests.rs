@@ -384,6 +384,7 @@ async fn computes_values_through_the_graph() {
             name: "sum".into(),
             digest: g.vertex(sum).digest.to_string(),
             line: Some(4),
+            reason: None,
         }
     );
     let Event::Finished {
@@ -1028,4 +1029,132 @@ async fn dropping_a_build_stops_its_work() {
     })
     .await;
     assert_eq!(worker.cancelled_seen.load(Ordering::SeqCst), 1);
+}
+
+/// Step inputs in memory, counting how often they are read and written.
+#[derive(Default)]
+struct MemoryHistory {
+    last: Mutex<HashMap<String, StepInputs>>,
+    reads: AtomicUsize,
+    writes: AtomicUsize,
+}
+
+impl History for MemoryHistory {
+    fn previous<'a>(
+        &'a self,
+        identity: &'a StepIdentity,
+    ) -> BoxFuture<'a, Result<Option<StepInputs>, BoxError>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let found = self.last.lock().unwrap().get(&identity.to_key()).cloned();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn record<'a>(&'a self, inputs: &'a StepInputs) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.last
+            .lock()
+            .unwrap()
+            .insert(inputs.identity.to_key(), inputs.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Each started step's name and reason, by name.
+fn reasons(events: &[Event]) -> Vec<(String, Option<String>)> {
+    let mut started: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Started { name, reason, .. } => Some((name.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect();
+    started.sort();
+    started
+}
+
+#[tokio::test]
+async fn a_step_that_misses_says_why_and_a_cached_build_reads_and_writes_no_history() {
+    let fake = Fake::new();
+    fake.set_content("context", "v1");
+    let mut g = Graph::new();
+    let context = g.add(
+        local("context"),
+        vec![],
+        "[internal] load build context",
+        None,
+    );
+    let base = g.add(exec("const 1"), vec![], "[s] FROM base", at(1));
+    let copy = g.add(
+        exec("concat"),
+        vec![base, context],
+        "[s 1/1] COPY . /",
+        at(2),
+    );
+    let history = Arc::new(MemoryHistory::default());
+    let solver = solver(4);
+    let build = |fake: &Arc<Fake>| {
+        let recorder = Arc::new(Recorder::new());
+        let mut job = job(&g, &[copy], fake, Arc::clone(&recorder) as _);
+        job.history = Some(BuildHistory {
+            store: Arc::clone(&history) as _,
+            dockerfile: "/p/Dockerfile".into(),
+            build_args: std::collections::BTreeSet::new(),
+        });
+        (job, recorder)
+    };
+
+    let (first, events) = build(&fake);
+    within("the first build", solver.solve(first))
+        .await
+        .unwrap();
+    let first_new = Some("no earlier build of this step".to_owned());
+    assert_eq!(
+        reasons(&events.events()),
+        [
+            ("[internal] load build context".to_owned(), None),
+            ("[s 1/1] COPY . /".to_owned(), first_new.clone()),
+            ("[s] FROM base".to_owned(), first_new),
+        ]
+    );
+    assert_eq!(
+        history.writes.load(Ordering::SeqCst),
+        2,
+        "once per step that ran"
+    );
+
+    let (cached, events) = build(&fake);
+    within("the cached build", solver.solve(cached))
+        .await
+        .unwrap();
+    assert!(
+        reasons(&events.events()).is_empty(),
+        "{:?}",
+        events.events()
+    );
+    assert_eq!(
+        history.reads.load(Ordering::SeqCst),
+        2,
+        "a hit reads no history"
+    );
+    assert_eq!(
+        history.writes.load(Ordering::SeqCst),
+        2,
+        "a hit writes no history"
+    );
+
+    fake.set_content("context", "v2");
+    let (changed, events) = build(&fake);
+    within("the changed build", solver.solve(changed))
+        .await
+        .unwrap();
+    assert_eq!(
+        reasons(&events.events()),
+        [
+            ("[internal] load build context".to_owned(), None),
+            (
+                "[s 1/1] COPY . /".to_owned(),
+                Some("its input [internal] load build context ran".to_owned())
+            ),
+        ]
+    );
 }
