@@ -576,8 +576,8 @@ impl CacheIndex {
         Ok(out)
     }
 
-    /// Removes results (with their times), compressed-blob records and stray times, in one
-    /// commit.
+    /// Removes results (with their times and recorded inputs), compressed-blob records and
+    /// stray times, in one commit.
     ///
     /// # Errors
     /// [`IndexError::Access`] when the store fails.
@@ -604,6 +604,27 @@ impl CacheIndex {
             }
             for key in blob_keys {
                 blobs.remove(key.as_str()).map_err(self.access())?;
+            }
+            // What the removed steps were made from goes with them, and so does each step's
+            // pointer to one of them (the next build of that step says it has none).
+            let mut steps = txn.open_table(STEPS).map_err(self.access())?;
+            let removed: std::collections::HashSet<&str> =
+                keys.iter().map(String::as_str).collect();
+            let mut dangling = Vec::new();
+            for row in steps.range("h ".."h!").map_err(self.access())? {
+                let (row, value) = row.map_err(self.access())?;
+                let points_at: Option<String> = serde_json::from_slice(value.value()).ok();
+                if points_at.is_some_and(|k| removed.contains(k.as_str())) {
+                    dangling.push(row.value().to_owned());
+                }
+            }
+            for row in dangling {
+                steps.remove(row.as_str()).map_err(self.access())?;
+            }
+            for key in keys {
+                steps
+                    .remove(inputs_row(key).as_str())
+                    .map_err(self.access())?;
             }
         }
         txn.commit().map_err(self.access())?;
@@ -844,7 +865,7 @@ mod step_tests {
     use super::*;
 
     #[test]
-    fn the_last_inputs_of_a_step_are_found_and_imported_ones_do_not_replace_them() {
+    fn the_last_inputs_of_a_step_are_found() {
         let dir = tempfile::tempdir().unwrap();
         let index = CacheIndex::open(&dir.path().join("cache.redb")).unwrap();
         assert_eq!(
@@ -859,5 +880,29 @@ mod step_tests {
             index.step_inputs::<String>("k1").unwrap().as_deref(),
             Some("one")
         );
+    }
+
+    #[test]
+    fn gc_takes_the_inputs_of_removed_steps_and_the_pointers_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = CacheIndex::open(&dir.path().join("cache.redb")).unwrap();
+        index.put_step_inputs("df stage 1", "k1", &"one").unwrap();
+        index.put_step_inputs("df stage 2", "k2", &"two").unwrap();
+        index.remove_for_gc(&["k2".to_owned()], &[], &[]).unwrap();
+        assert_eq!(index.step_inputs::<String>("k2").unwrap(), None);
+        assert_eq!(
+            index.last_step_inputs::<String>("df stage 2").unwrap(),
+            None
+        );
+        assert_eq!(
+            index
+                .last_step_inputs::<String>("df stage 1")
+                .unwrap()
+                .as_deref(),
+            Some("one")
+        );
+        let txn = index.writer().unwrap().begin_read().unwrap();
+        let rows = txn.open_table(STEPS).unwrap().iter().unwrap().count();
+        assert_eq!(rows, 2, "only k1 and its pointer are left");
     }
 }
