@@ -40,6 +40,10 @@ pub enum SourceOp {
         include: Vec<String>,
         /// `.dockerignore` patterns.
         exclude: Vec<String>,
+        /// `COPY --parents`: `include` keeps each file's path (below a `/./` pivot) under the
+        /// destination. Absent from the digest when false.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        parents: bool,
     },
 }
 

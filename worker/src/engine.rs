@@ -284,6 +284,7 @@ impl Engine {
             executor: Arc::clone(&self.executor),
             registry: Arc::clone(&registry),
             context: Arc::clone(&request.context),
+            named_contexts: std::collections::HashMap::new(),
             session: Arc::clone(&request.session),
             proxy_env: plan.proxy_env.clone(),
             // Every layer the build makes has its mtimes clamped to the epoch (see
@@ -682,7 +683,7 @@ impl Engine {
             }
             let chain = match &v.result {
                 Some(Output::Chain(chain)) => Some(Arc::clone(chain)),
-                Some(Output::Context(_)) => None,
+                Some(Output::Context(..)) => None,
                 None => match local.lookup(&v.key, graph.vertex(v.id)).await {
                     Ok(Some(Output::Chain(chain))) => Some(chain),
                     _ => match imported {

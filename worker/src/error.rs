@@ -122,6 +122,11 @@ pub enum WorkerError {
     BlobMissing { digest: Digest },
     #[error("exporting the cache to {target}: {reason}")]
     CacheExport { target: String, reason: String },
+    #[error(
+        "the build context {name:?} was not given to this build: pass it with \
+         --build-context {name}=DIR"
+    )]
+    NamedContext { name: String },
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("cancelled")]

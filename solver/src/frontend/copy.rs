@@ -84,17 +84,17 @@ impl Lowering<'_> {
             None => None,
         };
         let link = flags.contains_key("link");
-        // Taken into the key and the history but never acted on, it would copy without the
-        // parent directories and say it had kept them.
-        if let Some(flag) = flags.get("parents") {
-            return Err(FrontendError::new(
-                FrontendErrorKind::NotImplemented {
-                    what: "COPY --parents",
-                    hint: "copy each source to its full destination path instead",
-                },
-                flag.span,
-            ));
-        }
+        // A boolean flag, as BuildKit parses it: bare or `=true` sets it, `=false` clears it.
+        let parents = match flags.get("parents") {
+            Some(flag) => match flag_text(Some(flag))?.as_deref() {
+                None | Some("" | "true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(flag_value(flag, other.to_owned(), "expected true or false"));
+                }
+            },
+            None => false,
+        };
         let exclude: Vec<String> = flags
             .get_all("exclude")
             .map(|f| self.expand(f.value.as_deref().unwrap_or(""), &scope, f.span))
@@ -163,6 +163,7 @@ impl Lowering<'_> {
                     copy_from = Some(named);
                     vertex
                 }
+                None if parents => self.local_context_parents(&src),
                 None => self.local_context(&src, &exclude),
             };
             inputs.push(src_vertex);
@@ -179,8 +180,7 @@ impl Lowering<'_> {
                 unpack_archives: is_add,
                 exclude,
                 link,
-                // Refused above until it is implemented; kept in the op (and its key).
-                parents: false,
+                parents,
                 from: copy_from,
             });
         }
@@ -196,6 +196,9 @@ impl Lowering<'_> {
         // As BuildKit writes it: the flags that shape the files, the sources (heredocs last),
         // the destination as written; not --from, --link or --exclude.
         let mut created_by = String::from(name);
+        if parents {
+            created_by.push_str(" --parents");
+        }
         if let Some(c) = &chown {
             let _ = write!(created_by, " --chown={c}");
         }
@@ -272,6 +275,31 @@ impl Lowering<'_> {
                 name: "context".into(),
                 include,
                 exclude: excluded,
+                parents: false,
+            }),
+            vec![],
+            "[internal] load build context",
+            None,
+        );
+        self.context.get_or_insert(id);
+        id
+    }
+}
+
+impl Lowering<'_> {
+    /// A source of the context files that a `COPY --parents` names: the sources as written
+    /// (their `/./` pivots decide where each file lands), less `.dockerignore`. `--exclude`
+    /// is the copy's own, matched below the pivot.
+    fn local_context_parents(&mut self, src: &[String]) -> VertexId {
+        let mut include = src.to_vec();
+        include.sort();
+        include.dedup();
+        let id = self.graph.add(
+            Op::Source(SourceOp::Local {
+                name: "context".into(),
+                include,
+                exclude: self.opts.ignore_patterns.clone(),
+                parents: true,
             }),
             vec![],
             "[internal] load build context",
