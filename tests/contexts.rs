@@ -170,3 +170,206 @@ fn copy_parents_of_a_missing_plain_path_names_it() {
         "{stderr}"
     );
 }
+
+/// A directory outside the project, for `--build-context NAME=DIR`.
+fn side_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (rel, content) in files {
+        let path = dir.path().join(rel);
+        fs_err::create_dir_all(path.parent().unwrap()).unwrap();
+        fs_err::write(path, content).unwrap();
+    }
+    dir
+}
+
+fn failed(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the build passed:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn a_build_context_dir_serves_copy_from_from_and_mounts_with_its_own_dockerignore() {
+    let lib = side_dir(&[
+        ("a.txt", "from lib"),
+        ("sub/b.txt", "b"),
+        ("secret.txt", "secret"),
+        (".dockerignore", "secret.txt\n"),
+    ]);
+    let p = project(
+        "FROM lib AS base\n\
+         FROM scratch AS bb\n\
+         ADD rootfs.tar /\n\
+         RUN --mount=from=lib,target=/lib2 cat /lib2/a.txt /lib2/sub/b.txt > /mounted\n\
+         FROM scratch\n\
+         COPY --from=lib a.txt /copied/\n\
+         COPY --from=lib --parents sub/b.txt /parents/\n\
+         COPY --from=base / /whole/\n\
+         COPY --from=bb /mounted /mounted\n",
+        // The main context's .dockerignore does not reach a named context.
+        &[(".dockerignore", "a.txt\nsub\n")],
+    );
+    let arg = format!("lib={}", lib.path().display());
+    let (_, out) = p.build_to_dir(&["--build-context", &arg]);
+    let out = out.path();
+    assert_eq!(read(out, "copied/a.txt"), "from lib");
+    assert_eq!(read(out, "parents/sub/b.txt"), "b");
+    assert_eq!(read(out, "whole/a.txt"), "from lib");
+    assert_eq!(read(out, "whole/sub/b.txt"), "b");
+    assert!(
+        !out.join("whole/secret.txt").exists(),
+        "the context's own .dockerignore excludes secret.txt"
+    );
+    assert_eq!(read(out, "mounted"), "from libb");
+}
+
+#[test]
+fn a_file_changed_in_a_build_context_dir_changes_the_copy_key() {
+    let lib = side_dir(&[("a.txt", "one"), ("other.txt", "x")]);
+    let p = project("FROM scratch\nCOPY --from=lib a.txt /a.txt\n", &[]);
+    let arg = format!("lib={}", lib.path().display());
+    let (first, out) = p.build_to_dir(&["--build-context", &arg]);
+    assert_eq!(read(out.path(), "a.txt"), "one");
+    assert!(
+        support::steps_that_ran(&first)
+            .iter()
+            .any(|s| s.contains("COPY --from=lib")),
+        "{first}"
+    );
+    let (again, _) = p.build_to_dir(&["--build-context", &arg]);
+    assert!(
+        !support::steps_that_ran(&again)
+            .iter()
+            .any(|s| s.contains("COPY --from=lib")),
+        "nothing changed, yet the copy ran again:\n{again}"
+    );
+    fs_err::write(lib.path().join("a.txt"), "two").unwrap();
+    let (changed, out) = p.build_to_dir(&["--build-context", &arg]);
+    assert_eq!(read(out.path(), "a.txt"), "two");
+    assert!(
+        support::steps_that_ran(&changed)
+            .iter()
+            .any(|s| s.contains("COPY --from=lib")),
+        "a.txt changed, yet the copy was cached:\n{changed}"
+    );
+}
+
+/// Builds busybox plus `/marker` holding `text` and returns the project.
+fn marked_image(text: &str) -> Project {
+    project(
+        "FROM scratch\nADD rootfs.tar /\nCOPY marker /marker\n",
+        &[("marker", text)],
+    )
+}
+
+#[test]
+fn a_docker_image_build_context_stands_in_for_a_from_name() {
+    let registry = support::Registry::start();
+    let image = format!("{}/ctx/marked:1", registry.addr);
+    let base = marked_image("pushed");
+    let out = base.hoist(&["-t", &image, "--push"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the context, `alpine` would be Docker Hub's, which this machine cannot reach.
+    let p = project(
+        "FROM alpine\n\
+         RUN cat /marker > /seen\n\
+         COPY --from=docker.io/library/alpine:latest /marker /again\n",
+        &[],
+    );
+    let arg = format!("alpine=docker-image://{image}");
+    let (_, out) = p.build_to_dir(&["--build-context", &arg]);
+    assert_eq!(read(out.path(), "seen"), "pushed");
+    assert_eq!(read(out.path(), "again"), "pushed");
+}
+
+#[test]
+fn an_oci_layout_build_context_is_read_by_tag_or_digest() {
+    let layout = tempfile::tempdir().unwrap();
+    let base = marked_image("from the layout");
+    let dest = format!("type=oci,dest={},tar=false", layout.path().display());
+    let out = base.hoist(&["-o", &dest]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index: serde_json::Value =
+        serde_json::from_str(&read(layout.path(), "index.json")).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let p = project(
+        "FROM base AS inner\nRUN cat /marker > /seen\nFROM scratch\nCOPY --from=base /marker /copied\n",
+        &[],
+    );
+    for value in [
+        format!("base=oci-layout://{}", layout.path().display()),
+        format!("base=oci-layout://{}@{digest}", layout.path().display()),
+    ] {
+        let (_, out) = p.build_to_dir(&["--build-context", &value, "--target", "inner"]);
+        assert_eq!(read(out.path(), "seen"), "from the layout", "{value}");
+        let (_, out) = p.build_to_dir(&["--build-context", &value]);
+        assert_eq!(read(out.path(), "copied"), "from the layout", "{value}");
+    }
+    let wrong = format!(
+        "base=oci-layout://{}@sha256:{}",
+        layout.path().display(),
+        "0".repeat(64)
+    );
+    let stderr = failed(&p.hoist(&["--build-context", &wrong]));
+    assert!(
+        stderr.contains("--build-context base: the OCI layout at")
+            && stderr.contains("has no image with the digest sha256:000"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_build_contexts_are_refused_naming_the_flag_before_anything_runs() {
+    let p = project("FROM scratch\nCOPY --from=lib a /a\n", &[]);
+    let missing = p.path("no-such-dir");
+    let arg = format!("lib={}", missing.display());
+    let stderr = failed(&p.hoist(&["--build-context", &arg]));
+    assert!(
+        stderr.contains(&format!("--build-context {arg}: not a directory")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("#0 build"),
+        "a build was started:\n{stderr}"
+    );
+    let stderr = failed(&p.hoist(&["--build-context", "lib=git://example.org/x"]));
+    assert!(
+        stderr.contains(
+            "invalid --build-context \"lib=git://example.org/x\": unsupported source git://"
+        ),
+        "{stderr}"
+    );
+    let stderr = failed(&p.hoist(&["--build-context", "lib"]));
+    assert!(
+        stderr.contains("invalid --build-context \"lib\""),
+        "{stderr}"
+    );
+    // A --from that is neither a stage nor a context is an image, as in BuildKit.
+    let other = project("FROM scratch\nCOPY --from=nosuch a /a\n", &[]);
+    let dir = side_dir(&[("a", "a")]);
+    let arg = format!("lib={}", dir.path().display());
+    let stderr = failed(&other.hoist(&["--build-context", &arg]));
+    assert!(
+        stderr.contains("Dockerfile:2") && stderr.contains("--from=nosuch: no stage of that name"),
+        "{stderr}"
+    );
+    // A remote server cannot read this machine's directories.
+    let stderr = failed(&p.hoist(&[
+        "--remote",
+        "unix:///nonexistent/hoist.sock",
+        "--build-context",
+        &format!("lib={}", dir.path().display()),
+    ]));
+    assert!(
+        stderr.contains("--build-context lib: a local directory or OCI layout is not supported with --remote yet"),
+        "{stderr}"
+    );
+}

@@ -47,6 +47,8 @@ pub enum Origin {
     Stage(String),
     /// An image, by the reference that `--from` gave.
     Image(String),
+    /// A `--build-context` directory, as a filesystem (`FROM NAME`, `RUN --mount=from=NAME`).
+    NamedContext(String),
 }
 
 impl std::fmt::Display for Origin {
@@ -55,6 +57,7 @@ impl std::fmt::Display for Origin {
             Self::Context(root) => write!(f, "build context {}", root.display()),
             Self::Stage(name) => write!(f, "stage {name:?}"),
             Self::Image(reference) => write!(f, "image {reference:?}"),
+            Self::NamedContext(name) => write!(f, "build context {name:?}"),
         }
     }
 }
@@ -64,6 +67,7 @@ impl Origin {
     fn hiding(&self) -> &'static str {
         match self {
             Self::Context(_) => " (it does not exist, or .dockerignore excludes it)",
+            Self::NamedContext(_) => " (it does not exist, or its .dockerignore excludes it)",
             Self::Stage(_) | Self::Image(_) => "",
         }
     }

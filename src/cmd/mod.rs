@@ -3,6 +3,7 @@
 
 pub(crate) mod build;
 pub(crate) mod builds;
+pub(crate) mod contexts;
 pub(crate) mod debug;
 pub(crate) mod disk;
 pub(crate) mod engine;

@@ -127,6 +127,12 @@ pub enum WorkerError {
          --build-context {name}=DIR"
     )]
     NamedContext { name: String },
+    #[error("--build-context {name}: the OCI layout's blob {}: {reason}", path.display())]
+    LayoutBlob {
+        name: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("cancelled")]

@@ -94,6 +94,7 @@ impl BuildWorker {
                                     Origin::Image(reference.clone())
                                 }
                                 Some(CopyFrom::Stage(name)) => Origin::Stage(name.clone()),
+                                Some(CopyFrom::Context(name)) => Origin::NamedContext(name.clone()),
                                 None => {
                                     return Err(WorkerError::Internal(
                                         "a copy from a filesystem names no stage or image",

@@ -45,6 +45,7 @@ pub mod gc;
 pub mod image;
 pub mod logs;
 mod mounts;
+pub mod named;
 pub mod session;
 pub mod source;
 pub mod state;

@@ -44,6 +44,7 @@ impl BuildWorker {
             return Ok(Arc::clone(&self.context));
         }
         self.named_contexts
+            .local
             .get(name)
             .cloned()
             .ok_or_else(|| WorkerError::NamedContext {

@@ -79,8 +79,8 @@ pub struct BuildWorker {
     pub executor: Arc<Executor>,
     pub registry: Arc<Client>,
     pub context: Arc<dyn ContextSource>,
-    /// `--build-context NAME=DIR`: the named local contexts, by name.
-    pub named_contexts: HashMap<String, Arc<dyn ContextSource>>,
+    /// `--build-context`: the named local contexts and OCI layouts, by name.
+    pub named_contexts: crate::named::NamedContexts,
     /// Secrets and SSH agents lent to the build.
     pub session: Arc<dyn crate::Session>,
     /// Proxy build-args, given to every RUN but part of no key.
@@ -182,6 +182,9 @@ impl Worker for BuildWorker {
                     reference,
                     platform,
                 }) => self.pull(reference, platform, ctx).await?,
+                Op::Source(SourceOp::Layout { name, manifest, .. }) => {
+                    self.layout_image(name, manifest).await?
+                }
                 Op::Source(SourceOp::Local {
                     name,
                     include,
