@@ -373,3 +373,19 @@ fn bad_build_contexts_are_refused_naming_the_flag_before_anything_runs() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_build_context_named_as_a_stage_replaces_that_stage() {
+    let lib = side_dir(&[("a.txt", "from lib")]);
+    // Built, the stage would fail: the context has no such file.
+    let p = project(
+        "FROM scratch AS builder\n\
+         COPY no-such-file /x\n\
+         FROM scratch\n\
+         COPY --from=builder a.txt /over\n",
+        &[],
+    );
+    let arg = format!("builder={}", lib.path().display());
+    let (_, out) = p.build_to_dir(&["--build-context", &arg]);
+    assert_eq!(read(out.path(), "over"), "from lib");
+}

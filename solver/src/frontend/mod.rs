@@ -638,6 +638,26 @@ impl<'a> Lowering<'a> {
         let body = self.stages[index].body;
         let label = self.stage_label(index);
 
+        // A --build-context of a stage's name replaces the whole stage, as in BuildKit.
+        if let Some((name, named)) = self.stages[index]
+            .name
+            .clone()
+            .and_then(|n| self.named_context(&n))
+        {
+            let platform = self.opts.target_platform.clone();
+            let (root, config, history) =
+                self.named_root(&name, &named, &platform, &format!("[{label}]"), from.span)?;
+            self.in_progress[index] = false;
+            self.order.push(label);
+            return Ok(Lowered {
+                root,
+                config,
+                author: None,
+                history,
+                platform,
+            });
+        }
+
         // FROM: expanded with the global scope only.
         let scope = &self.global_scope;
         let flags = check_flags(&from.flags, "FROM", &["platform"], &[])?;
