@@ -47,6 +47,8 @@ pub enum Origin {
     Stage(String),
     /// An image, by the reference that `--from` gave.
     Image(String),
+    /// A `--build-context` directory, as a filesystem (`FROM NAME`, `RUN --mount=from=NAME`).
+    NamedContext(String),
 }
 
 impl std::fmt::Display for Origin {
@@ -55,6 +57,7 @@ impl std::fmt::Display for Origin {
             Self::Context(root) => write!(f, "build context {}", root.display()),
             Self::Stage(name) => write!(f, "stage {name:?}"),
             Self::Image(reference) => write!(f, "image {reference:?}"),
+            Self::NamedContext(name) => write!(f, "build context {name:?}"),
         }
     }
 }
@@ -64,6 +67,7 @@ impl Origin {
     fn hiding(&self) -> &'static str {
         match self {
             Self::Context(_) => " (it does not exist, or .dockerignore excludes it)",
+            Self::NamedContext(_) => " (it does not exist, or its .dockerignore excludes it)",
             Self::Stage(_) | Self::Image(_) => "",
         }
     }
@@ -263,6 +267,251 @@ pub fn select_from(
         entries: entries.into_values().collect(),
         skipped,
     })
+}
+
+/// Selects the entries that `sources` name under `root` for `COPY --parents`: each entry keeps
+/// its path relative to the root, or to the pivot when the source holds one (`x/./y/a.txt`
+/// lands as `y/a.txt`), as BuildKit's Dockerfile labs do.
+///
+/// - The part before the pivot may hold wildcards: each directory it matches is a pivot.
+/// - The part after it is a pattern (with `**` for any number of directories): a matched
+///   directory brings its whole tree, and the directories on the way to every match come too,
+///   with their own modes.
+/// - A source without wildcards that names nothing is an error; a wildcard may match nothing.
+///
+/// Every entry is unnamed, so the destination is always a directory.
+///
+/// # Errors
+/// [`ContextError::NotFound`] for a missing plain source, [`ContextError::Pattern`] for a
+/// malformed one, and I/O errors with their paths.
+pub fn select_parents(
+    root: &Path,
+    origin: &Origin,
+    sources: &[String],
+    ignore: &Matcher,
+) -> Result<Selection, ContextError> {
+    let mut entries = EntryMap::new();
+    let mut skipped = Vec::new();
+    for source in sources {
+        let (pivot, pattern) = match source.split_once("/./") {
+            Some((pivot, pattern)) => (clean_relative(pivot), clean_relative(pattern)),
+            None => (String::new(), clean_relative(source)),
+        };
+        let wild = has_wildcard(&pivot) || has_wildcard(&pattern);
+        let pivots = if has_wildcard(&pivot) {
+            glob_paths(root, &pivot)?
+        } else {
+            vec![PathBuf::from(&pivot)]
+        };
+        let mut mine = EntryMap::new();
+        let mut found = false;
+        for pivot_rel in pivots {
+            let Some(pivot_abs) = resolve_in_root(root, origin, &pivot_rel)? else {
+                continue;
+            };
+            if !fs_err::metadata(&pivot_abs).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            let under = Pivot {
+                root,
+                origin,
+                named: &pivot_rel,
+                ignore,
+            };
+            let before = mine.len();
+            if has_wildcard(&pattern) {
+                under.select_pattern(&pattern, &mut mine, &mut skipped)?;
+            } else {
+                under.select_path(&pattern, &mut mine, &mut skipped)?;
+            }
+            found |= mine.len() > before;
+        }
+        if !found && !wild {
+            return Err(ContextError::NotFound {
+                origin: origin.clone(),
+                path: source.clone(),
+            });
+        }
+        link_hardlinks(&mut mine);
+        entries.append(&mut mine);
+    }
+    Ok(Selection {
+        entries: entries.into_values().collect(),
+        skipped,
+    })
+}
+
+/// One pivot directory of a `--parents` source.
+struct Pivot<'a> {
+    root: &'a Path,
+    origin: &'a Origin,
+    /// The pivot as named, relative to the root.
+    named: &'a Path,
+    ignore: &'a Matcher,
+}
+
+impl Pivot<'_> {
+    /// A plain path under the pivot: the thing itself (a directory with its tree), and the
+    /// directories on the way to it.
+    fn select_path(
+        &self,
+        rel: &str,
+        out: &mut EntryMap,
+        skipped: &mut Vec<PathBuf>,
+    ) -> Result<(), ContextError> {
+        let named = self.named.join(rel);
+        if !rel.is_empty() && self.ignore.matches(&named.to_string_lossy()) {
+            return Ok(());
+        }
+        let Some(resolved) = resolve_in_root(self.root, self.origin, &named)? else {
+            return Ok(());
+        };
+        self.add(&resolved, &named, Path::new(rel), out, skipped)?;
+        self.add_parents(Path::new(rel), out)
+    }
+
+    /// A wildcard pattern under the pivot: every path that matches it, found by walking from
+    /// the directory before its first wildcard.
+    fn select_pattern(
+        &self,
+        pattern: &str,
+        out: &mut EntryMap,
+        skipped: &mut Vec<PathBuf>,
+    ) -> Result<(), ContextError> {
+        // A pattern is not a `.dockerignore` line: a leading `!` is a name, not an exception.
+        let text = if pattern.starts_with('!') {
+            format!("\\{pattern}")
+        } else {
+            pattern.to_owned()
+        };
+        let include = match Matcher::new([text.as_str()]) {
+            Ok(include) => include,
+            Err(hoist_parser::ignore::IgnoreError::InvalidPattern { reason, .. }) => {
+                return Err(ContextError::Pattern {
+                    pattern: pattern.to_owned(),
+                    reason,
+                });
+            }
+            // One pattern, not read from a file and never a lone `!`.
+            Err(_) => return Ok(()),
+        };
+        let fixed: PathBuf = pattern
+            .split('/')
+            .take_while(|c| !has_wildcard(c))
+            .map(unescape)
+            .collect();
+        // Without `**` nothing deeper than the pattern can match.
+        let depth = (!pattern.split('/').any(|c| c == "**")).then(|| pattern.split('/').count());
+        let Some(start) = resolve_in_root(self.root, self.origin, &self.named.join(&fixed))? else {
+            return Ok(());
+        };
+        if !fs_err::metadata(&start).is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        let mut matched = Vec::new();
+        self.walk_pattern(&start, &fixed, &include, depth, out, skipped, &mut matched)?;
+        for rel in matched {
+            self.add_parents(&rel, out)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)] // one recursive walk's state
+    fn walk_pattern(
+        &self,
+        abs: &Path,
+        rel: &Path,
+        include: &Matcher,
+        depth: Option<usize>,
+        out: &mut EntryMap,
+        skipped: &mut Vec<PathBuf>,
+        matched: &mut Vec<PathBuf>,
+    ) -> Result<(), ContextError> {
+        if depth.is_some_and(|d| rel.components().count() >= d) {
+            return Ok(());
+        }
+        let mut children: Vec<_> = fs_err::read_dir(abs)?.collect::<Result<_, _>>()?;
+        children.sort_by_key(fs_err::DirEntry::file_name);
+        for child in children {
+            let child_rel = rel.join(child.file_name());
+            let named = self.named.join(&child_rel);
+            let meta = child.metadata()?;
+            if include.matches(&child_rel.to_string_lossy()) {
+                if self.ignore.matches(&named.to_string_lossy()) {
+                    continue;
+                }
+                self.add(&child.path(), &named, &child_rel, out, skipped)?;
+                matched.push(child_rel);
+            } else if meta.is_dir()
+                && self.ignore.dir_decision(&named.to_string_lossy()) != DirDecision::Excluded
+            {
+                self.walk_pattern(
+                    &child.path(),
+                    &child_rel,
+                    include,
+                    depth,
+                    out,
+                    skipped,
+                    matched,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry at `abs` (named `named`), landing at `dest`, with its tree if it is a
+    /// directory.
+    fn add(
+        &self,
+        abs: &Path,
+        named: &Path,
+        dest: &Path,
+        out: &mut EntryMap,
+        skipped: &mut Vec<PathBuf>,
+    ) -> Result<(), ContextError> {
+        let meta = fs_err::symlink_metadata(abs)?;
+        let source = abs
+            .strip_prefix(self.root)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        if meta.is_dir() {
+            if !dest.as_os_str().is_empty()
+                && let Some(mut entry) = entry_for(abs, &source, dest, &meta)?
+            {
+                entry.path = named.to_path_buf();
+                out.insert(key_of(&entry), entry);
+            }
+            return walk_dir(abs, &source, dest, self.ignore, out, skipped);
+        }
+        match entry_for(abs, named, dest, &meta)? {
+            Some(mut entry) => {
+                entry.source = source;
+                out.insert(key_of(&entry), entry);
+            }
+            None => skipped.push(named.to_path_buf()),
+        }
+        Ok(())
+    }
+
+    /// The directories between the pivot and `dest`, each with its own mode.
+    fn add_parents(&self, dest: &Path, out: &mut EntryMap) -> Result<(), ContextError> {
+        let mut parent = dest.parent();
+        while let Some(dir) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            let named = self.named.join(dir);
+            if let Some(abs) = resolve_in_root(self.root, self.origin, &named)? {
+                let meta = fs_err::symlink_metadata(&abs)?;
+                if let Some(mut entry) = entry_for(&abs, &named, dir, &meta)? {
+                    entry.source = abs
+                        .strip_prefix(self.root)
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default();
+                    out.entry(key_of(&entry)).or_insert(entry);
+                }
+            }
+            parent = dir.parent();
+        }
+        Ok(())
+    }
 }
 
 impl Entry {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::Stream;
 use hoist_proto::v1 as pb;
 use hoist_solver::Platform;
-use hoist_solver::frontend::BuildOptions;
+use hoist_solver::frontend::{BuildOptions, NamedContext};
 use hoist_solver::op::NetworkMode;
 use hoist_solver::progress::{Event, ProgressSink};
 use hoist_worker::{BuildError, BuildOutcome, BuildRequest, ContextSource, Dockerfile, Engine};
@@ -260,12 +260,20 @@ impl ControlService {
             )));
         }
         let (cache_from, cache_to) = cache_specs(&solve.cache_from, &solve.cache_to)?;
+        // Only images: a directory or layout named here would be the server's, not the
+        // client's.
+        let named_contexts = solve
+            .build_contexts
+            .iter()
+            .map(|(name, reference)| (name.clone(), NamedContext::Image(reference.clone())))
+            .collect();
         let registry = self
             .engine
             .registry
             .with_credential_source(Arc::new(RemoteCredentials(Arc::clone(callbacks))));
         Ok(BuildRequest {
             context,
+            named_contexts: hoist_worker::named::NamedContexts::default(),
             session: Arc::new(RemoteSession(Arc::clone(callbacks))),
             dockerfile: Dockerfile {
                 text: solve.dockerfile,
@@ -290,6 +298,7 @@ impl ControlService {
                 ignore_patterns: Vec::new(),
                 allow_insecure: solve.allow_insecure,
                 allow_network_host: solve.allow_network_host,
+                named_contexts,
             },
             tags: solve.tags,
             push: solve.push,

@@ -32,6 +32,16 @@ pub enum SourceOp {
         /// `os/arch[/variant]`.
         platform: String,
     },
+    /// The image of a local OCI layout given as `--build-context NAME=oci-layout://…`, pinned
+    /// by its manifest digest (the layout's directory is the build's, not part of the op).
+    Layout {
+        /// The context's name.
+        name: String,
+        /// `sha256:…` of the image manifest.
+        manifest: String,
+        /// `os/arch[/variant]`.
+        platform: String,
+    },
     /// Files of a build context. Only the selected files count in the cache key, by content.
     Local {
         /// `context`, or the name of a named context.
@@ -40,6 +50,10 @@ pub enum SourceOp {
         include: Vec<String>,
         /// `.dockerignore` patterns.
         exclude: Vec<String>,
+        /// `COPY --parents`: `include` keeps each file's path (below a `/./` pivot) under the
+        /// destination. Absent from the digest when false.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        parents: bool,
     },
 }
 
@@ -163,6 +177,8 @@ pub enum CopyFrom {
     Stage(String),
     /// An image, by reference.
     Image(String),
+    /// A `--build-context` directory, by name.
+    Context(String),
 }
 
 /// One file action. Input 0 of the vertex is the destination filesystem; `Copy` reads from the

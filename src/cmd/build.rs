@@ -114,6 +114,10 @@ pub(crate) struct BuildArgs {
     /// what they find and build nothing; exits 1 when a check fails.
     #[arg(long)]
     check: bool,
+    /// A named context for FROM NAME, COPY --from=NAME and RUN --mount=from=NAME: a local
+    /// directory, docker-image://REF or oci-layout://DIR[:TAG][@sha256:…]. Repeatable.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_context: Vec<String>,
     #[command(flatten)]
     remote: RemoteArgs,
     #[command(flatten)]
@@ -385,7 +389,10 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
         return run_remote(&args, &addr, &outputs, session, build_args, network, &image);
     }
+    let contexts =
+        crate::cmd::contexts::local(&args.build_context, &args.engine.root(), &target_platform)?;
     let request = BuildRequest {
+        named_contexts: contexts.worker,
         session: Arc::new(session),
         dockerfile: read_dockerfile(args.file.as_deref(), &args.path)?,
         context: Arc::new(LocalContext::new(&args.path, &args.engine.root())),
@@ -399,6 +406,7 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             ignore_patterns: Vec::new(),
             allow_insecure: allowed(&args.allow, "security.insecure")?,
             allow_network_host: allowed(&args.allow, "network.host")?,
+            named_contexts: contexts.options,
         },
         tags: args.tags.clone(),
         push,
@@ -670,6 +678,7 @@ fn run_remote(
     let (push, compression) = (image.push, image.compression);
     use crate::remote::build::OutputDest;
     use hoist_proto::v1 as pb;
+    let build_contexts = crate::cmd::contexts::remote(&args.build_context)?;
     let dockerfile = read_dockerfile(args.file.as_deref(), &args.path)?;
     let limits = limits(args)?;
     let mut wire_outputs = Vec::new();
@@ -710,6 +719,7 @@ fn run_remote(
         })
         .context("uploading the build context")?;
         let solve = pb::SolveRequest {
+            build_contexts,
             dockerfile: dockerfile.text.clone(),
             dockerfile_name: dockerfile.name.clone(),
             context: Some(uploaded.root),

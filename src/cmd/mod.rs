@@ -4,6 +4,7 @@
 pub(crate) mod build;
 pub(crate) mod builds;
 pub(crate) mod checks;
+pub(crate) mod contexts;
 pub(crate) mod debug;
 pub(crate) mod disk;
 pub(crate) mod engine;

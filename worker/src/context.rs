@@ -34,6 +34,25 @@ pub trait ContextSource: Send + Sync + std::fmt::Debug {
     /// A source that names nothing, or a path that cannot be read.
     fn select(&self, sources: &[String], ignore: &Matcher) -> Result<Selection, ContextError>;
 
+    /// As [`ContextSource::select`] for `COPY --parents` (see
+    /// [`hoist_cache::context::select_parents`]).
+    ///
+    /// # Errors
+    /// A plain source that names nothing, or a path that cannot be read.
+    fn select_parents(
+        &self,
+        sources: &[String],
+        ignore: &Matcher,
+    ) -> Result<Selection, ContextError> {
+        let root = self.root();
+        context::select_parents(
+            root,
+            &context::Origin::Context(root.to_path_buf()),
+            sources,
+            ignore,
+        )
+    }
+
     /// The content key of a selection (see [`hoist_cache::context::content_key`]), what
     /// computing it read, and the digest of each file.
     ///

@@ -43,6 +43,9 @@ pub struct BuildRequest {
     pub context: Arc<dyn ContextSource>,
     /// Secrets and SSH agents for `RUN --mount=type=secret|ssh`.
     pub session: Arc<dyn crate::Session>,
+    /// `--build-context`: the named local directories and OCI layouts (their images are
+    /// resolved into [`BuildOptions::named_contexts`] by the caller).
+    pub named_contexts: crate::named::NamedContexts,
     pub dockerfile: Dockerfile,
     pub options: BuildOptions,
     /// `-t`: names in the local store (and push targets with `--push`).
@@ -286,6 +289,7 @@ impl Engine {
             executor: Arc::clone(&self.executor),
             registry: Arc::clone(&registry),
             context: Arc::clone(&request.context),
+            named_contexts: request.named_contexts.clone(),
             session: Arc::clone(&request.session),
             proxy_env: plan.proxy_env.clone(),
             // Every layer the build makes has its mtimes clamped to the epoch (see
@@ -749,7 +753,7 @@ impl Engine {
             }
             let chain = match &v.result {
                 Some(Output::Chain(chain)) => Some(Arc::clone(chain)),
-                Some(Output::Context(_)) => None,
+                Some(Output::Context(..)) => None,
                 None => match local.lookup(&v.key, graph.vertex(v.id)).await {
                     Ok(Some(Output::Chain(chain))) => Some(chain),
                     _ => match imported {

@@ -122,6 +122,17 @@ pub enum WorkerError {
     BlobMissing { digest: Digest },
     #[error("exporting the cache to {target}: {reason}")]
     CacheExport { target: String, reason: String },
+    #[error(
+        "the build context {name:?} was not given to this build: pass it with \
+         --build-context {name}=DIR"
+    )]
+    NamedContext { name: String },
+    #[error("--build-context {name}: the OCI layout's blob {}: {reason}", path.display())]
+    LayoutBlob {
+        name: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("cancelled")]

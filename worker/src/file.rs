@@ -42,6 +42,7 @@ impl BuildWorker {
                     unpack_archives,
                     exclude,
                     from,
+                    parents,
                     ..
                 } => {
                     let owner = self.owner(&dest_layers, chown.as_deref())?;
@@ -53,10 +54,20 @@ impl BuildWorker {
                         .get(*src_input)
                         .ok_or(WorkerError::Internal("copy source missing"))?;
                     match input {
-                        Output::Context(selection) => {
-                            // The context source already applied .dockerignore and --exclude.
+                        Output::Context(selection, context) => {
+                            // The context source already applied .dockerignore, and
+                            // --exclude unless the paths it matches are those below a
+                            // --parents pivot.
+                            let kept;
+                            let selection = if *parents {
+                                kept = exclude_below_pivots(selection, exclude)?;
+                                &kept
+                            } else {
+                                selection.as_ref()
+                            };
                             if *unpack_archives {
                                 self.add_archives(
+                                    context.root(),
                                     selection,
                                     dest,
                                     dest_view.path(),
@@ -65,7 +76,7 @@ impl BuildWorker {
                                 )?;
                             } else {
                                 copy::copy_selection(
-                                    self.context.root(),
+                                    context.root(),
                                     selection,
                                     dest,
                                     dest_view.path(),
@@ -77,21 +88,31 @@ impl BuildWorker {
                         Output::Chain(chain) => {
                             let src_layers = self.state.snapshot_dirs(chain)?;
                             let src_view = View::new(&self.state, &src_layers)?;
-                            let matcher = Matcher::new(exclude.iter().map(String::as_str))?;
                             // Messages name the stage or image, not the view's internal path.
                             let origin = match from {
                                 Some(CopyFrom::Image(reference)) => {
                                     Origin::Image(reference.clone())
                                 }
                                 Some(CopyFrom::Stage(name)) => Origin::Stage(name.clone()),
+                                Some(CopyFrom::Context(name)) => Origin::NamedContext(name.clone()),
                                 None => {
                                     return Err(WorkerError::Internal(
                                         "a copy from a filesystem names no stage or image",
                                     ));
                                 }
                             };
-                            let selection =
-                                context::select_from(src_view.path(), &origin, src, &matcher)?;
+                            let selection = if *parents {
+                                let all = context::select_parents(
+                                    src_view.path(),
+                                    &origin,
+                                    src,
+                                    &Matcher::default(),
+                                )?;
+                                exclude_below_pivots(&all, exclude)?
+                            } else {
+                                let matcher = Matcher::new(exclude.iter().map(String::as_str))?;
+                                context::select_from(src_view.path(), &origin, src, &matcher)?
+                            };
                             copy::copy_selection(
                                 src_view.path(),
                                 &selection,
@@ -140,6 +161,7 @@ impl BuildWorker {
     /// extracted into the destination directory; any other file is copied as COPY would.
     pub(crate) fn add_archives(
         &self,
+        root: &Path,
         selection: &Selection,
         dest: &str,
         dest_view: &Path,
@@ -148,7 +170,7 @@ impl BuildWorker {
     ) -> Result<(), WorkerError> {
         let mut plain = Selection::default();
         for entry in &selection.entries {
-            let path = self.context.root().join(&entry.source);
+            let path = root.join(&entry.source);
             let archive = if entry.kind == context::EntryKind::File {
                 hoist_cache::archive::detect_archive(&path)?
             } else {
@@ -169,7 +191,7 @@ impl BuildWorker {
             }
         }
         if !plain.entries.is_empty() {
-            copy::copy_selection(self.context.root(), &plain, dest, dest_view, out_dir, opts)?;
+            copy::copy_selection(root, &plain, dest, dest_view, out_dir, opts)?;
         }
         Ok(())
     }
@@ -194,6 +216,20 @@ impl BuildWorker {
         let gid = if user_only { user.uid() } else { user.gid() };
         Ok(Some((user.uid(), gid)))
     }
+}
+
+/// A `--parents` selection less what `--exclude` matches: each pattern is matched against the
+/// path an entry keeps below its pivot (where it lands under the destination), as BuildKit
+/// matches it below the copy's source directory.
+fn exclude_below_pivots(
+    selection: &Selection,
+    exclude: &[String],
+) -> Result<Selection, WorkerError> {
+    let matcher = Matcher::new(exclude.iter().map(String::as_str))?;
+    let mut kept = selection.clone();
+    kept.entries
+        .retain(|e| !matcher.matches(&e.dest.to_string_lossy()));
+    Ok(kept)
 }
 
 /// A read-only merged view of a chain: the single snapshot itself, an empty directory, or a

@@ -46,6 +46,7 @@ pub mod history;
 pub mod image;
 pub mod logs;
 mod mounts;
+pub mod named;
 pub mod session;
 pub mod source;
 pub mod state;

@@ -259,7 +259,7 @@ impl BuildWorker {
             .get(input)
             .ok_or(WorkerError::Internal("a bind mount's input is missing"))?;
         match input {
-            Output::Context(selection) => {
+            Output::Context(selection, context) => {
                 // A copy of exactly the files that were hashed into the key: the context
                 // itself may hold ignored files, and may change while the step runs. The
                 // selection already lays out the source as COPY would: a directory's
@@ -270,7 +270,7 @@ impl BuildWorker {
                 let empty = dir.path().join("empty");
                 fs_err::create_dir(&empty).map_err(io_err("create", &empty))?;
                 copy::copy_selection(
-                    self.context.root(),
+                    context.root(),
                     selection,
                     "/",
                     &empty,
@@ -302,6 +302,7 @@ impl BuildWorker {
                 let origin = match from {
                     Some(CopyFrom::Stage(name)) => Origin::Stage(name.clone()),
                     Some(CopyFrom::Image(reference)) => Origin::Image(reference.clone()),
+                    Some(CopyFrom::Context(name)) => Origin::NamedContext(name.clone()),
                     None => {
                         return Err(WorkerError::Internal(
                             "a bind of a filesystem names no stage or image",

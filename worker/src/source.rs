@@ -14,14 +14,17 @@ use hoist_registry::Reference;
 use hoist_solver::progress::Stream;
 use hoist_solver::scheduler::VertexContext;
 
+use crate::context::ContextSource;
 use crate::error::WorkerError;
 use crate::{BuildWorker, Layer};
 
 impl BuildWorker {
     pub(crate) fn select_context(
         &self,
+        context: &dyn ContextSource,
         include: &[String],
         exclude: &[String],
+        parents: bool,
     ) -> Result<Selection, WorkerError> {
         let sources: Vec<String> = if include.is_empty() {
             vec![".".to_owned()]
@@ -29,7 +32,24 @@ impl BuildWorker {
             include.to_vec()
         };
         let matcher = Matcher::new(exclude.iter().map(String::as_str))?;
-        Ok(self.context.select(&sources, &matcher)?)
+        if parents {
+            return Ok(context.select_parents(&sources, &matcher)?);
+        }
+        Ok(context.select(&sources, &matcher)?)
+    }
+
+    /// The build context a local source names: `context`, or a `--build-context` name.
+    pub(crate) fn context_named(&self, name: &str) -> Result<Arc<dyn ContextSource>, WorkerError> {
+        if name == "context" {
+            return Ok(Arc::clone(&self.context));
+        }
+        self.named_contexts
+            .local
+            .get(name)
+            .cloned()
+            .ok_or_else(|| WorkerError::NamedContext {
+                name: name.to_owned(),
+            })
     }
 
     pub(crate) async fn pull(

@@ -29,15 +29,16 @@ use crate::{Layer, State};
 pub enum Output {
     /// A filesystem: its layers, bottom first.
     Chain(Arc<Vec<Layer>>),
-    /// Files of the build context, for the COPY that selected them.
-    Context(Arc<Selection>),
+    /// Files of a build context (the main one or a named one), for the COPY that selected
+    /// them, with the context they are read from.
+    Context(Arc<Selection>, Arc<dyn ContextSource>),
 }
 
 impl Output {
     pub(crate) fn chain(&self) -> Result<&[Layer], WorkerError> {
         match self {
             Self::Chain(layers) => Ok(layers),
-            Self::Context(_) => Err(WorkerError::Internal(
+            Self::Context(..) => Err(WorkerError::Internal(
                 "a filesystem input is the build context",
             )),
         }
@@ -78,6 +79,8 @@ pub struct BuildWorker {
     pub executor: Arc<Executor>,
     pub registry: Arc<Client>,
     pub context: Arc<dyn ContextSource>,
+    /// `--build-context`: the named local contexts and OCI layouts, by name.
+    pub named_contexts: crate::named::NamedContexts,
     /// Secrets and SSH agents lent to the build.
     pub session: Arc<dyn crate::Session>,
     /// Proxy build-args, given to every RUN but part of no key.
@@ -134,14 +137,18 @@ impl Worker for BuildWorker {
     ) -> BoxFuture<'a, Result<Option<String>, BoxError>> {
         Box::pin(async move {
             let Op::Source(SourceOp::Local {
-                include, exclude, ..
+                name,
+                include,
+                exclude,
+                parents,
             }) = &vertex.op
             else {
                 return Ok(None);
             };
             let started = std::time::Instant::now();
-            let selection = Arc::new(self.select_context(include, exclude)?);
-            let context = Arc::clone(&self.context);
+            let context = self.context_named(name)?;
+            let selection =
+                Arc::new(self.select_context(context.as_ref(), include, exclude, *parents)?);
             let hashed = Arc::clone(&selection);
             let keyed = tokio::task::spawn_blocking(move || context.content_key(&hashed))
                 .await
@@ -200,9 +207,16 @@ impl Worker for BuildWorker {
                     reference,
                     platform,
                 }) => self.pull(reference, platform, ctx).await?,
+                Op::Source(SourceOp::Layout { name, manifest, .. }) => {
+                    self.layout_image(name, manifest).await?
+                }
                 Op::Source(SourceOp::Local {
-                    include, exclude, ..
+                    name,
+                    include,
+                    exclude,
+                    parents,
                 }) => {
+                    let context = self.context_named(name)?;
                     let hashed = self
                         .selections
                         .lock()
@@ -213,7 +227,12 @@ impl Worker for BuildWorker {
                             ctx.log(Stream::Stdout, format!("{}\n", keyed.summary).as_bytes());
                             keyed.selection
                         }
-                        None => Arc::new(self.select_context(include, exclude)?),
+                        None => Arc::new(self.select_context(
+                            context.as_ref(),
+                            include,
+                            exclude,
+                            *parents,
+                        )?),
                     };
                     for socket in &selection.skipped {
                         let warning = format!(
@@ -222,7 +241,7 @@ impl Worker for BuildWorker {
                         );
                         ctx.log(Stream::Stderr, warning.as_bytes());
                     }
-                    return Ok(Output::Context(selection));
+                    return Ok(Output::Context(selection, context));
                 }
                 Op::File(op) => {
                     // File ops are plain blocking file system work.

@@ -84,17 +84,17 @@ impl Lowering<'_> {
             None => None,
         };
         let link = flags.contains_key("link");
-        // Taken into the key and the history but never acted on, it would copy without the
-        // parent directories and say it had kept them.
-        if let Some(flag) = flags.get("parents") {
-            return Err(FrontendError::new(
-                FrontendErrorKind::NotImplemented {
-                    what: "COPY --parents",
-                    hint: "copy each source to its full destination path instead",
-                },
-                flag.span,
-            ));
-        }
+        // A boolean flag, as BuildKit parses it: bare or `=true` sets it, `=false` clears it.
+        let parents = match flags.get("parents") {
+            Some(flag) => match flag_text(Some(flag))?.as_deref() {
+                None | Some("" | "true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(flag_value(flag, other.to_owned(), "expected true or false"));
+                }
+            },
+            None => false,
+        };
         let exclude: Vec<String> = flags
             .get_all("exclude")
             .map(|f| self.expand(f.value.as_deref().unwrap_or(""), &scope, f.span))
@@ -161,11 +161,35 @@ impl Lowering<'_> {
                 Some(flag) => {
                     let from = flag_text(Some(flag))?.unwrap_or_default();
                     let platform = state.platform.clone();
-                    let (vertex, named) =
-                        self.vertex_of_from(&from, index, &platform, step, flag.span)?;
-                    copy_from = Some(named);
-                    vertex
+                    // The files of a named local context are selected as the main
+                    // context's are, by source, not copied whole into a filesystem first.
+                    let local = match self.named_context(&from) {
+                        Some((name, NamedContext::Local { ignore_patterns }))
+                            if self.stage_ref(&from, index).is_none() =>
+                        {
+                            Some((name, ignore_patterns))
+                        }
+                        _ => None,
+                    };
+                    if let Some((name, mut ignore)) = local {
+                        if !parents {
+                            ignore.extend(exclude.iter().cloned());
+                        }
+                        copy_from = Some(CopyFrom::Context(name.clone()));
+                        let include = if parents {
+                            src.clone()
+                        } else {
+                            context_include(&src)
+                        };
+                        self.local_source(&name, include, ignore, parents)
+                    } else {
+                        let (vertex, named) =
+                            self.vertex_of_from(&from, index, &platform, step, flag.span)?;
+                        copy_from = Some(named);
+                        vertex
+                    }
                 }
+                None if parents => self.local_context_parents(&src),
                 None => self.local_context(&src, &exclude),
             };
             inputs.push(src_vertex);
@@ -182,8 +206,7 @@ impl Lowering<'_> {
                 unpack_archives: is_add,
                 exclude,
                 link,
-                // Refused above until it is implemented; kept in the op (and its key).
-                parents: false,
+                parents,
                 from: copy_from,
             });
         }
@@ -199,6 +222,9 @@ impl Lowering<'_> {
         // As BuildKit writes it: the flags that shape the files, the sources (heredocs last),
         // the destination as written; not --from, --link or --exclude.
         let mut created_by = String::from(name);
+        if parents {
+            created_by.push_str(" --parents");
+        }
         if let Some(c) = &chown {
             let _ = write!(created_by, " --chown={c}");
         }
@@ -232,6 +258,14 @@ impl Lowering<'_> {
                 CopyFrom::Stage(from.to_owned()),
             ));
         }
+        if let Some((name, named)) = self.named_context(from) {
+            let (root, ..) = self.named_root(&name, &named, platform, step, span)?;
+            let shown = match named {
+                NamedContext::Local { .. } => CopyFrom::Context(name),
+                _ => CopyFrom::Image(from.to_owned()),
+            };
+            return Ok((root, shown));
+        }
         let resolved = self.resolver.resolve(from, platform).map_err(|cause| {
             FrontendError::new(
                 FrontendErrorKind::ResolveFrom {
@@ -255,34 +289,67 @@ impl Lowering<'_> {
 
     /// A source of just the context files that a COPY names.
     pub(super) fn local_context(&mut self, src: &[String], exclude: &[String]) -> VertexId {
-        let mut include: Vec<String> = src
-            .iter()
-            .map(|s| {
-                s.trim_start_matches("./")
-                    .trim_start_matches('/')
-                    .to_owned()
-            })
-            .collect();
-        if include.iter().any(|s| s.is_empty() || s == ".") {
-            include.clear();
-        }
-        include.sort();
-        include.dedup();
         let mut excluded = self.opts.ignore_patterns.clone();
         excluded.extend(exclude.iter().cloned());
+        self.local_source("context", context_include(src), excluded, false)
+    }
+
+    /// A source of the context files that a `COPY --parents` names: the sources as written
+    /// (their `/./` pivots decide where each file lands), less `.dockerignore`. `--exclude`
+    /// is the copy's own, matched below the pivot.
+    fn local_context_parents(&mut self, src: &[String]) -> VertexId {
+        let ignore = self.opts.ignore_patterns.clone();
+        self.local_source("context", src.to_vec(), ignore, true)
+    }
+
+    /// A source of the files `include` selects in the context `name` (`context`, or a
+    /// `--build-context` name).
+    pub(super) fn local_source(
+        &mut self,
+        name: &str,
+        mut include: Vec<String>,
+        exclude: Vec<String>,
+        parents: bool,
+    ) -> VertexId {
+        include.sort();
+        include.dedup();
+        let shown = if name == "context" {
+            "[internal] load build context".to_owned()
+        } else {
+            format!("[context {name}] load from client")
+        };
         let id = self.graph.add(
             Op::Source(SourceOp::Local {
-                name: "context".into(),
+                name: name.to_owned(),
                 include,
-                exclude: excluded,
+                exclude,
+                parents,
             }),
             vec![],
-            "[internal] load build context",
+            shown,
             None,
         );
-        self.context.get_or_insert(id);
+        if name == "context" {
+            self.context.get_or_insert(id);
+        }
         id
     }
+}
+
+/// The paths a plain COPY's sources select, as the local source takes them (empty: all).
+fn context_include(src: &[String]) -> Vec<String> {
+    let include: Vec<String> = src
+        .iter()
+        .map(|s| {
+            s.trim_start_matches("./")
+                .trim_start_matches('/')
+                .to_owned()
+        })
+        .collect();
+    if include.iter().any(|s| s.is_empty() || s == ".") {
+        return Vec::new();
+    }
+    include
 }
 
 pub(super) enum CopyLike<'a> {

@@ -105,6 +105,27 @@ pub struct BuildOptions {
     /// Whether `RUN --network=host` is granted (`--allow network.host`). The build's own
     /// `--network host`, the user's explicit choice, needs no grant.
     pub allow_network_host: bool,
+    /// `--build-context NAME=…`, by name as given: what `FROM NAME`, `COPY --from=NAME` and
+    /// `RUN --mount=from=NAME` take instead of an image of that name.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// A `--build-context`, as the frontend sees it.
+#[derive(Clone, Debug)]
+pub enum NamedContext {
+    /// A local directory, with the patterns of its own `.dockerignore` (the main context's
+    /// do not apply to it, as in BuildKit). `FROM NAME` takes its files as the whole root
+    /// filesystem of an empty image.
+    Local { ignore_patterns: Vec<String> },
+    /// `docker-image://REF`: the image REF stands for the name.
+    Image(String),
+    /// `oci-layout://…`: an image of a local OCI layout, resolved by the caller.
+    Layout {
+        /// `sha256:…` of the image manifest.
+        manifest: String,
+        config: Box<ImageConfig>,
+        history: Vec<HistoryEntry>,
+    },
 }
 
 impl Default for BuildOptions {
@@ -119,6 +140,7 @@ impl Default for BuildOptions {
             ignore_patterns: Vec::new(),
             allow_insecure: false,
             allow_network_host: false,
+            named_contexts: BTreeMap::new(),
         }
     }
 }
@@ -584,6 +606,120 @@ impl<'a> Lowering<'a> {
         name.parse::<usize>().ok().filter(|&i| i < before)
     }
 
+    /// The `--build-context` that `name` (a FROM or `--from` word, after expansion) names: by
+    /// the name as given, else as an image name is written in short (`docker.io/library/x:latest`
+    /// is `x`), as BuildKit looks it up.
+    fn named_context(&self, name: &str) -> Option<(String, NamedContext)> {
+        let contexts = &self.opts.named_contexts;
+        if let Some(found) = contexts.get(name) {
+            return Some((name.to_owned(), found.clone()));
+        }
+        let mut short = name;
+        for prefix in [
+            "docker.io/library/",
+            "index.docker.io/library/",
+            "docker.io/",
+            "index.docker.io/",
+        ] {
+            if let Some(rest) = short.strip_prefix(prefix) {
+                short = rest;
+                break;
+            }
+        }
+        let short = short.strip_suffix(":latest").unwrap_or(short);
+        contexts
+            .get(short)
+            .map(|found| (short.to_owned(), found.clone()))
+    }
+
+    /// The root filesystem, config and history of a named context as a base.
+    fn named_root(
+        &mut self,
+        name: &str,
+        named: &NamedContext,
+        platform: &Platform,
+        prefix: &str,
+        span: Span,
+    ) -> Result<(VertexId, ImageConfig, Vec<HistoryEntry>), FrontendError> {
+        match named {
+            NamedContext::Local { ignore_patterns } => {
+                let scratch = self.graph.add(
+                    Op::Source(SourceOp::Scratch),
+                    vec![],
+                    format!("{prefix} FROM scratch"),
+                    None,
+                );
+                let files = self.local_source(name, Vec::new(), ignore_patterns.clone(), false);
+                let root = self.graph.add(
+                    Op::File(FileOp {
+                        actions: vec![FileAction::Copy {
+                            src_input: 1,
+                            src: vec![".".into()],
+                            dest: "/".into(),
+                            chown: None,
+                            chmod: None,
+                            unpack_archives: false,
+                            exclude: Vec::new(),
+                            link: false,
+                            parents: false,
+                            from: None,
+                        }],
+                        epoch: self.epoch(),
+                    }),
+                    vec![scratch, files],
+                    format!("{prefix} FROM {name} (build context)"),
+                    self.location(span),
+                );
+                let config = ImageConfig {
+                    working_dir: "/".into(),
+                    ..ImageConfig::default()
+                };
+                Ok((root, config, Vec::new()))
+            }
+            NamedContext::Image(reference) => {
+                let resolved = self
+                    .resolver
+                    .resolve(reference, platform)
+                    .map_err(|cause| {
+                        FrontendError::new(
+                            FrontendErrorKind::Resolve {
+                                reference: reference.clone(),
+                                cause,
+                            },
+                            span,
+                        )
+                    })?;
+                let root = self.graph.add(
+                    Op::Source(SourceOp::Image {
+                        reference: resolved.pinned.clone(),
+                        platform: platform.to_string(),
+                    }),
+                    vec![],
+                    format!("{prefix} FROM {} ({name})", resolved.pinned),
+                    self.location(span),
+                );
+                Ok((root, resolved.config, resolved.history))
+            }
+            NamedContext::Layout {
+                manifest,
+                config,
+                history,
+            } => {
+                let root = self.graph.add(
+                    Op::Source(SourceOp::Layout {
+                        name: name.to_owned(),
+                        manifest: manifest.clone(),
+                        platform: platform.to_string(),
+                    }),
+                    vec![],
+                    format!("{prefix} FROM {name}@{manifest} (OCI layout)"),
+                    self.location(span),
+                );
+                Ok((root, (**config).clone(), history.clone()))
+            }
+        }
+    }
+
     /// The stage at `index`, lowered on first use. Lowered stages are lent, not copied: only a
     /// stage built FROM another copies that one's config and history.
     fn lower_stage(&mut self, index: usize) -> Result<&Lowered, FrontendError> {
@@ -619,6 +755,28 @@ impl<'a> Lowering<'a> {
         let body = self.stages[index].body;
         let label = self.stage_label(index);
 
+        // A --build-context of a stage's name replaces the whole stage, as in BuildKit.
+        if let Some((name, named)) = self.stages[index]
+            .name
+            .clone()
+            .and_then(|n| self.named_context(&n))
+        {
+            let platform = self.opts.target_platform.clone();
+            let (root, config, history) =
+                self.named_root(&name, &named, &platform, &format!("[{label}]"), from.span)?;
+            self.in_progress[index] = false;
+            self.order.push(label);
+            return Ok(Lowered {
+                root,
+                config,
+                author: None,
+                history,
+                platform,
+                lint: lint::StageLint::default(),
+                args: scope::StageArgs::default(),
+            });
+        }
+
         // FROM: expanded with the global scope only.
         let scope = &self.global_scope;
         let flags = check_flags(&from.flags, "FROM", &["platform"], &[])?;
@@ -652,6 +810,10 @@ impl<'a> Lowering<'a> {
             state.lint = lint;
             state.args = base.args.clone();
             state
+        } else if let Some((name, named)) = self.named_context(&base_name) {
+            let (root, config, history) =
+                self.named_root(&name, &named, &platform, &format!("[{label}]"), from.span)?;
+            StageState::from_base(root, config, history, platform)
         } else if base_name.eq_ignore_ascii_case("scratch") {
             let root = self.graph.add(
                 Op::Source(SourceOp::Scratch),

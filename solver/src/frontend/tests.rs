@@ -515,6 +515,33 @@ mod copy {
     }
 
     #[test]
+    fn copy_parents_keeps_its_sources_and_flag_in_the_ops() {
+        let text = "FROM alpine\nCOPY --parents x/./y/*.txt a /p/\nCOPY --parents=false b /q/\n";
+        let plan = plan(text);
+        assert_eq!(
+            context_includes(&plan),
+            [
+                vec!["a".to_owned(), "x/./y/*.txt".to_owned()],
+                vec!["b".to_owned()]
+            ]
+        );
+        let parents: Vec<bool> = file_actions(&plan)
+            .iter()
+            .filter_map(|a| match a {
+                FileAction::Copy { parents, .. } => Some(*parents),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(parents, [true, false]);
+        // The flag is in the digest: the same sources without it are other work.
+        let without = super::plan(text.replace("--parents ", "").as_str());
+        assert_ne!(
+            plan.graph.vertex(plan.root).digest,
+            without.graph.vertex(without.root).digest
+        );
+    }
+
+    #[test]
     fn relative_destinations_join_workdir_and_flags_apply() {
         let src = "FROM alpine\nWORKDIR /app\nARG OWNER=app\nCOPY --chown=$OWNER:app --chmod=640 a.txt conf/\n";
         let actions = file_actions(&plan(src));
@@ -582,9 +609,9 @@ mod copy {
         assert!(err.contains("expected an octal mode"), "{err}");
         let err = plan_err("FROM alpine\nRUN --security=insecure x\n");
         assert!(err.contains("entitlement"), "{err}");
-        let err = plan_err("FROM alpine\nCOPY --parents a/b /x/\n");
+        let err = plan_err("FROM alpine\nCOPY --parents=maybe a/b /x/\n");
         assert!(
-            err.starts_with("Dockerfile:2:6: COPY --parents is not supported yet"),
+            err.starts_with("Dockerfile:2:6: invalid value") && err.contains("true or false"),
             "{err}"
         );
         let err = plan_err("FROM alpine\nRUN --mount=type=cache,target=/c,size=1m true\n");

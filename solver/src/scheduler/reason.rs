@@ -141,6 +141,10 @@ impl OpInputs {
                 reference: reference.clone(),
             },
             Op::Source(SourceOp::Local { .. }) => Self::Context,
+            // An OCI layout is named by its manifest digest, as an image is.
+            Op::Source(SourceOp::Layout { name, manifest, .. }) => Self::Image {
+                reference: format!("{name}@{manifest}"),
+            },
             Op::Exec(exec) => {
                 let ExecOp {
                     args,
@@ -605,6 +609,7 @@ mod tests {
                 name: "context".into(),
                 include: vec![],
                 exclude: vec![],
+                parents: false,
             }),
             vec![],
             "[internal] load build context",

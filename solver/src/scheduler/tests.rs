@@ -266,6 +266,7 @@ fn local(name: &str) -> Op {
         name: name.into(),
         include: vec![],
         exclude: vec![],
+        parents: false,
     })
 }
 
