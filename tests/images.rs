@@ -302,6 +302,47 @@ fn zstd_layers_pushed_with_buildx_output_syntax_run_under_podman() {
             "{image}"
         );
     }
+
+    // force-compression=true compresses the base layer again too; annotations reach the
+    // manifest.
+    let three = format!("{}/zstd/app:3", registry.addr);
+    ok(&hoist(
+        app_root.path(),
+        &[
+            "build",
+            "--progress=plain",
+            "-o",
+            &format!(
+                "type=registry,name={three},compression=zstd,force-compression=true,\
+                 annotation.org.opencontainers.image.title=zapp"
+            ),
+            app_ctx.path().to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        layer_media_types(&three),
+        [
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        ]
+    );
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{three}"))
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        manifest["annotations"]["org.opencontainers.image.title"], "zapp",
+        "{manifest}"
+    );
+    // The recompressed base is the same filesystem: podman runs it.
+    let forced = Command::new("podman")
+        .args(["run", "--rm", "--tls-verify=false", "--pull=always", &three])
+        .output()
+        .expect("podman (apt-get install podman)");
+    assert_eq!(String::from_utf8_lossy(&forced.stdout), "zstd-layer\n");
+
     let run = Command::new("podman")
         .args(["run", "--rm", "--tls-verify=false", "--pull=always", &two])
         .output()

@@ -233,6 +233,34 @@ pub fn store_upperdir_layer(
     Ok(digests)
 }
 
+/// Writes the layer of blob `digest` of the store again, compressed as `options` says
+/// (`-o force-compression=true`), into the store; returns its digests. The uncompressed tar is
+/// copied byte for byte, so its diffID is the layer's.
+///
+/// # Errors
+/// The blob cannot be read or decompressed, or storing the new one fails.
+pub fn store_recompressed_layer(
+    store: &BlobStore,
+    digest: &oci_spec::image::Digest,
+    options: &DiffOptions,
+) -> Result<LayerDigests, DiffError> {
+    let path = PathBuf::from(digest.to_string());
+    let read = |source| DiffError::Read {
+        path: path.clone(),
+        source,
+    };
+    let blob = store.open(digest).map_err(|e| read(io::Error::other(e)))?;
+    let (_, mut tar) = crate::compress::decompress(blob).map_err(read)?;
+    let mut layer = LayerWriter::new(store.writer_unverified()?, &options.compression)
+        .map_err(|source| DiffError::Finish { source })?;
+    io::copy(&mut tar, &mut layer).map_err(read)?;
+    let (w, digests) = layer
+        .finish()
+        .map_err(|source| DiffError::Finish { source })?;
+    w.commit()?;
+    Ok(digests)
+}
+
 /// Writes a layer from a change list straight into the content store; returns its digests.
 ///
 /// # Errors

@@ -83,7 +83,7 @@ pub use apply::{
 pub use compress::{Compression, CompressionOptions, LayerDigests, LayerWriter, decompress};
 pub use diff::{
     Change, DiffError, DiffOptions, clamp_mtimes, diff_changes, diff_upperdir, store_changes_layer,
-    store_upperdir_layer, upperdir_diff_id,
+    store_recompressed_layer, store_upperdir_layer, upperdir_diff_id,
 };
 pub use digest::sha256_of;
 pub use image::{

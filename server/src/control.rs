@@ -325,6 +325,8 @@ impl ControlService {
             cache_from,
             cache_to,
             lazy_layers: solve.lazy_layers,
+            force_compression: solve.force_compression,
+            annotations: solve.annotations.into_iter().collect(),
             compression: hoist_cache::CompressionOptions {
                 level: solve.compression_level,
                 ..hoist_cache::CompressionOptions::new(

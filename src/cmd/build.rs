@@ -223,6 +223,8 @@ struct ImageSettings {
     push: bool,
     docker_mediatypes: bool,
     compression: hoist_cache::CompressionOptions,
+    force_compression: bool,
+    annotations: BTreeMap<String, String>,
 }
 
 fn image_settings(args: &BuildArgs, specs: &[OutputSpec]) -> anyhow::Result<ImageSettings> {
@@ -262,11 +264,24 @@ fn image_settings(args: &BuildArgs, specs: &[OutputSpec]) -> anyhow::Result<Imag
     if docker_mediatypes && compression.compression == hoist_cache::Compression::Zstd {
         bail!("compression=zstd needs OCI media types: Docker's have no zstd layer type");
     }
+    let mut annotations = BTreeMap::new();
+    for (key, value) in specs.iter().flat_map(|s| &s.annotations) {
+        if let Some(had) = annotations.insert(key.clone(), value.clone())
+            && had != *value
+        {
+            bail!(
+                "the outputs give annotation {key} two values ({had:?} and {value:?}): a build \
+                 makes one manifest"
+            );
+        }
+    }
     Ok(ImageSettings {
         tags,
         push: args.push || specs.iter().any(|s| s.push),
         docker_mediatypes,
         compression,
+        force_compression: specs.iter().any(|s| s.force_compression),
+        annotations,
     })
 }
 
@@ -422,6 +437,8 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         limits: limits(&args)?,
         registry: None,
         compression,
+        force_compression: image.force_compression,
+        annotations: image.annotations.clone(),
         cache_from,
         cache_to,
         lazy_layers: lazy_layers(push, &args.tags, &outputs),
@@ -758,6 +775,12 @@ fn run_remote(
             }
             .into(),
             compression_level: compression.level,
+            force_compression: image.force_compression,
+            annotations: image
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             cache_from: args.cache_from.clone(),
             cache_to: args.cache_to.clone(),
             lazy_layers: lazy_layers(push, &args.tags, outputs),

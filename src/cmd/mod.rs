@@ -81,6 +81,10 @@ pub(crate) struct OutputSpec {
     pub(crate) compression: Option<hoist_cache::CompressionOptions>,
     /// `oci-mediatypes=`.
     pub(crate) oci_mediatypes: Option<bool>,
+    /// `force-compression=true`: base image layers are compressed again too.
+    pub(crate) force_compression: bool,
+    /// `annotation.KEY=V` and `annotation-manifest.KEY=V`: annotations of the manifest.
+    pub(crate) annotations: Vec<(String, String)>,
 }
 
 /// Keys every image output takes, besides `type`.
@@ -121,7 +125,7 @@ impl OutputSpec {
             ),
         };
         if let Some(key) = fields.keys().find(|k| {
-            let annotation = k.starts_with("annotation.") || k.starts_with("annotation-");
+            let annotation = k.starts_with("annotation");
             !allowed.contains(&k.as_str()) && !annotation
         }) {
             bail!(
@@ -130,8 +134,22 @@ impl OutputSpec {
                 allowed.join(", ")
             );
         }
-        if let Some(key) = fields.keys().find(|k| k.starts_with("annotation")) {
-            bail!("output {spec:?}: {key}= is not supported yet; build without annotations");
+        // A build makes one manifest and no index: annotations go on the manifest.
+        let mut annotations = Vec::new();
+        for (key, value) in fields.iter().filter(|(k, _)| k.starts_with("annotation")) {
+            let name = key
+                .strip_prefix("annotation.")
+                .or_else(|| key.strip_prefix("annotation-manifest."));
+            match name {
+                Some(name) if !name.is_empty() && !name.contains('[') => {
+                    annotations.push((name.to_owned(), value.clone()));
+                }
+                _ => bail!(
+                    "output {spec:?}: {key}= is not one hoist takes: a build makes one manifest \
+                     (no index, one platform), so give annotation.KEY= or \
+                     annotation-manifest.KEY="
+                ),
+            }
         }
         let bool_of = |key: &str| -> anyhow::Result<Option<bool>> {
             fields
@@ -143,12 +161,7 @@ impl OutputSpec {
                 })
                 .transpose()
         };
-        if bool_of("force-compression")? == Some(true) {
-            bail!(
-                "output {spec:?}: force-compression=true is not supported yet: base image \
-                 layers keep the compression they were pulled with"
-            );
-        }
+        let force_compression = bool_of("force-compression")? == Some(true);
         let compression = hoist_worker::exchange::parse_compression(&fields)
             .map_err(|reason| anyhow::anyhow!("output {spec:?}: {reason}"))?;
         let dest = || -> anyhow::Result<PathBuf> {
@@ -193,6 +206,8 @@ impl OutputSpec {
             push,
             compression,
             oci_mediatypes: bool_of("oci-mediatypes")?,
+            force_compression,
+            annotations,
         })
     }
 }
@@ -220,6 +235,8 @@ impl Output {
         let parsed = OutputSpec::parse(spec)?;
         if parsed.compression.is_some()
             || parsed.oci_mediatypes.is_some()
+            || parsed.force_compression
+            || !parsed.annotations.is_empty()
             || !parsed.names.is_empty()
             || (parsed.push && !matches!(parsed.output, Self::Registry))
         {

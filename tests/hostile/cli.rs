@@ -42,12 +42,16 @@ fn output_keys_and_values_that_hoist_would_ignore_are_refused() {
             "compression=zstd needs OCI media types",
         ),
         (
-            "type=image,force-compression=true",
-            "force-compression=true is not supported yet",
+            "type=image,force-compression=maybe",
+            "force-compression=maybe: expected true or false",
         ),
         (
-            "type=image,annotation.org.example=1",
-            "annotation.org.example= is not supported yet",
+            "type=image,annotation-index.org.example=1",
+            "annotation-index.org.example= is not one hoist takes",
+        ),
+        (
+            "type=image,annotation[linux/amd64].org.example=1",
+            "is not one hoist takes",
         ),
         ("type=image,\"name=a,b", "a quote is not closed"),
     ] {

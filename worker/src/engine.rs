@@ -66,6 +66,11 @@ pub struct BuildRequest {
     /// and pushes with its client's credentials (see
     /// [`Client::with_credential_source`]).
     pub registry: Option<Arc<Client>>,
+    /// `-o force-compression=true`: base image layers are compressed again as `compression`
+    /// says, not kept as pulled.
+    pub force_compression: bool,
+    /// `-o annotation.KEY=V`: annotations of the image manifest.
+    pub annotations: std::collections::BTreeMap<String, String>,
     /// `--cache-from`, in order: the first cache that has a step wins.
     pub cache_from: Vec<crate::exchange::CacheImport>,
     /// `--cache-to`: each is written after the image is pushed.
@@ -429,7 +434,13 @@ impl Engine {
                 compression: request.compression,
                 ..BuildWorker::default_diff_options()
             };
-            tokio::task::spawn_blocking(move || state.layer_blobs(&chain, &options))
+            if request.force_compression {
+                // Base layers are read to be compressed again, wherever their bytes are.
+                let blobs: Vec<Descriptor> = chain.iter().filter_map(|l| l.blob.clone()).collect();
+                self.state.fetch_blobs(&blobs).await?;
+            }
+            let force = request.force_compression;
+            tokio::task::spawn_blocking(move || state.layer_blobs_as(&chain, &options, force))
                 .await
                 .map_err(|e| {
                     BuildError::Internal(format!("compressing the layers panicked: {e}"))
@@ -441,7 +452,13 @@ impl Engine {
             &extras,
             &layers,
             request.media,
-            None,
+            (!request.annotations.is_empty()).then(|| {
+                request
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
         )?;
         drop(config);
         // The manifest alone names the config: loading the image would read back and parse a

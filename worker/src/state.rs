@@ -556,6 +556,21 @@ impl State {
         chain: &[Layer],
         options: &DiffOptions,
     ) -> Result<Vec<Descriptor>, WorkerError> {
+        self.layer_blobs_as(chain, options, false)
+    }
+
+    /// As [`State::layer_blobs`]; with `force` (`-o force-compression=true`), a layer whose
+    /// blob has another compression (a base image's) is compressed again as `options` says,
+    /// once, and remembered like a built layer's.
+    ///
+    /// # Errors
+    /// As [`State::layer_blobs`], or a base layer's blob cannot be read.
+    pub fn layer_blobs_as(
+        &self,
+        chain: &[Layer],
+        options: &DiffOptions,
+        force: bool,
+    ) -> Result<Vec<Descriptor>, WorkerError> {
         let media_type = match options.compression.compression {
             hoist_cache::Compression::Gzip => MediaType::ImageLayerGzip,
             hoist_cache::Compression::Zstd => MediaType::ImageLayerZstd,
@@ -565,7 +580,12 @@ impl State {
             .iter()
             .map(|layer| {
                 if let Some(blob) = &layer.blob {
-                    return Ok(blob.clone());
+                    let same = hoist_cache::layer_compression(blob.media_type())
+                        == Some(options.compression.compression);
+                    if !force || same {
+                        return Ok(blob.clone());
+                    }
+                    return self.recompressed(layer, blob, options, &media_type);
                 }
                 // A bad record is made again, and replaced below.
                 let known = match self.index()?.get_blob(&layer.diff_id, &media_type) {
@@ -605,6 +625,42 @@ impl State {
                 Ok(made)
             })
             .collect()
+    }
+
+    /// The blob of a base image's layer, compressed again as `options` says; made once and
+    /// remembered by (diffID, media type).
+    fn recompressed(
+        &self,
+        layer: &Layer,
+        blob: &Descriptor,
+        options: &DiffOptions,
+        media_type: &MediaType,
+    ) -> Result<Descriptor, WorkerError> {
+        let known = match self.index()?.get_blob(&layer.diff_id, media_type) {
+            Err(e) if e.is_bad_record() => None,
+            known => known?,
+        };
+        if let Some(known) = known
+            && self.blobs.has(&known.digest)
+        {
+            return Ok(known.descriptor());
+        }
+        let digests = hoist_cache::store_recompressed_layer(&self.blobs, blob.digest(), options)
+            .map_err(|source| WorkerError::Diff {
+                path: PathBuf::from(blob.digest().to_string()),
+                source,
+            })?;
+        if digests.diff_id != layer.diff_id {
+            return Err(WorkerError::SnapshotChanged {
+                path: PathBuf::from(blob.digest().to_string()),
+                layer: layer.diff_id.clone(),
+                now: digests.diff_id,
+            });
+        }
+        let made = Descriptor::new(media_type.clone(), digests.size, digests.digest);
+        self.index()?
+            .put_blob(&layer.diff_id, &BlobRecord::from(&made))?;
+        Ok(made)
     }
 }
 
