@@ -34,8 +34,9 @@ impl BuildHold {
 
 impl Drop for BuildHold {
     fn drop(&mut self) {
-        // Best effort: a time not written makes the record look older, nothing worse.
-        if let Ok(index) = self.state.index() {
+        // Best effort: a time not written makes the record look older, nothing worse. Only an
+        // index the holder opened has times to write (a pull or push never opens it).
+        if let Some(index) = self.state.opened_index() {
             let _ = index.flush_used();
         }
         drop(self.scope.take());

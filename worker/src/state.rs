@@ -292,6 +292,12 @@ impl State {
         Ok(self.index.get_or_init(|| index))
     }
 
+    /// The cache index if this process opened it, without opening it.
+    #[must_use]
+    pub fn opened_index(&self) -> Option<&CacheIndex> {
+        self.index.get()
+    }
+
     /// A new private scratch directory on the state's filesystem (so it can be renamed into
     /// a snapshot), removed when the guard drops unless it was kept.
     pub(crate) fn scratch(&self) -> Result<tempfile::TempDir, WorkerError> {
