@@ -381,8 +381,11 @@ async fn death_by_signal_propagates(rig: Rig) {
     let out = rig.run_spec(spec).await;
     assert_eq!(out.outcome.status, ExitStatus::Signaled(libc::SIGKILL));
     assert!(out.outcome.oom_killed.is_none());
+    // The kill came from the limit, after CPU time was spent, not at once. The bound is loose:
+    // the kernel charges CPU time by ticks, and on a loaded machine the cgroup's figure came
+    // out at 0.71 s for a 1 s limit.
     let cpu = out.outcome.cpu_time.unwrap();
-    assert!(cpu >= Duration::from_millis(800), "cpu time {cpu:?}");
+    assert!(cpu >= Duration::from_millis(400), "cpu time {cpu:?}");
 }
 
 fn processes_with_arg(marker: &str) -> Vec<i32> {
