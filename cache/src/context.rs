@@ -47,6 +47,8 @@ pub enum Origin {
     Stage(String),
     /// An image, by the reference that `--from` gave.
     Image(String),
+    /// What `ADD` fetched from a URL or a git remote, as written.
+    Remote(String),
 }
 
 impl std::fmt::Display for Origin {
@@ -55,6 +57,7 @@ impl std::fmt::Display for Origin {
             Self::Context(root) => write!(f, "build context {}", root.display()),
             Self::Stage(name) => write!(f, "stage {name:?}"),
             Self::Image(reference) => write!(f, "image {reference:?}"),
+            Self::Remote(source) => write!(f, "{source}"),
         }
     }
 }
@@ -64,7 +67,7 @@ impl Origin {
     fn hiding(&self) -> &'static str {
         match self {
             Self::Context(_) => " (it does not exist, or .dockerignore excludes it)",
-            Self::Stage(_) | Self::Image(_) => "",
+            Self::Stage(_) | Self::Image(_) | Self::Remote(_) => "",
         }
     }
 }

@@ -84,6 +84,7 @@ impl BuildWorker {
                                     Origin::Image(reference.clone())
                                 }
                                 Some(CopyFrom::Stage(name)) => Origin::Stage(name.clone()),
+                                Some(CopyFrom::Remote(source)) => Origin::Remote(source.clone()),
                                 None => {
                                     return Err(WorkerError::Internal(
                                         "a copy from a filesystem names no stage or image",

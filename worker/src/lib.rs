@@ -42,6 +42,8 @@ pub mod exchange;
 pub mod exec;
 pub mod file;
 pub mod gc;
+pub mod git;
+pub mod http;
 pub mod image;
 pub mod logs;
 mod mounts;

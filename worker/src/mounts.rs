@@ -302,6 +302,7 @@ impl BuildWorker {
                 let origin = match from {
                     Some(CopyFrom::Stage(name)) => Origin::Stage(name.clone()),
                     Some(CopyFrom::Image(reference)) => Origin::Image(reference.clone()),
+                    Some(CopyFrom::Remote(source)) => Origin::Remote(source.clone()),
                     None => {
                         return Err(WorkerError::Internal(
                             "a bind of a filesystem names no stage or image",

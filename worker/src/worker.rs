@@ -90,6 +90,9 @@ pub struct BuildWorker {
     pub selections: Mutex<HashMap<VertexDigest, (Arc<Selection>, ContextSummary)>>,
     /// The build's `--cache-from` caches, for the cache mounts they carry.
     pub imported: Option<crate::exchange::ImportedCache>,
+    /// What keying URL and git sources fetched or resolved, by vertex digest, so that the
+    /// run uses exactly what was keyed.
+    pub remote_keyed: Mutex<HashMap<VertexDigest, crate::source::RemoteKeyed>>,
 }
 
 impl std::fmt::Debug for BuildWorker {
@@ -124,6 +127,9 @@ impl Worker for BuildWorker {
         _cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<Option<String>, BoxError>> {
         Box::pin(async move {
+            if let Op::Source(op @ (SourceOp::Http { .. } | SourceOp::Git { .. })) = &vertex.op {
+                return self.remote_content_key(vertex.digest, op).await;
+            }
             let Op::Source(SourceOp::Local {
                 include, exclude, ..
             }) = &vertex.op
@@ -198,6 +204,9 @@ impl Worker for BuildWorker {
                         ctx.log(Stream::Stderr, warning.as_bytes());
                     }
                     return Ok(Output::Context(selection));
+                }
+                Op::Source(op @ (SourceOp::Http { .. } | SourceOp::Git { .. })) => {
+                    vec![self.remote_layer(vertex.digest, op).await?]
                 }
                 Op::File(op) => {
                     // File ops are plain blocking file system work.
