@@ -88,7 +88,10 @@ impl BuildWorker {
             } else {
                 reference
             };
-            let out = git(&auth, None, &["ls-remote", "--", remote, pattern]).await?;
+            // A pattern lists an annotated tag without the commit it points to, unless
+            // that peeled name is asked for too.
+            let peeled = format!("{pattern}^{{}}");
+            let out = git(&auth, None, &["ls-remote", "--", remote, pattern, &peeled]).await?;
             let listing = checked(out, "ls-remote", remote)?;
             pick_ref(&String::from_utf8_lossy(&listing.stdout), pattern).ok_or_else(|| {
                 GitError::RefNotFound {

@@ -161,8 +161,10 @@ impl BuildWorker {
             .connect_timeout(Duration::from_secs(30))
             .build()
             .map_err(fetch)?;
+        // With a checksum only the same bytes will do, and those were looked for already.
         let known = self
             .http_record(url, filename)
+            .filter(|r| checksum.is_none_or(|c| c == r.digest))
             .filter(|r| r.layer().is_some_and(|l| self.has_snapshot(&l)));
         let mut request = client.get(url);
         if let Some(known) = &known {
@@ -175,12 +177,8 @@ impl BuildWorker {
         }
         let mut response = request.send().await.map_err(fetch)?;
         if response.status() == StatusCode::NOT_MODIFIED {
-            if let Some(known) = known {
-                if checksum.is_none_or(|c| c == known.digest) {
-                    if let Some(layer) = known.layer() {
-                        return Ok((known, layer));
-                    }
-                }
+            if let Some(found) = known.and_then(|k| k.layer().map(|l| (k, l))) {
+                return Ok(found);
             }
         }
         if !response.status().is_success() {

@@ -157,7 +157,10 @@ impl Lowering<'_> {
             }
         }
         if let Some(flag) = flags.get("keep-git-dir") {
-            if !remotes.iter().any(|(_, r, _)| matches!(r, Remote::Git { .. })) {
+            if !remotes
+                .iter()
+                .any(|(_, r, _)| matches!(r, Remote::Git { .. }))
+            {
                 return Err(flag_value(
                     flag,
                     flag.value.clone().unwrap_or_default(),
