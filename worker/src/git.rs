@@ -100,15 +100,15 @@ impl BuildWorker {
                 }
             })?
         };
-        if let Some(expected) = checksum {
-            if !commit.starts_with(expected) {
-                return Err(GitError::Checksum {
-                    remote: remote.to_owned(),
-                    reference: reference.to_owned(),
-                    commit,
-                    expected: expected.to_owned(),
-                });
-            }
+        if let Some(expected) = checksum
+            && !commit.starts_with(expected)
+        {
+            return Err(GitError::Checksum {
+                remote: remote.to_owned(),
+                reference: reference.to_owned(),
+                commit,
+                expected: expected.to_owned(),
+            });
         }
         Ok(commit)
     }
@@ -191,21 +191,20 @@ impl BuildWorker {
 
     async fn git_auth(&self, remote: &str) -> Result<Auth, GitError> {
         let mut config = vec![];
-        if remote.starts_with("https://") || remote.starts_with("http://") {
-            if let Some(token) = self
+        if (remote.starts_with("https://") || remote.starts_with("http://"))
+            && let Some(token) = self
                 .session
                 .secret("GIT_AUTH_TOKEN")
                 .await
                 .map_err(GitError::Secret)?
-            {
-                let token = String::from_utf8_lossy(&token).trim().to_owned();
-                let basic = base64::engine::general_purpose::STANDARD
-                    .encode(format!("x-access-token:{token}"));
-                config.push((
-                    "http.extraHeader".to_owned(),
-                    format!("Authorization: basic {basic}"),
-                ));
-            }
+        {
+            let token = String::from_utf8_lossy(&token).trim().to_owned();
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+            config.push((
+                "http.extraHeader".to_owned(),
+                format!("Authorization: basic {basic}"),
+            ));
         }
         let mut env = vec![
             ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),

@@ -107,19 +107,17 @@ impl BuildWorker {
         checksum: Option<&str>,
         keyed: Option<Downloaded>,
     ) -> Result<Layer, HttpError> {
-        if let Some(keyed) = keyed {
-            if self.state.snapshots.get(&keyed.layer.diff_id).is_some() {
-                return Ok(keyed.layer);
-            }
+        if let Some(keyed) = keyed
+            && self.state.snapshots.get(&keyed.layer.diff_id).is_some()
+        {
+            return Ok(keyed.layer);
         }
-        if let Some(expected) = checksum {
-            if let Some(record) = self.http_record(url, filename) {
-                if record.digest == expected {
-                    if let Some(layer) = record.layer().filter(|l| self.has_snapshot(l)) {
-                        return Ok(layer);
-                    }
-                }
-            }
+        if let Some(expected) = checksum
+            && let Some(record) = self.http_record(url, filename)
+            && record.digest == expected
+            && let Some(layer) = record.layer().filter(|l| self.has_snapshot(l))
+        {
+            return Ok(layer);
         }
         Ok(self.download(url, filename, checksum).await?.1)
     }
@@ -176,10 +174,10 @@ impl BuildWorker {
             }
         }
         let mut response = request.send().await.map_err(fetch)?;
-        if response.status() == StatusCode::NOT_MODIFIED {
-            if let Some(found) = known.and_then(|k| k.layer().map(|l| (k, l))) {
-                return Ok(found);
-            }
+        if response.status() == StatusCode::NOT_MODIFIED
+            && let Some(found) = known.and_then(|k| k.layer().map(|l| (k, l)))
+        {
+            return Ok(found);
         }
         if !response.status().is_success() {
             return Err(HttpError::Status {
@@ -213,14 +211,14 @@ impl BuildWorker {
             file.write_all(&chunk).map_err(write)?;
         }
         let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if let Some(expected) = checksum {
-            if expected != digest {
-                return Err(HttpError::Checksum {
-                    url: url.to_owned(),
-                    expected: expected.to_owned(),
-                    actual: digest,
-                });
-            }
+        if let Some(expected) = checksum
+            && expected != digest
+        {
+            return Err(HttpError::Checksum {
+                url: url.to_owned(),
+                expected: expected.to_owned(),
+                actual: digest,
+            });
         }
         use std::os::unix::fs::PermissionsExt as _;
         file.set_permissions(std::fs::Permissions::from_mode(0o600))

@@ -23,7 +23,7 @@ use crate::{BuildWorker, Layer};
 /// What keying a URL or git source found, for its run.
 #[derive(Clone, Debug)]
 pub enum RemoteKeyed {
-    Http(crate::http::Downloaded),
+    Http(Box<crate::http::Downloaded>),
     /// The commit the reference resolved to.
     Git(String),
 }
@@ -42,7 +42,7 @@ impl BuildWorker {
             } => return Ok(None),
             SourceOp::Http { url, filename, .. } => {
                 let (key, downloaded) = self.http_content_key(url, filename).await?;
-                (key, RemoteKeyed::Http(downloaded))
+                (key, RemoteKeyed::Http(Box::new(downloaded)))
             }
             SourceOp::Git {
                 remote,
@@ -81,7 +81,7 @@ impl BuildWorker {
                 filename,
             } => {
                 let downloaded = match keyed {
-                    Some(RemoteKeyed::Http(d)) => Some(d),
+                    Some(RemoteKeyed::Http(d)) => Some(*d),
                     _ => None,
                 };
                 Ok(self

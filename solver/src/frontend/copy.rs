@@ -126,11 +126,9 @@ impl Lowering<'_> {
                 continue;
             }
             let value = self.expand(&word.value, &scope, word.span)?;
-            if is_add {
-                if let Some(remote) = remote_source(&value, word.span)? {
-                    remotes.push((value, remote, word.span));
-                    continue;
-                }
+            if is_add && let Some(remote) = remote_source(&value, word.span)? {
+                remotes.push((value, remote, word.span));
+                continue;
             }
             src.push(value);
         }
@@ -156,17 +154,16 @@ impl Lowering<'_> {
                 ));
             }
         }
-        if let Some(flag) = flags.get("keep-git-dir") {
-            if !remotes
+        if let Some(flag) = flags.get("keep-git-dir")
+            && !remotes
                 .iter()
                 .any(|(_, r, _)| matches!(r, Remote::Git { .. }))
-            {
-                return Err(flag_value(
-                    flag,
-                    flag.value.clone().unwrap_or_default(),
-                    "--keep-git-dir applies only to a git source",
-                ));
-            }
+        {
+            return Err(flag_value(
+                flag,
+                flag.value.clone().unwrap_or_default(),
+                "--keep-git-dir applies only to a git source",
+            ));
         }
         let many = remotes.len() + src.len() > 1;
         let dir_dest = if many && !dest.ends_with('/') {
@@ -461,13 +458,14 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                #[allow(clippy::cast_possible_truncation)] // two hex digits
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            #[allow(clippy::cast_possible_truncation)] // two hex digits
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -498,4 +496,43 @@ fn git_checksum(value: &str, flag: &Flag) -> Result<String, FrontendError> {
         value.to_owned(),
         "expected the commit the reference must resolve to, at least 7 hex digits",
     ))
+}
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+
+    #[test]
+    fn a_url_filename_never_leaves_the_destination() {
+        assert_eq!(url_filename("https://h/a/b.tar.gz?x=1#f"), "b.tar.gz");
+        assert_eq!(url_filename("https://h/dir/"), "dir");
+        assert_eq!(url_filename("https://h"), "__unnamed__");
+        assert_eq!(url_filename("https://h/"), "__unnamed__");
+        assert_eq!(url_filename("https://h/a/%2e%2e"), "__unnamed__");
+        assert_eq!(url_filename("https://h/a/..%2F..%2Fetc%2Fpasswd"), "passwd");
+        assert_eq!(url_filename("https://h/my%20file"), "my file");
+    }
+
+    #[test]
+    fn git_sources_are_told_from_downloads_as_buildkit_does() {
+        let span = Span::default();
+        assert_eq!(
+            remote_source("https://h/o/r.git#v1:sub/dir/", span).unwrap(),
+            Some(Remote::Git {
+                remote: "https://h/o/r.git".into(),
+                reference: "v1".into(),
+                subdir: "sub/dir".into(),
+            })
+        );
+        assert!(matches!(
+            remote_source("git@github.com:o/r", span).unwrap(),
+            Some(Remote::Git { .. })
+        ));
+        assert!(matches!(
+            remote_source("https://h/file.txt", span).unwrap(),
+            Some(Remote::Http { .. })
+        ));
+        assert_eq!(remote_source("local/path", span).unwrap(), None);
+        assert!(remote_source("git://h/r#main:../up", span).is_err());
+    }
 }
