@@ -552,3 +552,215 @@ fn add_url_and_git_flags_are_refused_where_they_mean_nothing() {
         "{stderr}"
     );
 }
+
+/// `git http-backend` behind a tiny CGI server on a loopback port that answers 401 unless
+/// the request carries `Authorization: <auth>`; records every Authorization it was sent.
+struct GitHttp {
+    port: u16,
+    base: tempfile::TempDir,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl GitHttp {
+    fn start(auth: String) -> Self {
+        let base = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (root, s) = (base.path().to_path_buf(), Arc::clone(&seen));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let (root, s, auth) = (root.clone(), Arc::clone(&s), auth.clone());
+                std::thread::spawn(move || cgi(stream, &root, &auth, &s));
+            }
+        });
+        Self { port, base, seen }
+    }
+}
+
+fn cgi(stream: TcpStream, root: &Path, auth: &str, seen: &Mutex<Vec<String>>) {
+    use std::io::Read as _;
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("GET").to_owned();
+        let target = parts.next().unwrap_or("/").to_owned();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            }
+        }
+        let length: usize = headers
+            .get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        if let Some(a) = headers.get("authorization") {
+            seen.lock().unwrap().push(a.clone());
+        }
+        if headers.get("authorization").map(String::as_str) != Some(auth) {
+            let _ = writer.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"t\"\r\n\
+                  content-length: 0\r\n\r\n",
+            );
+            continue;
+        }
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let mut child = Command::new("git")
+            .arg("http-backend")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("GIT_PROJECT_ROOT", root)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("REQUEST_METHOD", &method)
+            .env("PATH_INFO", path)
+            .env("QUERY_STRING", query)
+            .env("CONTENT_LENGTH", length.to_string())
+            .env(
+                "CONTENT_TYPE",
+                headers.get("content-type").cloned().unwrap_or_default(),
+            )
+            .env(
+                "GIT_PROTOCOL",
+                headers.get("git-protocol").cloned().unwrap_or_default(),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&body).unwrap();
+        let out = child.wait_with_output().unwrap().stdout;
+        let split = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| (i, 4))
+            .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
+            .unwrap();
+        let head = String::from_utf8_lossy(&out[..split.0]).into_owned();
+        let content = &out[split.0 + split.1..];
+        let mut status = "200 OK".to_owned();
+        let mut reply = String::new();
+        for h in head.lines() {
+            match h.split_once(':') {
+                Some((k, v)) if k.eq_ignore_ascii_case("status") => status = v.trim().to_owned(),
+                Some(_) => {
+                    reply.push_str(h.trim_end());
+                    reply.push_str("\r\n");
+                }
+                None => {}
+            }
+        }
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\n{reply}content-length: {}\r\n\r\n",
+            content.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(content);
+        if writer.write_all(&response).is_err() {
+            return;
+        }
+    }
+}
+
+/// Every file under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs_err::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.map_while(Result::ok) {
+            let path = entry.path();
+            let Ok(meta) = fs_err::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file()
+                && fs_err::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn add_git_over_http_sends_the_git_auth_token_secret_and_keeps_it_out_of_the_image_and_state() {
+    let token = "s3cr3t-token-0123456789";
+    let basic = {
+        let out = Command::new("base64")
+            .arg("-w0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = out;
+        out.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("x-access-token:{token}").as_bytes())
+            .unwrap();
+        String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let server = GitHttp::start(format!("basic {basic}"));
+    let repo = server.base.path().join("private.git");
+    make_repo(&repo);
+    let url = format!("http://127.0.0.1:{}/private.git", server.port);
+    let p = Project::new(&dockerfile(&format!("ADD {url}#main /src/\n")));
+
+    // Without the secret the server refuses, and the build says where.
+    let (stderr, _) = build_fails(&p);
+    assert!(
+        stderr.contains(&url) && stderr.contains("line 3"),
+        "{stderr}"
+    );
+
+    let secret = p.path("token.txt");
+    fs_err::write(&secret, token).unwrap();
+    let arg = format!("id=GIT_AUTH_TOKEN,src={}", secret.display());
+    let (stderr, out) = p.build_to_dir(&["--secret", &arg]);
+    assert_eq!(read(out.path(), "src/top.txt"), "top v1\n");
+    assert!(
+        server
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a == &format!("basic {basic}")),
+        "the token reached the server as basic auth"
+    );
+    assert!(!stderr.contains(token), "the token is in the progress");
+    assert_eq!(
+        files_holding(out.path(), token.as_bytes()),
+        Vec::<PathBuf>::new(),
+        "the token is in the image"
+    );
+    assert_eq!(
+        files_holding(p.root.path(), token.as_bytes()),
+        Vec::<PathBuf>::new(),
+        "the token is in the state root (logs, cache index, snapshots)"
+    );
+    assert_eq!(
+        files_holding(p.root.path(), basic.as_bytes()),
+        Vec::<PathBuf>::new(),
+        "the encoded token is in the state root"
+    );
+}
