@@ -32,7 +32,12 @@
 //! a stage and an image, rw; cache with id, sharing, mode, uid/gid and seeded from a stage;
 //! tmpfs; secret by default path and by target with mode and owner, required and absent; ssh by
 //! default and at a target; built with `--secret` and `--ssh` from a test `ssh-agent`),
-//! `debian` (bash SHELL, useradd, --chown by name).
+//! `debian` (bash SHELL, useradd, --chown by name), `add-url` (ADD of URLs: a file into a
+//! directory and under a new name, a .tar.gz that must not be extracted, --chown) and `add-git`
+//! (ADD of a git repository at a branch, and a subdirectory at a tag). Their URLs are served
+//! by this program on loopback ports (an HTTP server thread sending Last-Modified, and
+//! `git-daemon`); dockerd's BuildKit fetches in the daemon, on the host's network, so it
+//! reaches them too.
 //!
 //! What is normalized away before comparing, because it differs legitimately:
 //! - configs: `created` (hoist writes 1970-01-01 on purpose, for reproducible builds);
@@ -89,7 +94,156 @@ struct Case {
     mounts: bool,
 }
 
-fn cases() -> Vec<Case> {
+/// What the `add-url` and `add-git` cases fetch from: an HTTP server thread and a
+/// `git-daemon` on loopback ports, stopped when dropped.
+struct Remotes {
+    /// `http://127.0.0.1:PORT`.
+    http: String,
+    /// `git://127.0.0.1:PORT`.
+    git: String,
+    daemon: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Remotes {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // A gzip'd tar, which ADD of a URL must copy as it is.
+        let src = dir.path().join("tar-src");
+        fs_err::create_dir_all(&src).unwrap();
+        fs_err::write(src.join("inner.txt"), "inside\n").unwrap();
+        let tarball = Command::new("tar")
+            .args(["-czf", "-", "-C"])
+            .arg(&src)
+            .arg("inner.txt")
+            .output()
+            .unwrap()
+            .stdout;
+        let files: Vec<(String, Vec<u8>)> = vec![
+            ("/files/hello.txt".into(), b"hello over http\n".to_vec()),
+            ("/files/app.tar.gz".into(), tarball),
+        ];
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let http = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let files = files.clone();
+                std::thread::spawn(move || serve_file(stream, &files));
+            }
+        });
+
+        let repo = dir.path().join("repo.git");
+        fs_err::create_dir_all(repo.join("docs")).unwrap();
+        fs_err::write(repo.join("README"), "a repository\n").unwrap();
+        fs_err::write(repo.join("docs/guide.txt"), "the guide\n").unwrap();
+        let git = |args: &[&str]| {
+            Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args([
+                    "-c",
+                    "user.name=peers",
+                    "-c",
+                    "user.email=peers@example.com",
+                ])
+                .args(args)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        let made = git(&["init", "-q", "-b", "main"])
+            && git(&["add", "."])
+            && git(&["commit", "-q", "-m", "one"])
+            && git(&["tag", "v1"]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // git-daemon itself: `git daemon` runs it as a child that killing git leaves behind.
+        let daemon = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .ok()
+            .filter(|_| made)
+            .and_then(|o| {
+                let exec = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+                Command::new(exec.join("git-daemon"))
+                    .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+                    .arg(format!("--port={port}"))
+                    .arg(format!("--base-path={}", dir.path().display()))
+                    .arg(dir.path())
+                    .spawn()
+                    .ok()
+            });
+        if daemon.is_none() {
+            println!("peers: git or git-daemon is missing; the add-git case will fail");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while daemon.is_some()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            http,
+            git: format!("git://127.0.0.1:{port}"),
+            daemon,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Remotes {
+    fn drop(&mut self) {
+        if let Some(d) = &mut self.daemon {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}
+
+/// Answers GETs of `files` over HTTP/1.1, each with a fixed Last-Modified.
+fn serve_file(stream: std::net::TcpStream, files: &[(String, Vec<u8>)]) {
+    use std::io::BufRead as _;
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h.trim_end().is_empty() {
+                break;
+            }
+        }
+        let reply = match files.iter().find(|(p, _)| *p == path) {
+            Some((_, body)) => {
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\
+                     last-modified: Sun, 13 Sep 2020 12:26:40 GMT\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(body);
+                r
+            }
+            None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        };
+        if writer.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn cases(remotes: &Remotes) -> Vec<Case> {
     let common_files = || {
         vec![
             ("files/a.txt", "alpha\n".to_owned(), 0o644),
@@ -396,6 +550,34 @@ CMD ls -la
 "#
             ),
             files: common_files(),
+            tarball: false,
+            build_args: vec![],
+            mounts: false,
+        },
+        Case {
+            name: "add-url",
+            dockerfile: format!(
+                "FROM {BUSYBOX}\n\
+                 ADD {http}/files/hello.txt /dl/\n\
+                 ADD {http}/files/hello.txt /dl/renamed.txt\n\
+                 ADD --chown=1000:1000 {http}/files/app.tar.gz /pkg/\n\
+                 RUN ls -ln /dl /pkg > /listing.txt\n",
+                http = remotes.http
+            ),
+            files: vec![],
+            tarball: false,
+            build_args: vec![],
+            mounts: false,
+        },
+        Case {
+            name: "add-git",
+            dockerfile: format!(
+                "FROM {BUSYBOX}\n\
+                 ADD {git}/repo.git#main /src/\n\
+                 ADD {git}/repo.git#v1:docs /docs\n",
+                git = remotes.git
+            ),
+            files: vec![],
             tarball: false,
             build_args: vec![],
             mounts: false,
@@ -1246,10 +1428,11 @@ fn main() {
     fs_err::create_dir_all(&report_dir).unwrap();
 
     let mounts = MountInputs::new(work.path());
+    let remotes = Remotes::start();
     // summary[(case, pair)] = cell text
     let mut summary: BTreeMap<(&'static str, String), String> = BTreeMap::new();
     let mut case_names = Vec::new();
-    for case in cases() {
+    for case in cases(&remotes) {
         if args
             .only
             .as_ref()

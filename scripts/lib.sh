@@ -22,8 +22,9 @@ install_missing() {
 # podman and runc to run them, busybox for sandbox rootfs, htpasswd and openssl for registry
 # auth, GNU time for the peak memory of hoist in the hostile scale tests, slirp4netns for the
 # RUN steps' default network, debootstrap for the Debian base of the apt tests, ssh-agent and
-# a static libc for the RUN --mount=type=ssh test's agent client. Building hoist needs no C
+# a static libc for the RUN --mount=type=ssh test's agent client, git for ADD of git
+# repositories (hoist runs it) and the git daemon its tests serve them with. Building hoist needs no C
 # toolchain beyond the machine's gcc (no cmake).
 TEST_PACKAGES=(ca-certificates docker-registry skopeo umoci podman runc busybox-static
   apache2-utils openssl curl zstd bzip2 xz-utils time slirp4netns debootstrap openssh-client
-  libc6-dev gzip python3)
+  libc6-dev gzip python3 git)

@@ -49,6 +49,8 @@ pub enum Origin {
     Image(String),
     /// A `--build-context` directory, as a filesystem (`FROM NAME`, `RUN --mount=from=NAME`).
     NamedContext(String),
+    /// What `ADD` fetched from a URL or a git remote, as written.
+    Remote(String),
 }
 
 impl std::fmt::Display for Origin {
@@ -58,6 +60,7 @@ impl std::fmt::Display for Origin {
             Self::Stage(name) => write!(f, "stage {name:?}"),
             Self::Image(reference) => write!(f, "image {reference:?}"),
             Self::NamedContext(name) => write!(f, "build context {name:?}"),
+            Self::Remote(source) => write!(f, "{source}"),
         }
     }
 }
@@ -68,7 +71,7 @@ impl Origin {
         match self {
             Self::Context(_) => " (it does not exist, or .dockerignore excludes it)",
             Self::NamedContext(_) => " (it does not exist, or its .dockerignore excludes it)",
-            Self::Stage(_) | Self::Image(_) => "",
+            Self::Stage(_) | Self::Image(_) | Self::Remote(_) => "",
         }
     }
 }

@@ -55,6 +55,32 @@ pub enum SourceOp {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         parents: bool,
     },
+    /// One file downloaded by `ADD http(s)://…`, as `filename` (mode 0600, its mtime from
+    /// `Last-Modified`) at the root of an otherwise empty filesystem. Without a checksum the
+    /// content becomes concrete through the worker's content key (the download's digest).
+    Http {
+        url: String,
+        /// `sha256:<hex>` from `--checksum`: the download must match it, and it is then the
+        /// whole key, so a rebuild needs no network.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        checksum: Option<String>,
+        /// The last segment of the URL's path (`__unnamed__` without one), never `..` or
+        /// holding `/`.
+        filename: String,
+    },
+    /// A git checkout of `reference` (empty: the remote's HEAD) under `subdir` of `remote`.
+    /// The commit the reference resolves to is the worker's content key.
+    Git {
+        /// As written, without the `#ref:subdir` fragment; never holding credentials (those
+        /// come from the build's secrets and SSH agents).
+        remote: String,
+        reference: String,
+        subdir: String,
+        keep_git_dir: bool,
+        /// A commit (or a prefix of one) from `--checksum` that `reference` must resolve to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        checksum: Option<String>,
+    },
 }
 
 /// How a RUN reaches the network.
@@ -179,6 +205,8 @@ pub enum CopyFrom {
     Image(String),
     /// A `--build-context` directory, by name.
     Context(String),
+    /// What `ADD` fetched from a URL or a git remote, as written.
+    Remote(String),
 }
 
 /// One file action. Input 0 of the vertex is the destination filesystem; `Copy` reads from the

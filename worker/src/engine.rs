@@ -306,6 +306,7 @@ impl Engine {
             limits: request.limits,
             selections: Mutex::default(),
             imported: imported.clone(),
+            remote_keyed: Mutex::default(),
         });
         // A blob of an imported cache that turns out bad (unreachable, or not what its record
         // says) is marked so, and the build is solved again: the steps that needed it now

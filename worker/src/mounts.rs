@@ -303,6 +303,7 @@ impl BuildWorker {
                     Some(CopyFrom::Stage(name)) => Origin::Stage(name.clone()),
                     Some(CopyFrom::Image(reference)) => Origin::Image(reference.clone()),
                     Some(CopyFrom::Context(name)) => Origin::NamedContext(name.clone()),
+                    Some(CopyFrom::Remote(source)) => Origin::Remote(source.clone()),
                     None => {
                         return Err(WorkerError::Internal(
                             "a bind of a filesystem names no stage or image",

@@ -1,4 +1,5 @@
-//! Source ops: the build context, selected and hashed, and base images, pulled and unpacked.
+//! Source ops: the build context, selected and hashed; base images, pulled and unpacked; and
+//! what ADD fetches, a URL ([`crate::http`]) or a git repository ([`crate::git`]).
 
 // A step fails once per build and its error carries the causes by value; boxing each
 // variant would only add noise on the slow path.
@@ -11,14 +12,105 @@ use hoist_cache::oci_spec::image::Digest;
 use hoist_parser::ignore::Matcher;
 use hoist_registry::Reference;
 
+use hoist_solver::graph::VertexDigest;
+use hoist_solver::op::SourceOp;
 use hoist_solver::progress::Stream;
-use hoist_solver::scheduler::VertexContext;
+use hoist_solver::scheduler::{BoxError, VertexContext};
 
 use crate::context::ContextSource;
 use crate::error::WorkerError;
 use crate::{BuildWorker, Layer};
 
+/// What keying a URL or git source found, for its run.
+#[derive(Clone, Debug)]
+pub enum RemoteKeyed {
+    Http(Box<crate::http::Downloaded>),
+    /// The commit the reference resolved to.
+    Git(String),
+}
+
 impl BuildWorker {
+    /// The content key of a URL (the download's digest, unless a checksum pins it) or of a
+    /// git source (the commit its reference resolves to).
+    pub(crate) async fn remote_content_key(
+        &self,
+        digest: VertexDigest,
+        op: &SourceOp,
+    ) -> Result<Option<String>, BoxError> {
+        let (key, keyed) = match op {
+            SourceOp::Http {
+                checksum: Some(_), ..
+            } => return Ok(None),
+            SourceOp::Http { url, filename, .. } => {
+                let (key, downloaded) = self.http_content_key(url, filename).await?;
+                (key, RemoteKeyed::Http(Box::new(downloaded)))
+            }
+            SourceOp::Git {
+                remote,
+                reference,
+                checksum,
+                ..
+            } => {
+                let commit = self
+                    .git_commit(remote, reference, checksum.as_deref())
+                    .await?;
+                (format!("commit {commit}"), RemoteKeyed::Git(commit))
+            }
+            _ => return Ok(None),
+        };
+        if let Ok(mut keyed_all) = self.remote_keyed.lock() {
+            keyed_all.insert(digest, keyed);
+        }
+        Ok(Some(key))
+    }
+
+    /// The one layer of a URL or git source, from what keying found where it can.
+    pub(crate) async fn remote_layer(
+        &self,
+        digest: VertexDigest,
+        op: &SourceOp,
+    ) -> Result<Layer, BoxError> {
+        let keyed = self
+            .remote_keyed
+            .lock()
+            .ok()
+            .and_then(|k| k.get(&digest).cloned());
+        match op {
+            SourceOp::Http {
+                url,
+                checksum,
+                filename,
+            } => {
+                let downloaded = match keyed {
+                    Some(RemoteKeyed::Http(d)) => Some(*d),
+                    _ => None,
+                };
+                Ok(self
+                    .http_layer(url, filename, checksum.as_deref(), downloaded)
+                    .await?)
+            }
+            SourceOp::Git {
+                remote,
+                reference,
+                subdir,
+                keep_git_dir,
+                checksum,
+            } => {
+                let commit = match keyed {
+                    Some(RemoteKeyed::Git(commit)) => commit,
+                    _ => {
+                        self.git_commit(remote, reference, checksum.as_deref())
+                            .await?
+                    }
+                };
+                Ok(self
+                    .git_checkout(remote, &commit, subdir, *keep_git_dir)
+                    .await?)
+            }
+            _ => Err(WorkerError::Internal("not a URL or git source").into()),
+        }
+    }
+
     pub(crate) fn select_context(
         &self,
         context: &dyn ContextSource,

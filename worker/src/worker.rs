@@ -93,6 +93,9 @@ pub struct BuildWorker {
     pub selections: Mutex<HashMap<VertexDigest, Keyed>>,
     /// The build's `--cache-from` caches, for the cache mounts they carry.
     pub imported: Option<crate::exchange::ImportedCache>,
+    /// What keying URL and git sources fetched or resolved, by vertex digest, so that the
+    /// run uses exactly what was keyed.
+    pub remote_keyed: Mutex<HashMap<VertexDigest, crate::source::RemoteKeyed>>,
 }
 
 /// A context selection as its content key was computed.
@@ -136,6 +139,9 @@ impl Worker for BuildWorker {
         _cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<Option<String>, BoxError>> {
         Box::pin(async move {
+            if let Op::Source(op @ (SourceOp::Http { .. } | SourceOp::Git { .. })) = &vertex.op {
+                return self.remote_content_key(vertex.digest, op).await;
+            }
             let Op::Source(SourceOp::Local {
                 name,
                 include,
@@ -242,6 +248,9 @@ impl Worker for BuildWorker {
                         ctx.log(Stream::Stderr, warning.as_bytes());
                     }
                     return Ok(Output::Context(selection, context));
+                }
+                Op::Source(op @ (SourceOp::Http { .. } | SourceOp::Git { .. })) => {
+                    vec![self.remote_layer(vertex.digest, op).await?]
                 }
                 Op::File(op) => {
                     // File ops are plain blocking file system work.

@@ -760,10 +760,64 @@ mod copy {
     }
 
     #[test]
-    fn unsupported_sources_are_clear_errors() {
-        let err = plan_err("FROM alpine\nADD https://example.invalid/x /x\n");
+    fn add_of_a_url_or_a_repository_copies_from_a_source_of_its_own() {
+        let p = plan(
+            "FROM alpine\nADD --chmod=600 https://h.invalid/d/app.tgz /opt/\n\
+             ADD --keep-git-dir https://h.invalid/r.git#v1:docs /docs\n",
+        );
+        let sources: Vec<SourceOp> = p
+            .graph
+            .reachable(&[p.root])
+            .into_iter()
+            .filter_map(|id| match &p.graph.vertex(id).op {
+                Op::Source(s @ (SourceOp::Http { .. } | SourceOp::Git { .. })) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(sources.contains(&SourceOp::Http {
+            url: "https://h.invalid/d/app.tgz".into(),
+            checksum: None,
+            filename: "app.tgz".into(),
+        }));
+        assert!(sources.contains(&SourceOp::Git {
+            remote: "https://h.invalid/r.git".into(),
+            reference: "v1".into(),
+            subdir: "docs".into(),
+            keep_git_dir: true,
+            checksum: None,
+        }));
+        let copies: Vec<(Vec<String>, String, bool, Option<u32>)> = file_actions(&p)
+            .into_iter()
+            .filter_map(|a| match a {
+                FileAction::Copy {
+                    src,
+                    dest,
+                    unpack_archives,
+                    chmod,
+                    ..
+                } => Some((src, dest, unpack_archives, chmod)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            copies,
+            [
+                (
+                    vec!["app.tgz".to_owned()],
+                    "/opt/".to_owned(),
+                    false,
+                    Some(0o600)
+                ),
+                (vec!["/".to_owned()], "/docs/".to_owned(), false, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_checksum_is_refused_for_a_local_source() {
+        let err = plan_err("FROM alpine\nADD --checksum=sha256:00 app /x\n");
         assert!(
-            err.contains("ADD with a URL source is not supported yet"),
+            err.contains("Dockerfile:2:5") && err.contains("--checksum"),
             "{err}"
         );
     }

@@ -141,6 +141,16 @@ impl OpInputs {
                 reference: reference.clone(),
             },
             Op::Source(SourceOp::Local { .. }) => Self::Context,
+            // A download or a checkout is named by where it comes from; what it held is its
+            // content key, compared as a changed input.
+            Op::Source(SourceOp::Http { url, .. }) => Self::Image {
+                reference: url.clone(),
+            },
+            Op::Source(SourceOp::Git {
+                remote, reference, ..
+            }) => Self::Image {
+                reference: format!("{remote}#{reference}"),
+            },
             // An OCI layout is named by its manifest digest, as an image is.
             Op::Source(SourceOp::Layout { name, manifest, .. }) => Self::Image {
                 reference: format!("{name}@{manifest}"),
