@@ -359,28 +359,7 @@ impl BuildWorker {
                 .map_err(|_| WorkerError::Internal("the layout's config blob is missing"))?
                 .read_to_end(&mut config)
                 .map_err(|_| WorkerError::Internal("the layout's config blob cannot be read"))?;
-            let diff_ids = crate::source::diff_ids_of(&config);
-            if diff_ids.len() != image.layers().len() {
-                return Err(WorkerError::Internal(
-                    "the image's config and manifest disagree on its layers",
-                ));
-            }
-            let mut chain = Vec::new();
-            for (layer, diff_id) in image.layers().iter().zip(diff_ids) {
-                copy_in(layer.digest())?;
-                state
-                    .snapshots
-                    .unpack(&state.blobs, layer, &diff_id)
-                    .map_err(|source| WorkerError::Snapshot {
-                        layer: layer.digest().clone(),
-                        source,
-                    })?;
-                chain.push(Layer {
-                    diff_id,
-                    blob: Some(layer.clone()),
-                });
-            }
-            Ok(chain)
+            crate::source::unpack_layers(&state, image.layers(), &config, copy_in)
         })
         .await
         .map_err(|_| WorkerError::Internal("the layout task panicked"))?

@@ -191,31 +191,43 @@ impl BuildWorker {
                 .blobs
                 .read(image.config().digest())
                 .map_err(|_| WorkerError::Internal("the pulled config blob is missing"))?;
-            let diff_ids = diff_ids_of(&config_bytes);
-            if diff_ids.len() != image.layers().len() {
-                return Err(WorkerError::Internal(
-                    "the image's config and manifest disagree on its layers",
-                ));
-            }
-            let mut chain = Vec::new();
-            for (layer, diff_id) in image.layers().iter().zip(diff_ids) {
-                state
-                    .snapshots
-                    .unpack(&state.blobs, layer, &diff_id)
-                    .map_err(|source| WorkerError::Snapshot {
-                        layer: layer.digest().clone(),
-                        source,
-                    })?;
-                chain.push(Layer {
-                    diff_id,
-                    blob: Some(layer.clone()),
-                });
-            }
-            Ok(chain)
+            unpack_layers(&state, image.layers(), &config_bytes, |_| Ok(()))
         })
         .await
         .map_err(|_| WorkerError::Internal("the unpack task panicked"))?
     }
+}
+
+/// The chain of an image whose manifest lists `layers` and whose config is `config`: each
+/// layer, once `before` has made its blob available, unpacked into its snapshot.
+pub(crate) fn unpack_layers(
+    state: &crate::State,
+    layers: &[hoist_cache::oci_spec::image::Descriptor],
+    config: &[u8],
+    mut before: impl FnMut(&Digest) -> Result<(), WorkerError>,
+) -> Result<Vec<Layer>, WorkerError> {
+    let diff_ids = diff_ids_of(config);
+    if diff_ids.len() != layers.len() {
+        return Err(WorkerError::Internal(
+            "the image's config and manifest disagree on its layers",
+        ));
+    }
+    let mut chain = Vec::new();
+    for (layer, diff_id) in layers.iter().zip(diff_ids) {
+        before(layer.digest())?;
+        state
+            .snapshots
+            .unpack(&state.blobs, layer, &diff_id)
+            .map_err(|source| WorkerError::Snapshot {
+                layer: layer.digest().clone(),
+                source,
+            })?;
+        chain.push(Layer {
+            diff_id,
+            blob: Some(layer.clone()),
+        });
+    }
+    Ok(chain)
 }
 
 /// The config's `rootfs.diff_ids`.
