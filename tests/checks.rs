@@ -216,33 +216,13 @@ const BUILDKIT: &[(&str, &[&str], bool)] = &[
 ];
 
 /// Where hoist's checks knowingly differ from BuildKit's, with what hoist gives and why.
-const HOIST_DIFFERS: &[(&str, &[&str], bool, &str)] = &[
-    (
-        "cpuguy83-nagios",
-        &[
-            "LegacyKeyValueFormat@2",
-            "LegacyKeyValueFormat@3",
-            "LegacyKeyValueFormat@4",
-            "LegacyKeyValueFormat@5",
-            "LegacyKeyValueFormat@6",
-            "LegacyKeyValueFormat@7",
-            "LegacyKeyValueFormat@8",
-            "LegacyKeyValueFormat@9",
-            "LegacyKeyValueFormat@10",
-            "LegacyKeyValueFormat@11",
-        ],
-        true,
-        "hoist does not support ADD of a URL yet (line 18), so its checks stop there and the \
-         ENVs of lines 47 and 48 are not reached",
-    ),
-    (
-        "health",
-        &["JSONArgsRecommended@3"],
-        true,
-        "hoist refuses a bare HEALTHCHECK when it lowers the instruction, not while parsing, \
+const HOIST_DIFFERS: &[(&str, &[&str], bool, &str)] = &[(
+    "health",
+    &["JSONArgsRecommended@3"],
+    true,
+    "hoist refuses a bare HEALTHCHECK when it lowers the instruction, not while parsing, \
          so CMD on line 3 is checked first",
-    ),
-];
+)];
 
 fn cases() -> Vec<PathBuf> {
     let mut cases: Vec<PathBuf> = fs_err::read_dir(conformance_dir())
