@@ -639,7 +639,17 @@ async fn forward(
             break;
         }
     }
-    requests.abort();
+    // End the response with a FIN and wait for the client to close its side: dropping a
+    // socket whose peer still sends resets it, and a reset can throw away what the client had
+    // received but not read yet (on a loaded machine, the whole cut-short body).
+    let _ = client_write.shutdown().await;
+    let mut requests = requests;
+    if tokio::time::timeout(std::time::Duration::from_secs(10), &mut requests)
+        .await
+        .is_err()
+    {
+        requests.abort();
+    }
 }
 
 impl Drop for FaultyProxy {
