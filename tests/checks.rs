@@ -38,19 +38,6 @@ impl ImageResolver for TypicalImages {
     }
 }
 
-fn conformance_dir() -> PathBuf {
-    let dir = std::env::var_os("HOIST_CONFORMANCE_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/buildkit-parser"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("testfiles").is_dir(),
-        "the BuildKit conformance folder is missing: {} (set HOIST_CONFORMANCE_DIR to its path)",
-        dir.display()
-    );
-    dir.join("testfiles")
-}
-
 /// `rule@line` for every warning of one Dockerfile, in line order, or `error` if the checks
 /// stopped.
 fn checked(path: &Path) -> Vec<String> {
@@ -225,7 +212,7 @@ const HOIST_DIFFERS: &[(&str, &[&str], bool, &str)] = &[(
 )];
 
 fn cases() -> Vec<PathBuf> {
-    let mut cases: Vec<PathBuf> = fs_err::read_dir(conformance_dir())
+    let mut cases: Vec<PathBuf> = fs_err::read_dir(support::conformance_dir().join("testfiles"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("Dockerfile").is_file())

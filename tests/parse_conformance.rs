@@ -6,25 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns may unwrap
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use support::conformance_dir;
 
 /// The counts in the conformance folder; pinned so that no case goes missing silently.
 const POSITIVE_CASES: usize = 33;
 const NEGATIVE_CASES: usize = 4;
-
-fn conformance_dir() -> PathBuf {
-    let dir = std::env::var_os("HOIST_CONFORMANCE_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/buildkit-parser"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("testfiles").is_dir(),
-        "the BuildKit conformance folder is missing: {} (set HOIST_CONFORMANCE_DIR to its path)",
-        dir.display()
-    );
-    dir
-}
 
 fn cases(dir: &Path) -> Vec<PathBuf> {
     let mut cases: Vec<PathBuf> = fs_err::read_dir(dir)

@@ -656,3 +656,18 @@ pub fn docker_config(registry: &Registry, user: &str, password: &str) -> tempfil
     .unwrap();
     dir
 }
+
+/// BuildKit's parser conformance folder (`../shared/conformance/buildkit-parser`, or
+/// `$HOIST_CONFORMANCE_DIR`), read in place: its files are never copied into the project.
+pub fn conformance_dir() -> PathBuf {
+    let dir = std::env::var_os("HOIST_CONFORMANCE_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/buildkit-parser"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("testfiles").is_dir(),
+        "the BuildKit conformance folder is missing: {} (set HOIST_CONFORMANCE_DIR to its path)",
+        dir.display()
+    );
+    dir
+}
