@@ -359,15 +359,8 @@ impl Lowering<'_> {
                 span,
             )
         })?;
-        let vertex = self.graph.add(
-            Op::Source(SourceOp::Image {
-                reference: resolved.pinned.clone(),
-                platform: platform.to_string(),
-            }),
-            vec![],
-            format!("{step} FROM {}", resolved.pinned),
-            self.location(span),
-        );
+        let shown = format!("{step} FROM {}", resolved.pinned);
+        let vertex = self.image_vertex(&resolved.pinned, platform, shown, span);
         Ok((vertex, CopyFrom::Image(from.to_owned())))
     }
 

@@ -589,6 +589,26 @@ impl<'a> Lowering<'a> {
         Some(Location { line, column, span })
     }
 
+    /// The source vertex of an image resolved to `pinned` (`REPO@sha256:…`), shown as `name`.
+    pub(super) fn image_vertex(
+        &mut self,
+        pinned: &str,
+        platform: &Platform,
+        name: String,
+        span: Span,
+    ) -> VertexId {
+        let location = self.location(span);
+        self.graph.add(
+            Op::Source(SourceOp::Image {
+                reference: pinned.to_owned(),
+                platform: platform.to_string(),
+            }),
+            vec![],
+            name,
+            location,
+        )
+    }
+
     fn stage_label(&self, index: usize) -> String {
         self.stages[index]
             .name
@@ -689,15 +709,8 @@ impl<'a> Lowering<'a> {
                             span,
                         )
                     })?;
-                let root = self.graph.add(
-                    Op::Source(SourceOp::Image {
-                        reference: resolved.pinned.clone(),
-                        platform: platform.to_string(),
-                    }),
-                    vec![],
-                    format!("{prefix} FROM {} ({name})", resolved.pinned),
-                    self.location(span),
-                );
+                let shown = format!("{prefix} FROM {} ({name})", resolved.pinned);
+                let root = self.image_vertex(&resolved.pinned, platform, shown, span);
                 Ok((root, resolved.config, resolved.history))
             }
             NamedContext::Layout {
@@ -840,15 +853,8 @@ impl<'a> Lowering<'a> {
                         image_word.span,
                     )
                 })?;
-            let root = self.graph.add(
-                Op::Source(SourceOp::Image {
-                    reference: resolved.pinned.clone(),
-                    platform: platform.to_string(),
-                }),
-                vec![],
-                format!("[{label}] FROM {}", resolved.pinned),
-                self.location(from.span),
-            );
+            let shown = format!("[{label}] FROM {}", resolved.pinned);
+            let root = self.image_vertex(&resolved.pinned, &platform, shown, from.span);
             self.base_platform(&base_name, &platform, resolved.platform.as_ref(), from.span);
             StageState::from_base(root, resolved.config, resolved.history, platform)
         };
